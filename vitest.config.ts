@@ -1,0 +1,12 @@
+import { defineConfig } from "vitest/config";
+
+export default defineConfig({
+  test: {
+    include: ["**/*.test.ts"],
+    exclude: ["node_modules/**", "dist/**"],
+    // Model and server tests run real onnxruntime sessions on 2 cores: give them room.
+    testTimeout: 120_000,
+    hookTimeout: 180_000,
+    pool: "forks",
+  },
+});
