@@ -77,7 +77,8 @@ export type Float32Tensor = Tensor<"float32">;
 export function numel(shape: readonly number[]): number {
   let n = 1;
   for (const d of shape) {
-    if (!Number.isInteger(d) || d < 0) throw new RangeError(`invalid dimension ${d} in shape [${shape.join(", ")}]`);
+    if (!Number.isInteger(d) || d < 0)
+      throw new RangeError(`invalid dimension ${d} in shape [${shape.join(", ")}]`);
     n *= d;
   }
   return n;
@@ -115,7 +116,9 @@ export function float32(shape: readonly number[], data?: ArrayLike<number>): Flo
   const out = new Float32Array(numel(shape));
   if (data) {
     if (data.length !== out.length) {
-      throw new RangeError(`tensor of shape [${shape.join(", ")}] needs ${out.length} elements, got ${data.length}`);
+      throw new RangeError(
+        `tensor of shape [${shape.join(", ")}] needs ${out.length} elements, got ${data.length}`,
+      );
     }
     out.set(data);
   }

@@ -8,7 +8,7 @@
  * NOTE: minimal first version; validation and property tests are being hardened.
  */
 import { open, rename, writeFile } from "node:fs/promises";
-import { type DType, DTYPE_BYTES, Tensor, allocate, numel } from "../tensor.js";
+import { allocate, DTYPE_BYTES, type DType, numel, Tensor } from "../tensor.js";
 
 export const SAFETENSORS_DTYPES: Readonly<Record<string, DType>> = {
   F64: "float64",
@@ -74,7 +74,9 @@ export function parseHeader(json: string, file: string, headerLength: number): S
 function tensorFromBytes(info: TensorInfo, bytes: Uint8Array): Tensor {
   const n = numel(info.shape);
   const out = allocate(info.dtype, n);
-  new Uint8Array(out.buffer, out.byteOffset, out.byteLength).set(bytes.subarray(0, n * DTYPE_BYTES[info.dtype]));
+  new Uint8Array(out.buffer, out.byteOffset, out.byteLength).set(
+    bytes.subarray(0, n * DTYPE_BYTES[info.dtype]),
+  );
   return new Tensor(info.dtype, info.shape, out);
 }
 
@@ -160,7 +162,10 @@ export function decodeSafetensors(bytes: Uint8Array, file = "<buffer>"): Safeten
   const header = parseHeader(json, file, headerLength);
   const tensors = new Map<string, Tensor>();
   for (const [name, info] of header.tensors) {
-    tensors.set(name, tensorFromBytes(info, bytes.subarray(header.dataStart + info.begin, header.dataStart + info.end)));
+    tensors.set(
+      name,
+      tensorFromBytes(info, bytes.subarray(header.dataStart + info.begin, header.dataStart + info.end)),
+    );
   }
   return { tensors, metadata: header.metadata };
 }
@@ -173,14 +178,21 @@ function entriesOf(tensors: TensorEntries): Array<readonly [string, Tensor]> {
 }
 
 /** Encode tensors (in the given order) with optional string metadata. */
-export function encodeSafetensors(tensors: TensorEntries, metadata?: Readonly<Record<string, string>>): Uint8Array {
+export function encodeSafetensors(
+  tensors: TensorEntries,
+  metadata?: Readonly<Record<string, string>>,
+): Uint8Array {
   const entries = entriesOf(tensors);
   const header: Record<string, unknown> = {};
   if (metadata && Object.keys(metadata).length > 0) header.__metadata__ = metadata;
   let offset = 0;
   for (const [name, t] of entries) {
     const bytes = t.data.byteLength;
-    header[name] = { dtype: DTYPE_TO_SAFETENSORS[t.dtype], shape: [...t.shape], data_offsets: [offset, offset + bytes] };
+    header[name] = {
+      dtype: DTYPE_TO_SAFETENSORS[t.dtype],
+      shape: [...t.shape],
+      data_offsets: [offset, offset + bytes],
+    };
     offset += bytes;
   }
   let json = JSON.stringify(header);

@@ -1,0 +1,11 @@
+#!/usr/bin/env node
+import { CliError } from "./cli-error.js";
+import { buildProgram } from "./program.js";
+
+try {
+  await buildProgram().parseAsync(process.argv);
+} catch (err) {
+  if (!(err instanceof CliError)) throw err;
+  process.stderr.write(`stepwise: ${err.message}\n`);
+  process.exitCode = err.exitCode;
+}

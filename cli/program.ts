@@ -1,0 +1,15 @@
+/**
+ * The `stepwise` command tree. Each command lives in cli/commands/<name>.ts and exports a function
+ * that builds its commander `Command`; this file only assembles them.
+ */
+import { Command } from "commander";
+
+export function buildProgram(): Command {
+  const program = new Command("stepwise")
+    .description(
+      "Serve, score and train Stable Diffusion LoRAs (SD1.5, SDXL) with Step-aware Preference Optimization",
+    )
+    .version("0.1.0")
+    .showHelpAfterError();
+  return program;
+}
