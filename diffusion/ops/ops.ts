@@ -26,9 +26,13 @@
 
 export type ReshapeSpec = readonly number[];
 
+/** Zero padding: the same on all sides, or [top, left, bottom, right] (ONNX `pads` order). */
+export type Conv2dPadding = number | readonly [top: number, left: number, bottom: number, right: number];
+
 export interface Conv2dOptions {
   readonly stride?: number;
-  readonly padding?: number;
+  /** Asymmetric padding exists for the VAE encoder's downsampler, which pads (0, 1, 0, 1). */
+  readonly padding?: Conv2dPadding;
   readonly groups?: number;
 }
 
