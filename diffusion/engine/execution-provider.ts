@@ -1,0 +1,73 @@
+/**
+ * Execution provider selection for onnxruntime-node sessions.
+ *
+ * onnxruntime-node throws at session creation when CUDA is asked for and its provider library is
+ * missing, also for ['cuda', 'cpu'] (no fallback): so `cuda` is checked once at start-up and fails
+ * with a message that says how to install the CUDA build, and `auto` falls back to the CPU with a
+ * loud warning instead of failing.
+ */
+import { availableParallelism } from "node:os";
+
+export type ProviderName = "cpu" | "cuda" | "auto";
+
+export interface ExecutionProviderConfig {
+  readonly provider: ProviderName;
+  /** CUDA device ordinal (onnxruntime-node 1.30 passes only the device id to the CUDA provider). */
+  readonly deviceId?: number;
+  /** Intra-op threads; defaults to the machine's core count. */
+  readonly intraOpThreads?: number;
+}
+
+/** What a session is actually created with, after `auto` has been decided. */
+export interface ResolvedProvider {
+  readonly provider: "cpu" | "cuda";
+  readonly deviceId: number;
+  readonly intraOpThreads: number;
+  /** Why `auto` chose the CPU, when it did. */
+  readonly fallbackReason?: string;
+}
+
+export class ExecutionProviderError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "ExecutionProviderError";
+  }
+}
+
+export const CUDA_INSTALL_HINT =
+  "install the CUDA build of onnxruntime-node on a host with CUDA 12 and cuDNN 9: " +
+  "`npm ci --onnxruntime-node-install=cuda12` (see README, 'GPU hosts')";
+
+export function defaultIntraOpThreads(): number {
+  return availableParallelism();
+}
+
+/** onnxruntime-node session options for a resolved provider. */
+export function sessionProviderOptions(p: ResolvedProvider): {
+  executionProviders: Array<{ name: "cuda"; deviceId: number } | "cpu">;
+  intraOpNumThreads: number;
+} {
+  return {
+    executionProviders: p.provider === "cuda" ? [{ name: "cuda", deviceId: p.deviceId }] : ["cpu"],
+    intraOpNumThreads: p.intraOpThreads,
+  };
+}
+
+export function validateProviderConfig(config: ExecutionProviderConfig): void {
+  if (!["cpu", "cuda", "auto"].includes(config.provider)) {
+    throw new ExecutionProviderError(
+      `unknown execution provider "${config.provider}" (use cpu, cuda or auto)`,
+    );
+  }
+  if (config.deviceId !== undefined && (!Number.isInteger(config.deviceId) || config.deviceId < 0)) {
+    throw new ExecutionProviderError(`CUDA deviceId must be a non-negative integer, got ${config.deviceId}`);
+  }
+  if (
+    config.intraOpThreads !== undefined &&
+    (!Number.isInteger(config.intraOpThreads) || config.intraOpThreads < 1)
+  ) {
+    throw new ExecutionProviderError(
+      `intraOpThreads must be a positive integer, got ${config.intraOpThreads}`,
+    );
+  }
+}

@@ -1,0 +1,155 @@
+/**
+ * The onnxruntime worker thread: the only module that creates onnxruntime sessions.
+ *
+ * `session.run` blocks the thread it runs on, so sessions live here and the main thread talks to
+ * them through messages (diffusion/engine/onnx-runtime.ts). One request runs at a time; the main
+ * thread queues.
+ */
+import { parentPort } from "node:worker_threads";
+import * as ort from "onnxruntime-node";
+import type { DType } from "../tensor.js";
+import { CUDA_INSTALL_HINT, type ResolvedProvider, sessionProviderOptions } from "./execution-provider.js";
+import type { SessionInfo, ValueInfo, WireTensor, WorkerRequest, WorkerResponse } from "./worker-protocol.js";
+
+const sessions = new Map<string, ort.InferenceSession>();
+
+const ORT_TYPES: Partial<Record<DType, ort.Tensor.Type>> = {
+  float32: "float32",
+  float16: "float16",
+  int64: "int64",
+  int32: "int32",
+  uint8: "uint8",
+  int8: "int8",
+  bool: "bool",
+  float64: "float64",
+};
+
+function typedArray(t: WireTensor): ort.Tensor.DataType {
+  switch (t.dtype) {
+    case "float32":
+      return new Float32Array(t.buffer);
+    case "float16":
+      return new Uint16Array(t.buffer);
+    case "int64":
+      return new BigInt64Array(t.buffer);
+    case "int32":
+      return new Int32Array(t.buffer);
+    case "float64":
+      return new Float64Array(t.buffer);
+    case "int8":
+      return new Int8Array(t.buffer);
+    default:
+      return new Uint8Array(t.buffer);
+  }
+}
+
+function toOrt(name: string, t: WireTensor): ort.Tensor {
+  const type = ORT_TYPES[t.dtype];
+  if (!type) throw new Error(`feed ${name}: dtype ${t.dtype} is not supported by onnxruntime`);
+  return new ort.Tensor(type, typedArray(t) as Float32Array, [...t.shape]);
+}
+
+function fromOrt(t: ort.Tensor): { wire: WireTensor; transfer: ArrayBuffer } {
+  const data = t.data as ArrayBufferView;
+  // Copy when the view does not own its whole buffer, so that transferring it is safe.
+  const owned =
+    data.byteOffset === 0 && data.byteLength === data.buffer.byteLength && data.buffer instanceof ArrayBuffer
+      ? (data.buffer as ArrayBuffer)
+      : (new Uint8Array(data.buffer, data.byteOffset, data.byteLength).slice().buffer as ArrayBuffer);
+  const dtype = (t.type === "bool" ? "bool" : t.type) as DType;
+  return { wire: { dtype, shape: [...t.dims], buffer: owned }, transfer: owned };
+}
+
+function describe(session: ort.InferenceSession): SessionInfo {
+  const info = (m: readonly ort.InferenceSession.ValueMetadata[]): ValueInfo[] =>
+    m.map((v) =>
+      v.isTensor
+        ? { name: v.name, dtype: v.type, shape: [...v.shape] }
+        : { name: v.name, dtype: "non-tensor", shape: [] },
+    );
+  return { inputs: info(session.inputMetadata), outputs: info(session.outputMetadata) };
+}
+
+async function createSession(path: string, provider: ResolvedProvider): Promise<ort.InferenceSession> {
+  return ort.InferenceSession.create(path, {
+    ...sessionProviderOptions(provider),
+    graphOptimizationLevel: "all",
+  });
+}
+
+async function load(req: Extract<WorkerRequest, { type: "load" }>): Promise<WorkerResponse> {
+  const wanted: ResolvedProvider = {
+    provider: req.provider === "cpu" ? "cpu" : "cuda",
+    deviceId: req.deviceId,
+    intraOpThreads: req.intraOpThreads,
+  };
+  let provider = wanted;
+  const infos: Record<string, SessionInfo> = {};
+  for (const spec of req.sessions) {
+    let session: ort.InferenceSession;
+    try {
+      session = await createSession(spec.path, provider);
+    } catch (err) {
+      const message = (err as Error).message;
+      if (provider.provider !== "cuda") throw new Error(`cannot load ${spec.path}: ${message}`);
+      if (req.provider === "cuda") {
+        const e = new Error(
+          `the CUDA execution provider could not be loaded (${message}); ${CUDA_INSTALL_HINT}`,
+        );
+        e.name = "ExecutionProviderError";
+        throw e;
+      }
+      provider = { ...provider, provider: "cpu", fallbackReason: message };
+      session = await createSession(spec.path, provider);
+    }
+    sessions.get(spec.name)?.release();
+    sessions.set(spec.name, session);
+    infos[spec.name] = describe(session);
+  }
+  return { type: "loaded", id: req.id, provider, sessions: infos };
+}
+
+async function run(
+  req: Extract<WorkerRequest, { type: "run" }>,
+): Promise<{ res: WorkerResponse; transfer: ArrayBuffer[] }> {
+  const session = sessions.get(req.session);
+  if (!session) throw new Error(`no session named ${req.session} is loaded`);
+  const feeds: Record<string, ort.Tensor> = {};
+  for (const [name, t] of Object.entries(req.feeds)) feeds[name] = toOrt(name, t);
+  const results = req.outputs ? await session.run(feeds, [...req.outputs]) : await session.run(feeds);
+  const outputs: Record<string, WireTensor> = {};
+  const transfer: ArrayBuffer[] = [];
+  for (const [name, t] of Object.entries(results)) {
+    const { wire, transfer: buf } = fromOrt(t);
+    outputs[name] = wire;
+    transfer.push(buf);
+    t.dispose();
+  }
+  return { res: { type: "result", id: req.id, outputs }, transfer };
+}
+
+const port = parentPort;
+if (!port) throw new Error("onnx-worker.ts must run in a worker thread");
+
+port.on("message", async (req: WorkerRequest) => {
+  try {
+    if (req.type === "load") {
+      port.postMessage(await load(req));
+    } else if (req.type === "run") {
+      const { res, transfer } = await run(req);
+      port.postMessage(res, transfer);
+    } else {
+      for (const s of sessions.values()) await s.release();
+      sessions.clear();
+      port.postMessage({ type: "closed", id: req.id } satisfies WorkerResponse);
+    }
+  } catch (err) {
+    const e = err as Error;
+    port.postMessage({
+      type: "error",
+      id: req.id,
+      message: e.message,
+      kind: e.name,
+    } satisfies WorkerResponse);
+  }
+});

@@ -1,0 +1,57 @@
+/**
+ * Messages between the main thread and the onnxruntime worker. Tensors travel as a dtype, a shape
+ * and an ArrayBuffer that is transferred, not copied.
+ */
+import type { DType } from "../tensor.js";
+import type { ResolvedProvider } from "./execution-provider.js";
+
+export interface WireTensor {
+  readonly dtype: DType;
+  readonly shape: readonly number[];
+  readonly buffer: ArrayBuffer;
+}
+
+export interface SessionSpec {
+  readonly name: string;
+  readonly path: string;
+}
+
+export interface ValueInfo {
+  readonly name: string;
+  readonly dtype: string;
+  readonly shape: ReadonlyArray<number | string>;
+}
+
+export interface SessionInfo {
+  readonly inputs: readonly ValueInfo[];
+  readonly outputs: readonly ValueInfo[];
+}
+
+export type WorkerRequest =
+  | {
+      readonly type: "load";
+      readonly id: number;
+      readonly sessions: readonly SessionSpec[];
+      readonly provider: "cpu" | "cuda" | "auto";
+      readonly deviceId: number;
+      readonly intraOpThreads: number;
+    }
+  | {
+      readonly type: "run";
+      readonly id: number;
+      readonly session: string;
+      readonly feeds: Readonly<Record<string, WireTensor>>;
+      readonly outputs?: readonly string[];
+    }
+  | { readonly type: "close"; readonly id: number };
+
+export type WorkerResponse =
+  | {
+      readonly type: "loaded";
+      readonly id: number;
+      readonly provider: ResolvedProvider;
+      readonly sessions: Readonly<Record<string, SessionInfo>>;
+    }
+  | { readonly type: "result"; readonly id: number; readonly outputs: Readonly<Record<string, WireTensor>> }
+  | { readonly type: "closed"; readonly id: number }
+  | { readonly type: "error"; readonly id: number; readonly message: string; readonly kind?: string };
