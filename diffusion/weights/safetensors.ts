@@ -1,102 +1,61 @@
 /**
- * safetensors read and write.
+ * safetensors read and write (https://github.com/huggingface/safetensors, format in its README).
  *
- * Layout: an 8-byte little-endian header length N, N bytes of JSON header
- * ({ name: { dtype, shape, data_offsets: [begin, end] }, "__metadata__": { str: str } }), then the
- * raw little-endian tensor bytes; offsets are relative to the end of the header.
- *
- * NOTE: minimal first version; validation and property tests are being hardened.
+ * Reading is lazy: `SafetensorsFile.open` reads and validates only the header (see
+ * safetensors-header.ts), and `read(name)` reads exactly that tensor's span, so one tensor of a
+ * 5 GB file costs one tensor of memory. For writing whole files in memory use `writeSafetensors`;
+ * for big conversions, the streaming `SafetensorsWriter` (safetensors-writer.ts).
  */
-import { open, rename, writeFile } from "node:fs/promises";
-import { allocate, DTYPE_BYTES, type DType, numel, Tensor } from "../tensor.js";
+import { type FileHandle, open } from "node:fs/promises";
+import { allocate, type Float32Tensor, numel, Tensor, type TypedArrayOf, toFloat32 } from "../tensor.js";
+import { bytesOf, readAt, writeFileAtomic } from "./file-io.js";
+import {
+  encodeHeader,
+  LENGTH_PREFIX_BYTES,
+  parseHeaderBytes,
+  readHeaderLength,
+  SafetensorsError,
+  type SafetensorsHeader,
+  type TensorInfo,
+} from "./safetensors-header.js";
 
-export const SAFETENSORS_DTYPES: Readonly<Record<string, DType>> = {
-  F64: "float64",
-  F32: "float32",
-  F16: "float16",
-  BF16: "bfloat16",
-  I64: "int64",
-  I32: "int32",
-  I16: "int16",
-  I8: "int8",
-  U8: "uint8",
-  BOOL: "bool",
-};
+export {
+  DTYPE_TO_SAFETENSORS,
+  MAX_HEADER_BYTES,
+  parseHeader,
+  SAFETENSORS_DTYPES,
+  SafetensorsError,
+  type SafetensorsErrorCode,
+  type SafetensorsHeader,
+  type TensorInfo,
+  type TensorSpec,
+} from "./safetensors-header.js";
 
-const DTYPE_TO_SAFETENSORS: Readonly<Record<DType, string>> = Object.fromEntries(
-  Object.entries(SAFETENSORS_DTYPES).map(([k, v]) => [v, k]),
-) as Record<DType, string>;
-
-export interface TensorInfo {
-  readonly name: string;
-  readonly dtype: DType;
-  readonly shape: readonly number[];
-  /** Byte offsets relative to the start of the data section. */
-  readonly begin: number;
-  readonly end: number;
-}
-
-export class SafetensorsError extends Error {
-  constructor(
-    message: string,
-    readonly file: string,
-    readonly tensor?: string,
-  ) {
-    super(`${file}${tensor ? ` (tensor ${tensor})` : ""}: ${message}`);
-    this.name = "SafetensorsError";
-  }
-}
-
-export interface SafetensorsHeader {
-  readonly metadata: Readonly<Record<string, string>>;
-  readonly tensors: ReadonlyMap<string, TensorInfo>;
-  /** Absolute file offset of the data section. */
-  readonly dataStart: number;
-}
-
-export function parseHeader(json: string, file: string, headerLength: number): SafetensorsHeader {
-  const raw = JSON.parse(json) as Record<string, unknown>;
-  const tensors = new Map<string, TensorInfo>();
-  let metadata: Record<string, string> = {};
-  for (const [name, entry] of Object.entries(raw)) {
-    if (name === "__metadata__") {
-      metadata = entry as Record<string, string>;
-      continue;
-    }
-    const e = entry as { dtype: string; shape: number[]; data_offsets: [number, number] };
-    const dtype = SAFETENSORS_DTYPES[e.dtype];
-    if (!dtype) throw new SafetensorsError(`unknown dtype ${e.dtype}`, file, name);
-    tensors.set(name, { name, dtype, shape: e.shape, begin: e.data_offsets[0], end: e.data_offsets[1] });
-  }
-  return { metadata, tensors, dataStart: 8 + headerLength };
-}
-
-function tensorFromBytes(info: TensorInfo, bytes: Uint8Array): Tensor {
-  const n = numel(info.shape);
-  const out = allocate(info.dtype, n);
-  new Uint8Array(out.buffer, out.byteOffset, out.byteLength).set(
-    bytes.subarray(0, n * DTYPE_BYTES[info.dtype]),
-  );
-  return new Tensor(info.dtype, info.shape, out);
-}
-
-/** A safetensors file opened for lazy per-tensor reads. */
+/** A safetensors file opened for lazy per-tensor reads. Close it when done. */
 export class SafetensorsFile {
+  private closed = false;
+
   private constructor(
     readonly path: string,
-    private readonly handle: import("node:fs/promises").FileHandle,
+    private readonly handle: FileHandle,
     readonly header: SafetensorsHeader,
+    /** File size at open; every span was checked against it. */
+    readonly size: number,
   ) {}
 
+  /** Open and validate the header (from it and the file size alone); no tensor data is read. */
   static async open(path: string): Promise<SafetensorsFile> {
     const handle = await open(path, "r");
     try {
-      const lenBuf = Buffer.alloc(8);
-      await handle.read(lenBuf, 0, 8, 0);
-      const headerLength = Number(lenBuf.readBigUInt64LE(0));
-      const headerBuf = Buffer.alloc(headerLength);
-      await handle.read(headerBuf, 0, headerLength, 8);
-      return new SafetensorsFile(path, handle, parseHeader(headerBuf.toString("utf8"), path, headerLength));
+      const { size } = await handle.stat();
+      const prefix = new Uint8Array(LENGTH_PREFIX_BYTES);
+      await readAt(handle, prefix, 0);
+      const headerLength = readHeaderLength(prefix, size, path);
+      const headerBytes = new Uint8Array(headerLength);
+      if ((await readAt(handle, headerBytes, LENGTH_PREFIX_BYTES)) < headerLength) {
+        throw new SafetensorsError("truncated", "file ended while reading the header", path);
+      }
+      return new SafetensorsFile(path, handle, parseHeaderBytes(headerBytes, path, size), size);
     } catch (err) {
       await handle.close();
       throw err;
@@ -107,6 +66,7 @@ export class SafetensorsFile {
     return this.header.metadata;
   }
 
+  /** Tensor names in data order. */
   names(): string[] {
     return [...this.header.tensors.keys()];
   }
@@ -115,17 +75,37 @@ export class SafetensorsFile {
     return this.header.tensors.has(name);
   }
 
+  /** The tensor's dtype, shape and span; throws SafetensorsError "no-such-tensor" when absent. */
   info(name: string): TensorInfo {
     const info = this.header.tensors.get(name);
-    if (!info) throw new SafetensorsError("no such tensor", this.path, name);
+    if (!info) throw new SafetensorsError("no-such-tensor", "no such tensor", this.path, name);
     return info;
   }
 
+  /** Like `info`, but undefined when absent. */
+  find(name: string): TensorInfo | undefined {
+    return this.header.tensors.get(name);
+  }
+
+  /** The tensor in its stored dtype (half precision as raw bits, see diffusion/tensor.ts). */
   async read(name: string): Promise<Tensor> {
     const info = this.info(name);
-    const bytes = Buffer.alloc(info.end - info.begin);
-    await this.handle.read(bytes, 0, bytes.length, this.header.dataStart + info.begin);
-    return tensorFromBytes(info, bytes);
+    const data = allocate(info.dtype, numel(info.shape));
+    await this.readSpan(info, bytesOf(data));
+    return new Tensor(info.dtype, info.shape, data as TypedArrayOf[typeof info.dtype]);
+  }
+
+  /** The tensor widened (or narrowed, for float64) to float32. */
+  async readFloat32(name: string): Promise<Float32Tensor> {
+    return toFloat32(await this.read(name));
+  }
+
+  /** The tensor's raw little-endian bytes, e.g. to copy it into another file unchanged. */
+  async readBytes(name: string): Promise<Uint8Array> {
+    const info = this.info(name);
+    const bytes = new Uint8Array(info.end - info.begin);
+    await this.readSpan(info, bytes);
+    return bytes;
   }
 
   async readAll(): Promise<Map<string, Tensor>> {
@@ -135,7 +115,23 @@ export class SafetensorsFile {
   }
 
   async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
     await this.handle.close();
+  }
+
+  private async readSpan(info: TensorInfo, target: Uint8Array): Promise<void> {
+    if (this.closed) throw new SafetensorsError("closed", "file is closed", this.path, info.name);
+    const got = await readAt(this.handle, target, this.header.dataStart + info.begin);
+    if (got < target.byteLength) {
+      // Validation at open proved the span fits, so the file shrank since.
+      throw new SafetensorsError(
+        "truncated",
+        `file ended after ${got} of the tensor's ${target.byteLength} bytes (was it truncated after opening?)`,
+        this.path,
+        info.name,
+      );
+    }
   }
 }
 
@@ -154,18 +150,20 @@ export async function readSafetensors(path: string): Promise<SafetensorsContents
   }
 }
 
-/** Decode a complete file held in memory. */
+/** Decode a complete file held in memory (validated exactly as `SafetensorsFile.open` does). */
 export function decodeSafetensors(bytes: Uint8Array, file = "<buffer>"): SafetensorsContents {
-  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  const headerLength = Number(view.getBigUint64(0, true));
-  const json = new TextDecoder().decode(bytes.subarray(8, 8 + headerLength));
-  const header = parseHeader(json, file, headerLength);
+  const headerLength = readHeaderLength(bytes, bytes.byteLength, file);
+  const header = parseHeaderBytes(
+    bytes.subarray(LENGTH_PREFIX_BYTES, LENGTH_PREFIX_BYTES + headerLength),
+    file,
+    bytes.byteLength,
+  );
   const tensors = new Map<string, Tensor>();
   for (const [name, info] of header.tensors) {
-    tensors.set(
-      name,
-      tensorFromBytes(info, bytes.subarray(header.dataStart + info.begin, header.dataStart + info.end)),
-    );
+    // Copy into a fresh array: the span may not be aligned for its element type.
+    const data = allocate(info.dtype, numel(info.shape));
+    bytesOf(data).set(bytes.subarray(header.dataStart + info.begin, header.dataStart + info.end));
+    tensors.set(name, new Tensor(info.dtype, info.shape, data as TypedArrayOf[typeof info.dtype]));
   }
   return { tensors, metadata: header.metadata };
 }
@@ -177,46 +175,43 @@ function entriesOf(tensors: TensorEntries): Array<readonly [string, Tensor]> {
   return Object.entries(tensors as Record<string, Tensor>);
 }
 
+function encodeParts(
+  tensors: TensorEntries,
+  metadata: Readonly<Record<string, string>> | undefined,
+  file: string,
+): Uint8Array[] {
+  const entries = entriesOf(tensors);
+  const header = encodeHeader(
+    entries.map(([name, t]) => ({ name, dtype: t.dtype, shape: t.shape })),
+    metadata,
+    file,
+  );
+  return [header.bytes, ...entries.map(([, t]) => bytesOf(t.data))];
+}
+
 /** Encode tensors (in the given order) with optional string metadata. */
 export function encodeSafetensors(
   tensors: TensorEntries,
   metadata?: Readonly<Record<string, string>>,
 ): Uint8Array {
-  const entries = entriesOf(tensors);
-  const header: Record<string, unknown> = {};
-  if (metadata && Object.keys(metadata).length > 0) header.__metadata__ = metadata;
-  let offset = 0;
-  for (const [name, t] of entries) {
-    const bytes = t.data.byteLength;
-    header[name] = {
-      dtype: DTYPE_TO_SAFETENSORS[t.dtype],
-      shape: [...t.shape],
-      data_offsets: [offset, offset + bytes],
-    };
-    offset += bytes;
-  }
-  let json = JSON.stringify(header);
-  // Pad with spaces so the data section starts 8-byte aligned, as the reference writer does.
-  json += " ".repeat((8 - ((Buffer.byteLength(json) + 8) % 8)) % 8);
-  const headerBytes = Buffer.from(json, "utf8");
-  const out = new Uint8Array(8 + headerBytes.length + offset);
-  new DataView(out.buffer).setBigUint64(0, BigInt(headerBytes.length), true);
-  out.set(headerBytes, 8);
-  let pos = 8 + headerBytes.length;
-  for (const [, t] of entries) {
-    out.set(new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength), pos);
-    pos += t.data.byteLength;
+  const parts = encodeParts(tensors, metadata, "<buffer>");
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.byteLength, 0));
+  let position = 0;
+  for (const part of parts) {
+    out.set(part, position);
+    position += part.byteLength;
   }
   return out;
 }
 
-/** Write atomically: a temporary file in the same folder, then rename. */
+/**
+ * Write atomically: a temporary file in the same folder, fsync, rename. A failure leaves no
+ * file behind (and an existing file at `path` untouched).
+ */
 export async function writeSafetensors(
   path: string,
   tensors: TensorEntries,
   metadata?: Readonly<Record<string, string>>,
 ): Promise<void> {
-  const tmp = `${path}.tmp-${process.pid}-${Date.now()}`;
-  await writeFile(tmp, encodeSafetensors(tensors, metadata));
-  await rename(tmp, path);
+  await writeFileAtomic(path, encodeParts(tensors, metadata, path));
 }
