@@ -85,7 +85,8 @@ export class ClipTokenizer {
     const ids: number[] = [];
     for (const piece of this.rawTokens.split(text)) {
       if ("id" in piece) ids.push(piece.id);
-      else ids.push(...this.bpe.encode(piece.text));
+      // A loop, not push(...ids): a very long prompt would overflow the argument limit.
+      else for (const id of this.bpe.encode(piece.text)) ids.push(id);
     }
     return ids;
   }

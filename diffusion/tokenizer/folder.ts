@@ -34,7 +34,7 @@ export const CLIP_CONTEXT_LENGTH = 77;
 /** Start token + end token + at least one prompt token per sequence. */
 const MIN_MODEL_MAX_LENGTH = 3;
 
-/** Token classes this loader accepts in `tokenizer_config.json` → `tokenizer_class`. */
+/** Tokenizer classes this loader accepts in `tokenizer_config.json` → `tokenizer_class`. */
 const CLIP_TOKENIZER_CLASSES: ReadonlySet<string> = new Set(["CLIPTokenizer", "CLIPTokenizerFast"]);
 
 /** CLIPTokenizer's constructor defaults, used for a special token that no file names. */
