@@ -3,6 +3,7 @@
  * that builds its commander `Command`; this file only assembles them.
  */
 import { Command } from "commander";
+import { tokenizeCommand } from "./commands/tokenize.js";
 
 export function buildProgram(): Command {
   const program = new Command("stepwise")
@@ -11,5 +12,6 @@ export function buildProgram(): Command {
     )
     .version("0.1.0")
     .showHelpAfterError();
+  program.addCommand(tokenizeCommand());
   return program;
 }
