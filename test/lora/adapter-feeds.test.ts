@@ -1,0 +1,145 @@
+import { describe, expect, it } from "vitest";
+import {
+  adapterParameterBytes,
+  adapterRank,
+  loraAdapter,
+  loraModule,
+  moduleScale,
+  splitModulePath,
+} from "../../diffusion/lora/adapter.js";
+import { LoraAdapterError, LoraValidationError } from "../../diffusion/lora/errors.js";
+import { concatAdapters, scaledFactors, slotFeeds } from "../../diffusion/lora/feeds.js";
+import { float32 } from "../../diffusion/tensor.js";
+import { known, matmul, maxAbsDiffArrays } from "./fixtures.js";
+
+const Q = "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q";
+const K = "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_k";
+
+describe("canonical adapter", () => {
+  it("checks that down and up agree on the rank", () => {
+    expect(() => loraModule(Q, known([2, 8]), known([8, 3]), 2)).toThrow(LoraAdapterError);
+    expect(() => loraModule(Q, known([2, 8]), known([8, 3]), 2)).toThrow(
+      /rank of down \[2, 8\] and up \[8, 3\]/,
+    );
+    expect(() => loraModule(Q, known([2, 8, 1, 1]), known([8, 2]), 2)).toThrow(/matrices/);
+  });
+
+  it("splits component-qualified paths and refuses unknown components", () => {
+    expect(splitModulePath("text_encoder_2.text_model.encoder.layers.0.mlp.fc1")).toEqual({
+      component: "text_encoder_2",
+      path: "text_model.encoder.layers.0.mlp.fc1",
+    });
+    expect(() => splitModulePath("vae.decoder.conv_in")).toThrow(/component/);
+    expect(() => loraAdapter([["down_blocks.0.x", loraModule(Q, known([1, 2]), known([2, 1]), 1)]])).toThrow(
+      LoraAdapterError,
+    );
+  });
+
+  it("reports rank, scale and float32 parameter bytes", () => {
+    const adapter = loraAdapter([
+      [Q, loraModule(Q, known([4, 32]), known([32, 4]), 8)],
+      [K, loraModule(K, known([2, 24]), known([32, 2]), 1)],
+    ]);
+    expect(adapterRank(adapter)).toBe(4);
+    expect(moduleScale(adapter.modules.get(Q)!)).toBe(2);
+    expect(moduleScale(adapter.modules.get(K)!)).toBe(0.5);
+    expect(adapterParameterBytes(adapter)).toBe(4 * (4 * 32 + 32 * 4 + 2 * 24 + 32 * 2));
+    expect(adapterRank(loraAdapter([]))).toBe(0);
+  });
+});
+
+describe("scaledFactors", () => {
+  it("folds weight * alpha / r into up and leaves down as is", () => {
+    const down = float32([2, 3], [1, 2, 3, 4, 5, 6]);
+    const up = float32([2, 2], [1, -1, 0.5, 2]);
+    const adapter = loraAdapter([[Q, loraModule(Q, down, up, 1)]]);
+    const feeds = scaledFactors(adapter, 3).get(Q)!;
+    expect(feeds.down).toBe(down);
+    // scale = 3 * 1 / 2 = 1.5
+    expect([...feeds.up.data]).toEqual([1.5, -1.5, 0.75, 3]);
+  });
+});
+
+describe("concatAdapters", () => {
+  const a = loraAdapter([
+    [Q, loraModule(Q, known([2, 6], 1), known([4, 2], 2), 4)],
+    [K, loraModule(K, known([3, 5], 3), known([4, 3], 4), 3)],
+  ]);
+  const b = loraAdapter([[Q, loraModule(Q, known([1, 6], 5), known([4, 1], 6), 0.5)]]);
+
+  it("adds the ranks and feeds the weighted sum of the deltas", () => {
+    const combined = concatAdapters([
+      { adapter: a, weight: 0.75 },
+      { adapter: b, weight: -2 },
+    ]);
+    const q = combined.modules.get(Q)!;
+    expect(q.down.shape).toEqual([3, 6]);
+    expect(q.up.shape).toEqual([4, 3]);
+    expect(q.alpha).toBe(3); // scale 1: the weights are already in up
+    const fed = scaledFactors(combined).get(Q)!;
+    const got = matmul(fed.up, fed.down);
+    const aq = a.modules.get(Q)!;
+    const bq = b.modules.get(Q)!;
+    const da = matmul(aq.up, aq.down);
+    const db = matmul(bq.up, bq.down);
+    const want = da.map((v, i) => 0.75 * (4 / 2) * v + -2 * (0.5 / 1) * db[i]);
+    expect(maxAbsDiffArrays(got, want)).toBeLessThan(1e-6);
+    // A module only one adapter has keeps its own factors (scaled).
+    const k = combined.modules.get(K)!;
+    expect(k.down.shape).toEqual([3, 5]);
+    expect(
+      maxAbsDiffArrays(
+        matmul(k.up, k.down),
+        matmul(a.modules.get(K)!.up, a.modules.get(K)!.down).map((v) => 0.75 * v),
+      ),
+    ).toBeLessThan(1e-6);
+  });
+
+  it("refuses adapters that disagree on a module's size", () => {
+    const wide = loraAdapter([[Q, loraModule(Q, known([1, 7]), known([4, 1]), 1)]]);
+    expect(() =>
+      concatAdapters([
+        { adapter: b, weight: 1 },
+        { adapter: wide, weight: 1 },
+      ]),
+    ).toThrow(/disagree on the module size/);
+  });
+});
+
+describe("slotFeeds", () => {
+  const slots = [
+    { module: Q, inFeatures: 6, outFeatures: 4, kind: "linear" as const },
+    { module: K, inFeatures: 5, outFeatures: 4, kind: "linear" as const },
+    {
+      module: "text_encoder.text_model.encoder.layers.0.self_attn.q_proj",
+      inFeatures: 8,
+      outFeatures: 8,
+      kind: "linear" as const,
+    },
+  ];
+
+  it("names inputs after the module inside the component and feeds rank 0 where the adapter has nothing", () => {
+    const adapter = loraAdapter([[Q, loraModule(Q, known([2, 6]), known([4, 2]), 2)]]);
+    const feeds = slotFeeds("unet", slots, scaledFactors(adapter));
+    expect([...feeds.keys()]).toEqual([
+      "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora_down",
+      "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora_up",
+      "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_k.lora_down",
+      "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_k.lora_up",
+    ]);
+    expect(feeds.get("down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_k.lora_down")!.shape).toEqual([
+      0, 5,
+    ]);
+    expect(feeds.get("down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_k.lora_up")!.shape).toEqual([
+      4, 0,
+    ]);
+  });
+
+  it("refuses factors for modules without a slot and of the wrong size", () => {
+    const stray = "unet.mid_block.attentions.0.transformer_blocks.0.attn1.to_q";
+    const adapter = loraAdapter([[stray, loraModule(stray, known([1, 6]), known([4, 1]), 1)]]);
+    expect(() => slotFeeds("unet", slots, scaledFactors(adapter))).toThrow(LoraValidationError);
+    const wrong = loraAdapter([[Q, loraModule(Q, known([1, 7]), known([4, 1]), 1)]]);
+    expect(() => slotFeeds("unet", slots, scaledFactors(wrong))).toThrow(/slot in 6 out 4/);
+  });
+});
