@@ -1,0 +1,59 @@
+/**
+ * Checks shared by the backends that execute or record `Ops` calls (reference, onnx): a typed error
+ * for an op called on tensors it cannot take, parameter shape checks, and axis normalisation.
+ */
+import { shapeString } from "../tensor.js";
+import type { Conv2dOptions } from "./ops.js";
+import { ParameterError } from "./ops.js";
+
+/** An op called with operands it cannot take (shapes, dtypes, axes); names the op and the backend. */
+export class OpError extends Error {
+  constructor(
+    readonly backend: string,
+    readonly op: string,
+    message: string,
+  ) {
+    super(`${backend} ${op}: ${message}`);
+    this.name = "OpError";
+  }
+}
+
+/**
+ * Throws ParameterError unless `actual` (undefined: the source has no such name) is `expected`.
+ * `where` says which source was searched ("parameter map", a file path).
+ */
+export function expectParamShape(
+  name: string,
+  expected: readonly number[],
+  actual: readonly number[] | undefined,
+  where: string,
+): void {
+  if (actual === undefined) {
+    throw new ParameterError(`not found in ${where} (expected shape ${shapeString(expected)})`, name);
+  }
+  if (actual.length !== expected.length || actual.some((d, i) => d !== expected[i])) {
+    throw new ParameterError(
+      `expected shape ${shapeString(expected)}, got ${shapeString(actual)} in ${where}`,
+      name,
+    );
+  }
+}
+
+/** A possibly negative axis as an index in [0, rank); undefined when out of range. */
+export function normalizeAxis(axis: number, rank: number): number | undefined {
+  const a = axis < 0 ? axis + rank : axis;
+  return Number.isInteger(a) && a >= 0 && a < rank ? a : undefined;
+}
+
+/** Python slice bounds for a dimension of size `dim`: negatives count from the end, then clamp. */
+export function sliceBounds(start: number, end: number, dim: number): [number, number] {
+  const clamp = (i: number) => Math.min(Math.max(i < 0 ? i + dim : i, 0), dim);
+  const s = clamp(start);
+  return [s, Math.max(clamp(end), s)];
+}
+
+/** [top, left, bottom, right] zero padding (ONNX `pads` order) from the Conv2dOptions form. */
+export function convPads(options: Conv2dOptions): [number, number, number, number] {
+  const p = options.padding ?? 0;
+  return typeof p === "number" ? [p, p, p, p] : [p[0], p[1], p[2], p[3]];
+}

@@ -1,0 +1,215 @@
+/**
+ * Reference kernels that move data without arithmetic (reshape, transpose, concat, slice, nearest
+ * upsampling) and the integer-index ops (gather, gatherRows, argMax, equalScalar).
+ */
+import { allocate, type Float32Tensor, int64, numel, shapeString, Tensor } from "../tensor.js";
+import { sliceBounds } from "./checks.js";
+import type { ReshapeSpec } from "./ops.js";
+import { axisOf, fail } from "./reference-math.js";
+
+/** ONNX Reshape semantics (allowzero = 0): 0 copies the input's dimension, one -1 is inferred. */
+export function resolveReshape(input: readonly number[], spec: ReshapeSpec): number[] {
+  const bad = (why: string): never =>
+    fail("reshape", `cannot reshape ${shapeString(input)} to ${shapeString(spec)}: ${why}`);
+  const out = spec.map((d, i) => {
+    if (d === 0) return i < input.length ? input[i] : bad(`0 at axis ${i} has no input dimension to copy`);
+    if (d === -1 || (Number.isInteger(d) && d > 0)) return d;
+    return bad(`invalid entry ${d}`);
+  });
+  const inferred = out.indexOf(-1);
+  if (inferred !== out.lastIndexOf(-1)) bad("more than one -1");
+  const total = numel(input);
+  if (inferred >= 0) {
+    const known = out.reduce((p, d) => (d === -1 ? p : p * d), 1);
+    if (known === 0 || total % known !== 0) bad(`${total} elements do not divide by ${known}`);
+    out[inferred] = total / known;
+  }
+  if (numel(out) !== total) bad(`element counts differ (${total} vs ${numel(out)})`);
+  return out;
+}
+
+/**
+ * Layout ops keep the dtype (ids may be reshaped or sliced). Source and destination always share
+ * it, so viewing both as Float32Array below only unifies the typed-array union for TypeScript.
+ */
+type Flat = Float32Array;
+
+function flat(t: Tensor): Flat {
+  return t.data as unknown as Flat;
+}
+
+function like<D extends Tensor["dtype"]>(x: Tensor<D>, shape: readonly number[]): [Tensor<D>, Flat] {
+  const data = allocate(x.dtype, numel(shape));
+  return [new Tensor(x.dtype, shape, data), data as unknown as Flat];
+}
+
+export function transpose<D extends Tensor["dtype"]>(x: Tensor<D>, perm: readonly number[]): Tensor<D> {
+  const rank = x.shape.length;
+  const sorted = [...perm].sort((p, q) => p - q);
+  if (perm.length !== rank || sorted.some((p, i) => p !== i)) {
+    fail("transpose", `${shapeString(perm)} is not a permutation of the axes of ${shapeString(x.shape)}`);
+  }
+  const shape = perm.map((p) => x.shape[p]);
+  const inStrides = new Array<number>(rank);
+  for (let i = rank - 1, s = 1; i >= 0; i--) {
+    inStrides[i] = s;
+    s *= x.shape[i];
+  }
+  // Walk the output in order; each output axis steps the input by the stride of its source axis.
+  const steps = perm.map((p) => inStrides[p]);
+  const [result, out] = like(x, shape);
+  const src = flat(x);
+  const index = new Array<number>(rank).fill(0);
+  let offset = 0;
+  for (let o = 0; o < out.length; o++) {
+    out[o] = src[offset];
+    for (let d = rank - 1; d >= 0; d--) {
+      index[d]++;
+      offset += steps[d];
+      if (index[d] < shape[d]) break;
+      offset -= steps[d] * shape[d];
+      index[d] = 0;
+    }
+  }
+  return result;
+}
+
+export function concat<D extends Tensor["dtype"]>(xs: readonly Tensor<D>[], axis: number): Tensor<D> {
+  if (xs.length === 0) fail("concat", "needs at least one tensor");
+  const first = xs[0].shape;
+  const a = axisOf("concat", axis, first);
+  for (const t of xs) {
+    if (t.dtype !== xs[0].dtype) fail("concat", `dtypes differ: ${xs.map((u) => u.dtype).join(", ")}`);
+    if (t.shape.length !== first.length || t.shape.some((d, i) => i !== a && d !== first[i])) {
+      fail("concat", `shapes ${xs.map((s) => shapeString(s.shape)).join(", ")} differ off axis ${a}`);
+    }
+  }
+  const shape = [...first];
+  shape[a] = xs.reduce((n, t) => n + t.shape[a], 0);
+  const outer = numel(first.slice(0, a));
+  const inner = numel(first.slice(a + 1));
+  const [result, out] = like(xs[0], shape);
+  let p = 0;
+  for (let o = 0; o < outer; o++) {
+    for (const t of xs) {
+      const block = t.shape[a] * inner;
+      out.set(flat(t).subarray(o * block, (o + 1) * block), p);
+      p += block;
+    }
+  }
+  return result;
+}
+
+/** x[..., start:end, ...] along `axis`, with Python's negative indices and clamping. */
+export function slice<D extends Tensor["dtype"]>(
+  x: Tensor<D>,
+  axis: number,
+  start: number,
+  end: number,
+): Tensor<D> {
+  const a = axisOf("slice", axis, x.shape);
+  const [s, e] = sliceBounds(start, end, x.shape[a]);
+  const shape = [...x.shape];
+  shape[a] = e - s;
+  const outer = numel(x.shape.slice(0, a));
+  const inner = numel(x.shape.slice(a + 1));
+  const [result, out] = like(x, shape);
+  const src = flat(x);
+  for (let o = 0; o < outer; o++) {
+    const from = (o * x.shape[a] + s) * inner;
+    out.set(src.subarray(from, from + (e - s) * inner), o * (e - s) * inner);
+  }
+  return result;
+}
+
+/**
+ * PyTorch `interpolate(mode="nearest")` on NCHW: output pixel d reads input floor(d · in / out)
+ * (in exact integer arithmetic), to 2H x 2W or to the given size.
+ */
+export function upsampleNearest(x: Float32Tensor, outH: number, outW: number): Float32Tensor {
+  if (x.shape.length !== 4) fail("upsampleNearest2x", `needs NCHW, got ${shapeString(x.shape)}`);
+  const [n, c, h, w] = x.shape;
+  const rowSrc = Array.from({ length: outH }, (_, d) => Math.min(Math.floor((d * h) / outH), h - 1));
+  const colSrc = Array.from({ length: outW }, (_, d) => Math.min(Math.floor((d * w) / outW), w - 1));
+  const out = new Float32Array(n * c * outH * outW);
+  const src = x.data;
+  let p = 0;
+  for (let plane = 0; plane < n * c; plane++) {
+    for (let y = 0; y < outH; y++) {
+      const row = (plane * h + rowSrc[y]) * w;
+      for (let xx = 0; xx < outW; xx++) out[p++] = src[row + colSrc[xx]];
+    }
+  }
+  return new Tensor("float32", [n, c, outH, outW], out);
+}
+
+// --- integer indices -------------------------------------------------------------------------------
+
+const INTEGER_DTYPES: ReadonlySet<string> = new Set(["int64", "int32", "int16", "int8", "uint8"]);
+
+/** The values of an integer tensor as numbers (token ids and row indices fit easily). */
+export function indexValues(op: string, t: Tensor): number[] {
+  if (!INTEGER_DTYPES.has(t.dtype)) fail(op, `indices must be an integer tensor, got ${t.dtype}`);
+  return Array.from(t.data as ArrayLike<number | bigint>, Number);
+}
+
+/** Embedding lookup: table [V, D], ids [...] -> [..., D]. */
+export function gather(table: Float32Tensor, ids: Tensor): Float32Tensor {
+  if (table.shape.length !== 2) fail("gather", `table must be [V, D], got ${shapeString(table.shape)}`);
+  const [vocab, d] = table.shape;
+  const index = indexValues("gather", ids);
+  const out = new Float32Array(index.length * d);
+  index.forEach((id, i) => {
+    if (!(id >= 0 && id < vocab)) fail("gather", `id ${id} at position ${i} is outside [0, ${vocab})`);
+    out.set(table.data.subarray(id * d, (id + 1) * d), i * d);
+  });
+  return new Tensor("float32", [...ids.shape, d], out);
+}
+
+/** x [B, S, D], index [B] -> [B, D] with row b = x[b, index[b]]. */
+export function gatherRows(x: Float32Tensor, index: Tensor): Float32Tensor {
+  if (x.shape.length !== 3) fail("gatherRows", `x must be [B, S, D], got ${shapeString(x.shape)}`);
+  const [b, s, d] = x.shape;
+  const rows = indexValues("gatherRows", index);
+  if (index.shape.length !== 1 || rows.length !== b) {
+    fail("gatherRows", `index must be [${b}], got ${shapeString(index.shape)}`);
+  }
+  const out = new Float32Array(b * d);
+  rows.forEach((r, i) => {
+    if (!(r >= 0 && r < s)) fail("gatherRows", `index ${r} of row ${i} is outside [0, ${s})`);
+    out.set(x.data.subarray((i * s + r) * d, (i * s + r + 1) * d), i * d);
+  });
+  return new Tensor("float32", [b, d], out);
+}
+
+/** Index of the first maximum along `axis` (axis removed), as int64; takes float or integer x. */
+export function argMax(x: Tensor, axis: number): Tensor<"int64"> {
+  const a = axisOf("argMax", axis, x.shape);
+  const values = x.data as ArrayLike<number | bigint>;
+  const outer = numel(x.shape.slice(0, a));
+  const length = x.shape[a];
+  const inner = numel(x.shape.slice(a + 1));
+  if (length === 0) fail("argMax", `axis ${a} of ${shapeString(x.shape)} is empty`);
+  const out: number[] = [];
+  for (let o = 0; o < outer; o++) {
+    for (let i = 0; i < inner; i++) {
+      const base = o * length * inner + i;
+      let best = 0;
+      // Strict > keeps the first of equal maxima, as torch.argmax and ONNX ArgMax (select_last_index 0).
+      for (let k = 1; k < length; k++) if (values[base + k * inner] > values[base + best * inner]) best = k;
+      out.push(best);
+    }
+  }
+  return int64(
+    x.shape.filter((_, i) => i !== a),
+    out,
+  );
+}
+
+/** 1 where x == value else 0, as float32; x may be an integer tensor. */
+export function equalScalar(x: Tensor, value: number): Float32Tensor {
+  const src = x.data as ArrayLike<number | bigint>;
+  const out = new Float32Array(x.size);
+  for (let i = 0; i < out.length; i++) out[i] = Number(src[i]) === value ? 1 : 0;
+  return new Tensor("float32", x.shape, out);
+}
