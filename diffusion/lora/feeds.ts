@@ -31,12 +31,16 @@ function scaled(up: Float32Tensor, scale: number): Float32Tensor {
 
 /**
  * The feeds of each module: `down` as is, `up` multiplied by weight * alpha / r (rounded once to
- * float32). Keyed like the adapter (component-qualified).
+ * float32). Keyed like the adapter (component-qualified). The tensors may be the adapter's own:
+ * treat them as read-only.
  */
 export function scaledFactors(adapter: LoraAdapter, weight = 1): Map<string, LoraFactors<Float32Tensor>> {
   const out = new Map<string, LoraFactors<Float32Tensor>>();
-  for (const [name, m] of adapter.modules)
-    out.set(name, { down: m.down, up: scaled(m.up, weight * moduleScale(m)) });
+  for (const [name, m] of adapter.modules) {
+    const scale = weight * moduleScale(m);
+    // Scale 1 (SPO files at full strength) shares the adapter's tensor instead of copying it.
+    out.set(name, { down: m.down, up: scale === 1 ? m.up : scaled(m.up, scale) });
+  }
   return out;
 }
 

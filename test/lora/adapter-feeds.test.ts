@@ -57,6 +57,8 @@ describe("scaledFactors", () => {
     expect(feeds.down).toBe(down);
     // scale = 3 * 1 / 2 = 1.5
     expect([...feeds.up.data]).toEqual([1.5, -1.5, 0.75, 3]);
+    expect([...up.data]).toEqual([1, -1, 0.5, 2]); // the adapter is not modified
+    expect(scaledFactors(adapter, 2).get(Q)!.up).toBe(up); // scale 1: no copy
   });
 });
 

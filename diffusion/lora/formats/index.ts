@@ -2,7 +2,6 @@
  * Format detection and one entry point for reading and writing LoRA files in any supported format.
  * The per-format modules stay pure key conversions; this file only picks one.
  */
-import type { RawConfig } from "../../models/config-reader.js";
 import type { UNetConfig } from "../../models/unet2d-condition.js";
 import type { LoraAdapter, LoraComponent, LoraSlot } from "../adapter.js";
 import { LoraFormatError, summarizeNames } from "../errors.js";
@@ -10,7 +9,13 @@ import { unetLoraModules } from "../slots.js";
 import { type ExportedLoraTensors, LORA_FORMATS, type LoraFormat, type LoraTensors } from "./common.js";
 import { exportDiffusersLora, importDiffusersLora, isDiffusersLoraKey } from "./diffusers.js";
 import { exportKohyaLora, importKohyaLora, isKohyaLoraKey, KohyaUNetNames } from "./kohya.js";
-import { exportPeftLora, importPeftLora, isPeftLoraKey, peftConfigsFromMetadata } from "./peft.js";
+import {
+  exportPeftLora,
+  importPeftLora,
+  isPeftLoraKey,
+  type PeftConfigInput,
+  peftConfigsFromMetadata,
+} from "./peft.js";
 
 export { type ExportedLoraTensors, LORA_FORMATS, type LoraFormat, type LoraTensors } from "./common.js";
 
@@ -35,7 +40,10 @@ export function detectLoraFormat(keys: Iterable<string>, file?: string): LoraFor
   const found = new Map<LoraFormat, string[]>();
   for (const key of all) {
     const format = SIGNATURES.find(([, matches]) => matches(key))?.[0];
-    if (format) found.set(format, [...(found.get(format) ?? []), key]);
+    if (!format) continue;
+    const list = found.get(format) ?? [];
+    list.push(key);
+    found.set(format, list);
   }
   if (found.size === 1) return [...found.keys()][0];
   if (found.size > 1) {
@@ -57,7 +65,7 @@ export interface LoraImportOptions {
   /** Base UNet config: required for kohya UNet keys. */
   readonly unet?: UNetConfig | KohyaUNetNames;
   /** PEFT adapter_config.json (parsed), or one per component; else taken from the file's metadata. */
-  readonly peftConfig?: RawConfig | Partial<Record<LoraComponent, RawConfig>>;
+  readonly peftConfig?: PeftConfigInput;
   /** PEFT: component of keys without a component prefix. */
   readonly component?: LoraComponent;
   /** The file's safetensors metadata (PEFT configs saved by diffusers live there). */
