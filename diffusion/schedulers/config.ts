@@ -361,12 +361,14 @@ export interface LoadedSchedulerConfig {
 
 /** Bare NaN / Infinity / -Infinity outside strings: Python's json module writes them for floats. */
 const PYTHON_FLOAT_TOKENS = /"(?:[^"\\]|\\.)*"|-?Infinity|NaN/g;
+/** Written into the JSON text as an escape, so it decodes to a NUL that no real config string starts with. */
 const PYTHON_FLOAT_MARK = "\u0000python-float:";
+const PYTHON_FLOAT_MARK_ESCAPED = "\\u0000python-float:";
 
 /** JSON.parse that also accepts the non-standard float literals Python's json writes. */
 export function parseDiffusersJson(text: string): unknown {
   const marked = text.replace(PYTHON_FLOAT_TOKENS, (token) =>
-    token.startsWith('"') ? token : `"${PYTHON_FLOAT_MARK}${token}"`,
+    token.startsWith('"') ? token : `"${PYTHON_FLOAT_MARK_ESCAPED}${token}"`,
   );
   return JSON.parse(marked, (_key, value: unknown) =>
     typeof value === "string" && value.startsWith(PYTHON_FLOAT_MARK)

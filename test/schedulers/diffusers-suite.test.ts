@@ -4,18 +4,18 @@
  * `dummy_model`, `dummy_sample_deter` and `dummy_noise_deter` of test_schedulers.py), asserted
  * with diffusers' own tolerances (1e-2 on sums, 1e-3 on means).
  *
- * Versions: the values are those of the current diffusers test files. The no-noise loops have kept
- * their values since before 0.25.1 (the version of our reference data); the `with_noise` loops were
- * added later with `set_begin_index`, but run arithmetic that did not change (add_noise, step).
+ * Versions: the values were read from recent (untagged, post-0.25) revisions of those files; the
+ * `with_noise` loops appeared after 0.25.1 (with `set_begin_index`) but use only arithmetic that
+ * 0.25.1 shares (add_noise, step). Euler's v_prediction value (sum 0.0002, mean 2.2676e-6) predates
+ * the current arithmetic: we get a sum of 2.4e-10, within the test's 1e-2 / 1e-3 bounds.
  *
- * Not reproduced, because they draw from torch's global RNG (`torch.manual_seed(0)` as the step
- * generator) and we have no torch stream here: every Euler ancestral full loop
- * (test_full_loop_no_noise 152.3192, _with_v_prediction 108.4439, _device, _with_noise 56163.0508).
- * Our Euler ancestral is checked instead against reference/schedulers with the injected step noise.
+ * The Euler ancestral loops draw their step noise from `torch.manual_seed(0)`; the torch-compatible
+ * generator of diffusion/random (bit-exact to torch's CPU stream) stands in for it.
  * Not reproduced because they need refused features: DPM's `_no_noise_thres` (thresholding) and
  * `_with_lu_and_v_prediction` (Lu lambdas).
  */
 import { describe, expect, it } from "vitest";
+import { createGenerator } from "../../diffusion/random/index.js";
 import {
   createScheduler,
   DDIMScheduler,
@@ -158,6 +158,39 @@ describe("EulerDiscreteScheduler, diffusers test_scheduler_euler.py", () => {
 
   it("full loop with noise added at the 9th of 10 timesteps", () => {
     expectSumMean(fullLoop(createScheduler("euler", config), 8), 57062.9297, 74.3007);
+  });
+});
+
+describe("EulerAncestralDiscreteScheduler, diffusers test_scheduler_euler_ancestral.py", () => {
+  const config = { num_train_timesteps: 1100, beta_start: 0.0001, beta_end: 0.02, beta_schedule: "linear" };
+
+  /** As the Euler loop, with `generator=torch.manual_seed(0)` passed to every step. */
+  function fullLoop(extra: SchedulerConfigInput, startIndex = 0): Float32Tensor {
+    const scheduler = createScheduler("euler_a", { ...config, ...extra });
+    const generator = createGenerator("torch", 0);
+    scheduler.setTimesteps(10);
+    let sample = float32(
+      [BATCH, CHANNELS, SIZE, SIZE],
+      deterministicSample().data.map((x) => x * scheduler.initNoiseSigma),
+    );
+    const timesteps = scheduler.timesteps.slice(startIndex);
+    if (startIndex > 0) sample = scheduler.addNoise(sample, deterministicSample(true), timesteps[0]);
+    for (const t of timesteps) {
+      sample = scheduler.scaleModelInput(sample, t);
+      sample = scheduler.step(dummyModel(sample, t), t, sample, { generator }).prevSample;
+    }
+    return sample;
+  }
+
+  it.each([
+    ["no noise", {}, 152.3192, 0.1983],
+    ["v_prediction", { prediction_type: "v_prediction" }, 108.4439, 0.1412],
+  ] as const)("full loop, %s", (_name, extra, sum, mean) => {
+    expectSumMean(fullLoop(extra), sum, mean);
+  });
+
+  it("full loop with noise added at the 9th of 10 timesteps", () => {
+    expectSumMean(fullLoop({}, 8), 56163.0508, 73.129);
   });
 });
 

@@ -4,6 +4,7 @@
  * the first model input, every step of a 20-step loop and the final sample.
  */
 import { beforeAll, expect, it } from "vitest";
+import { createGenerator } from "../../diffusion/random/index.js";
 import {
   createScheduler,
   DDIMScheduler,
@@ -202,5 +203,28 @@ describeWithShared(CASE, "schedulers reproduce diffusers 0.25.1 (reference/sched
       );
     }
     expect(relativeError(x.data, io.float(`${name}/final`).data)).toBeLessThanOrEqual(tolerance);
+  });
+
+  /** The seeds the reference used: Generator().manual_seed(5) for DDIM's variance_noise, (4) for Euler ancestral. */
+  const STEP_NOISE_SEEDS: Record<string, number> = { DDIMScheduler: 5, EulerAncestralDiscreteScheduler: 4 };
+  const stochasticRuns = runs.filter(
+    ([name]) => name.startsWith("ddim_eta1") || name.startsWith("euler_ancestral"),
+  );
+
+  it.each(stochasticRuns)("%s: a torch-seeded generator draws the same step noise", (name, run) => {
+    const scheduler = createScheduler(NAME_OF_CLASS[run.class], run.constructor_kwargs);
+    scheduler.setTimesteps(run.num_inference_steps);
+    const generator = createGenerator("torch", STEP_NOISE_SEEDS[run.class]);
+    let x = io.float(`${name}/x_init`);
+    for (const t of scheduler.timesteps) {
+      const modelInput = scheduler.scaleModelInput(x, t);
+      const c = Math.fround((0.1 * t) / 1000);
+      const modelOutput = float32(
+        modelInput.shape,
+        modelInput.data.map((v) => Math.fround(0.5 * v) + c),
+      );
+      x = scheduler.step(modelOutput, t, x, { eta: run.step_kwargs.eta, generator }).prevSample;
+    }
+    expect(relativeError(x.data, io.float(`${name}/final`).data)).toBe(BIT_EXACT);
   });
 });
