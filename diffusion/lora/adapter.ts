@@ -47,6 +47,14 @@ export interface LoraSlot {
   readonly kind: LoraModuleKind;
 }
 
+/** What validation and feeding need of a slot (the ONNX recorder's slot list has exactly this). */
+export type LoraSlotShape = Pick<LoraSlot, "module" | "inFeatures" | "outFeatures">;
+
+/** Qualify a component's slot list (module paths inside the component, as an engine manifest lists them). */
+export function qualifySlots<S extends LoraSlotShape>(component: LoraComponent, slots: readonly S[]): S[] {
+  return slots.map((s) => ({ ...s, module: qualifiedModulePath(component, s.module) }));
+}
+
 /** Check the factor shapes agree and build one module's weights. */
 export function loraModule(
   module: string,

@@ -10,7 +10,7 @@ import {
   type LoraAdapter,
   type LoraComponent,
   type LoraModuleWeights,
-  type LoraSlot,
+  type LoraSlotShape,
   loraAdapter,
   loraModule,
   moduleRank,
@@ -97,6 +97,22 @@ export function concatAdapters(parts: readonly WeightedAdapter[]): LoraAdapter {
 }
 
 /**
+ * One component's factors keyed by the module path inside it: the map a pipeline hands to an
+ * engine (modules the map lacks run at rank 0).
+ */
+export function componentFactors(
+  factors: ReadonlyMap<string, LoraFactors<Float32Tensor>>,
+  component: LoraComponent,
+): Map<string, LoraFactors<Float32Tensor>> {
+  const out = new Map<string, LoraFactors<Float32Tensor>>();
+  for (const [name, f] of factors) {
+    const { component: c, path } = splitModulePath(name);
+    if (c === component) out.set(path, f);
+  }
+  return out;
+}
+
+/**
  * The graph inputs of one component: for every slot of that component, `<path>.lora_down` and
  * `<path>.lora_up` from `factors` (see `scaledFactors`), or rank-0 tensors where the adapter has no
  * such module. A factor for a module without a slot, or of the wrong size, is an error: feeding
@@ -104,7 +120,7 @@ export function concatAdapters(parts: readonly WeightedAdapter[]): LoraAdapter {
  */
 export function slotFeeds(
   component: LoraComponent,
-  slots: readonly LoraSlot[],
+  slots: readonly LoraSlotShape[],
   factors: ReadonlyMap<string, LoraFactors<Float32Tensor>>,
 ): Map<string, Float32Tensor> {
   const feeds = new Map<string, Float32Tensor>();

@@ -7,7 +7,7 @@ import { shapeString } from "../tensor.js";
 import {
   type LoraAdapter,
   type LoraModuleWeights,
-  type LoraSlot,
+  type LoraSlotShape,
   loraAdapter,
   moduleRank,
   splitModulePath,
@@ -46,7 +46,7 @@ function moduleIssues(
   name: string,
   key: string,
   m: LoraModuleWeights,
-  slot: LoraSlot,
+  slot: LoraSlotShape,
   maxRank: number,
 ): LoraIssue[] {
   const issues: LoraIssue[] = [];
@@ -76,7 +76,7 @@ function moduleIssues(
  */
 export function validateAdapter(
   adapter: LoraAdapter,
-  slots: readonly LoraSlot[],
+  slots: readonly LoraSlotShape[],
   options: LoraValidationOptions = {},
 ): LoraValidationResult {
   const maxRank = options.maxRank ?? DEFAULT_MAX_LORA_RANK;

@@ -5,10 +5,11 @@ import {
   loraAdapter,
   loraModule,
   moduleScale,
+  qualifySlots,
   splitModulePath,
 } from "../../diffusion/lora/adapter.js";
 import { LoraAdapterError, LoraValidationError } from "../../diffusion/lora/errors.js";
-import { concatAdapters, scaledFactors, slotFeeds } from "../../diffusion/lora/feeds.js";
+import { componentFactors, concatAdapters, scaledFactors, slotFeeds } from "../../diffusion/lora/feeds.js";
 import { float32 } from "../../diffusion/tensor.js";
 import { known, matmul, maxAbsDiffArrays } from "./fixtures.js";
 
@@ -143,5 +144,30 @@ describe("slotFeeds", () => {
     expect(() => slotFeeds("unet", slots, scaledFactors(adapter))).toThrow(LoraValidationError);
     const wrong = loraAdapter([[Q, loraModule(Q, known([1, 7]), known([4, 1]), 1)]]);
     expect(() => slotFeeds("unet", slots, scaledFactors(wrong))).toThrow(/slot in 6 out 4/);
+  });
+});
+
+describe("per-component views", () => {
+  const TE = "text_encoder.text_model.encoder.layers.0.self_attn.q_proj";
+  const adapter = loraAdapter([
+    [Q, loraModule(Q, known([1, 6]), known([4, 1]), 1)],
+    [TE, loraModule(TE, known([1, 8]), known([8, 1]), 1)],
+  ]);
+
+  it("componentFactors keys one component's feeds by the path inside it", () => {
+    const factors = scaledFactors(adapter);
+    const unet = componentFactors(factors, "unet");
+    expect([...unet.keys()]).toEqual(["down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"]);
+    expect(unet.get("down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q")).toBe(factors.get(Q));
+    expect([...componentFactors(factors, "text_encoder_2").keys()]).toEqual([]);
+  });
+
+  it("qualifySlots turns an engine's slot list into component-qualified slots", () => {
+    const engineSlots = [
+      { module: "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q", inFeatures: 6, outFeatures: 4 },
+    ];
+    const slots = qualifySlots("unet", engineSlots);
+    expect(slots).toEqual([{ module: Q, inFeatures: 6, outFeatures: 4 }]);
+    expect(slotFeeds("unet", slots, scaledFactors(loraAdapter([[Q, adapter.modules.get(Q)!]]))).size).toBe(2);
   });
 });
