@@ -212,8 +212,10 @@ const LAMBDA_FLOOR: KeyParser = {
   },
 };
 
+type ConfigKey = keyof DdimConfig | keyof EulerDiscreteConfig | keyof DpmSolverMultistepConfig;
+
 /** One parser per key: a key means the same thing in every diffusers scheduler that has it. */
-const KEY_PARSERS: Readonly<Record<string, KeyParser>> = {
+const KEY_PARSERS: Readonly<Record<ConfigKey, KeyParser>> = {
   num_train_timesteps: integerIn(1, "a positive integer"),
   beta_start: PROBABILITY,
   beta_end: PROBABILITY,
@@ -244,7 +246,8 @@ const KEY_PARSERS: Readonly<Record<string, KeyParser>> = {
   variance_type: nullable(oneOf("learned", "learned_range")),
 };
 
-function describe(raw: unknown): string {
+/** A raw value as the error message shows it. */
+function preview(raw: unknown): string {
   const text = JSON.stringify(raw);
   return text === undefined ? String(raw) : text.length > 60 ? `${text.slice(0, 57)}...` : text;
 }
@@ -263,11 +266,11 @@ function resolveKeys(
       out[key] = fallback;
       continue;
     }
-    const parser = KEY_PARSERS[key];
+    const parser = KEY_PARSERS[key as ConfigKey];
     const value = parser.parse(raw);
     if (value === undefined) {
       throw new SchedulerConfigError(
-        `expected ${parser.expected}, got ${describe(raw)}`,
+        `expected ${parser.expected}, got ${preview(raw)}`,
         scheduler,
         key,
         source,

@@ -12,7 +12,7 @@
  * - the log-probability is a MEAN over the C·H·W elements of a row, not a sum.
  * Float32 arithmetic in torch's order, like the schedulers.
  */
-import { type Float32Tensor, float32 } from "../tensor.js";
+import { type Float32Tensor, Tensor } from "../tensor.js";
 import type { DDIMScheduler } from "./ddim.js";
 import { SchedulerUsageError } from "./errors.js";
 import { assertSameShape, type NoiseSource, rowsOf } from "./scheduler.js";
@@ -63,10 +63,14 @@ export interface DdimX0Prediction {
   readonly predOriginalSample: Float32Tensor;
   /** ε̂ matching it, [B, ...]. */
   readonly predEpsilon: Float32Tensor;
+  /** The rows' transition coefficients for the η given, which the mean and the candidates use. */
   readonly coefficients: DdimTransitionCoefficients;
 }
 
-/** SPO's `ddim_step_fetch_x0`: x̂₀ and ε̂ from the model output, each row at its own timestep. */
+/**
+ * SPO's `ddim_step_fetch_x0`: x̂₀ and ε̂ from the model output, each row at its own timestep.
+ * `eta` (SPO: 1) only sets the σ_t that `ddimPrevSampleMean` and `ddimSampleCandidates` will use.
+ */
 export function ddimPredictX0(
   scheduler: DDIMScheduler,
   modelOutput: Float32Tensor,
@@ -106,8 +110,8 @@ export function ddimPredictX0(
     for (let i = 0; i < x0.length; i++) x0[i] = Math.min(Math.max(x0[i], -range), range);
   }
   return {
-    predOriginalSample: float32(sample.shape, x0),
-    predEpsilon: float32(sample.shape, eps),
+    predOriginalSample: new Tensor("float32", sample.shape, x0),
+    predEpsilon: new Tensor("float32", sample.shape, eps),
     coefficients,
   };
 }
@@ -128,7 +132,7 @@ export function ddimPrevSampleMean(prediction: DdimX0Prediction): Float32Tensor 
       mean[i] = f32(sqrtAlphaPrev * x0[i]) + f32(directionCoef * eps[i]);
     }
   }
-  return float32(predOriginalSample.shape, mean);
+  return new Tensor("float32", predOriginalSample.shape, mean);
 }
 
 /** Where candidate noise comes from: explicit [k, B, ...] standard normals, or a generator (one draw of that shape). */
@@ -166,7 +170,7 @@ export function ddimSampleCandidates(
       }
     }
   }
-  return float32(shape, out);
+  return new Tensor("float32", shape, out);
 }
 
 /**

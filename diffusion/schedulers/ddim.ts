@@ -6,7 +6,7 @@
  * `modelOutput` -> ε_θ(x_t) for epsilon prediction, `predOriginalSample` -> f_θ(x_t), the
  * "predicted x_0" of eq. (12), `stdDevT` -> σ_t(η) of eq. (16), `eta` -> η.
  */
-import { type Float32Tensor, float32 } from "../tensor.js";
+import { type Float32Tensor, Tensor } from "../tensor.js";
 import { alphasCumprodFromBetas, scheduleBetas } from "./betas.js";
 import { type DdimConfig, resolveDdimConfig, type SchedulerConfigInput } from "./config.js";
 import { SchedulerUsageError } from "./errors.js";
@@ -33,7 +33,7 @@ export class DDIMScheduler implements Scheduler {
   readonly alphasCumprod: Float32Array;
   /** ᾱ for the step after t = 0: 1 with set_alpha_to_one, else ᾱ_0 (SD's choice). */
   readonly finalAlphaCumprod: number;
-  private schedule: readonly number[] = [];
+  private schedule: readonly number[];
   private inferenceSteps: number | undefined;
 
   constructor(config: SchedulerConfigInput = {}, source?: string) {
@@ -41,6 +41,9 @@ export class DDIMScheduler implements Scheduler {
     this.betas = scheduleBetas(this.config, this.config.rescale_betas_zero_snr);
     this.alphasCumprod = alphasCumprodFromBetas(this.betas);
     this.finalAlphaCumprod = this.config.set_alpha_to_one ? 1 : this.alphasCumprod[0];
+    // Before setTimesteps, as diffusers: every training timestep, from the noisiest.
+    const trainSteps = this.config.num_train_timesteps;
+    this.schedule = Object.freeze(Array.from({ length: trainSteps }, (_, i) => trainSteps - 1 - i));
   }
 
   get timesteps(): readonly number[] {
@@ -170,7 +173,10 @@ export class DDIMScheduler implements Scheduler {
       const z = stepNoise(options, sample, NAME, `a DDIM step with eta ${eta}`).data;
       for (let i = 0; i < prev.length; i++) prev[i] = prev[i] + f32(stdDevT * z[i]);
     }
-    return { prevSample: float32(sample.shape, prev), predOriginalSample: float32(sample.shape, predX0) };
+    return {
+      prevSample: new Tensor("float32", sample.shape, prev),
+      predOriginalSample: new Tensor("float32", sample.shape, predX0),
+    };
   }
 
   /** q(x_t | x_0) of DDPM eq. (4): √ᾱ_t·x_0 + √(1 − ᾱ_t)·ε, with t per batch row allowed. */
@@ -187,7 +193,7 @@ export class DDIMScheduler implements Scheduler {
         out[i] = f32(sqrtAlpha * original.data[i]) + f32(sqrtOneMinusAlpha * noise.data[i]);
       }
     }
-    return float32(original.shape, out);
+    return new Tensor("float32", original.shape, out);
   }
 
   /** ᾱ_t for an integer training timestep, with a clear error for anything else. */

@@ -12,7 +12,7 @@
  * In this diffusers version the final σ is σ at t = 0 (not 0): the loop ends at x₀'s neighbour, as
  * the reference numbers record; with Karras σ the last σ is repeated, so the last step moves nothing.
  */
-import { type Float32Tensor, float32 } from "../tensor.js";
+import { type Float32Tensor, Tensor } from "../tensor.js";
 import { alphasCumprodFromBetas, scheduleBetas } from "./betas.js";
 import {
   type DpmSolverMultistepConfig,
@@ -175,7 +175,10 @@ export class DPMSolverMultistepScheduler implements Scheduler {
 
     if (this.lowerOrderNums < this.config.solver_order) this.lowerOrderNums++;
     this.stepIndex.advance(index);
-    return { prevSample: float32(sample.shape, prev), predOriginalSample: float32(sample.shape, predX0) };
+    return {
+      prevSample: new Tensor("float32", sample.shape, prev),
+      predOriginalSample: new Tensor("float32", sample.shape, predX0),
+    };
   }
 
   /** The data prediction x̂₀ that DPM-Solver++ integrates, from whatever the model predicts. */
@@ -261,6 +264,6 @@ export class DPMSolverMultistepScheduler implements Scheduler {
         out[i] = f32(alpha * original.data[i]) + f32(sigma * noise.data[i]);
       }
     }
-    return float32(original.shape, out);
+    return new Tensor("float32", original.shape, out);
   }
 }

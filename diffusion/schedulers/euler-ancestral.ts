@@ -9,7 +9,7 @@
  * `options.generator`, which is drawn once per step, on every step including the last (where
  * σ_up = 0), so a torch-compatible generator reproduces diffusers' stream.
  */
-import { type Float32Tensor, float32 } from "../tensor.js";
+import { type Float32Tensor, Tensor } from "../tensor.js";
 import {
   type EulerAncestralConfig,
   resolveEulerAncestralConfig,
@@ -50,8 +50,8 @@ export class EulerAncestralDiscreteScheduler extends EulerFamilyScheduler<EulerA
       prev[i] = f32(x[i] + f32(derivative * dt)) + f32(z[i] * sigmaUp);
     }
     return {
-      prevSample: float32(sample.shape, prev),
-      predOriginalSample: float32(sample.shape, predOriginal),
+      prevSample: new Tensor("float32", sample.shape, prev),
+      predOriginalSample: new Tensor("float32", sample.shape, predOriginal),
     };
   }
 }

@@ -10,7 +10,7 @@
  * Not implemented: the churn options (s_churn, s_tmin, s_tmax, s_noise) that diffusers' step takes
  * but its pipelines never pass; the step is deterministic and ignores noise options.
  */
-import { type Float32Tensor, float32 } from "../tensor.js";
+import { type Float32Tensor, Tensor } from "../tensor.js";
 import { type EulerDiscreteConfig, resolveEulerDiscreteConfig, type SchedulerConfigInput } from "./config.js";
 import { EulerFamilyScheduler, type SigmaSchedule } from "./euler-schedule.js";
 import type { StepOptions, StepOutput } from "./scheduler.js";
@@ -57,8 +57,8 @@ export class EulerDiscreteScheduler extends EulerFamilyScheduler<EulerDiscreteCo
       prev[i] = x[i] + f32(derivative * dt);
     }
     return {
-      prevSample: float32(sample.shape, prev),
-      predOriginalSample: float32(sample.shape, predOriginal),
+      prevSample: new Tensor("float32", sample.shape, prev),
+      predOriginalSample: new Tensor("float32", sample.shape, predOriginal),
     };
   }
 }

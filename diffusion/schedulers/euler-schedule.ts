@@ -7,7 +7,7 @@
  * x̃ = x/√ᾱ, where x̃_σ = x₀ + σ·ε (Karras et al. 2022, §2 and Table 1); the model still expects
  * unit-variance input, hence `scaleModelInput`.
  */
-import { type Float32Tensor, float32, Tensor } from "../tensor.js";
+import { type Float32Tensor, Tensor } from "../tensor.js";
 import { alphasCumprodFromBetas, scheduleBetas } from "./betas.js";
 import type { EulerAncestralConfig } from "./config.js";
 import { SchedulerUsageError } from "./errors.js";
@@ -200,6 +200,6 @@ export abstract class EulerFamilyScheduler<C extends EulerAncestralConfig> imple
       for (let i = r * rowSize; i < (r + 1) * rowSize; i++)
         out[i] = original.data[i] + f32(noise.data[i] * sigma);
     }
-    return float32(original.shape, out);
+    return new Tensor("float32", original.shape, out);
   }
 }

@@ -48,7 +48,7 @@ export interface Scheduler {
   readonly timesteps: readonly number[];
   /** The `n` of the last `setTimesteps(n)`, undefined before. */
   readonly numInferenceSteps: number | undefined;
-  /** ᾱ_t for t = 0 .. num_train_timesteps - 1 (float32). */
+  /** ᾱ_t for t = 0 .. num_train_timesteps - 1 (float32; the scheduler's own table, read only). */
   readonly alphasCumprod: Float32Array;
   /** Scale of the initial noise: the pipeline draws x_T = randn * initNoiseSigma. */
   readonly initNoiseSigma: number;
