@@ -8,6 +8,7 @@
  * up to the bytes asked for.
  */
 import { type FileHandle, open } from "node:fs/promises";
+import { PassThrough, Readable } from "node:stream";
 import yauzl, { type Entry, type ZipFile } from "yauzl";
 import { CheckpointError } from "./checkpoint-error.js";
 import { readAt } from "./file-io.js";
@@ -56,8 +57,12 @@ export class ZipArchive {
     const handle = await open(path, "r");
     let zip: ZipFile | undefined;
     try {
-      // yauzl opens its own descriptor and closes it in close(); ours serves the positional reads.
-      zip = await yauzl.openPromise(path, { lazyEntries: true, autoClose: false, strictFileNames: false });
+      const { size } = await handle.stat();
+      zip = await yauzl.fromRandomAccessReaderPromise(new BoundedFileReader(handle, size, path), size, {
+        lazyEntries: true,
+        autoClose: false,
+        strictFileNames: false,
+      });
       // yauzl reports late reader errors as events; without a listener they would crash the process.
       zip.on("error", () => undefined);
       if (zip.entryCount > MAX_ZIP_ENTRIES) {
@@ -102,7 +107,7 @@ export class ZipArchive {
         entries.set(entry.fileName, entry);
         names.push(entry.fileName);
       }
-      return new ZipArchive(path, handle, zip, entries, names, zip.fileSize);
+      return new ZipArchive(path, handle, zip, entries, names, size);
     } catch (err) {
       zip?.close();
       await handle.close();
@@ -219,5 +224,77 @@ export class ZipArchive {
         this.path,
       );
     }
+  }
+}
+
+/** Bytes moved per read when yauzl streams an entry (only deflated entries are streamed). */
+const STREAM_CHUNK_BYTES = 1 << 20;
+
+/**
+ * yauzl's view of the file, over our descriptor. Every position is checked against the file size
+ * first: a damaged zip64 record can hold offsets beyond 2^53, which Node's fs.read rejects by
+ * throwing inside yauzl's callback, out of reach of any promise (an uncaught exception).
+ */
+class BoundedFileReader extends yauzl.RandomAccessReader {
+  constructor(
+    private readonly handle: FileHandle,
+    private readonly size: number,
+    private readonly path: string,
+  ) {
+    super();
+  }
+
+  override read(
+    buffer: Buffer,
+    offset: number,
+    length: number,
+    position: number,
+    callback: (err: Error | null, bytesRead?: number) => void,
+  ): void {
+    const outside = this.outside(position, position + length);
+    if (outside) {
+      setImmediate(() => callback(outside));
+      return;
+    }
+    readAt(this.handle, buffer.subarray(offset, offset + length), position).then(
+      (bytesRead) => callback(null, bytesRead),
+      (err: Error) => callback(err),
+    );
+  }
+
+  override _readStreamForRange(start: number, end: number): Readable {
+    const outside = this.outside(start, end);
+    if (outside) {
+      const failed = new PassThrough();
+      setImmediate(() => failed.destroy(outside));
+      return failed;
+    }
+    const { handle } = this;
+    return Readable.from(
+      (async function* () {
+        for (let at = start; at < end; at += STREAM_CHUNK_BYTES) {
+          const chunk = Buffer.alloc(Math.min(STREAM_CHUNK_BYTES, end - at));
+          if ((await readAt(handle, chunk, at)) < chunk.length) throw new Error("unexpected end of file");
+          yield chunk;
+        }
+      })(),
+    );
+  }
+
+  /** The descriptor belongs to ZipArchive, which closes it. */
+  override close(callback: (err: Error | null) => void): void {
+    setImmediate(() => callback(null));
+  }
+
+  private outside(start: number, end: number): Error | undefined {
+    const ok =
+      Number.isSafeInteger(start) &&
+      Number.isSafeInteger(end) &&
+      start >= 0 &&
+      start <= end &&
+      end <= this.size;
+    return ok
+      ? undefined
+      : new Error(`read of bytes [${start}, ${end}) outside the ${this.size}-byte file ${this.path}`);
   }
 }

@@ -225,9 +225,13 @@ export class Pickler {
   }
 
   private save(value: Py): void {
-    if (value === null) return void this.out.none();
-    if (typeof value === "boolean") return void this.out.bool(value);
-    if (typeof value === "number" || typeof value === "bigint") return void this.out.int(value);
+    if (value === null) this.out.none();
+    else if (typeof value === "boolean") this.out.bool(value);
+    else if (typeof value === "number" || typeof value === "bigint") this.out.int(value);
+    else this.saveMemoisable(value);
+  }
+
+  private saveMemoisable(value: string | Uint8Array | PyNode): void {
     // Strings by value, globals by name (CPython memoises the class object), the rest by identity.
     const memoKey =
       typeof value === "string"
@@ -236,32 +240,41 @@ export class Pickler {
           ? `global:${value.module}.${value.name}`
           : value;
     const known = this.memo.get(memoKey);
-    if (known !== undefined) return void this.out.binget(known);
-    if (typeof value === "string") {
+    if (known !== undefined) {
+      this.out.binget(known);
+    } else if (typeof value === "string") {
       this.out.unicode(value, this.protocol >= 4);
-      return this.remember(memoKey);
-    }
-    if (value instanceof Uint8Array) {
+      this.remember(memoKey);
+    } else if (value instanceof Uint8Array) {
       this.out.binbytes(value);
-      return this.remember(memoKey);
+      this.remember(memoKey);
+    } else {
+      this.saveNode(value, memoKey);
     }
+  }
+
+  private saveNode(value: PyNode, memoKey: unknown): void {
     switch (value.kind) {
       case "float":
-        return void this.out.float(value.value);
+        this.out.float(value.value);
+        break;
       case "tuple":
-        return this.saveTuple(value, value.items);
+        this.saveTuple(value, value.items);
+        break;
       case "list":
         this.out.emptyList();
         this.remember(value);
-        return this.batch(
+        this.batch(
           value.items.map((v) => [v]),
           () => this.out.append(),
           () => this.out.appends(),
         );
+        break;
       case "dict":
         this.out.emptyDict();
         this.remember(value);
-        return this.saveItems(value.entries);
+        this.saveItems(value.entries);
+        break;
       case "global":
         if (this.protocol >= 4) {
           this.save(value.module);
@@ -270,7 +283,8 @@ export class Pickler {
         } else {
           this.out.global(value.module, value.name);
         }
-        return this.remember(memoKey);
+        this.remember(memoKey);
+        break;
       case "reduce":
         this.save(value.func);
         this.save(value.args);
@@ -281,16 +295,19 @@ export class Pickler {
           this.save(value.state);
           this.out.build();
         }
-        return;
+        break;
       case "persistent":
         this.save(value.pid);
         this.out.binpersid();
-        return;
+        break;
     }
   }
 
   private saveTuple(node: PyNode, items: readonly Py[]): void {
-    if (items.length === 0) return void this.out.emptyTuple();
+    if (items.length === 0) {
+      this.out.emptyTuple();
+      return;
+    }
     if (items.length <= 3) {
       for (const item of items) this.save(item);
       this.out.tupleN(items.length as 1 | 2 | 3);
