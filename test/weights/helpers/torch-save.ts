@@ -106,6 +106,8 @@ export interface SaveOptions {
   /** Storage records to leave out, or to write with other bytes. */
   readonly omit?: readonly string[];
   readonly deflate?: boolean;
+  /** The 40-digit id torch 2.x writes at random; fixed here unless given. */
+  readonly serializationId?: string;
 }
 
 /** The archive torch.save would write for `obj`, whose tensors live in `storages`. */
@@ -133,6 +135,9 @@ export function torchSave(obj: Py, storages: readonly Storage[], options: SaveOp
     entries.push({ name: `${archive}/data/${s.key}`, data: s.bytes, deflate: options.deflate });
   }
   entries.push({ name: `${archive}/version`, data: text("3\n") });
-  entries.push({ name: `${archive}/.data/serialization_id`, data: text("0".repeat(40)) });
+  entries.push({
+    name: `${archive}/.data/serialization_id`,
+    data: text(options.serializationId ?? "0".repeat(40)),
+  });
   return buildZip(entries, { dataDescriptor: true, zip64: "records", ...options.zip });
 }
