@@ -7,8 +7,11 @@
  * is memory-bound and a few percent of the MACs of a UNet.
  */
 import { numel, shapeString } from "../tensor.js";
+import { normalizeAxis, sliceBounds } from "./checks.js";
 import type { Conv2dOptions, LoraFactors, Ops, ReshapeSpec } from "./ops.js";
 import { ParameterError } from "./ops.js";
+import { resolveReshape } from "./reference-layout.js";
+import { broadcastShapes as broadcast } from "./reference-math.js";
 
 export interface MetaTensor {
   readonly shape: readonly number[];
@@ -22,40 +25,9 @@ export interface ExpectedParam {
 }
 
 function normAxis(axis: number, rank: number): number {
-  const a = axis < 0 ? axis + rank : axis;
-  if (a < 0 || a >= rank) throw new RangeError(`axis ${axis} out of range for rank ${rank}`);
+  const a = normalizeAxis(axis, rank);
+  if (a === undefined) throw new RangeError(`axis ${axis} out of range for rank ${rank}`);
   return a;
-}
-
-export function broadcastShapes(a: readonly number[], b: readonly number[]): number[] {
-  const rank = Math.max(a.length, b.length);
-  const out: number[] = [];
-  for (let i = 0; i < rank; i++) {
-    const da = a[a.length - rank + i] ?? 1;
-    const db = b[b.length - rank + i] ?? 1;
-    if (da !== db && da !== 1 && db !== 1) {
-      throw new RangeError(`cannot broadcast ${shapeString(a)} with ${shapeString(b)}`);
-    }
-    out.push(da === 1 ? db : da);
-  }
-  return out;
-}
-
-/** ONNX Reshape semantics: 0 copies the input dimension, -1 is inferred. */
-export function resolveReshape(input: readonly number[], spec: ReshapeSpec): number[] {
-  const out = spec.map((d, i) => (d === 0 ? input[i] : d));
-  const known = out.reduce((p, d) => (d === -1 ? p : p * d), 1);
-  const total = numel(input);
-  const inferred = out.indexOf(-1);
-  if (inferred >= 0) {
-    if (known === 0 || total % known !== 0) {
-      throw new RangeError(`cannot reshape ${shapeString(input)} to ${shapeString(spec)}`);
-    }
-    out[inferred] = total / known;
-  }
-  if (numel(out) !== total)
-    throw new RangeError(`cannot reshape ${shapeString(input)} to ${shapeString(spec)}`);
-  return out;
 }
 
 export class MetaOps implements Ops<MetaTensor> {
@@ -91,12 +63,16 @@ export class MetaOps implements Ops<MetaTensor> {
   scalar(): MetaTensor {
     return { shape: [] };
   }
-  loraFactors(): LoraFactors<MetaTensor> | undefined {
+  loraFactors(
+    _module: string,
+    _inFeatures: number,
+    _outFeatures: number,
+  ): LoraFactors<MetaTensor> | undefined {
     return undefined;
   }
 
   private binary(a: MetaTensor, b: MetaTensor): MetaTensor {
-    return { shape: broadcastShapes(a.shape, b.shape) };
+    return { shape: broadcast("meta", a.shape, b.shape) };
   }
   add(a: MetaTensor, b: MetaTensor): MetaTensor {
     return this.binary(a, b);
@@ -137,7 +113,7 @@ export class MetaOps implements Ops<MetaTensor> {
       throw new RangeError(
         `matmul inner dimensions differ: ${shapeString(a.shape)} x ${shapeString(b.shape)}`,
       );
-    const batch = broadcastShapes(a.shape.slice(0, -2), b.shape.slice(0, -2));
+    const batch = broadcast("matmul", a.shape.slice(0, -2), b.shape.slice(0, -2));
     this.macs += numel(batch) * m * n * k;
     return { shape: [...batch, m, n] };
   }
@@ -214,7 +190,8 @@ export class MetaOps implements Ops<MetaTensor> {
   slice(x: MetaTensor, axis: number, start: number, end: number): MetaTensor {
     const a = normAxis(axis, x.shape.length);
     const shape = [...x.shape];
-    shape[a] = Math.min(end, shape[a]) - start;
+    const [s0, s1] = sliceBounds(start, end, shape[a]);
+    shape[a] = s1 - s0;
     return { shape, integer: x.integer };
   }
   upsampleNearest2x(x: MetaTensor, like?: MetaTensor): MetaTensor {

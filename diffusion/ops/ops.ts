@@ -75,7 +75,10 @@ export interface Ops<T> {
   sigmoid(x: T): T;
   /** Clamp to [min, max] (either bound may be omitted). */
   clip(x: T, min?: number, max?: number): T;
-  /** float32 <-> compute dtype (identity where they coincide). */
+  /**
+   * float32 <-> compute dtype (identity where they coincide). Integer inputs (an int64 timestep)
+   * are converted to the float type asked for.
+   */
   cast(x: T, to: "float32" | "compute"): T;
 
   // --- linear algebra -------------------------------------------------------------------------

@@ -1,0 +1,142 @@
+/**
+ * A loaded engine folder: its manifest, tokenizers and scheduler config, and its ONNX graphs in
+ * an onnxruntime worker thread. It implements `PipelineModels`, so the pipelines run on it.
+ *
+ * LoRA: every slot of the UNet graph is fed on every call, with the request's factors where it has
+ * some and rank-0 tensors elsewhere, so one session serves every adapter and none (DESIGN.md).
+ * Nothing about an adapter is kept between calls.
+ */
+import { join } from "node:path";
+import type { LoraFeeds, PipelineModels, PipelineSpec, TextEncoderOutput, UNetFeeds } from "../pipelines/pipeline-models.js";
+import { loadSchedulerConfig } from "../schedulers/index.js";
+import { type Float32Tensor, Tensor, toFloat32 } from "../tensor.js";
+import { ClipTokenizer } from "../tokenizer/index.js";
+import type { ExecutionProviderConfig, ResolvedProvider } from "./execution-provider.js";
+import { type EngineManifest, type GraphComponent, ManifestError, readManifest } from "./manifest.js";
+import { InferenceError, OnnxRuntimeWorker } from "./onnx-runtime.js";
+
+export class EngineInputError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "EngineInputError";
+  }
+}
+
+export class DiffusionEngine implements PipelineModels {
+  private readonly emptySlots = new Map<string, Tensor>();
+
+  private constructor(
+    readonly folder: string,
+    readonly manifest: EngineManifest,
+    readonly spec: PipelineSpec,
+    readonly tokenizers: readonly ClipTokenizer[],
+    private readonly runtime: OnnxRuntimeWorker,
+  ) {
+    for (const slot of manifest.graphs.unet!.loraSlots) {
+      this.emptySlots.set(`${slot.module}.lora_down`, new Tensor("float32", [0, slot.inFeatures], new Float32Array(0)));
+      this.emptySlots.set(`${slot.module}.lora_up`, new Tensor("float32", [slot.outFeatures, 0], new Float32Array(0)));
+    }
+  }
+
+  static async open(folder: string, provider: ExecutionProviderConfig = { provider: "cpu" }): Promise<DiffusionEngine> {
+    const manifest = await readManifest(folder);
+    const tokenizers = await Promise.all(manifest.textEncoders.map((t) => ClipTokenizer.fromFolder(join(folder, t.tokenizer))));
+    const scheduler = await loadSchedulerConfig(join(folder, "scheduler"));
+    const spec: PipelineSpec = {
+      family: manifest.family === "sdxl" ? "sdxl" : "sd15",
+      textEncoders: manifest.textEncoders.map((t) => ({ hidden: t.hidden, pooled: t.pooled })),
+      latentChannels: manifest.vae.latentChannels,
+      vaeScaleFactor: manifest.vae.scaleFactor,
+      vaeScalingFactor: manifest.vae.scalingFactor,
+      defaultSize: manifest.unet.sampleSize * manifest.vae.scaleFactor,
+      forceZerosForEmptyPrompt: manifest.forceZerosForEmptyPrompt,
+      addTimeIds: manifest.unet.addTimeIds,
+      schedulerConfig: scheduler.values,
+    };
+    const sessions = (Object.keys(manifest.graphs) as GraphComponent[]).map((name) => ({
+      name,
+      // A path, not a buffer: onnxruntime finds model.onnx_data relative to the model file.
+      path: join(folder, manifest.graphs[name]!.file),
+    }));
+    const runtime = await OnnxRuntimeWorker.start(sessions, provider);
+    return new DiffusionEngine(folder, manifest, spec, tokenizers, runtime);
+  }
+
+  get provider(): ResolvedProvider {
+    return this.runtime.provider!;
+  }
+
+  /** The declared dtype of a graph input, read from the session (the timestep may be float or int64). */
+  private inputDtype(session: GraphComponent, input: string): string {
+    const info = this.runtime.sessions.get(session)?.inputs.find((i) => i.name === input);
+    if (!info) throw new ManifestError(`the ${session} graph has no input ${input}`, this.folder);
+    return info.dtype;
+  }
+
+  async textEncoder(index: number, inputIds: Tensor<"int64">): Promise<TextEncoderOutput> {
+    const entry = this.manifest.textEncoders[index];
+    if (!entry) throw new EngineInputError(`text encoder ${index} does not exist (the engine has ${this.manifest.textEncoders.length})`);
+    const ids = this.inputDtype(entry.component, "input_ids") === "int32" ? new Tensor("int32", inputIds.shape, Int32Array.from(inputIds.data, Number)) : inputIds;
+    const wanted = [entry.hiddenOutput, ...(entry.pooledOutput ? [entry.pooledOutput] : [])];
+    const out = await this.runtime.run(entry.component, { input_ids: ids }, wanted);
+    return {
+      hidden: toFloat32(out[entry.hiddenOutput]),
+      pooled: entry.pooledOutput ? toFloat32(out[entry.pooledOutput]) : undefined,
+    };
+  }
+
+  /** The LoRA slot feeds for one call: the given factors, rank 0 for every other slot. */
+  loraInputs(lora?: LoraFeeds): Record<string, Tensor> {
+    const feeds: Record<string, Tensor> = Object.fromEntries(this.emptySlots);
+    if (!lora) return feeds;
+    const slots = new Map(this.manifest.graphs.unet!.loraSlots.map((s) => [s.module, s]));
+    for (const [module, f] of lora) {
+      const slot = slots.get(module);
+      if (!slot) throw new EngineInputError(`LoRA module ${module} has no slot in this engine (targets: ${this.manifest.loraTargets})`);
+      const [r, inF] = f.down.shape;
+      if (inF !== slot.inFeatures || f.up.shape[0] !== slot.outFeatures || f.up.shape[1] !== r) {
+        throw new EngineInputError(
+          `LoRA module ${module}: down [${f.down.shape}] / up [${f.up.shape}] do not fit the slot (in ${slot.inFeatures}, out ${slot.outFeatures})`,
+        );
+      }
+      feeds[`${module}.lora_down`] = f.down;
+      feeds[`${module}.lora_up`] = f.up;
+    }
+    return feeds;
+  }
+
+  async unet(f: UNetFeeds, lora?: LoraFeeds): Promise<Float32Tensor> {
+    const timestep =
+      this.inputDtype("unet", "timestep") === "int64"
+        ? new Tensor("int64", f.timestep.shape, BigInt64Array.from(f.timestep.data, (t) => BigInt(Math.round(t))))
+        : f.timestep;
+    const feeds: Record<string, Tensor> = {
+      ...this.loraInputs(lora),
+      sample: f.sample,
+      timestep,
+      encoder_hidden_states: f.encoderHiddenStates,
+    };
+    if (this.spec.addTimeIds) {
+      if (!f.textEmbeds || !f.timeIds) throw new EngineInputError("this SDXL UNet needs text_embeds and time_ids");
+      feeds.text_embeds = f.textEmbeds;
+      feeds.time_ids = f.timeIds;
+    }
+    const out = await this.runtime.run("unet", feeds, ["out"]);
+    return toFloat32(out.out);
+  }
+
+  async vaeDecode(latents: Float32Tensor): Promise<Float32Tensor> {
+    const out = await this.runtime.run("vae_decoder", { latent: latents }, ["decoded"]);
+    return toFloat32(out.decoded);
+  }
+
+  async vaeEncode(images: Float32Tensor): Promise<{ mean: Float32Tensor; logvar: Float32Tensor }> {
+    if (!this.manifest.graphs.vae_encoder) throw new InferenceError("this engine has no VAE encoder (img2img needs one)", "vae_encoder");
+    const out = await this.runtime.run("vae_encoder", { image: images }, ["posterior_mean", "posterior_logvar"]);
+    return { mean: toFloat32(out.posterior_mean), logvar: toFloat32(out.posterior_logvar) };
+  }
+
+  async close(): Promise<void> {
+    await this.runtime.close();
+  }
+}
