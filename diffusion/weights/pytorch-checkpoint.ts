@@ -183,11 +183,17 @@ export async function readPytorchCheckpoint(path: string): Promise<Map<string, T
 
 // --- opening ----------------------------------------------------------------------------------------
 
-const ZIP_MAGIC = [0x50, 0x4b, 0x03, 0x04];
-const PICKLE_PROTO = 0x80;
+/** A zip's local file header, "PK\3\4": torch.save since 1.6. */
+export const ZIP_MAGIC: readonly number[] = [0x50, 0x4b, 0x03, 0x04];
+/**
+ * How torch.save before 1.6 began: PROTO 2, then LONG1 of 10 bytes holding its magic number
+ * 0x1950a86a20f9469cfc6c (torch/serialization.py MAGIC_NUMBER). Read as a safetensors length
+ * prefix these bytes would claim a 176 MB header, over the format's limit, so they cannot be one.
+ */
+export const LEGACY_TORCH_MAGIC: readonly number[] = [0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46];
 const TAR_MAGIC_OFFSET = 257;
 
-/** Recognise pre-zip torch.save files by their first bytes, so they get a useful message. */
+/** Recognise pre-zip torch.save files (pickles, or the even older tar) so they get a useful message. */
 async function sniffFormat(path: string): Promise<void> {
   let handle: FileHandle | undefined;
   const head = new Uint8Array(TAR_MAGIC_OFFSET + 5);
@@ -198,10 +204,10 @@ async function sniffFormat(path: string): Promise<void> {
   } finally {
     await handle?.close();
   }
-  if (ZIP_MAGIC.every((b, i) => head[i] === b)) return;
+  if (startsWith(head, ZIP_MAGIC)) return;
   const tar =
     got >= head.length && Buffer.from(head.subarray(TAR_MAGIC_OFFSET)).toString("latin1") === "ustar";
-  if (head[0] === PICKLE_PROTO || tar) {
+  if (startsWith(head, LEGACY_TORCH_MAGIC) || tar) {
     throw new CheckpointError(
       "legacy-format",
       "this is a pre-1.6 torch.save file (not a zip); re-save it with a current PyTorch, or convert it to safetensors",
@@ -209,6 +215,10 @@ async function sniffFormat(path: string): Promise<void> {
     );
   }
   throw new CheckpointError("bad-zip", "not a zip file (no local file header at the start)", path);
+}
+
+export function startsWith(bytes: Uint8Array, prefix: readonly number[]): boolean {
+  return prefix.every((b, i) => bytes[i] === b);
 }
 
 function archiveNameOf(zip: ZipArchive, path: string): string {

@@ -22,7 +22,7 @@ import {
   PyDict,
   PyGlobal,
   PyTuple,
-} from "./pickle.js";
+} from "./pickle-values.js";
 
 /** torch storage classes by name (module `torch`), and the dtype of their elements. */
 const STORAGE_DTYPES: Readonly<Record<string, DType>> = {
