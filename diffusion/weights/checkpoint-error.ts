@@ -35,12 +35,13 @@ export type CheckpointErrorCode =
 export class CheckpointError extends Error {
   constructor(
     readonly code: CheckpointErrorCode,
-    message: string,
+    /** The message without the file and tensor prefix. */
+    readonly detail: string,
     readonly file: string,
     readonly tensor?: string,
     options?: { cause?: unknown },
   ) {
-    super(`${file}${tensor !== undefined ? ` (tensor ${JSON.stringify(tensor)})` : ""}: ${message}`, options);
+    super(`${file}${tensor !== undefined ? ` (tensor ${JSON.stringify(tensor)})` : ""}: ${detail}`, options);
     this.name = "CheckpointError";
   }
 }

@@ -22,6 +22,7 @@ import { TensorRef, TorchPickleEnvironment } from "./torch-pickle.js";
 import { ZipArchive } from "./zip-reader.js";
 
 export { CheckpointError, type CheckpointErrorCode } from "./checkpoint-error.js";
+export { InertObject } from "./torch-pickle.js";
 
 /** data.pkl larger than this is refused: a state dict's pickle is a few MB even for billions of weights. */
 export const MAX_PICKLE_BYTES = 256 * 2 ** 20;
@@ -42,6 +43,15 @@ export interface CheckpointTensorInfo {
   readonly contiguous: boolean;
 }
 
+export interface CheckpointOptions {
+  /**
+   * Globals ("module.name") to accept as inert placeholders instead of refusing the file, for
+   * checkpoints that pickle training objects next to the weights (Lightning callbacks, argparse
+   * Namespaces). They are never run; tensors inside them are not listed. Default: none.
+   */
+  readonly inertGlobals?: readonly string[];
+}
+
 export class PytorchCheckpoint {
   private constructor(
     readonly path: string,
@@ -54,7 +64,7 @@ export class PytorchCheckpoint {
     private readonly tensors: ReadonlyMap<string, TensorRef>,
   ) {}
 
-  static async open(path: string): Promise<PytorchCheckpoint> {
+  static async open(path: string, options: CheckpointOptions = {}): Promise<PytorchCheckpoint> {
     await sniffFormat(path);
     const zip = await ZipArchive.open(path);
     try {
@@ -71,8 +81,8 @@ export class PytorchCheckpoint {
         );
       }
       const pickle = await zip.readEntry(pickleName);
-      const env = new TorchPickleEnvironment();
-      const root = unpickle(pickle, env, pickleName, path);
+      const env = new TorchPickleEnvironment(options.inertGlobals);
+      const root = withInertHint(() => unpickle(pickle, env, pickleName, path));
 
       for (const storage of env.storages.values()) {
         const record = zip.entry(`${archive}/data/${storage.key}`);
@@ -172,8 +182,11 @@ export class PytorchCheckpoint {
 }
 
 /** Read every tensor of a checkpoint. */
-export async function readPytorchCheckpoint(path: string): Promise<Map<string, Tensor>> {
-  const checkpoint = await PytorchCheckpoint.open(path);
+export async function readPytorchCheckpoint(
+  path: string,
+  options: CheckpointOptions = {},
+): Promise<Map<string, Tensor>> {
+  const checkpoint = await PytorchCheckpoint.open(path, options);
   try {
     return await checkpoint.readAll();
   } finally {
@@ -182,6 +195,22 @@ export async function readPytorchCheckpoint(path: string): Promise<Map<string, T
 }
 
 // --- opening ----------------------------------------------------------------------------------------
+
+/** A refused global gets a pointer to the way out, when the caller judges it harmless. */
+function withInertHint<T>(run: () => T): T {
+  try {
+    return run();
+  } catch (err) {
+    if (!(err instanceof CheckpointError) || err.code !== "refused-global") throw err;
+    throw new CheckpointError(
+      err.code,
+      `${err.detail} (to load the file with it as an inert placeholder that is never run, list it in the inertGlobals option)`,
+      err.file,
+      err.tensor,
+      { cause: err },
+    );
+  }
+}
 
 /** A zip's local file header, "PK\3\4": torch.save since 1.6. */
 export const ZIP_MAGIC: readonly number[] = [0x50, 0x4b, 0x03, 0x04];

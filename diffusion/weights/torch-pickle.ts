@@ -111,6 +111,27 @@ export class TensorRef extends PickleObject {
  */
 const MAX_TENSOR_INDEX = 2 ** 48;
 
+/**
+ * An object of a class the caller chose to tolerate (see TorchPickleEnvironment): it records how
+ * it was built and is never interpreted, so whatever that class would do when loaded never happens.
+ */
+export class InertObject extends PickleObject {
+  readonly typeName: string;
+  state: PickleValue = null;
+
+  constructor(
+    readonly global: string,
+    readonly args: readonly PickleValue[],
+  ) {
+    super();
+    this.typeName = `inert ${global}`;
+  }
+
+  override setState(state: PickleValue): void {
+    this.state = state;
+  }
+}
+
 /** Build tensor references and storages; everything else in the allow-list is a container. */
 export class TorchPickleEnvironment implements PickleEnvironment {
   /** Storages by key: torch.save writes one record per key, so every reference must agree. */
@@ -118,7 +139,13 @@ export class TorchPickleEnvironment implements PickleEnvironment {
 
   private readonly globals: ReadonlyMap<string, PyGlobal>;
 
-  constructor() {
+  /**
+   * `inertGlobals`: qualified names ("module.name") the caller accepts as inert placeholders
+   * rather than refusing the file, e.g. a Lightning checkpoint's
+   * "pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint". Calling one builds an
+   * InertObject; nothing of the named class is ever run. Everything else stays refused.
+   */
+  constructor(inertGlobals: readonly string[] = []) {
     const entries: PyGlobal[] = [
       new PyGlobal("collections", "OrderedDict", (args, ctx) => orderedDict(args, ctx)),
       new PyGlobal("torch._utils", "_rebuild_tensor_v2", (args, ctx) => rebuildTensor(args, ctx)),
@@ -134,7 +161,20 @@ export class TorchPickleEnvironment implements PickleEnvironment {
     ];
     for (const [name, dtype] of Object.entries(STORAGE_DTYPES))
       entries.push(new StorageType("torch", name, dtype));
-    this.globals = new Map(entries.map((g) => [g.qualifiedName, g]));
+    const allowed = new Map(entries.map((g) => [g.qualifiedName, g]));
+    for (const qualified of inertGlobals) {
+      const dot = qualified.lastIndexOf(".");
+      if (dot <= 0 || allowed.has(qualified)) continue;
+      allowed.set(
+        qualified,
+        new PyGlobal(
+          qualified.slice(0, dot),
+          qualified.slice(dot + 1),
+          (args) => new InertObject(qualified, args),
+        ),
+      );
+    }
+    this.globals = allowed;
   }
 
   resolveGlobal(module: string, name: string): PyGlobal | undefined {

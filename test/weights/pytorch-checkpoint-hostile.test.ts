@@ -7,9 +7,11 @@ import { writeFile } from "node:fs/promises";
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import { float32 } from "../../diffusion/tensor.js";
+import type { PyDict } from "../../diffusion/weights/pickle.js";
 import {
   CheckpointError,
   type CheckpointErrorCode,
+  InertObject,
   PytorchCheckpoint,
 } from "../../diffusion/weights/pytorch-checkpoint.js";
 import { OpcodeWriter, Pickler, py } from "./helpers/pickle-writer.js";
@@ -119,6 +121,58 @@ describe("refused globals: nothing ever runs", () => {
       ),
     );
     await expectRefused(await saved(withPickle(pickle, [weight])), "refused-global", /os\.system/);
+  });
+});
+
+describe("inert globals, by explicit choice", () => {
+  // A Lightning-style checkpoint: weights plus a callback object pickled by its class.
+  const marker = tmp.path("callback-ran");
+  const callback = py.reduce(
+    py.global("pytorch_lightning.callbacks.model_checkpoint", "ModelCheckpoint"),
+    py.tuple(),
+    {
+      state: py.dict([["dirpath", marker]]),
+    },
+  );
+  const obj = py.dict([
+    ["state_dict", stateDict([["w", tensorNode(weight, [2])]])],
+    ["callbacks", py.dict([["ModelCheckpoint", callback]])],
+  ]);
+
+  it("refuses the unknown class by default, and says how to accept it", async () => {
+    const err = await expectRefused(await saved(torchSave(obj, [weight])), "refused-global");
+    expect(err.message).toContain("pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint");
+    expect(err.message).toContain("inertGlobals");
+  });
+
+  it("loads it as an inert placeholder when listed, and reads the weights", async () => {
+    const path = await saved(torchSave(obj, [weight]));
+    const checkpoint = await PytorchCheckpoint.open(path, {
+      inertGlobals: ["pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint"],
+    });
+    try {
+      expect(checkpoint.names()).toEqual(["state_dict.w"]);
+      expect([...(await checkpoint.read("state_dict.w")).data]).toEqual([1, 2]);
+      const placeholder = ((checkpoint.root as PyDict).get("callbacks") as PyDict).get("ModelCheckpoint");
+      expect(placeholder).toBeInstanceOf(InertObject);
+      expect((placeholder as InertObject).global).toBe(
+        "pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint",
+      );
+      expect(((placeholder as InertObject).state as PyDict).get("dirpath")).toBe(marker);
+    } finally {
+      await checkpoint.close();
+    }
+    expect(existsSync(marker)).toBe(false);
+  });
+
+  it("listing one class accepts no other", async () => {
+    const evil = py.dict([["x", py.reduce(py.global("os", "system"), py.tuple("true"))]]);
+    const path = await saved(torchSave(evil, []));
+    await expect(
+      PytorchCheckpoint.open(path, {
+        inertGlobals: ["pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint"],
+      }),
+    ).rejects.toMatchObject({ code: "refused-global" });
   });
 });
 
