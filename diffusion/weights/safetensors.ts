@@ -30,6 +30,7 @@ export {
   type TensorInfo,
   type TensorSpec,
 } from "./safetensors-header.js";
+export { SafetensorsWriter, writeSafetensorsStreaming } from "./safetensors-writer.js";
 
 /** A safetensors file opened for lazy per-tensor reads. Close it when done. */
 export class SafetensorsFile {
