@@ -25,18 +25,16 @@ import { isLoraTarget, type LoraTargetSetName } from "../lora/targets.js";
 import { modernVaeKey, vaeScaleFactor } from "../models/autoencoder-kl.js";
 import {
   type ComponentKind,
-  componentInputs,
   measureComponent,
   type ResolvedConfig,
   resolveComponent,
-  runComponent,
 } from "../models/components.js";
 import { readConfigFile } from "../models/config-reader.js";
-import { OnnxOps } from "../onnx/onnx-ops.js";
 import { writeOnnxModel } from "../onnx/writer.js";
 import type { ParamSource } from "../ops/params.js";
 import { shapeString } from "../tensor.js";
 import { CheckpointParamSource, shardFiles } from "./checkpoint-source.js";
+import { recordComponentGraph } from "./component-graph.js";
 
 export const STEPWISE_VERSION = "0.1.0";
 /** How many offending keys a checkpoint error lists before it only counts. */
@@ -189,23 +187,13 @@ async function writeGraph(
   family: ModelFamily,
 ): Promise<GraphEntry> {
   const targets = options.loraTargets ?? "spo";
-  const ops = new OnnxOps({
+  const ops = recordComponentGraph(resolved, {
     params: source,
     dtype: options.dtype ?? "float32",
     isLoraTarget: plan.kind === "unet" ? (m) => isLoraTarget(targets, m) : undefined,
     paramsLabel: join(options.from, plan.folder),
+    outputs: plan.outputs,
   });
-  const inputs: Record<string, ReturnType<OnnxOps["input"]>> = {};
-  for (const spec of componentInputs(resolved)) {
-    // Timesteps and time ids only enter float32 sinusoids: keep them float32 in fp16 graphs too.
-    const keepFloat32 = spec.name === "timestep" || spec.name === "time_ids";
-    inputs[spec.name] = ops.input(spec.name, spec.dtype, spec.shape, { keepFloat32 });
-  }
-  const outputs = runComponent(ops, resolved, inputs);
-  for (const name of plan.outputs) {
-    if (!outputs[name]) throw new ConvertError(`${plan.graph}: the model definition has no output ${name}`);
-    ops.output(name, outputs[name]);
-  }
   const report = await writeOnnxModel(ops, dir, {
     externalData: options.externalData ?? "auto",
     graphName: plan.graph,
