@@ -3,6 +3,9 @@
  * that builds its commander `Command`; this file only assembles them.
  */
 import { Command } from "commander";
+import { keysCommand } from "./commands/keys.js";
+import { openapiCommand } from "./commands/openapi.js";
+import { serveCommand } from "./commands/serve.js";
 import { tokenizeCommand } from "./commands/tokenize.js";
 
 export function buildProgram(): Command {
@@ -12,6 +15,9 @@ export function buildProgram(): Command {
     )
     .version("0.1.0")
     .showHelpAfterError();
+  program.addCommand(serveCommand());
   program.addCommand(tokenizeCommand());
+  program.addCommand(keysCommand());
+  program.addCommand(openapiCommand());
   return program;
 }

@@ -1,0 +1,133 @@
+/**
+ * The fastify application: external plugins (swagger), application plugins that decorate the
+ * instance (auth, metrics, the Stepwise services), then the routes per resource. The route
+ * schemas are the single source of the OpenAPI document.
+ */
+import swagger from "@fastify/swagger";
+import swaggerUi from "@fastify/swagger-ui";
+import Fastify, { type FastifyError, type FastifyInstance, type FastifyServerOptions } from "fastify";
+import type { AdapterResolver } from "./adapters.js";
+import auth from "./auth.js";
+import type { ServerConfig } from "./config.js";
+import { Errors } from "./errors.js";
+import metricsPlugin, { type Metrics } from "./metrics.js";
+import type { ModelPool } from "./model-pool.js";
+import adminRoutes from "./routes/admin.js";
+import healthRoutes from "./routes/health.js";
+import imageRoutes from "./routes/images.js";
+import modelRoutes from "./routes/models.js";
+import playgroundRoutes from "./routes/playground.js";
+import sdapiRoutes from "./routes/sdapi.js";
+import { formatValidationErrors } from "./validation.js";
+
+export const API_VERSION = "0.1.0";
+
+/** What the routes use; `serve` builds the real ones, `openapi` an empty set. */
+export interface StepwiseServices {
+  readonly config: ServerConfig;
+  readonly pool: ModelPool;
+  readonly adapters: AdapterResolver;
+  readonly metrics: Metrics;
+  /** Registry reachability and watcher state, for readyz. */
+  readonly registryStatus: () => { readonly reachable: boolean; readonly detail?: string };
+  /** Poke the registry watcher (POST /v1/admin/registry/refresh). */
+  readonly refreshRegistry: () => Promise<{ readonly changed: boolean }>;
+  /** Aborted when a shutting-down server's grace period ends: in-flight work stops at the next step. */
+  readonly shutdownSignal: AbortSignal;
+  /** Extra route plugins (registry and scoring routes), registered after the core ones. */
+  readonly routes?: ReadonlyArray<(app: FastifyInstance) => Promise<void>>;
+}
+
+declare module "fastify" {
+  interface FastifyInstance {
+    stepwise: StepwiseServices;
+  }
+}
+
+export async function buildApp(
+  services: StepwiseServices,
+  options: { logger?: FastifyServerOptions["logger"] } = {},
+): Promise<FastifyInstance> {
+  const config = services.config;
+  const app = Fastify({
+    logger: options.logger ?? { level: config.logLevel },
+    bodyLimit: config.limits.bodyLimitBytes,
+    genReqId: () => crypto.randomUUID(),
+    requestIdHeader: "x-request-id",
+    ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: true } },
+    schemaErrorFormatter: formatValidationErrors,
+  });
+  app.decorate("stepwise", services);
+
+  await app.register(swagger, {
+    openapi: {
+      openapi: "3.1.0",
+      info: {
+        title: "Stepwise",
+        version: API_VERSION,
+        description:
+          "Generate images with Stable Diffusion 1.5 / SDXL and hot-swappable LoRAs, score noisy latents with a step-aware preference model, and manage the LoRA registry.",
+      },
+      components: {
+        securitySchemes: {
+          apiKey: { type: "http", scheme: "bearer", description: "API key (`stepwise keys create`)" },
+        },
+      },
+      security: [{ apiKey: [] }],
+      tags: [
+        { name: "generation", description: "Text-to-image and image-to-image" },
+        { name: "a1111", description: "AUTOMATIC1111 API subset" },
+        { name: "loras", description: "The LoRA registry" },
+        { name: "scoring", description: "Step-aware preference scores" },
+        { name: "operations", description: "Health, readiness, models, administration" },
+      ],
+    },
+  });
+  await app.register(swaggerUi, { routePrefix: "/docs" });
+  await app.register(metricsPlugin, { metrics: services.metrics });
+  await app.register(auth, { keys: config.auth.keys });
+
+  app.setErrorHandler((error: FastifyError & { retryAfter?: number }, request, reply) => {
+    let status = error.statusCode ?? 500;
+    let code = error.code;
+    let message = error.message;
+    if (error.validation) {
+      status = 400;
+      code = Errors.BAD_REQUEST("").code;
+    } else if (code === "FST_ERR_CTP_BODY_TOO_LARGE") {
+      code = "STEPWISE_PAYLOAD_TOO_LARGE";
+      message = `request body exceeds ${config.limits.bodyLimitBytes} bytes`;
+    } else if (status >= 500 || !code) {
+      request.log.error({ err: error }, "request failed");
+      status = Math.max(status, 500);
+      if (status === 500 || !code?.startsWith("STEPWISE_")) {
+        const internal = new Errors.INTERNAL(String(request.id));
+        code = internal.code;
+        message = internal.message;
+      }
+    } else if (code.startsWith("FST_")) {
+      code = "STEPWISE_BAD_REQUEST";
+    }
+    if (error.retryAfter !== undefined) reply.header("retry-after", String(error.retryAfter));
+    reply.status(status).send({ error: { code, message, status } });
+  });
+  app.setNotFoundHandler((request, reply) => {
+    reply.status(404).send({
+      error: {
+        code: "STEPWISE_NOT_FOUND",
+        message: `no route ${request.method} ${request.url}`,
+        status: 404,
+      },
+    });
+  });
+
+  await app.register(healthRoutes);
+  await app.register(modelRoutes);
+  await app.register(imageRoutes);
+  await app.register(sdapiRoutes);
+  await app.register(adminRoutes);
+  await app.register(playgroundRoutes);
+  for (const routes of services.routes ?? []) await app.register(routes);
+  app.get("/openapi.json", { schema: { hide: true } }, async () => app.swagger());
+  return app;
+}

@@ -1,0 +1,61 @@
+/**
+ * Every error the HTTP API answers with: a code, a message template and a status, in one place
+ * (fastify's `@fastify/error`). Client errors say exactly what is wrong; server errors hide
+ * internals (the log has them, under the request id). A test checks that every code here is
+ * documented in the README's error table.
+ */
+import createError from "@fastify/error";
+
+export const Errors = {
+  BAD_REQUEST: createError<"STEPWISE_BAD_REQUEST", 400, [string]>("STEPWISE_BAD_REQUEST", "%s", 400),
+  UNAUTHORIZED: createError<"STEPWISE_UNAUTHORIZED", 401, [string]>("STEPWISE_UNAUTHORIZED", "%s", 401),
+  FORBIDDEN: createError<"STEPWISE_FORBIDDEN", 403, [string, string]>(
+    "STEPWISE_FORBIDDEN",
+    "API key %s lacks the scope %s",
+    403,
+  ),
+  MODEL_NOT_FOUND: createError<"STEPWISE_MODEL_NOT_FOUND", 404, [string, string]>(
+    "STEPWISE_MODEL_NOT_FOUND",
+    "model %s does not exist (available: %s)",
+    404,
+  ),
+  LORA_NOT_FOUND: createError<"STEPWISE_LORA_NOT_FOUND", 404, [string]>("STEPWISE_LORA_NOT_FOUND", "%s", 404),
+  CONFLICT: createError<"STEPWISE_CONFLICT", 409, [string]>("STEPWISE_CONFLICT", "%s", 409),
+  PAYLOAD_TOO_LARGE: createError<"STEPWISE_PAYLOAD_TOO_LARGE", 413, [string]>(
+    "STEPWISE_PAYLOAD_TOO_LARGE",
+    "%s",
+    413,
+  ),
+  LORA_INCOMPATIBLE: createError<"STEPWISE_LORA_INCOMPATIBLE", 422, [string]>(
+    "STEPWISE_LORA_INCOMPATIBLE",
+    "%s",
+    422,
+  ),
+  QUEUE_FULL: createError<"STEPWISE_QUEUE_FULL", 429, [string, number]>(
+    "STEPWISE_QUEUE_FULL",
+    "the queue of model %s is full (%d waiting); retry later",
+    429,
+  ),
+  REGISTRY_UNAVAILABLE: createError<"STEPWISE_REGISTRY_UNAVAILABLE", 503, [string]>(
+    "STEPWISE_REGISTRY_UNAVAILABLE",
+    "%s",
+    503,
+  ),
+  SHUTTING_DOWN: createError<"STEPWISE_SHUTTING_DOWN", 503, []>(
+    "STEPWISE_SHUTTING_DOWN",
+    "the server is shutting down; retry on another replica",
+    503,
+  ),
+  TIMEOUT: createError<"STEPWISE_TIMEOUT", 504, [number]>(
+    "STEPWISE_TIMEOUT",
+    "the request did not finish within %d ms",
+    504,
+  ),
+  INTERNAL: createError<"STEPWISE_INTERNAL", 500, [string]>(
+    "STEPWISE_INTERNAL",
+    "internal error (request id %s); the server log has the details",
+    500,
+  ),
+} as const;
+
+export type ErrorCode = ReturnType<(typeof Errors)[keyof typeof Errors]>["code"];

@@ -1,0 +1,100 @@
+/**
+ * Start and stop a server: check the auth rule, load the models, open the registry, build the app,
+ * listen; on shutdown stop accepting, let in-flight work finish within the grace period, then
+ * cancel what is left between denoising steps.
+ */
+import type { FastifyInstance } from "fastify";
+import type { AdapterResolver } from "./adapters.js";
+import { buildApp, type StepwiseServices } from "./app.js";
+import { ConfigFileError, isLoopback, type ServerConfig } from "./config.js";
+import { Errors } from "./errors.js";
+import { Metrics } from "./metrics.js";
+import { ModelPool } from "./model-pool.js";
+
+export interface RunningServer {
+  readonly app: FastifyInstance;
+  readonly url: string;
+  /** Graceful stop: no new requests, in-flight ones finish or are cancelled at the deadline. */
+  close(): Promise<void>;
+}
+
+/** Refuse to expose an unauthenticated server beyond this machine unless told to, loudly. */
+export function checkAuthRule(config: ServerConfig): void {
+  if (config.auth.keys.length > 0 || isLoopback(config.host)) return;
+  if (config.auth.insecureNoAuth) return;
+  throw new ConfigFileError(
+    `refusing to listen on ${config.host} without API keys: configure auth.keys (see \`stepwise keys create\`) or pass --insecure-no-auth`,
+    "auth",
+  );
+}
+
+/** Until a registry is attached, every LoRA reference is unknown. */
+const noAdapters: AdapterResolver = {
+  async resolve(_model, refs) {
+    if (refs.length === 0) return undefined;
+    throw new Errors.LORA_NOT_FOUND(`LoRA ${refs[0].name} not found: this server has no registry`);
+  },
+};
+
+export interface ServerExtras {
+  readonly adapters?: AdapterResolver;
+  readonly registryStatus?: StepwiseServices["registryStatus"];
+  readonly refreshRegistry?: StepwiseServices["refreshRegistry"];
+  readonly routes?: StepwiseServices["routes"];
+  readonly onClose?: () => Promise<void>;
+}
+
+export async function startServer(
+  config: ServerConfig,
+  extras: ServerExtras | ((pool: ModelPool, metrics: Metrics) => Promise<ServerExtras>) = {},
+): Promise<RunningServer> {
+  checkAuthRule(config);
+  const metrics = new Metrics();
+  const bootLog = (await import("pino")).pino({ level: config.logLevel });
+  const pool = await ModelPool.load(config, metrics, bootLog);
+  let x: ServerExtras;
+  try {
+    x = typeof extras === "function" ? await extras(pool, metrics) : extras;
+  } catch (err) {
+    await pool.close();
+    throw err;
+  }
+  const shutdown = new AbortController();
+  const app = await buildApp({
+    config,
+    shutdownSignal: shutdown.signal,
+    pool,
+    metrics,
+    adapters: x.adapters ?? noAdapters,
+    registryStatus: x.registryStatus ?? (() => ({ reachable: true, detail: "no registry configured" })),
+    refreshRegistry: x.refreshRegistry ?? (async () => ({ changed: false })),
+    routes: x.routes,
+  });
+  app.addHook("onClose", async () => {
+    await pool.close();
+    await x.onClose?.();
+  });
+  await app.listen({ host: config.host, port: config.port });
+  const address = app.server.address();
+  const port = typeof address === "object" && address ? address.port : config.port;
+  const host = config.host.includes(":") ? `[${config.host}]` : config.host;
+  let closing: Promise<void> | undefined;
+  return {
+    app,
+    url: `http://${host}:${port}`,
+    close() {
+      closing ??= (async () => {
+        const closed = app.close();
+        let timer: NodeJS.Timeout | undefined;
+        const deadline = new Promise<"deadline">((r) => {
+          timer = setTimeout(() => r("deadline"), config.limits.shutdownGraceMs);
+        });
+        const finished = await Promise.race([Promise.all([closed, pool.drain()]), deadline]);
+        clearTimeout(timer);
+        if (finished === "deadline") shutdown.abort(new Errors.SHUTTING_DOWN());
+        await closed;
+      })();
+      return closing;
+    },
+  };
+}

@@ -1,0 +1,46 @@
+/**
+ * Schema validation messages that name the field: `body.steps must be <= 150`,
+ * `body has an unknown field "foo"`, `body.loras[0].name must match pattern ...`.
+ */
+import type { FastifySchemaValidationError } from "fastify/types/schema.js";
+
+function fieldPath(dataVar: string, instancePath: string): string {
+  const parts = instancePath
+    .split("/")
+    .filter(Boolean)
+    .map((p) => (/^\d+$/.test(p) ? `[${p}]` : `.${p}`));
+  return dataVar + parts.join("");
+}
+
+export function describeValidationError(e: FastifySchemaValidationError, dataVar: string): string {
+  const at = fieldPath(dataVar, e.instancePath);
+  const params = e.params as Record<string, unknown>;
+  switch (e.keyword) {
+    case "additionalProperties":
+      return `${at} has an unknown field "${String(params.additionalProperty)}"`;
+    case "required":
+      return `${at}.${String(params.missingProperty)} is required`;
+    case "enum":
+      return `${at} must be one of ${(params.allowedValues as unknown[]).map((v) => JSON.stringify(v)).join(", ")}`;
+    case "const":
+      return `${at} must be ${JSON.stringify(params.allowedValue)}`;
+    default:
+      return `${at} ${e.message ?? "is invalid"}`;
+  }
+}
+
+export function formatValidationErrors(errors: FastifySchemaValidationError[], dataVar: string): Error {
+  // anyOf over literals (our enums) reports one error per branch: keep the summary instead.
+  const literalBranches = errors.filter((e) => e.keyword === "const");
+  const anyOf = errors.find((e) => e.keyword === "anyOf");
+  const kept =
+    anyOf && literalBranches.length > 0 ? errors.filter((e) => e.keyword !== "const" && e !== anyOf) : errors;
+  const messages = kept.map((e) => describeValidationError(e, dataVar));
+  if (anyOf && literalBranches.length > 0) {
+    const allowed = literalBranches.map((e) =>
+      JSON.stringify((e.params as { allowedValue: unknown }).allowedValue),
+    );
+    messages.push(`${fieldPath(dataVar, anyOf.instancePath)} must be one of ${allowed.join(", ")}`);
+  }
+  return new Error([...new Set(messages)].join("; "));
+}
