@@ -1,0 +1,271 @@
+/**
+ * The `Ops` primitives that are more than one TensorFlow.js call: NCHW convolution, nearest
+ * upsampling with PyTorch's index rule, group and layer norm, softmax on any axis, and matmul with
+ * numpy batch broadcasting. Every function here is differentiable on the WebAssembly backend, whose
+ * kernel set lacks Conv2DBackpropFilter and UnsortedSegmentSum (the gradient of gather): where a
+ * plain TensorFlow.js op would need one of those, the function takes another route, noted beside it.
+ *
+ * Errors are `OpError`s labelled "tfjs" with the op name and the offending shapes.
+ */
+import * as tf from "@tensorflow/tfjs-core";
+import { convPads, normalizeAxis, OpError } from "../ops/checks.js";
+import type { Conv2dOptions } from "../ops/ops.js";
+import { shapeString } from "../tensor.js";
+
+export const BACKEND = "tfjs";
+
+export function fail(op: string, message: string): never {
+  throw new OpError(BACKEND, op, message);
+}
+
+export function axisOf(op: string, axis: number, shape: readonly number[]): number {
+  const a = normalizeAxis(axis, shape.length);
+  if (a === undefined) fail(op, `axis ${axis} is out of range for shape ${shapeString(shape)}`);
+  return a;
+}
+
+/** numpy broadcasting of two shapes (aligned at the last axis). */
+export function broadcastShapes(op: string, a: readonly number[], b: readonly number[]): number[] {
+  const rank = Math.max(a.length, b.length);
+  const out: number[] = [];
+  for (let i = 0; i < rank; i++) {
+    const da = a[i - rank + a.length] ?? 1;
+    const db = b[i - rank + b.length] ?? 1;
+    if (da !== db && da !== 1 && db !== 1)
+      fail(op, `cannot broadcast ${shapeString(a)} with ${shapeString(b)}`);
+    out.push(da === 1 ? db : da);
+  }
+  return out;
+}
+
+function sameShape(a: readonly number[], b: readonly number[]): boolean {
+  return a.length === b.length && a.every((d, i) => d === b[i]);
+}
+
+/**
+ * x broadcast to `shape` by multiplying with ones. (tf.broadcastTo is a Tile, whose gradient
+ * TensorFlow.js implements only up to rank 4; Mul's gradient sums over broadcast axes at any rank.)
+ */
+function expandTo(x: tf.Tensor, shape: readonly number[]): tf.Tensor {
+  return sameShape(x.shape, shape) ? x : tf.mul(x, tf.ones([...shape]));
+}
+
+// --- linear algebra ----------------------------------------------------------------------------------
+
+/**
+ * Batched matmul over the last two axes with numpy batch broadcasting. Operands are expanded to
+ * the common batch shape first: TensorFlow.js's BatchMatMul broadcasts in the forward pass, but its
+ * gradient returns the broadcast shape, which the engine rejects.
+ */
+export function matmul(a: tf.Tensor, b: tf.Tensor): tf.Tensor {
+  if (a.rank < 2 || b.rank < 2) {
+    fail("matmul", `needs rank >= 2, got ${shapeString(a.shape)} x ${shapeString(b.shape)}`);
+  }
+  const [m, k] = a.shape.slice(-2);
+  const [k2, n] = b.shape.slice(-2);
+  if (k !== k2) fail("matmul", `inner dimensions differ: ${shapeString(a.shape)} x ${shapeString(b.shape)}`);
+  const batch = broadcastShapes("matmul", a.shape.slice(0, -2), b.shape.slice(0, -2));
+  return tf.matMul(expandTo(a, [...batch, m, k]), expandTo(b, [...batch, k, n]));
+}
+
+/** x [..., in] · weight [out, in]ᵀ + bias [out], as one 2-D matmul with the weight transposed in the kernel. */
+export function linear(x: tf.Tensor, weight: tf.Tensor, bias?: tf.Tensor): tf.Tensor {
+  if (weight.rank !== 2) fail("linear", `weight must be [out, in], got ${shapeString(weight.shape)}`);
+  const [outF, inF] = weight.shape;
+  if (x.rank < 1 || x.shape[x.rank - 1] !== inF) {
+    fail("linear", `x ${shapeString(x.shape)} does not end in the weight's ${inF} input features`);
+  }
+  if (bias && (bias.rank !== 1 || bias.shape[0] !== outF)) {
+    fail("linear", `bias must be [${outF}], got ${shapeString(bias.shape)}`);
+  }
+  const lead = x.shape.slice(0, -1);
+  const rows = lead.reduce((p, d) => p * d, 1);
+  const y = tf.matMul(tf.reshape(x, [rows, inF]), weight, false, true);
+  return tf.reshape(bias ? tf.add(y, bias) : y, [...lead, outF]);
+}
+
+/**
+ * NCHW convolution with PyTorch weights [O, C/groups, kh, kw].
+ *
+ * A 1x1 convolution with stride 1 and no padding is a matmul over channels, and is computed as one:
+ * the gradient with respect to its weight is then a matmul too, so a LoRA on a 1x1 conv (SD1.5's
+ * proj_in / proj_out in the `attn` target set) trains on the WebAssembly backend, which has no
+ * Conv2DBackpropFilter. Other kernels run tf.conv2d in NHWC between two transposes (TensorFlow.js
+ * kernels take only NHWC); their weights are frozen, so only the input gradient
+ * (Conv2DBackpropInput) is ever needed. Groups are split along channels.
+ */
+export function conv2d(
+  x: tf.Tensor,
+  weight: tf.Tensor,
+  bias: tf.Tensor | undefined,
+  options: Conv2dOptions = {},
+): tf.Tensor {
+  const stride = options.stride ?? 1;
+  const groups = options.groups ?? 1;
+  const [top, left, bottom, right] = convPads(options);
+  if (x.rank !== 4 || weight.rank !== 4) {
+    fail(
+      "conv2d",
+      `needs x [N, C, H, W] and weight [O, C/g, kh, kw], got ${shapeString(x.shape)} and ${shapeString(weight.shape)}`,
+    );
+  }
+  const [n, c, h, w] = x.shape;
+  const [o, cg, kh, kw] = weight.shape;
+  if (!Number.isInteger(groups) || groups < 1 || c !== cg * groups || o % groups !== 0) {
+    fail(
+      "conv2d",
+      `weight ${shapeString(weight.shape)} with ${groups} groups does not fit x ${shapeString(x.shape)}`,
+    );
+  }
+  if (bias && (bias.rank !== 1 || bias.shape[0] !== o)) {
+    fail("conv2d", `bias must be [${o}], got ${shapeString(bias.shape)}`);
+  }
+  const oh = Math.floor((h + top + bottom - kh) / stride) + 1;
+  const ow = Math.floor((w + left + right - kw) / stride) + 1;
+  if (oh < 1 || ow < 1)
+    fail("conv2d", `kernel ${kh}x${kw} is larger than padded input ${shapeString(x.shape)}`);
+
+  const nhwc = tf.transpose(x, [0, 2, 3, 1]);
+  let y: tf.Tensor;
+  if (kh === 1 && kw === 1 && stride === 1 && top + left + bottom + right === 0 && groups === 1) {
+    y = tf.reshape(tf.matMul(tf.reshape(nhwc, [n * h * w, c]), tf.reshape(weight, [o, c]), false, true), [
+      n,
+      h,
+      w,
+      o,
+    ]);
+  } else {
+    const filter = tf.transpose(weight, [2, 3, 1, 0]); // [kh, kw, C/g, O]
+    // Always explicit: tfjs-core sizes a numeric pad's output with the kernel height for both
+    // axes, which is wrong for non-square kernels (a 1x3 kernel with padding 2 came out 2 wider).
+    const pad: [[number, number], [number, number], [number, number], [number, number]] = [
+      [0, 0],
+      [top, bottom],
+      [left, right],
+      [0, 0],
+    ];
+    const run = (input: tf.Tensor, f: tf.Tensor) =>
+      tf.conv2d(input as tf.Tensor4D, f as tf.Tensor4D, stride, pad);
+    if (groups === 1) {
+      y = run(nhwc, filter);
+    } else {
+      const inputs = tf.split(nhwc, groups, 3);
+      const filters = tf.split(filter, groups, 3);
+      y = tf.concat(
+        inputs.map((input, g) => run(input, filters[g])),
+        3,
+      );
+    }
+  }
+  if (bias) y = tf.add(y, bias);
+  return tf.transpose(y, [0, 3, 1, 2]);
+}
+
+// --- normalisation --------------------------------------------------------------------------------------
+
+function expectVector(op: string, what: string, t: tf.Tensor, length: number): void {
+  if (t.rank !== 1 || t.shape[0] !== length) {
+    fail(op, `${what} must have shape [${length}], got ${shapeString(t.shape)}`);
+  }
+}
+
+/** (x - mean) / sqrt(var + eps) over `axis` (kept), biased variance, two passes as PyTorch. */
+function standardize(x: tf.Tensor, axis: number, eps: number): tf.Tensor {
+  const mean = tf.mean(x, axis, true);
+  const centered = tf.sub(x, mean);
+  const variance = tf.mean(tf.square(centered), axis, true);
+  return tf.mul(centered, tf.rsqrt(tf.add(variance, eps)));
+}
+
+/** torch.nn.GroupNorm on [N, C, ...] with per-channel affine weight and bias [C]. */
+export function groupNorm(
+  x: tf.Tensor,
+  groups: number,
+  weight: tf.Tensor,
+  bias: tf.Tensor,
+  eps: number,
+): tf.Tensor {
+  if (x.rank < 2) fail("groupNorm", `needs [N, C, ...], got ${shapeString(x.shape)}`);
+  const [n, c] = x.shape;
+  if (!Number.isInteger(groups) || groups < 1 || c % groups !== 0) {
+    fail("groupNorm", `${c} channels are not divisible into ${groups} groups`);
+  }
+  expectVector("groupNorm", "weight", weight, c);
+  expectVector("groupNorm", "bias", bias, c);
+  const perGroup = x.size / (n * groups);
+  const normed = tf.reshape(standardize(tf.reshape(x, [n, groups, perGroup]), 2, eps), x.shape);
+  const channelShape = [1, c, ...new Array<number>(x.rank - 2).fill(1)];
+  return tf.add(tf.mul(normed, tf.reshape(weight, channelShape)), tf.reshape(bias, channelShape));
+}
+
+/** torch.nn.LayerNorm over the last axis, affine weight and bias [D]. */
+export function layerNorm(x: tf.Tensor, weight: tf.Tensor, bias: tf.Tensor, eps: number): tf.Tensor {
+  if (x.rank < 1) fail("layerNorm", "needs at least one axis");
+  const d = x.shape[x.rank - 1];
+  expectVector("layerNorm", "weight", weight, d);
+  expectVector("layerNorm", "bias", bias, d);
+  return tf.add(tf.mul(standardize(x, x.rank - 1, eps), weight), bias);
+}
+
+/** Softmax along any axis (TensorFlow.js's kernel takes only the last: other axes are transposed there and back). */
+export function softmax(x: tf.Tensor, axis: number): tf.Tensor {
+  const a = axisOf("softmax", axis, x.shape);
+  const last = x.rank - 1;
+  if (a === last) return tf.softmax(x);
+  const perm = x.shape.map((_, i) => (i === a ? last : i === last ? a : i));
+  return tf.transpose(tf.softmax(tf.transpose(x, perm)), perm);
+}
+
+// --- nearest upsampling -------------------------------------------------------------------------------
+
+/** PyTorch `nearest`: output index d reads input floor(d · in / out), in exact integer arithmetic. */
+export function nearestSourceIndices(inSize: number, outSize: number): Int32Array {
+  const index = new Int32Array(outSize);
+  for (let d = 0; d < outSize; d++) index[d] = Math.min(Math.floor((d * inSize) / outSize), inSize - 1);
+  return index;
+}
+
+/** [out, in] 0/1 matrix with a 1 where output row d reads input row `index[d]`. */
+function selectionMatrix(index: Int32Array, inSize: number): tf.Tensor2D {
+  const values = new Float32Array(index.length * inSize);
+  index.forEach((src, d) => {
+    values[d * inSize + src] = 1;
+  });
+  return tf.tensor2d(values, [index.length, inSize]);
+}
+
+/**
+ * Nearest upsampling of NCHW to outH x outW with PyTorch's index rule.
+ *
+ * Integer factors (the UNet's and VAE's x2) repeat each pixel by broadcasting against ones: exact,
+ * and its gradient is a sum over the broadcast axes. Other sizes (odd skip sizes) gather rows and
+ * columns; gather's own gradient needs UnsortedSegmentSum, which the WebAssembly backend lacks, so
+ * the gradient is given explicitly: dy summed through the 0/1 selection matrices, Sₕᵀ · dy · S_w.
+ */
+export function upsampleNearest(x: tf.Tensor, outH: number, outW: number): tf.Tensor {
+  if (x.rank !== 4) fail("upsampleNearest2x", `needs NCHW, got ${shapeString(x.shape)}`);
+  const [n, c, h, w] = x.shape;
+  if (!(Number.isInteger(outH) && Number.isInteger(outW) && outH >= 1 && outW >= 1) || h === 0 || w === 0) {
+    fail("upsampleNearest2x", `cannot upsample ${shapeString(x.shape)} to ${outH}x${outW}`);
+  }
+  if (outH % h === 0 && outW % w === 0) {
+    const fh = outH / h;
+    const fw = outW / w;
+    const repeated = tf.mul(tf.reshape(x, [n * c, h, 1, w, 1]), tf.ones([1, 1, fh, 1, fw]));
+    return tf.reshape(repeated, [n, c, outH, outW]);
+  }
+  const rows = nearestSourceIndices(h, outH);
+  const cols = nearestSourceIndices(w, outW);
+  const resize = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
+    const [input, save] = args as [tf.Tensor, tf.GradSaveFunc];
+    save([]);
+    const value = tf.gather(tf.gather(input, tf.tensor1d(rows, "int32"), 2), tf.tensor1d(cols, "int32"), 3);
+    const gradFunc = (dy: tf.Tensor) => {
+      const planes = tf.reshape(dy, [n * c, outH, outW]);
+      const byRows = tf.matMul(selectionMatrix(rows, h), planes, true, false); // [n·c, h, outW]
+      return tf.reshape(tf.matMul(byRows, selectionMatrix(cols, w)), [n, c, h, w]);
+    };
+    return { value, gradFunc };
+  });
+  return resize(x);
+}
