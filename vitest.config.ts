@@ -8,5 +8,7 @@ export default defineConfig({
     testTimeout: 120_000,
     hookTimeout: 180_000,
     pool: "forks",
+    // Starts one S3 endpoint (radosgw) per run, only when a selected file calls describeWithS3.
+    globalSetup: ["test/setup/s3-service.ts"],
   },
 });
