@@ -33,7 +33,7 @@ import {
   ImageDecodeError,
   type ImageFormat,
 } from "../../diffusion/pipelines/image-io.js";
-import type { LongPromptMode } from "../../diffusion/pipelines/prompt-encoding.js";
+import { LONG_PROMPT_MODES, type LongPromptMode } from "../../diffusion/pipelines/prompt-encoding.js";
 import {
   type GenerationRequest,
   type GenerationResult,
@@ -86,6 +86,9 @@ const OPTION_OF_FIELD: Readonly<Record<string, string>> = {
   n: "--n",
   strength: "--strength",
   init_image: "--init-image",
+  seed: "--seed",
+  generator: "--generator",
+  long_prompt: "--long-prompt",
 };
 
 export interface LoraSpec {
@@ -438,7 +441,7 @@ export function generateCommand(output: GenerateOutput = processOutput): Command
           "--long-prompt <mode>",
           "prompts over 77 tokens: truncate, or windows (A1111-style, keeps all)",
         )
-          .choices(["truncate", "windows"])
+          .choices(LONG_PROMPT_MODES)
           .default("truncate"),
       )
       .addOption(

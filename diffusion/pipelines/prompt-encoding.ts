@@ -11,7 +11,8 @@ import { concat, slice } from "../ops/reference-layout.js";
 import { type Float32Tensor, int64, zeros } from "../tensor.js";
 import type { PipelineModels } from "./pipeline-models.js";
 
-export type LongPromptMode = "truncate" | "windows";
+export const LONG_PROMPT_MODES = ["truncate", "windows"] as const;
+export type LongPromptMode = (typeof LONG_PROMPT_MODES)[number];
 
 export interface Conditioning {
   /** [1, windows x 77, sum of encoder widths]. */

@@ -9,7 +9,13 @@
 
 import { concat } from "../ops/reference-layout.js";
 import type { RandomGenerator } from "../random/generator.js";
-import { createGenerator, type GeneratorKind } from "../random/index.js";
+import {
+  createGenerator,
+  GENERATOR_KINDS,
+  type GeneratorKind,
+  InvalidSeedError,
+  normalizeSeed,
+} from "../random/index.js";
 import { img2imgTimesteps } from "../schedulers/img2img.js";
 import {
   createScheduler,
@@ -20,7 +26,7 @@ import {
 import { type Float32Tensor, float32, Tensor } from "../tensor.js";
 import { CancelledError, type DenoiseJob, denoise, type StepEvent } from "./denoise.js";
 import type { LoraFeeds, PipelineModels } from "./pipeline-models.js";
-import { encodePrompts, type LongPromptMode } from "./prompt-encoding.js";
+import { encodePrompts, LONG_PROMPT_MODES, type LongPromptMode } from "./prompt-encoding.js";
 
 export class PipelineInputError extends Error {
   constructor(
@@ -108,6 +114,19 @@ export function checkRequest(models: PipelineModels, r: GenerationRequest): void
     throw new PipelineInputError(`must be a positive integer, got ${r.n}`, "n");
   if (r.scheduler !== undefined && !isSchedulerName(r.scheduler))
     throw new PipelineInputError(`unknown scheduler ${r.scheduler}`, "scheduler");
+  if (r.generator !== undefined && !GENERATOR_KINDS.includes(r.generator)) {
+    throw new PipelineInputError(
+      `unknown generator ${r.generator} (use ${GENERATOR_KINDS.join(" or ")})`,
+      "generator",
+    );
+  }
+  if (r.longPrompt !== undefined && !LONG_PROMPT_MODES.includes(r.longPrompt)) {
+    throw new PipelineInputError(
+      `must be ${LONG_PROMPT_MODES.join(" or ")}, got ${r.longPrompt}`,
+      "long_prompt",
+    );
+  }
+  checkSeeds(r.seed, r.n ?? 1);
   if (r.eta !== undefined && !(r.eta >= 0 && r.eta <= 1))
     throw new PipelineInputError(`must be in [0, 1], got ${r.eta}`, "eta");
   if (r.initImage) {
@@ -121,6 +140,25 @@ export function checkRequest(models: PipelineModels, r: GenerationRequest): void
     if (r.strength === undefined || !(r.strength >= 0 && r.strength <= 1)) {
       throw new PipelineInputError(`must be in [0, 1] with an init image, got ${r.strength}`, "strength");
     }
+  }
+}
+
+/**
+ * Image i is seeded s + i: the first and the last seed must both be seeds a generator accepts
+ * (integers in [-2^63, 2^64)), or the run would fail after its prompt was already encoded.
+ */
+function checkSeeds(seed: number | bigint, n: number): void {
+  try {
+    normalizeSeed(seed);
+    if (n > 1) normalizeSeed(BigInt(seed) + BigInt(n - 1));
+  } catch (err) {
+    if (err instanceof InvalidSeedError) {
+      throw new PipelineInputError(
+        n > 1 ? `${err.message} (images use seeds seed .. seed + ${n - 1})` : err.message,
+        "seed",
+      );
+    }
+    throw err;
   }
 }
 

@@ -14,6 +14,7 @@ import type { DiffusionEngine } from "../../diffusion/engine/diffusion-engine.js
 import { CancelledError, type StepEvent } from "../../diffusion/pipelines/denoise.js";
 import { formatParameters } from "../../diffusion/pipelines/generation-parameters.js";
 import { decodeImage, encodeImage, toRgbBytes } from "../../diffusion/pipelines/image-io.js";
+import type { LongPromptMode } from "../../diffusion/pipelines/prompt-encoding.js";
 import {
   type GenerationOutcome,
   type GenerationRequest,
@@ -23,7 +24,7 @@ import {
   PipelineInputError,
   toUnitRange,
 } from "../../diffusion/pipelines/text-to-image.js";
-import { TorchCpuGenerator } from "../../diffusion/random/index.js";
+import { type GeneratorKind, TorchCpuGenerator } from "../../diffusion/random/index.js";
 import { createScheduler, SCHEDULER_NAMES, type SchedulerName } from "../../diffusion/schedulers/index.js";
 import { type Float32Tensor, maxAbsDiff, zeros } from "../../diffusion/tensor.js";
 import type { ZooModelName } from "../../diffusion/zoo/zoo.js";
@@ -357,6 +358,23 @@ export function describeGenerationSuite(name: ZooModelName): void {
         ["height", { height: 0 }, /height: must be an integer/],
         ["steps", { steps: 0 }, /steps: must be an integer in 1\.\.1000, got 0/],
         ["scheduler", { scheduler: "heun" as SchedulerName }, /scheduler: unknown scheduler heun/],
+        [
+          "generator",
+          { generator: "numpy" as GeneratorKind },
+          /generator: unknown generator numpy \(use stepwise or torch\)/,
+        ],
+        [
+          "long_prompt",
+          { longPrompt: "split" as LongPromptMode },
+          /long_prompt: must be truncate or windows, got split/,
+        ],
+        ["seed", { seed: 1.5 }, /seed: invalid seed 1\.5: a seed must be an integer/],
+        // The last image's seed, 2^64, is out of range even though the first is not.
+        [
+          "seed",
+          { seed: 2n ** 64n - 1n, n: 2 },
+          /seed: invalid seed 18446744073709551616n: .*\(images use seeds seed \.\. seed \+ 1\)/,
+        ],
         ["guidance_scale", { guidanceScale: Number.NaN }, /guidance_scale: must be a finite number/],
         [
           "init_image",
