@@ -16,8 +16,8 @@
  * ETags: hashing a 400 MB file on every `head` would be slow, so a write records the hash in
  * `etags/<sha256(key)>` along with the file's identity (device, inode, size, mtime). A reader trusts
  * the record only when that identity matches the file it opened (rename keeps the inode, and every
- * write makes a new one); otherwise, e.g. for a file copied in by hand, it hashes the file itself.
- * The record is a cache: losing it costs time, never correctness.
+ * write makes a new one; a file edited in place changes size or mtime); otherwise, e.g. for a file
+ * copied in by hand, it hashes the file itself. The record is a cache: losing it costs time only.
  *
  * Reads take no lock: an open file keeps its content when a writer renames a new one over it.
  * The store is for one machine's local filesystem (or one volume shared by containers on it).
@@ -158,7 +158,7 @@ export class FsStore implements ObjectStore {
 
   async delete(key: string): Promise<void> {
     const path = this.objectPath(key);
-    await this.locks.withLock(key, async () => {
+    await this.withLock("delete", key, async () => {
       try {
         await unlink(path);
       } catch (error) {
@@ -229,7 +229,7 @@ export class FsStore implements ObjectStore {
     await this.swept;
     const staged = await this.stage(key, body);
     try {
-      return await this.locks.withLock(key, async () => {
+      return await this.withLock("put", key, async () => {
         if (options.condition !== undefined) await this.checkCondition(key, target, options.condition);
         const exclusive = options.condition !== undefined && "ifNoneMatch" in options.condition;
         await this.publish(key, staged.path, target, exclusive, options.condition);
@@ -465,6 +465,15 @@ export class FsStore implements ObjectStore {
       );
     }
     return join(this.root, ...segments);
+  }
+
+  /** The lock's own failures (a filesystem without hard links, permissions) say which store and key. */
+  private async withLock<T>(operation: string, key: string, critical: () => Promise<T>): Promise<T> {
+    try {
+      return await this.locks.withLock(key, critical);
+    } catch (error) {
+      throw error instanceof ObjectStoreError ? error : this.fail(operation, key, error);
+    }
   }
 
   private folderConflict(key: string): InvalidKeyError {
