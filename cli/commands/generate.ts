@@ -352,6 +352,11 @@ async function runGenerate(options: GenerateOptions, output: GenerateOutput): Pr
       strength,
     };
     if (options.seed === undefined) output.stderr.write(`stepwise: seed ${seed}\n`);
+    if (options.negativePrompt && request.guidanceScale <= 1) {
+      output.stderr.write(
+        "stepwise: warning: --negative-prompt has no effect with --cfg 1 or less (no guidance)\n",
+      );
+    }
     const result = await runWithProgress(engine, request, output.stderr);
     if (result.droppedTokens > 0) {
       output.stderr.write(

@@ -156,7 +156,7 @@ describe("stepwise generate", () => {
     expect(captured.stderr).toMatch(/generating \[.*\] 2\/2 steps/);
   });
 
-  it("image-to-image with strength 0 writes the init image back; .jpg writes a JPEG", async () => {
+  it("image-to-image with strength 0 writes the init image back; .jpg writes a JPEG (and an unused negative prompt is flagged)", async () => {
     const init = join(dir, "init.png");
     const gradient = Buffer.alloc(64 * 64 * 3, 0).map((_, i) => (i * 7) % 256);
     await sharp(gradient, { raw: { width: 64, height: 64, channels: 3 } })
@@ -168,7 +168,18 @@ describe("stepwise generate", () => {
     expect((await parametersOf(out)).fields["Denoising strength"]).toBe("0");
 
     const jpeg = join(dir, "cat.jpg");
-    await runGenerate([...common, "--steps", "1", "--out", jpeg]);
+    const captured = await runGenerate([
+      ...common,
+      "--steps",
+      "1",
+      "--cfg",
+      "1",
+      "--negative-prompt",
+      "x",
+      "--out",
+      jpeg,
+    ]);
+    expect(captured.stderr).toContain("--negative-prompt has no effect with --cfg 1 or less");
     const meta = await sharp(jpeg).metadata();
     expect([meta.format, meta.width, meta.height]).toEqual(["jpeg", 64, 64]);
   });
