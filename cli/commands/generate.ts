@@ -107,7 +107,7 @@ interface GenerateOptions {
   size?: { width: number; height: number };
   n: number;
   generator: GeneratorKind;
-  lora: LoraSpec[];
+  lora?: LoraSpec[];
   initImage?: string;
   strength?: number;
   longPrompt: LongPromptMode;
@@ -316,7 +316,7 @@ async function runGenerate(options: GenerateOptions, output: GenerateOutput): Pr
     if (err instanceof ManifestError) throw new CliError(err.message);
     throw err;
   }
-  const loras = await loadLoras(options.lora, options.model, manifest, output.stderr);
+  const loras = await loadLoras(options.lora ?? [], options.model, manifest, output.stderr);
   const engine = await openEngine(options, output.stderr);
   try {
     const family = engine.spec.family;
@@ -432,8 +432,7 @@ export function generateCommand(output: GenerateOutput = processOutput): Command
       .option(
         "--lora <file[:weight]>",
         "LoRA safetensors file (diffusers, PEFT or kohya layout), weight default 1; repeat to combine several",
-        (value: string, previous: LoraSpec[]) => [...previous, parseLoraSpec(value)],
-        [] as LoraSpec[],
+        (value: string, previous: LoraSpec[] | undefined) => [...(previous ?? []), parseLoraSpec(value)],
       )
       .option("--init-image <file>", "start from this image (PNG, JPEG or WebP), resized to --size")
       .option(
