@@ -142,15 +142,24 @@ function isIgnoredKey(key: string): boolean {
   return key.endsWith(".position_ids");
 }
 
+export interface CheckParametersOptions {
+  /**
+   * Accept keys the definition does not read (a whole VAE checkpoint when only the decoder runs,
+   * `stepwise component run`). Missing and mis-shaped keys are still errors.
+   */
+  readonly allowUnexpected?: boolean;
+}
+
 /** Check a checkpoint against the parameters the definitions expect; one error lists every problem. */
 export function checkParameters(
   source: ParamSource,
   expected: ReadonlyArray<{ readonly name: string; readonly shape: readonly number[] }>,
   label: string,
+  options: CheckParametersOptions = {},
 ): void {
   const wanted = new Map(expected.map((p) => [p.name, p.shape]));
   const missing = [...wanted.keys()].filter((k) => !source.info(k));
-  const unexpected = [...source.names()].filter((k) => !wanted.has(k));
+  const unexpected = options.allowUnexpected ? [] : [...source.names()].filter((k) => !wanted.has(k));
   const misshaped = [...wanted]
     .filter(([k, s]) => source.info(k) && shapeString(source.info(k)!.shape) !== shapeString(s))
     .map(([k, s]) => `${k} (expected ${shapeString(s)}, found ${shapeString(source.info(k)!.shape)})`);

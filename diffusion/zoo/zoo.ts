@@ -4,10 +4,11 @@
  * checkpoints take (model_index.json, per-component configs and safetensors, tokenizer folders,
  * the scheduler config). Same name and seed, same bytes.
  */
+import { existsSync } from "node:fs";
 import { mkdir, rename, rm, writeFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { type ComponentKind, measureComponent, resolveComponent } from "../models/components.js";
-import { createGenerator } from "../random/index.js";
+import { createGenerator, type Seed } from "../random/index.js";
 import type { Tensor } from "../tensor.js";
 import { writeSafetensors } from "../weights/safetensors.js";
 import { randomWeights } from "./random-weights.js";
@@ -23,6 +24,13 @@ import { tinyVocabulary } from "./tiny-vocabulary.js";
 
 export const ZOO_MODELS = ["tiny-sd15", "tiny-sdxl"] as const;
 export type ZooModelName = (typeof ZOO_MODELS)[number];
+
+export class ZooError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "ZooError";
+  }
+}
 
 /** SD1.5 and SDXL VAE scaling factors, as in their real configs. */
 const SD15_VAE_SCALING = 0.18215;
@@ -135,9 +143,11 @@ function layout(name: ZooModelName) {
  * Write a zoo model to `outDir` (which must not exist yet). Written to a temporary sibling folder
  * and renamed at the end, so a failure leaves nothing half-written.
  */
-export async function writeZooModel(name: ZooModelName, outDir: string, seed = 0): Promise<void> {
+export async function writeZooModel(name: ZooModelName, outDir: string, seed: Seed = 0): Promise<void> {
   if (!ZOO_MODELS.includes(name))
-    throw new Error(`unknown zoo model "${name}" (available: ${ZOO_MODELS.join(", ")})`);
+    throw new ZooError(`unknown zoo model "${name}" (available: ${ZOO_MODELS.join(", ")})`);
+  // rename() would silently replace an empty folder and fail with a bare ENOTEMPTY on a full one.
+  if (existsSync(outDir)) throw new ZooError(`${outDir} already exists; choose another folder or remove it`);
   const { weighted, files } = layout(name);
   const tmp = join(dirname(outDir), `.${name}.tmp-${process.pid}-${Date.now()}`);
   await mkdir(tmp, { recursive: true });

@@ -1,0 +1,41 @@
+/**
+ * Errors caused by what the user passed (a folder, a config, a checkpoint, an option) become
+ * `CliError`s, printed as one message without a stack trace. Anything else is a bug and keeps its
+ * stack.
+ */
+import { CheckpointSourceError } from "../diffusion/convert/checkpoint-source.js";
+import { ComponentGraphError } from "../diffusion/convert/component-graph.js";
+import { ConvertError } from "../diffusion/convert/convert.js";
+import { ExecutionProviderError } from "../diffusion/engine/execution-provider.js";
+import { InferenceError } from "../diffusion/engine/onnx-runtime.js";
+import { ConfigError } from "../diffusion/models/config-reader.js";
+import { ParameterError } from "../diffusion/ops/ops.js";
+import { InvalidSeedError } from "../diffusion/random/index.js";
+import { CheckpointError } from "../diffusion/weights/checkpoint-error.js";
+import { SafetensorsError } from "../diffusion/weights/safetensors.js";
+import { ZooError } from "../diffusion/zoo/zoo.js";
+import { CliError } from "./cli-error.js";
+
+const USER_ERRORS = [
+  CheckpointError,
+  CheckpointSourceError,
+  ComponentGraphError,
+  ConfigError,
+  ConvertError,
+  ExecutionProviderError,
+  InferenceError,
+  InvalidSeedError,
+  ParameterError,
+  SafetensorsError,
+  ZooError,
+];
+
+/** Run `action`, turning the user-input errors above into CliErrors with the same message. */
+export async function withUserErrors<T>(action: () => Promise<T>): Promise<T> {
+  try {
+    return await action();
+  } catch (err) {
+    if (USER_ERRORS.some((type) => err instanceof type)) throw new CliError((err as Error).message);
+    throw err;
+  }
+}
