@@ -8,13 +8,8 @@ import { existsSync, statSync } from "node:fs";
 import { readdir } from "node:fs/promises";
 import { basename, join } from "node:path";
 import { Command } from "commander";
-import { type VaeConfig, vaeScaleFactor } from "../../diffusion/models/autoencoder-kl.js";
-import {
-  type ComponentKind,
-  measureComponent,
-  type ResolvedConfig,
-  resolveComponent,
-} from "../../diffusion/models/components.js";
+import { resolveVaeConfig, vaeScaleFactor } from "../../diffusion/models/autoencoder-kl.js";
+import { type ComponentKind, measureComponent, resolveComponent } from "../../diffusion/models/components.js";
 import { type RawConfig, readConfigFile } from "../../diffusion/models/config-reader.js";
 import { numel } from "../../diffusion/tensor.js";
 import { CliError } from "../cli-error.js";
@@ -129,6 +124,13 @@ async function findConfigs(
   return { found, skipped: [] };
 }
 
+/** The UNet's sample_size in pixels, else the VAE's sample_size, else DEFAULT_PIXELS. */
+function nativePixels(unet: RawConfig | undefined, vae: RawConfig | undefined, scale: number): number {
+  if (typeof unet?.sample_size === "number") return unet.sample_size * scale;
+  if (typeof vae?.sample_size === "number") return vae.sample_size;
+  return DEFAULT_PIXELS;
+}
+
 function sizeWords(pixels: number, latent: number): { image: string; latents: string } {
   return { image: `${pixels}x${pixels} px`, latents: `${latent}x${latent} latents` };
 }
@@ -146,35 +148,24 @@ export async function inspectModel(path: string, options: InspectOptions = {}): 
     );
   }
   const vaeEntry = found.find((c) => classOf(c) === "vae");
-  const vae = vaeEntry
-    ? (resolveComponent("vae-decode", vaeEntry.raw, vaeEntry.file).config as VaeConfig)
-    : undefined;
-  const scale = vae ? vaeScaleFactor(vae) : DEFAULT_VAE_SCALE;
+  const scale = vaeEntry ? vaeScaleFactor(resolveVaeConfig(vaeEntry.raw, vaeEntry.file)) : DEFAULT_VAE_SCALE;
   const unetEntry = found.find((c) => classOf(c) === "unet");
-  const unetSample = unetEntry ? Number(unetEntry.raw.sample_size) : Number.NaN;
-  const vaeSample = vaeEntry ? Number(vaeEntry.raw.sample_size) : Number.NaN;
-  const pixels =
-    options.pixels ??
-    (Number.isInteger(unetSample)
-      ? unetSample * scale
-      : Number.isInteger(vaeSample)
-        ? vaeSample
-        : DEFAULT_PIXELS);
+  const pixels = options.pixels ?? nativePixels(unetEntry?.raw, vaeEntry?.raw, scale);
   if (!Number.isInteger(pixels) || pixels <= 0 || pixels % scale !== 0) {
     throw new CliError(`the image size must be a positive multiple of ${scale} pixels, got ${pixels}`);
   }
   const words = sizeWords(pixels, pixels / scale);
 
   const measure = (kind: ComponentKind, c: FoundConfig) => {
-    const resolved: ResolvedConfig = resolveComponent(kind, c.raw, c.file);
-    return measureComponent(resolved, pixels, batch, scale);
+    const resolved = resolveComponent(kind, c.raw, c.file);
+    return { resolved, report: measureComponent(resolved, pixels, batch, scale) };
   };
   const components: InspectedComponent[] = [];
   for (const c of found) {
     const kind = classOf(c);
     if (kind === "vae") {
-      const encode = measure("vae-encode", c);
-      const decode = measure("vae-decode", c);
+      const encode = measure("vae-encode", c).report;
+      const decode = measure("vae-decode", c).report;
       // One checkpoint holds both halves: count each parameter once.
       const unique = new Map([...encode.meta.params, ...decode.meta.params].map((p) => [p.name, p.shape]));
       components.push({
@@ -188,8 +179,9 @@ export async function inspectModel(path: string, options: InspectOptions = {}): 
       });
       continue;
     }
-    const report = measure(kind, c);
-    const input = kind === "unet" ? words.latents : `${Number(c.raw.max_position_embeddings ?? 77)} tokens`;
+    const { resolved, report } = measure(kind, c);
+    const input =
+      resolved.kind === "clip-text" ? `${resolved.config.maxPositionEmbeddings} tokens` : words.latents;
     components.push({
       name: c.name,
       className: c.className,

@@ -9,7 +9,7 @@ import { describe, expect, it } from "vitest";
 import { CliError } from "../../cli/cli-error.js";
 import type { CommandOutput } from "../../cli/command-output.js";
 import { componentCommand } from "../../cli/commands/component.js";
-import { float32, type Tensor } from "../../diffusion/tensor.js";
+import { float32, int64, type Tensor, toFloat32 } from "../../diffusion/tensor.js";
 import { readSafetensors, writeSafetensors } from "../../diffusion/weights/safetensors.js";
 import { describeWithShared } from "../shared-data.js";
 import { useTempDir } from "../weights/helpers/temp-dir.js";
@@ -127,6 +127,25 @@ describeWithShared(["reference"], "stepwise component run on the reference cases
       { from: "user" },
     );
     await expectMatches("clip-text-tiny-proj-gelu", (await readSafetensors(out)).tensors, ["text_embeds"]);
+  });
+
+  it("one int64 timestep for the whole batch is repeated over it, as diffusers does", async () => {
+    const c = await loadReferenceCase("unet-tiny-sd15");
+    const path = temp.path("scalar-timestep.safetensors");
+    await writeSafetensors(path, {
+      sample: ioTensor(c, "sample"),
+      timestep: int64([], [999]),
+      encoder_hidden_states: ioTensor(c, "encoder_hidden_states"),
+    });
+    const out = (await runCase("unet-tiny-sd15", "unet", [], path)).outputs.get("out")!;
+    const ref = ioTensor(c, "out");
+    const row = (t: Tensor, i: number) => {
+      const size = t.size / t.shape[0];
+      return float32(t.shape.slice(1), toFloat32(t).data.subarray(i * size, (i + 1) * size));
+    };
+    // Upstream ran row 0 at t = 999 and row 1 at t = 10.
+    expect(relativeError(row(out, 0), row(ref, 0))).toBeLessThanOrEqual(REFERENCE_TOLERANCE);
+    expect(relativeError(row(out, 1), row(ref, 1))).toBeGreaterThan(0.01);
   });
 
   describe("errors name the file and the problem", () => {
