@@ -17,6 +17,7 @@
 import { createRequire } from "node:module";
 import { dirname, join } from "node:path";
 import * as tf from "@tensorflow/tfjs-core";
+import { registerTfjsGradients } from "./gradients.js";
 
 export const TFJS_BACKENDS = ["node-gpu", "node", "wasm", "cpu"] as const;
 export type TfjsBackendName = (typeof TFJS_BACKENDS)[number];
@@ -80,6 +81,11 @@ export interface SelectTfjsBackendOptions {
   /** Where to read STEPWISE_TFJS_BACKEND (default process.env). */
   readonly env?: Readonly<Record<string, string | undefined>>;
   readonly importer?: ModuleImporter;
+  /**
+   * Register TensorFlow.js gradient functions too (default true; about 1 s once per process, see
+   * gradients.ts). Inference-only callers may pass false.
+   */
+  readonly gradients?: boolean;
 }
 
 const defaultImporter: ModuleImporter = (specifier) => import(specifier);
@@ -220,6 +226,7 @@ export async function selectTfjsBackend(
       passedOver.push(result);
       continue;
     }
+    if (options.gradients !== false) await registerTfjsGradients();
     active = {
       name: candidate.name,
       packageName: candidate.packageName,

@@ -22,6 +22,7 @@ export {
   type RunComponentOptions,
   runTfjsComponent,
 } from "./component.js";
+export { registerTfjsGradients, tfjsGradientsRegistered } from "./gradients.js";
 export { TfjsConversionError, toHost, toTf } from "./host.js";
 export {
   createLoraVariables,

@@ -9,6 +9,7 @@
 import * as tf from "@tensorflow/tfjs-core";
 import type { LoraFactors } from "../ops/ops.js";
 import type { Float32Tensor, Tensor } from "../tensor.js";
+import { tfjsGradientsRegistered } from "./gradients.js";
 import { toHost, toTf } from "./host.js";
 
 export type LoraVariables = ReadonlyMap<string, LoraFactors<tf.Variable>>;
@@ -46,29 +47,37 @@ export function disposeLoraVariables(variables: LoraVariables): void {
 }
 
 /**
- * A gradient that needs a kernel the active backend does not have. The usual case: a gradient
- * with respect to the weight of a convolution larger than 1x1 on the WebAssembly backend, which
- * has no Conv2DBackpropFilter. LoRA factors never need it (1x1 convolutions are computed as
- * matmuls); a variable that feeds a 3x3 convolution's weight does.
+ * A gradient that cannot be taken here: gradient functions were never registered, or the gradient
+ * needs a kernel the active backend does not have. The usual case of the latter: a gradient with
+ * respect to the weight of a convolution larger than 1x1 on the WebAssembly backend, which has no
+ * Conv2DBackpropFilter. LoRA factors never need it (1x1 convolutions are computed as matmuls); a
+ * variable that feeds a 3x3 convolution's weight does.
  */
 export class TfjsGradientError extends Error {
   constructor(
-    readonly kernel: string,
-    readonly backend: string,
-    cause: unknown,
+    message: string,
+    /** The missing kernel, when that is the reason. */
+    readonly kernel?: string,
+    options?: { cause?: unknown },
   ) {
-    super(
-      `the gradient needs the TensorFlow.js kernel ${kernel}, which the ${backend} backend does not have` +
-        (kernel === "Conv2DBackpropFilter"
-          ? ": a trained variable feeds the weight of a convolution larger than 1x1 (LoRA factors of linear and 1x1-conv modules never do; use the node backend to train full convolution weights)"
-          : ""),
-      { cause },
-    );
+    super(message, options);
     this.name = "TfjsGradientError";
   }
 }
 
 const MISSING_KERNEL = /Kernel '(\w+)' not registered for backend '(\w+)'/;
+
+function missingKernelError(kernel: string, backend: string, cause: unknown): TfjsGradientError {
+  const why =
+    kernel === "Conv2DBackpropFilter"
+      ? ": a trained variable feeds the weight of a convolution larger than 1x1 (LoRA factors of linear and 1x1-conv modules never do; train full convolution weights on the node backend)"
+      : "";
+  return new TfjsGradientError(
+    `the gradient needs the TensorFlow.js kernel ${kernel}, which the ${backend} backend does not have${why}`,
+    kernel,
+    { cause },
+  );
+}
 
 export interface LoraGradients {
   /** The loss. */
@@ -82,13 +91,18 @@ export interface LoraGradients {
  * disposed; the returned value and gradients are the caller's to dispose.
  */
 export function loraGradients(f: () => tf.Scalar, variables: LoraVariables): LoraGradients {
+  if (!tfjsGradientsRegistered()) {
+    throw new TfjsGradientError(
+      "TensorFlow.js gradient functions are not registered: select the backend with selectTfjsBackend() (which registers them) or await registerTfjsGradients() first",
+    );
+  }
   const list = [...variables.values()].flatMap(({ down, up }) => [down, up]);
   let result: { value: tf.Scalar; grads: tf.NamedTensorMap };
   try {
     result = tf.variableGrads(f, list);
   } catch (err) {
     const missing = err instanceof Error ? MISSING_KERNEL.exec(err.message) : null;
-    if (missing) throw new TfjsGradientError(missing[1], missing[2], err);
+    if (missing) throw missingKernelError(missing[1], missing[2], err);
     throw err;
   }
   const grad = (v: tf.Variable): tf.Tensor => result.grads[v.name] ?? tf.zerosLike(v);
