@@ -1,0 +1,225 @@
+/**
+ * Hot-swappable LoRAs for the server: resolve what a request names through the registry, keep the
+ * decoded adapters in an LRU bounded by bytes, and hand the engine immutable slot feeds.
+ *
+ * - Identity is `name@version`; a version is immutable, so its decoded tensors never go stale.
+ *   Aliases are resolved from the watcher's snapshot, so an alias move is seen within one poll.
+ * - Concurrent requests for one uncached adapter load it once (one promise per identity).
+ * - Pinned names are never evicted. Eviction is by bytes, least recently used first.
+ * - If the registry is unreachable, cached adapters keep serving; uncached ones fail with 503.
+ * - A request resolves once, at its start: an alias moved while it runs does not affect it.
+ */
+import type { LoraAdapter, LoraSlotShape } from "../diffusion/lora/adapter.js";
+import { adapterParameterBytes, qualifySlots } from "../diffusion/lora/adapter.js";
+import { LoraValidationError } from "../diffusion/lora/errors.js";
+import { componentFactors, concatAdapters, scaledFactors } from "../diffusion/lora/feeds.js";
+import { validateAdapter } from "../diffusion/lora/validate.js";
+import type { LoraFeeds } from "../diffusion/pipelines/pipeline-models.js";
+import type { AdapterResolver, LoraRef, ResolvedLora, ResolvedLoras } from "./adapters.js";
+import { Errors } from "./errors.js";
+import type { Metrics } from "./metrics.js";
+import type { LoadedModel } from "./model-pool.js";
+
+/** What the cache needs of a registry manifest. */
+export interface AdapterManifest {
+  readonly name: string;
+  readonly version: number;
+  readonly sha256: string;
+  readonly bytes: number;
+  readonly base: { readonly family: string; readonly modelHash?: string };
+}
+
+/** What the cache needs of the registry (registry/registry.ts satisfies it). */
+export interface AdapterRegistry {
+  pull(
+    name: string,
+    version: number,
+  ): Promise<{ readonly manifest: AdapterManifest; readonly adapter: LoraAdapter }>;
+  resolve(ref: { name: string; version?: number; alias?: string }): Promise<AdapterManifest>;
+}
+
+/** Alias and version snapshot kept current by the watcher. */
+export interface AliasSnapshot {
+  /** name -> alias -> version. */
+  readonly aliases: ReadonlyMap<string, ReadonlyMap<string, number>>;
+}
+
+export const DEFAULT_ALIAS = "latest";
+
+interface Entry {
+  readonly id: string;
+  readonly name: string;
+  state: "loading" | "ready" | "failed";
+  promise: Promise<{ manifest: AdapterManifest; adapter: LoraAdapter }>;
+  bytes: number;
+  lastUsed: number;
+}
+
+function isUnreachable(err: unknown): boolean {
+  const e = err as { name?: string; code?: string; $metadata?: unknown };
+  return (
+    e?.name === "TimeoutError" ||
+    ["ECONNREFUSED", "ECONNRESET", "ENOTFOUND", "EHOSTUNREACH", "ETIMEDOUT"].includes(e?.code ?? "") ||
+    e?.name === "RegistryUnavailableError"
+  );
+}
+
+export class AdapterCache implements AdapterResolver {
+  private readonly entries = new Map<string, Entry>();
+  private readonly feedsCache = new Map<string, { feeds: LoraFeeds; bytes: number; lastUsed: number }>();
+  private clock = 0;
+  reachable = true;
+
+  constructor(
+    private readonly registry: AdapterRegistry,
+    private readonly snapshot: () => AliasSnapshot | undefined,
+    private readonly options: {
+      readonly maxBytes: number;
+      readonly pinned: readonly string[];
+      readonly maxRank: number;
+    },
+    private readonly metrics?: Metrics,
+  ) {}
+
+  get bytes(): number {
+    let n = 0;
+    for (const e of this.entries.values()) n += e.bytes;
+    for (const f of this.feedsCache.values()) n += f.bytes;
+    return n;
+  }
+
+  /** name + version or alias -> the exact version to use, from the snapshot when it knows the alias. */
+  private async version(ref: LoraRef): Promise<number> {
+    if (ref.version !== undefined) return ref.version;
+    const alias = ref.alias ?? DEFAULT_ALIAS;
+    const known = this.snapshot()?.aliases.get(ref.name)?.get(alias);
+    if (known !== undefined) return known;
+    try {
+      return (await this.registry.resolve({ name: ref.name, alias })).version;
+    } catch (err) {
+      throw this.translate(err, ref.name);
+    }
+  }
+
+  private translate(err: unknown, name: string): Error {
+    const e = err as { name?: string; message?: string; statusCode?: number };
+    if (e.statusCode !== undefined && e.statusCode < 500) return err as Error;
+    if (e.name === "RegistryNotFoundError" || e.name === "NotFoundError" || e.name === "LoraNotFoundError") {
+      return new Errors.LORA_NOT_FOUND(`LoRA ${name}: ${e.message}`);
+    }
+    if (isUnreachable(err)) {
+      this.reachable = false;
+      return new Errors.REGISTRY_UNAVAILABLE(
+        `the registry is unreachable and LoRA ${name} is not cached (${e.message})`,
+      );
+    }
+    return err as Error;
+  }
+
+  private load(name: string, version: number): Entry {
+    const id = `${name}@${version}`;
+    const hit = this.entries.get(id);
+    if (hit && hit.state !== "failed") {
+      hit.lastUsed = ++this.clock;
+      if (hit.state === "ready") this.metrics?.adapterHits.inc();
+      return hit;
+    }
+    this.metrics?.adapterMisses.inc();
+    const entry: Entry = {
+      id,
+      name,
+      state: "loading",
+      bytes: 0,
+      lastUsed: ++this.clock,
+      promise: Promise.resolve() as never,
+    };
+    entry.promise = this.registry.pull(name, version).then(
+      (r) => {
+        entry.state = "ready";
+        entry.bytes = adapterParameterBytes(r.adapter);
+        this.reachable = true;
+        this.evict();
+        return r;
+      },
+      (err) => {
+        entry.state = "failed";
+        this.entries.delete(id);
+        throw this.translate(err, name);
+      },
+    );
+    this.entries.set(id, entry);
+    return entry;
+  }
+
+  /** Drop least recently used adapters (never pinned ones, never one still loading) until under the bound. */
+  private evict(): void {
+    const pinned = new Set(this.options.pinned);
+    const victims = [
+      ...[...this.entries.values()]
+        .filter((e) => e.state === "ready" && !pinned.has(e.name))
+        .map((e) => ({ lastUsed: e.lastUsed, drop: () => this.entries.delete(e.id) })),
+      ...[...this.feedsCache].map(([key, f]) => ({
+        lastUsed: f.lastUsed,
+        drop: () => this.feedsCache.delete(key),
+      })),
+    ].sort((a, b) => a.lastUsed - b.lastUsed);
+    for (const v of victims) {
+      if (this.bytes <= this.options.maxBytes) break;
+      v.drop();
+    }
+    this.metrics?.adapterBytes.set(this.bytes);
+  }
+
+  async resolve(model: LoadedModel, refs: readonly LoraRef[]): Promise<ResolvedLoras | undefined> {
+    if (refs.length === 0) return undefined;
+    const resolved = await Promise.all(
+      refs.map(async (ref) => {
+        const version = await this.version(ref);
+        const { manifest, adapter } = await this.load(ref.name, version).promise;
+        return { ref, manifest, adapter };
+      }),
+    );
+    const used: ResolvedLora[] = resolved.map((r) => ({
+      name: r.ref.name,
+      version: r.manifest.version,
+      weight: r.ref.weight,
+      sha256: r.manifest.sha256,
+    }));
+    const key = `${model.id}|${used.map((u) => `${u.name}@${u.version}*${u.weight}`).join("+")}`;
+    const cached = this.feedsCache.get(key);
+    if (cached) {
+      cached.lastUsed = ++this.clock;
+      return { key, feeds: cached.feeds, used };
+    }
+    const slots: LoraSlotShape[] = qualifySlots("unet", model.engine.manifest.graphs.unet?.loraSlots ?? []);
+    for (const r of resolved) {
+      const family = model.engine.manifest.family;
+      if (r.manifest.base.family !== family) {
+        throw new Errors.LORA_INCOMPATIBLE(
+          `LoRA ${r.ref.name}@${r.manifest.version} was made for ${r.manifest.base.family}, model ${model.id} is ${family}`,
+        );
+      }
+      try {
+        validateAdapter(r.adapter, slots, { maxRank: this.options.maxRank });
+      } catch (err) {
+        if (err instanceof LoraValidationError) {
+          throw new Errors.LORA_INCOMPATIBLE(
+            `LoRA ${r.ref.name}@${r.manifest.version} does not fit model ${model.id}: ${err.message}`,
+          );
+        }
+        throw err;
+      }
+    }
+    const combined =
+      resolved.length === 1
+        ? resolved[0].adapter
+        : concatAdapters(resolved.map((r) => ({ adapter: r.adapter, weight: r.ref.weight })));
+    const weight = resolved.length === 1 ? resolved[0].ref.weight : 1;
+    const feeds: LoraFeeds = componentFactors(scaledFactors(combined, weight), "unet");
+    let bytes = 0;
+    for (const f of feeds.values()) bytes += f.down.data.byteLength + f.up.data.byteLength;
+    this.feedsCache.set(key, { feeds, bytes, lastUsed: ++this.clock });
+    this.evict();
+    return { key, feeds, used };
+  }
+}
