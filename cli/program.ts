@@ -3,6 +3,7 @@
  * that builds its commander `Command`; this file only assembles them.
  */
 import { Command } from "commander";
+import { generateCommand } from "./commands/generate.js";
 import { keysCommand } from "./commands/keys.js";
 import { openapiCommand } from "./commands/openapi.js";
 import { serveCommand } from "./commands/serve.js";
@@ -16,6 +17,7 @@ export function buildProgram(): Command {
     .version("0.1.0")
     .showHelpAfterError();
   program.addCommand(serveCommand());
+  program.addCommand(generateCommand());
   program.addCommand(tokenizeCommand());
   program.addCommand(keysCommand());
   program.addCommand(openapiCommand());
