@@ -3,11 +3,15 @@
  * that builds its commander `Command`; this file only assembles them.
  */
 import { Command } from "commander";
+import { componentCommand } from "./commands/component.js";
+import { convertCommand } from "./commands/convert.js";
 import { generateCommand } from "./commands/generate.js";
+import { inspectCommand } from "./commands/inspect.js";
 import { keysCommand } from "./commands/keys.js";
 import { openapiCommand } from "./commands/openapi.js";
 import { serveCommand } from "./commands/serve.js";
 import { tokenizeCommand } from "./commands/tokenize.js";
+import { zooCommand } from "./commands/zoo.js";
 
 export function buildProgram(): Command {
   const program = new Command("stepwise")
@@ -18,6 +22,10 @@ export function buildProgram(): Command {
     .showHelpAfterError();
   program.addCommand(serveCommand());
   program.addCommand(generateCommand());
+  program.addCommand(zooCommand());
+  program.addCommand(convertCommand());
+  program.addCommand(inspectCommand());
+  program.addCommand(componentCommand());
   program.addCommand(tokenizeCommand());
   program.addCommand(keysCommand());
   program.addCommand(openapiCommand());
