@@ -1,0 +1,92 @@
+/**
+ * What the benchmarks share in one run: options, progress output, the matmul probe and the
+ * matrix-multiply peak that every rate is divided by (measured once, first), and sessions over the
+ * big graphs (opened once: an SD1.5 UNet session takes seconds and gigabytes to load).
+ */
+import type { InferenceSession } from "onnxruntime-node";
+import type { LoraTargetSetName } from "../diffusion/lora/targets.js";
+import { type MatmulMeasurement, MatmulProbe, measureMatmul } from "./matmul.js";
+import { openSession } from "./ort-session.js";
+import { type RandomUNetGraph, randomUNetGraph, sd15UNetConfig } from "./sd15-unet.js";
+
+export interface BenchOptions {
+  /** Fewer repetitions, no SD1.5. */
+  readonly quick: boolean;
+  /** Profile the SD1.5 step even when it meets its target. */
+  readonly profile: boolean;
+  /** Intra-op threads of every session (the engine's default: the core count). */
+  readonly threads: number;
+}
+
+/** What a matmul run measured: the rate every achieved rate is a fraction of. */
+export interface MatmulPeak {
+  /** Median float32 rate, GFLOP/s (2 * M * N * K per run). */
+  readonly gflops: number;
+  /** The same in multiply-accumulates: gflops / 2. */
+  readonly gmacs: number;
+}
+
+export class BenchContext {
+  private probeSession: Promise<MatmulProbe> | undefined;
+  private matmul: Promise<MatmulMeasurement> | undefined;
+  private readonly sessions = new Map<string, Promise<InferenceSession>>();
+  private readonly graphs = new Map<LoraTargetSetName, Promise<RandomUNetGraph>>();
+
+  constructor(
+    readonly options: BenchOptions,
+    readonly log: (message: string) => void,
+  ) {}
+
+  /** The 1024^3 MatMul session, open for the whole run. */
+  matmulProbe(): Promise<MatmulProbe> {
+    this.probeSession ??= MatmulProbe.open(this.options.threads);
+    return this.probeSession;
+  }
+
+  /** The matmul benchmark of this run (the reference rate), run on first use. */
+  matmulMeasurement(): Promise<MatmulMeasurement> {
+    this.matmul ??= this.matmulProbe().then((probe) => measureMatmul(this, probe));
+    return this.matmul;
+  }
+
+  async matmulPeak(): Promise<MatmulPeak> {
+    return (await this.matmulMeasurement()).peak;
+  }
+
+  /** A session kept open for the rest of the run. */
+  session(modelPath: string): Promise<InferenceSession> {
+    let s = this.sessions.get(modelPath);
+    if (!s) {
+      this.log(`loading ${modelPath}`);
+      s = openSession(modelPath, { threads: this.options.threads });
+      this.sessions.set(modelPath, s);
+    }
+    return s;
+  }
+
+  /** The SD1.5 UNet graph with the given LoRA targets (written on first use, cached across runs). */
+  sd15UNet(targets: LoraTargetSetName): Promise<RandomUNetGraph> {
+    let g = this.graphs.get(targets);
+    if (!g) {
+      g = sd15UNetConfig().then((config) => randomUNetGraph(config, targets, this.log));
+      this.graphs.set(targets, g);
+    }
+    return g;
+  }
+
+  async close(): Promise<void> {
+    const open: Array<[string, Promise<{ release(): Promise<void> }>]> = [...this.sessions];
+    if (this.probeSession)
+      open.push(["the matmul probe", this.probeSession.then((p) => ({ release: () => p.close() }))]);
+    for (const [what, s] of open) {
+      try {
+        await (await s).release();
+      } catch (err) {
+        // A session that failed to open was reported by its benchmark; nothing to release.
+        this.log(`closing ${what}: ${(err as Error).message}`);
+      }
+    }
+    this.sessions.clear();
+    this.probeSession = undefined;
+  }
+}

@@ -1,0 +1,126 @@
+/**
+ * `npm run bench`: Stepwise's benchmarks in one process, one report.
+ *
+ *   npm run bench [-- --quick] [-- --only <name>[,<name>...]] [-- --profile] [-- --threads N]
+ *
+ * matmul (the reference rate), unet-step, lora-slots, engine-e2e. Figures are ratios measured in
+ * this run; the markdown report goes to stdout and the JSON beside it under
+ * .stepwise/bench/results/. Benchmarks never gate CI and are not part of `npm test`; a benchmark
+ * that fails is listed in the report and makes the exit code 1, the others still run.
+ */
+import { loadavg } from "node:os";
+import { parseArgs } from "node:util";
+import { env as ortEnv } from "onnxruntime-node";
+import { defaultIntraOpThreads } from "../diffusion/engine/execution-provider.js";
+import { BenchContext } from "./context.js";
+import { engineE2eBench } from "./engine-e2e.js";
+import { loraSlotsBench } from "./lora-slots.js";
+import { BENCH_DIR } from "./model-cache.js";
+import { type BenchResult, describeMachine, renderMarkdown, writeJsonReport } from "./report.js";
+import { BenchError } from "./stats.js";
+import { unetStepBench } from "./unet-step.js";
+
+const BENCHMARKS = ["matmul", "unet-step", "lora-slots", "engine-e2e"] as const;
+type BenchName = (typeof BENCHMARKS)[number];
+
+const USAGE = `usage: npm run bench -- [--quick] [--only ${BENCHMARKS.join("|")}[,...]] [--profile] [--threads N]
+  --quick      fewer repetitions, no SD1.5 (a few minutes less than a full run's ~15-30)
+  --only       run only the named benchmarks (matmul runs too when another needs its rate)
+  --profile    profile the SD1.5 step even when it meets its target
+  --threads    intra-op threads (default: the core count, as the engine)`;
+
+interface CliOptions {
+  readonly quick: boolean;
+  readonly profile: boolean;
+  readonly threads: number;
+  readonly only: readonly BenchName[];
+}
+
+function parseCli(argv: readonly string[]): CliOptions {
+  const { values } = parseArgs({
+    args: [...argv],
+    options: {
+      quick: { type: "boolean", default: false },
+      profile: { type: "boolean", default: false },
+      only: { type: "string", multiple: true },
+      threads: { type: "string" },
+      help: { type: "boolean", short: "h", default: false },
+    },
+  });
+  if (values.help) {
+    console.log(USAGE);
+    process.exit(0);
+  }
+  const only = (values.only ?? []).flatMap((v) => v.split(",")).filter((v) => v !== "");
+  for (const name of only) {
+    if (!(BENCHMARKS as readonly string[]).includes(name)) {
+      throw new BenchError(`--only: unknown benchmark "${name}" (choose from ${BENCHMARKS.join(", ")})`);
+    }
+  }
+  const threads = values.threads === undefined ? defaultIntraOpThreads() : Number(values.threads);
+  if (!Number.isInteger(threads) || threads < 1) {
+    throw new BenchError(`--threads must be a positive integer, got ${values.threads}`);
+  }
+  return {
+    quick: values.quick ?? false,
+    profile: values.profile ?? false,
+    threads,
+    only: only.length > 0 ? (only as BenchName[]) : [...BENCHMARKS],
+  };
+}
+
+function log(message: string): void {
+  process.stderr.write(`[bench ${new Date().toISOString().slice(11, 19)}] ${message}\n`);
+}
+
+async function main(): Promise<number> {
+  let cli: CliOptions;
+  try {
+    cli = parseCli(process.argv.slice(2));
+  } catch (err) {
+    console.error(`${(err as Error).message}\n${USAGE}`);
+    return 2;
+  }
+  const machineAtStart = describeMachine(cli.threads, ortVersion(), loadavg());
+  const ctx = new BenchContext({ quick: cli.quick, profile: cli.profile, threads: cli.threads }, log);
+  const runners: Readonly<Record<Exclude<BenchName, "matmul">, (c: BenchContext) => Promise<BenchResult>>> = {
+    "unet-step": unetStepBench,
+    "lora-slots": loraSlotsBench,
+    "engine-e2e": engineE2eBench,
+  };
+  const results: BenchResult[] = [];
+  const failures: string[] = [];
+  try {
+    // The reference rate first, so every ratio after it divides by a number of this run.
+    if (cli.only.includes("matmul") || cli.only.includes("unet-step")) {
+      try {
+        results.push((await ctx.matmulMeasurement()).result);
+      } catch (err) {
+        failures.push(`matmul: ${(err as Error).stack ?? err}`);
+      }
+    }
+    for (const name of cli.only) {
+      if (name === "matmul") continue;
+      log(`running ${name}`);
+      try {
+        results.push(await runners[name](ctx));
+      } catch (err) {
+        log(`${name} failed: ${(err as Error).message}`);
+        failures.push(`${name}: ${(err as Error).stack ?? err}`);
+      }
+    }
+  } finally {
+    await ctx.close();
+  }
+  process.stdout.write(renderMarkdown(machineAtStart, results, failures));
+  const json = await writeJsonReport(BENCH_DIR, machineAtStart, { ...cli }, results, failures);
+  log(`JSON report: ${json}`);
+  return failures.length > 0 ? 1 : 0;
+}
+
+/** The installed onnxruntime-node version, for the report header. */
+function ortVersion(): string {
+  return ortEnv.versions.node ?? "unknown";
+}
+
+process.exitCode = await main();

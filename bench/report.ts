@@ -1,0 +1,134 @@
+/**
+ * The benchmark report: one markdown table of figures (ratios measured in this run, with their
+ * targets) and their absolute context, optional detail tables, and the same data as JSON.
+ */
+import { mkdir, writeFile } from "node:fs/promises";
+import { cpus, totalmem } from "node:os";
+import { join } from "node:path";
+import { relativeSpread, type Summary } from "./stats.js";
+
+export type Verdict = "met" | "missed" | "";
+
+export interface ReportRow {
+  /** Which benchmark (matmul, unet-step, lora-slots, engine-e2e). */
+  readonly bench: string;
+  readonly measure: string;
+  /** The figure that counts: a ratio or a share, formatted. */
+  readonly value: string;
+  readonly target?: string;
+  readonly verdict?: Verdict;
+  /** Absolute times and rates, for context only (they swing from run to run). */
+  readonly context: string;
+}
+
+export interface DetailTable {
+  readonly title: string;
+  readonly header: readonly string[];
+  readonly rows: readonly (readonly string[])[];
+}
+
+export interface BenchResult {
+  readonly name: string;
+  readonly rows: readonly ReportRow[];
+  readonly details?: readonly DetailTable[];
+  /** Raw numbers for the JSON file (samples, summaries, sizes). */
+  readonly data: Readonly<Record<string, unknown>>;
+}
+
+export function percent(x: number, digits = 1): string {
+  return `${(x * 100).toFixed(digits)}%`;
+}
+
+export function ms(x: number): string {
+  return x >= 1000 ? `${(x / 1000).toFixed(2)} s` : `${x.toFixed(x >= 100 ? 0 : 2)} ms`;
+}
+
+/** "1.234 s (±3.1%, n=12)": a median time with its relative half-IQR. */
+export function timeSummary(s: Summary): string {
+  return `${ms(s.median)} (±${percent(relativeSpread(s))}, n=${s.n})`;
+}
+
+/** A ratio as "1.021x (p25-p75 1.010-1.035)". */
+export function ratioSummary(s: Summary): string {
+  return `${s.median.toFixed(3)}x (p25-p75 ${s.p25.toFixed(3)}-${s.p75.toFixed(3)})`;
+}
+
+function escapeCell(text: string): string {
+  return text.replace(/\|/g, "\\|").replace(/\n/g, " ");
+}
+
+function markdownTable(header: readonly string[], rows: readonly (readonly string[])[]): string {
+  const line = (cells: readonly string[]) => `| ${cells.map(escapeCell).join(" | ")} |`;
+  return [line(header), line(header.map(() => "---")), ...rows.map(line)].join("\n");
+}
+
+export interface Machine {
+  readonly cpu: string;
+  readonly cores: number;
+  readonly memoryGiB: number;
+  readonly threads: number;
+  readonly node: string;
+  readonly onnxruntime: string;
+  readonly loadAverage: readonly number[];
+}
+
+export function describeMachine(
+  threads: number,
+  onnxruntime: string,
+  loadAverage: readonly number[],
+): Machine {
+  const cpu = cpus();
+  return {
+    cpu: cpu[0]?.model ?? "unknown",
+    cores: cpu.length,
+    memoryGiB: Math.round(totalmem() / 2 ** 30),
+    threads,
+    node: process.version,
+    onnxruntime,
+    loadAverage,
+  };
+}
+
+export function renderMarkdown(
+  machine: Machine,
+  results: readonly BenchResult[],
+  failures: readonly string[],
+): string {
+  const out: string[] = [
+    "## Stepwise benchmark",
+    "",
+    `${machine.cpu}, ${machine.cores} cores, ${machine.memoryGiB} GiB; Node ${machine.node}, onnxruntime-node ${machine.onnxruntime}, CPU EP, ${machine.threads} intra-op threads; load average at start ${machine.loadAverage.map((l) => l.toFixed(2)).join(" ")}.`,
+    "Figures are ratios measured in this run; times are context (they swing 10-20% between runs here).",
+    "",
+  ];
+  const rows = results.flatMap((r) => r.rows);
+  out.push(
+    markdownTable(
+      ["bench", "measure", "figure", "target", "", "context"],
+      rows.map((r) => [r.bench, r.measure, r.value, r.target ?? "", r.verdict ?? "", r.context]),
+    ),
+  );
+  for (const result of results) {
+    for (const d of result.details ?? []) out.push("", `### ${d.title}`, "", markdownTable(d.header, d.rows));
+  }
+  if (failures.length > 0) out.push("", "### Failed", "", ...failures.map((f) => `- ${f}`));
+  return `${out.join("\n")}\n`;
+}
+
+/** Write the run's JSON under `<dir>/results/` (timestamped, plus latest.json); returns its path. */
+export async function writeJsonReport(
+  dir: string,
+  machine: Machine,
+  options: Readonly<Record<string, unknown>>,
+  results: readonly BenchResult[],
+  failures: readonly string[],
+): Promise<string> {
+  const resultsDir = join(dir, "results");
+  await mkdir(resultsDir, { recursive: true });
+  const stamp = new Date().toISOString().replace(/[:.]/g, "-");
+  const body = `${JSON.stringify({ date: new Date().toISOString(), machine, options, results, failures }, null, 2)}\n`;
+  const path = join(resultsDir, `bench-${stamp}.json`);
+  await writeFile(path, body);
+  await writeFile(join(resultsDir, "latest.json"), body);
+  return path;
+}

@@ -1,0 +1,137 @@
+import { describe, expect, it } from "vitest";
+import { blockOf, kernelMacs, lastRunKernels, layerKindOf, summarizeProfile } from "../../bench/profile.js";
+
+const attn = "down_blocks.1.attentions.0.transformer_blocks.0.attn1";
+
+describe("onnxruntime profile summary", () => {
+  it("counts convolution and matrix-product MACs from kernel shapes", () => {
+    // 3x3 conv 320 -> 640 on a [2, 320, 16, 16] input: 2*640*16*16 outputs, 320*9 MACs each.
+    expect(
+      kernelMacs(
+        "Conv",
+        [
+          [2, 320, 16, 16],
+          [640, 320, 3, 3],
+        ],
+        [[2, 640, 16, 16]],
+      ),
+    ).toBe(2 * 640 * 16 * 16 * 320 * 9);
+    // Batched QK^T: [2, 8, 256, 40] x [2, 8, 40, 256].
+    expect(
+      kernelMacs(
+        "FusedMatMul",
+        [
+          [2, 8, 256, 40],
+          [2, 8, 40, 256],
+        ],
+        [[2, 8, 256, 256]],
+      ),
+    ).toBe(2 * 8 * 256 * 256 * 40);
+    // A projection whose prepacked weight the profile does not list.
+    expect(kernelMacs("MatMul", [[2, 256, 320]], [[2, 256, 640]])).toBe(2 * 256 * 640 * 320);
+    expect(kernelMacs("Softmax", [[2, 8, 256, 256]], [[2, 8, 256, 256]])).toBe(0);
+  });
+
+  it("sorts kernels into layer kinds and blocks by node name and shapes", () => {
+    const k = (node: string, op: string, inputShapes: number[][]) => ({ node, op, inputShapes });
+    expect(layerKindOf(k(`${attn}.to_q/MatMul`, "MatMul", [[2, 256, 320]]))).toBe(
+      "attention q/k/v projections",
+    );
+    expect(
+      layerKindOf(
+        k(`${attn}.to_v/MatMul_3`, "MatMul", [
+          [2, 8, 256, 256],
+          [2, 8, 256, 40],
+        ]),
+      ),
+    ).toBe("attention core (QK^T, softmax, AV, head reshapes)");
+    expect(layerKindOf(k(`${attn}.to_v/Softmax`, "Softmax", [[2, 8, 256, 256]]))).toBe(
+      "attention core (QK^T, softmax, AV, head reshapes)",
+    );
+    expect(layerKindOf(k(`${attn}.to_out.0/Add`, "Add", [[2, 256, 320]]))).toBe(
+      "attention output projection",
+    );
+    expect(layerKindOf(k("up_blocks.1.resnets.2.conv1/Conv_nchwc", "Conv", []))).toBe("resnet 3x3 convs");
+    expect(layerKindOf(k("up_blocks.1.resnets.2.norm1/Mul", "Mul", []))).toBe("resnet group norms (+ SiLU)");
+    expect(layerKindOf(k("down_blocks.1.attentions.0.norm/Reshape", "Reshape", []))).toBe(
+      "transformer group norm",
+    );
+    expect(blockOf(`${attn}.to_q/MatMul`)).toBe("down_blocks.1");
+    expect(blockOf("mid_block.resnets.0.conv1/Conv")).toBe("mid_block");
+    expect(blockOf("ReorderInput_token_57")).toBe("other");
+  });
+
+  it("keeps only the last run's kernels and summarises time and rate against the peak", () => {
+    const node = (
+      name: string,
+      ts: number,
+      dur: number,
+      op: string,
+      inputs: number[][],
+      output: number[],
+    ) => ({
+      cat: "Node",
+      name: `${name}_kernel_time`,
+      ts,
+      dur,
+      args: {
+        op_name: op,
+        input_type_shape: inputs.map((s) => ({ float: s })),
+        output_type_shape: [{ float: output }],
+      },
+    });
+    const events = [
+      { cat: "Session", name: "model_run", ts: 0, dur: 100 },
+      node(
+        "warmup/Conv",
+        10,
+        50,
+        "Conv",
+        [
+          [1, 4, 8, 8],
+          [8, 4, 3, 3],
+        ],
+        [1, 8, 8, 8],
+      ),
+      { cat: "Session", name: "model_run", ts: 1000, dur: 5000 },
+      // 1e9 MACs in 4000 us = 250 GMAC/s; a 500 GMAC/s peak makes that 50%.
+      node(
+        "conv_in/Conv",
+        1100,
+        4000,
+        "Conv",
+        [
+          [1, 1000, 1, 1],
+          [1e6, 1000, 1, 1],
+        ],
+        [1, 1e6, 1, 1],
+      ),
+      node(
+        "conv_in/Add",
+        5200,
+        1000,
+        "Add",
+        [
+          [1, 8],
+          [1, 8],
+        ],
+        [1, 8],
+      ),
+      { cat: "Node", name: "conv_in/Add_fence_before", ts: 5100, dur: 1 },
+    ];
+    const kernels = lastRunKernels(events);
+    expect(kernels.map((k) => k.node)).toEqual(["conv_in/Conv", "conv_in/Add"]);
+    const summary = summarizeProfile(kernels, { gflops: 1000, gmacs: 500 }, "test");
+    expect(summary.kernelMs).toBe(5);
+    expect(summary.byOp.Conv).toEqual({ ms: 4, share: 0.8, macShare: 1 });
+    const byOp = summary.tables[0];
+    expect(byOp.rows[0]).toEqual(["Conv", "1", "80.0%", "4.0 ms", "100.0%", "50%"]);
+    expect(byOp.rows[1][5]).toBe("");
+  });
+
+  it("fails clearly on a profile without a run", () => {
+    expect(() => lastRunKernels([{ cat: "Session", name: "session_initialization", ts: 0, dur: 1 }])).toThrow(
+      /no model_run/,
+    );
+  });
+});
