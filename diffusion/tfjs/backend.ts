@@ -246,10 +246,15 @@ export async function selectTfjsBackend(
   );
 }
 
-/** The backend selected in this process, selecting with the defaults if none is active. */
-export async function ensureTfjsBackend(): Promise<TfjsBackendSelection> {
+/**
+ * The backend selected in this process, or a selection with `options` when none is active (or
+ * something else switched TensorFlow.js to another backend since).
+ */
+export async function ensureTfjsBackend(
+  options: SelectTfjsBackendOptions = {},
+): Promise<TfjsBackendSelection> {
   if (active && tf.getBackend() === active.tfName) return active;
-  return selectTfjsBackend();
+  return selectTfjsBackend(options);
 }
 
 /** One line for the run log: "tfjs backend wasm (SIMD, ...); passed over node-gpu: not installed, ...". */

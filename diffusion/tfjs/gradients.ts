@@ -10,7 +10,8 @@
  * `index.js`; then tfjs-core's own gradient configs load and register (about 1 s, once). The
  * registries and the engine are process globals in tfjs-core, so the configs serve the bundle's
  * tensors and backends. When the gradients are already there (the umbrella package loaded, e.g.
- * by tfjs-node), nothing is done.
+ * by tfjs-node), they are used as they are. BatchMatMul's gradient is then wrapped for speed on
+ * WebAssembly (below).
  */
 import { register } from "node:module";
 import * as tf from "@tensorflow/tfjs-core";
@@ -31,6 +32,41 @@ export async function resolve(specifier, context, next) {
   return next(specifier, context);
 }`;
 
+/**
+ * On WebAssembly, BatchMatMul runs on XNNPACK only for untransposed operands with a batch of one;
+ * anything else falls to a plain loop about 10x slower. The stock gradient of a 2-D product
+ * multiplies by transposed operands (dy · bᵀ, aᵀ · dy), so every linear layer's backward pass took
+ * that loop. This re-registers BatchMatMul's gradient so that, on WebAssembly and for 2-D operands,
+ * the transposes are separate ops and the products take the fast path; every other case calls the
+ * stock gradient. The mathematics is unchanged.
+ */
+function registerWasmMatMulGradient(): void {
+  const stock = tf.getGradient(PROBE_KERNEL);
+  if (wrappedMatMulGradient === stock.gradFunc) return;
+  const gradFunc: tf.GradFunc = (dy, saved, attrs) => {
+    const [a, b] = saved;
+    if (tf.getBackend() !== "wasm" || a.rank !== 2 || b.rank !== 2) return stock.gradFunc(dy, saved, attrs);
+    const { transposeA, transposeB } = attrs as unknown as { transposeA: boolean; transposeB: boolean };
+    const g = dy as tf.Tensor;
+    // y = op(a) · op(b), op being the identity or a transpose: d op(a) = dy · op(b)ᵀ and
+    // d op(b) = op(a)ᵀ · dy, then undo op.
+    return {
+      a: () => {
+        const dOpA = tf.matMul(g, transposeB ? b : tf.transpose(b));
+        return transposeA ? tf.transpose(dOpA) : dOpA;
+      },
+      b: () => {
+        const dOpB = tf.matMul(transposeA ? a : tf.transpose(a), g);
+        return transposeB ? tf.transpose(dOpB) : dOpB;
+      },
+    };
+  };
+  tf.registerGradient({ ...stock, gradFunc });
+  wrappedMatMulGradient = gradFunc;
+}
+
+let wrappedMatMulGradient: tf.GradFunc | undefined;
+
 /** Whether gradient functions are registered (e.g. `tf.grad` of a matmul works). */
 export function tfjsGradientsRegistered(): boolean {
   return tf.getGradient(PROBE_KERNEL) !== undefined;
@@ -40,7 +76,10 @@ let registering: Promise<void> | undefined;
 
 /** Register tfjs-core's gradient functions for every kernel (idempotent). */
 export function registerTfjsGradients(): Promise<void> {
-  if (tfjsGradientsRegistered()) return Promise.resolve();
+  if (tfjsGradientsRegistered()) {
+    registerWasmMatMulGradient();
+    return Promise.resolve();
+  }
   registering ??= (async () => {
     register(`data:text/javascript,${encodeURIComponent(RESOLVE_HOOK)}`);
     await import("@tensorflow/tfjs-core/dist/register_all_gradients.js");
@@ -49,6 +88,7 @@ export function registerTfjsGradients(): Promise<void> {
         `loading @tensorflow/tfjs-core/dist/register_all_gradients.js registered no gradient for ${PROBE_KERNEL}`,
       );
     }
+    registerWasmMatMulGradient();
   })().catch((err: unknown) => {
     registering = undefined;
     throw err;

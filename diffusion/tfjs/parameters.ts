@@ -22,6 +22,7 @@ export class TfjsParametersDisposedError extends Error {
 
 export class TfjsParameters {
   private readonly tensors = new Map<string, tf.Tensor>();
+  private readonly held = new Set<tf.Tensor>();
   private disposed = false;
 
   /**
@@ -51,15 +52,26 @@ export class TfjsParameters {
   }
 
   private add(name: string, t: Tensor): void {
-    this.tensors.get(name)?.dispose();
+    const previous = this.tensors.get(name);
+    if (previous) {
+      this.held.delete(previous);
+      previous.dispose();
+    }
     // keep: a store built inside a caller's tf.tidy must outlive it.
-    this.tensors.set(name, tf.keep(toTf(t, `parameter ${name}`)));
+    const converted = tf.keep(toTf(t, `parameter ${name}`));
+    this.tensors.set(name, converted);
+    this.held.add(converted);
   }
 
   /** The parameter's tensor, or undefined when the store has no such name. */
   get(name: string): tf.Tensor | undefined {
     if (this.disposed) throw new TfjsParametersDisposedError(this.label);
     return this.tensors.get(name);
+  }
+
+  /** Whether `t` is one of these parameters (so frozen: ops may skip its gradient). */
+  holds(t: tf.Tensor): boolean {
+    return this.held.has(t);
   }
 
   names(): IterableIterator<string> {
@@ -78,6 +90,7 @@ export class TfjsParameters {
   dispose(): void {
     for (const t of this.tensors.values()) t.dispose();
     this.tensors.clear();
+    this.held.clear();
     this.disposed = true;
   }
 }

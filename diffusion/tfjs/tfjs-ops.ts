@@ -34,6 +34,7 @@ import {
 import { MapParamSource } from "../ops/params.js";
 import { resolveReshape } from "../ops/reference-layout.js";
 import { shapeString, type Tensor } from "../tensor.js";
+import { conv2d as convolve } from "./conv.js";
 import * as k from "./kernels.js";
 import { TfjsParameters } from "./parameters.js";
 
@@ -189,7 +190,9 @@ export class TfjsOps implements Ops<tf.Tensor> {
     return k.linear(float(x), float(weight), bias && float(bias));
   }
   conv2d(x: tf.Tensor, weight: tf.Tensor, bias: tf.Tensor | undefined, options?: Conv2dOptions): tf.Tensor {
-    return k.conv2d(float(x), float(weight), bias && float(bias), options);
+    return convolve(float(x), float(weight), bias && float(bias), options, {
+      frozen: this.parameters.holds(weight),
+    });
   }
 
   // --- normalisation and reductions --------------------------------------------------------------
