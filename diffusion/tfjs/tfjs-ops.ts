@@ -12,9 +12,9 @@
  *   `tf.tidy(() => ...)` (returning only what must survive), or inside `tf.variableGrads(f)` /
  *   `tf.grad(f)`, which dispose the intermediates of `f` themselves. Parameters and LoRA variables
  *   are never disposed by a scope; `dispose()` frees the parameters this object owns.
- * - Layout follows the interface's PyTorch conventions; kernels.ts says how each composite op maps
- *   to TensorFlow.js kernels (NCHW convolution between transposes, 1x1 convolution as matmul,
- *   nearest upsampling with PyTorch's index rule) and why.
+ * - Layout follows the interface's PyTorch conventions; conv.ts and kernels.ts say how each
+ *   composite op maps to TensorFlow.js kernels (NCHW convolution between transposes, 1x1
+ *   convolution as matmul, nearest upsampling with PyTorch's index rule) and why.
  *
  * Ops it cannot do: none of the interface is missing. Gradients: everything a UNet forward uses is
  * differentiable with respect to LoRA factors on every backend, WebAssembly included. Not

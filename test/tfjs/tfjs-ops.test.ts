@@ -20,8 +20,15 @@ import {
   toFloat16,
 } from "../../diffusion/tensor.js";
 import { ComponentInputError, createTfjsOps, runTfjsComponent } from "../../diffusion/tfjs/component.js";
+import { tfjsGradientsRegistered } from "../../diffusion/tfjs/gradients.js";
 import { TfjsConversionError, toHost, toTf } from "../../diffusion/tfjs/host.js";
-import { createLoraVariables, disposeLoraVariables, readLoraVariables } from "../../diffusion/tfjs/lora.js";
+import {
+  createLoraVariables,
+  disposeLoraVariables,
+  loraGradients,
+  readLoraVariables,
+  TfjsGradientError,
+} from "../../diffusion/tfjs/lora.js";
 import { TfjsParameters, TfjsParametersDisposedError } from "../../diffusion/tfjs/parameters.js";
 import { TfjsOps } from "../../diffusion/tfjs/tfjs-ops.js";
 import { TINY_SD15_UNET } from "../../diffusion/zoo/tiny-configs.js";
@@ -225,6 +232,20 @@ describe("runTfjsComponent", () => {
       expect(tf.memory().numTensors).toBe(before);
     } finally {
       ops.dispose();
+    }
+  });
+});
+
+describe("loraGradients", () => {
+  it("without registered gradient functions says how to register them (this file selects gradients: false)", () => {
+    expect(tfjsGradientsRegistered()).toBe(false);
+    const variables = createLoraVariables(new Map([["attn.to_q", factors(1)]]));
+    try {
+      const attempt = () => loraGradients(() => tf.sum(variables.get("attn.to_q")!.down), variables);
+      expect(attempt).toThrow(TfjsGradientError);
+      expect(attempt).toThrow(/not registered: select the backend with selectTfjsBackend\(\)/);
+    } finally {
+      disposeLoraVariables(variables);
     }
   });
 });
