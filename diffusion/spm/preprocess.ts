@@ -226,8 +226,18 @@ export interface SpmPreprocessStages {
   readonly pixelValues: Float32Tensor;
 }
 
+/** The per-channel normalisation; CLIP's unless an engine manifest says otherwise. */
+export interface ImageNormalization {
+  readonly mean: readonly number[];
+  readonly std: readonly number[];
+}
+
 /** Every stage of the preprocessing (for tests and debugging); see `preprocessForSpm`. */
-export function preprocessStages(images: Tensor, size: number): SpmPreprocessStages {
+export function preprocessStages(
+  images: Tensor,
+  size: number,
+  normalization?: ImageNormalization,
+): SpmPreprocessStages {
   const [, , h, w] = expectImages(images, "preprocessForSpm images");
   expectSize(size, "preprocessForSpm size");
   const [newH, newW] = spmResizeSize(h, w, size);
@@ -235,13 +245,22 @@ export function preprocessStages(images: Tensor, size: number): SpmPreprocessSta
   // SPO crops only when the resized image is not square (a square one is size x size already).
   const cropped = newH !== newW ? centerCrop(resized, size) : undefined;
   const unit = toUnitRange(cropped ?? resized);
-  return { resized, cropped, unit, pixelValues: normalizeClip(unit) };
+  return {
+    resized,
+    cropped,
+    unit,
+    pixelValues: normalizeClip(unit, normalization?.mean, normalization?.std),
+  };
 }
 
 /**
  * Decoded images [B, 3, H, W] in [-1, 1] -> SPM pixel values [B, 3, size, size], where size is the
  * model's vision image_size (224 for PickScore / the SPO checkpoints).
  */
-export function preprocessForSpm(images: Tensor, size: number): Float32Tensor {
-  return preprocessStages(images, size).pixelValues;
+export function preprocessForSpm(
+  images: Tensor,
+  size: number,
+  normalization?: ImageNormalization,
+): Float32Tensor {
+  return preprocessStages(images, size, normalization).pixelValues;
 }

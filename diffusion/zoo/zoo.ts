@@ -43,7 +43,11 @@ interface WeightedComponent {
   readonly weightsFile: string;
 }
 
-function tokenizerFiles(padToken: string, vocab: ReturnType<typeof tinyVocabulary>): Record<string, string> {
+/** The files of a CLIP tokenizer folder over a tiny vocabulary, padding with `padToken`. */
+export function tokenizerFiles(
+  padToken: string,
+  vocab: ReturnType<typeof tinyVocabulary>,
+): Record<string, string> {
   const special = {
     bos_token: "<|startoftext|>",
     eos_token: "<|endoftext|>",
