@@ -8,6 +8,10 @@
  *   const pixelValues = preprocessForSpm(decoded, config.vision.imageSize);
  *   const { scores } = clipModel(new ReferenceOps(tensors), config, { pixelValues, inputIds, timesteps });
  *   const [pair] = comparePool(scores.reshape([k, 1]), SPO_PAIR_THRESHOLD.sd15);
+ *
+ * Served and trained, the model runs as an SPM engine folder (`convertSpm`, loaded by
+ * diffusion/engine/spm-engine.ts) behind the `PreferenceModel` interface that
+ * diffusion/pipelines/scoring.ts scores with.
  */
 export {
   ClipInputError,
@@ -37,6 +41,43 @@ export {
   type SpmWeightsReport,
 } from "./checkpoint.js";
 export {
+  loadSpmComponentCase,
+  readSpmComponentFiles,
+  runSpmComponent,
+  SPM_COMPONENT_CASES,
+  SPM_COMPONENT_KINDS,
+  type SpmComponentBackend,
+  type SpmComponentCase,
+  SpmComponentError,
+  type SpmComponentFiles,
+  type SpmComponentKind,
+} from "./components.js";
+export {
+  type ConvertSpmOptions,
+  checkTokenizerFits,
+  convertSpm,
+  planSpmConversion,
+  resolveSpmSource,
+  type SpmConversionPlan,
+  SpmConvertError,
+  type SpmConvertProgress,
+} from "./convert-spm.js";
+export {
+  measureSpm,
+  recordSpmGraphs,
+  SPM_GRAPHS,
+  SPM_IO,
+  type SpmCost,
+  type SpmGraphName,
+} from "./graphs.js";
+export {
+  readSpmManifest,
+  SPM_ENGINE_FORMAT,
+  type SpmEngineManifest,
+  type SpmGraphEntry,
+  SpmManifestError,
+} from "./manifest.js";
+export {
   compareCandidates,
   comparePool,
   type PoolComparison,
@@ -44,8 +85,16 @@ export {
   SPO_PAIR_THRESHOLD,
 } from "./pool.js";
 export {
+  PreferenceInputError,
+  type PreferenceModel,
+  promptIds,
+  ReferencePreferenceModel,
+  timestepTensor,
+} from "./preference-model.js";
+export {
   CLIP_IMAGE_MEAN,
   CLIP_IMAGE_STD,
+  type ImageNormalization,
   PreprocessError,
   preprocessForSpm,
   preprocessStages,
