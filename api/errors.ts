@@ -19,12 +19,22 @@ export const Errors = {
     "model %s does not exist (available: %s)",
     404,
   ),
+  SPM_NOT_FOUND: createError<"STEPWISE_SPM_NOT_FOUND", 404, [string, string]>(
+    "STEPWISE_SPM_NOT_FOUND",
+    "preference model %s does not exist (available: %s)",
+    404,
+  ),
   LORA_NOT_FOUND: createError<"STEPWISE_LORA_NOT_FOUND", 404, [string]>("STEPWISE_LORA_NOT_FOUND", "%s", 404),
   CONFLICT: createError<"STEPWISE_CONFLICT", 409, [string]>("STEPWISE_CONFLICT", "%s", 409),
   PAYLOAD_TOO_LARGE: createError<"STEPWISE_PAYLOAD_TOO_LARGE", 413, [string]>(
     "STEPWISE_PAYLOAD_TOO_LARGE",
     "%s",
     413,
+  ),
+  UNSUPPORTED_MEDIA_TYPE: createError<"STEPWISE_UNSUPPORTED_MEDIA_TYPE", 415, [string]>(
+    "STEPWISE_UNSUPPORTED_MEDIA_TYPE",
+    "%s",
+    415,
   ),
   LORA_INCOMPATIBLE: createError<"STEPWISE_LORA_INCOMPATIBLE", 422, [string]>(
     "STEPWISE_LORA_INCOMPATIBLE",
