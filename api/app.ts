@@ -12,6 +12,7 @@ import type { ServerConfig } from "./config.js";
 import { Errors } from "./errors.js";
 import metricsPlugin, { type Metrics } from "./metrics.js";
 import type { ModelPool } from "./model-pool.js";
+import { CLIENT_CLOSED_REQUEST, ClientGoneError } from "./request-signal.js";
 import adminRoutes from "./routes/admin.js";
 import healthRoutes from "./routes/health.js";
 import imageRoutes from "./routes/images.js";
@@ -88,6 +89,12 @@ export async function buildApp(
   await app.register(auth, { keys: config.auth.keys });
 
   app.setErrorHandler((error: FastifyError & { retryAfter?: number }, request, reply) => {
+    if (error instanceof ClientGoneError) {
+      // Its job was cancelled between steps: no server error, and no one to send a body to.
+      request.log.info("the client closed the connection: its job was cancelled");
+      reply.status(CLIENT_CLOSED_REQUEST).send();
+      return;
+    }
     let status = error.statusCode ?? 500;
     let code = error.code;
     let message = error.message;

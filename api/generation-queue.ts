@@ -69,8 +69,11 @@ export class GenerationQueue {
     return Math.max(1, Math.ceil((batchesAhead * this.avgBatchMs) / 1000));
   }
 
-  /** Queue a request; rejects with QueueFullError at once when the queue is full. */
-  submit(request: GenerationRequest): Promise<GenerationResult> {
+  /**
+   * Queue a request; rejects with QueueFullError at once when the queue is full. `onQueued` is
+   * called when it was accepted, with its 1-based place in the queue.
+   */
+  submit(request: GenerationRequest, onQueued?: (position: number) => void): Promise<GenerationResult> {
     if (this.closed) return Promise.reject(new Errors.SHUTTING_DOWN());
     if (this.waiting.length >= this.options.queueSize)
       return Promise.reject(new QueueFullError(this.retryAfterSeconds()));
@@ -95,6 +98,8 @@ export class GenerationQueue {
         reject(signal.reason instanceof Error ? signal.reason : new CancelledError());
         return;
       }
+      // Before anything is queued: if the callback throws, the request is rejected, not stranded.
+      onQueued?.(this.waiting.length + 1);
       signal?.addEventListener("abort", onAbort, { once: true });
       this.waiting.push(entry);
       this.updateDepth();

@@ -40,6 +40,10 @@ export interface GenerationParams {
   readonly generator?: "stepwise" | "torch";
   readonly signal: AbortSignal;
   readonly onStep?: (e: StepEvent) => void;
+  /** Called once the request is in its model's queue (streams open then: earlier errors are HTTP errors). */
+  readonly onQueued?: (position: number) => void;
+  /** How the client named the fields checked here (default body.width / body.height, body.n, body.init_image). */
+  readonly fieldNames?: { readonly size?: string; readonly n?: string; readonly initImage?: string };
 }
 
 export interface GenerationOutput {
@@ -71,22 +75,34 @@ export async function runGeneration(app: FastifyInstance, p: GenerationParams): 
   const width = p.width ?? spec.defaultSize;
   const height = p.height ?? spec.defaultSize;
   const limits = config.limits;
+  const names = p.fieldNames ?? {};
   for (const [field, v] of [
     ["width", width],
     ["height", height],
   ] as const) {
     if (v % 8 !== 0 || v < 8 || v > limits.maxSide) {
+      const named = names.size ? `${names.size}: ${field}` : `body.${field}`;
       throw new Errors.BAD_REQUEST(
-        `${field} must be a multiple of 8 between 8 and ${limits.maxSide}, got ${v}`,
+        `${named} must be a multiple of 8 between 8 and ${limits.maxSide}, got ${v}`,
       );
     }
+  }
+  // The route schemas cap these at the API's maxima; the config may lower them.
+  if (p.steps > limits.maxSteps)
+    throw new Errors.BAD_REQUEST(
+      `body.steps must be at most ${limits.maxSteps} on this server, got ${p.steps}`,
+    );
+  if (p.n > limits.maxImages) {
+    throw new Errors.BAD_REQUEST(
+      `${names.n ?? "body.n"} must be at most ${limits.maxImages} on this server, got ${p.n}`,
+    );
   }
   const started = performance.now();
   const loras = p.loras.length > 0 ? await adapters.resolve(model, p.loras) : undefined;
   let initImage: Awaited<ReturnType<typeof decodeImage>> | undefined;
   if (p.initImage) {
     try {
-      initImage = await decodeImage(p.initImage, "init_image", { width, height });
+      initImage = await decodeImage(p.initImage, names.initImage ?? "body.init_image", { width, height });
     } catch (err) {
       if (err instanceof ImageDecodeError) throw new Errors.BAD_REQUEST(err.message);
       throw err;
@@ -96,23 +112,26 @@ export async function runGeneration(app: FastifyInstance, p: GenerationParams): 
   let result: Awaited<ReturnType<typeof model.queue.submit>>;
   const queuedAt = performance.now();
   try {
-    result = await model.queue.submit({
-      prompt: p.prompt,
-      negativePrompt: p.negativePrompt,
-      steps: p.steps,
-      guidanceScale: p.guidanceScale,
-      scheduler: p.scheduler,
-      seed,
-      generator: p.generator,
-      width,
-      height,
-      n: p.n,
-      lora: loras ? { key: loras.key, feeds: loras.feeds } : undefined,
-      initImage,
-      strength: initImage ? (p.strength ?? 0.75) : undefined,
-      signal: p.signal,
-      onStep: p.onStep,
-    });
+    result = await model.queue.submit(
+      {
+        prompt: p.prompt,
+        negativePrompt: p.negativePrompt,
+        steps: p.steps,
+        guidanceScale: p.guidanceScale,
+        scheduler: p.scheduler,
+        seed,
+        generator: p.generator,
+        width,
+        height,
+        n: p.n,
+        lora: loras ? { key: loras.key, feeds: loras.feeds } : undefined,
+        initImage,
+        strength: initImage ? (p.strength ?? 0.75) : undefined,
+        signal: p.signal,
+        onStep: p.onStep,
+      },
+      p.onQueued,
+    );
   } catch (err) {
     if (err instanceof QueueFullError) {
       const e = new Errors.QUEUE_FULL(model.id, model.queue.depth);

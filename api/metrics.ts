@@ -2,9 +2,10 @@
  * Prometheus metrics (prom-client), one registry per app so several apps can live in one process
  * (tests). Served at GET /metrics.
  */
-import type { FastifyInstance } from "fastify";
+import type { FastifyInstance, FastifyRequest } from "fastify";
 import fp from "fastify-plugin";
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from "prom-client";
+import { CLIENT_CLOSED_REQUEST } from "./request-signal.js";
 
 /** Request latency buckets: from a cached health check to a long SDXL generation. */
 const LATENCY_BUCKETS = [0.005, 0.02, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300];
@@ -15,7 +16,7 @@ export class Metrics {
   readonly registry = new Registry();
   readonly requests = new Counter({
     name: "stepwise_http_requests_total",
-    help: "HTTP requests by route, method and status",
+    help: "HTTP requests by route, method and status (499: the client left before the answer)",
     labelNames: ["route", "method", "status"] as const,
     registers: [this.registry],
   });
@@ -68,7 +69,8 @@ export class Metrics {
   });
 
   constructor() {
-    collectDefaultMetrics({ register: this.registry, prefix: "stepwise_process_" });
+    // prom-client's own names start process_ and nodejs_: prefixing "stepwise_process_" doubled the first.
+    collectDefaultMetrics({ register: this.registry, prefix: "stepwise_" });
   }
 }
 
@@ -81,11 +83,23 @@ declare module "fastify" {
 async function metricsPlugin(app: FastifyInstance, options: { metrics: Metrics }): Promise<void> {
   const m = options.metrics;
   app.decorate("metrics", m);
-  app.addHook("onResponse", async (request, reply) => {
-    const route = request.routeOptions.url ?? "unmatched";
-    const labels = { route, method: request.method, status: String(reply.statusCode) };
+  const record = (request: FastifyRequest, status: number, elapsedMs: number) => {
+    const labels = {
+      route: request.routeOptions.url ?? "unmatched",
+      method: request.method,
+      status: String(status),
+    };
     m.requests.inc(labels);
-    m.latency.observe(labels, reply.elapsedTime / 1000);
+    m.latency.observe(labels, elapsedMs / 1000);
+  };
+  app.addHook("onResponse", async (request, reply) => record(request, reply.statusCode, reply.elapsedTime));
+  // A response that closes unfinished (the client left) gets no onResponse: count it, so
+  // disconnects show (and not as the 200 an SSE stream had already sent).
+  app.addHook("onRequest", async (request, reply) => {
+    const res = reply.raw;
+    res.once("close", () => {
+      if (!res.writableFinished) record(request, CLIENT_CLOSED_REQUEST, reply.elapsedTime);
+    });
   });
   app.get("/metrics", { schema: { hide: true } }, async (_request, reply) => {
     reply.type(m.registry.contentType);

@@ -3,6 +3,8 @@
  * listen; on shutdown stop accepting, let in-flight work finish within the grace period, then
  * cancel what is left between denoising steps.
  */
+import type { IncomingMessage, Server, ServerResponse } from "node:http";
+import type { Socket } from "node:net";
 import type { FastifyInstance } from "fastify";
 import type { AdapterResolver } from "./adapters.js";
 import { buildApp, type StepwiseServices } from "./app.js";
@@ -10,6 +12,9 @@ import { ConfigFileError, isLoopback, type ServerConfig } from "./config.js";
 import { Errors } from "./errors.js";
 import { Metrics } from "./metrics.js";
 import { ModelPool } from "./model-pool.js";
+
+/** How often a closing server ends the connections that have no request in flight. */
+const IDLE_REAP_INTERVAL_MS = 50;
 
 export interface RunningServer {
   readonly app: FastifyInstance;
@@ -26,6 +31,33 @@ export function checkAuthRule(config: ServerConfig): void {
     `refusing to listen on ${config.host} without API keys: configure auth.keys (see \`stepwise keys create\`) or pass --insecure-no-auth`,
     "auth",
   );
+}
+
+/**
+ * Count the unanswered requests of every connection; the returned function ends the connections
+ * with none. A closing server calls it until it is closed: server.close() ends only the connections
+ * idle at that moment, and Node never counts a connection that has not sent a request yet as idle
+ * (browsers and HTTP clients open such spare connections), so without this a keep-alive connection
+ * whose response ends later (an SSE stream, say) or a spare one keeps close() waiting for the whole
+ * keep-alive timeout (72 s in fastify): seen here.
+ */
+function trackConnections(server: Server): () => void {
+  const unanswered = new Map<Socket, number>();
+  server.on("connection", (socket: Socket) => {
+    unanswered.set(socket, 0);
+    socket.once("close", () => unanswered.delete(socket));
+  });
+  server.on("request", (request: IncomingMessage, response: ServerResponse) => {
+    const socket = request.socket;
+    unanswered.set(socket, (unanswered.get(socket) ?? 0) + 1);
+    response.once("close", () => {
+      const n = unanswered.get(socket);
+      if (n !== undefined) unanswered.set(socket, n - 1);
+    });
+  });
+  return () => {
+    for (const [socket, n] of unanswered) if (n === 0) socket.destroy();
+  };
 }
 
 /** Until a registry is attached, every LoRA reference is unknown. */
@@ -74,25 +106,37 @@ export async function startServer(
     await pool.close();
     await x.onClose?.();
   });
+  const endQuietConnections = trackConnections(app.server);
+  let closing: Promise<void> | undefined;
+  // A response that ends during shutdown also ends its keep-alive connection, so the client does not
+  // send its next request to a server that is going away.
+  app.addHook("onSend", async (_request, reply, payload) => {
+    if (closing) reply.header("connection", "close");
+    return payload;
+  });
   await app.listen({ host: config.host, port: config.port });
   const address = app.server.address();
   const port = typeof address === "object" && address ? address.port : config.port;
   const host = config.host.includes(":") ? `[${config.host}]` : config.host;
-  let closing: Promise<void> | undefined;
   return {
     app,
     url: `http://${host}:${port}`,
     close() {
       closing ??= (async () => {
         const closed = app.close();
+        const reaper = setInterval(endQuietConnections, IDLE_REAP_INTERVAL_MS);
         let timer: NodeJS.Timeout | undefined;
         const deadline = new Promise<"deadline">((r) => {
           timer = setTimeout(() => r("deadline"), config.limits.shutdownGraceMs);
         });
-        const finished = await Promise.race([Promise.all([closed, pool.drain()]), deadline]);
-        clearTimeout(timer);
-        if (finished === "deadline") shutdown.abort(new Errors.SHUTTING_DOWN());
-        await closed;
+        try {
+          const finished = await Promise.race([Promise.all([closed, pool.drain()]), deadline]);
+          if (finished === "deadline") shutdown.abort(new Errors.SHUTTING_DOWN());
+          await closed;
+        } finally {
+          clearTimeout(timer);
+          clearInterval(reaper);
+        }
       })();
       return closing;
     },

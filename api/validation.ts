@@ -1,8 +1,10 @@
 /**
  * Schema validation messages that name the field: `body.steps must be <= 150`,
  * `body has an unknown field "foo"`, `body.loras[0].name must match pattern ...`.
+ * Also the decoding of fields the schema can only type as strings (base64 images).
  */
 import type { FastifySchemaValidationError } from "fastify/types/schema.js";
+import { Errors } from "./errors.js";
 
 function fieldPath(dataVar: string, instancePath: string): string {
   const parts = instancePath
@@ -43,4 +45,21 @@ export function formatValidationErrors(errors: FastifySchemaValidationError[], d
     messages.push(`${fieldPath(dataVar, anyOf.instancePath)} must be one of ${allowed.join(", ")}`);
   }
   return new Error([...new Set(messages)].join("; "));
+}
+
+/** `data:image/png;base64,` and the like: A1111 clients send init images as data URLs. */
+const DATA_URL_PREFIX = /^data:[\w.+-]+\/[\w.+-]+;base64,/;
+/** Standard or URL-safe alphabet, optional padding (whitespace is removed first, as MIME allows). */
+const BASE64_BODY = /^[A-Za-z0-9+/_-]*={0,2}$/;
+
+/**
+ * The bytes of a base64 (or base64 data URL) request field. Buffer.from alone skips characters it
+ * does not know, so garbage would become a few stray bytes and a confusing image error later.
+ */
+export function base64Field(value: string, field: string): Buffer {
+  const body = value.replace(DATA_URL_PREFIX, "").replace(/\s+/g, "");
+  if (body.length === 0 || !BASE64_BODY.test(body) || body.length % 4 === 1) {
+    throw new Errors.BAD_REQUEST(`${field} is not valid base64 (or a base64 data: URL)`);
+  }
+  return Buffer.from(body, "base64"); // Node's base64 decoder reads the URL-safe alphabet too
 }

@@ -7,9 +7,10 @@ import { type Static, Type } from "typebox";
 import { IMAGE_MIME, type ImageFormat } from "../../diffusion/pipelines/image-io.js";
 import { SCHEDULER_NAMES, type SchedulerName } from "../../diffusion/schedulers/index.js";
 import { Errors } from "../errors.js";
-import { type GenerationOutput, runGeneration } from "../generation-service.js";
+import { type GenerationOutput, type GenerationParams, runGeneration } from "../generation-service.js";
 import { requestSignal } from "../request-signal.js";
 import { sseStream } from "../sse.js";
+import { base64Field } from "../validation.js";
 
 /** Prompts beyond this are refused (a CLIP window holds 75 tokens; windows mode joins a few). */
 export const MAX_PROMPT_CHARS = 4000;
@@ -56,7 +57,10 @@ export const GenerationBody = Type.Object(
       default: "png",
     }),
     init_image: Type.Optional(
-      Type.String({ contentEncoding: "base64", description: "img2img: base64 PNG, JPEG or WebP" }),
+      Type.String({
+        contentEncoding: "base64",
+        description: "img2img: base64 PNG, JPEG or WebP (or a data: URL)",
+      }),
     ),
     strength: Type.Optional(
       Type.Number({ minimum: 0, maximum: 1, description: "img2img: 0 keeps the image, 1 ignores it" }),
@@ -97,9 +101,9 @@ function responseBody(out: GenerationOutput) {
   };
 }
 
-export function generationParams(body: GenerationBodyT, signal: AbortSignal) {
+export function generationParams(body: GenerationBodyT, signal: AbortSignal): GenerationParams {
   if (body.init_image === undefined && body.strength !== undefined) {
-    throw new Errors.BAD_REQUEST("strength is only meaningful with init_image");
+    throw new Errors.BAD_REQUEST("body.strength is only meaningful with body.init_image");
   }
   return {
     model: body.model,
@@ -113,10 +117,11 @@ export function generationParams(body: GenerationBodyT, signal: AbortSignal) {
     n: body.n,
     loras: body.loras,
     outputFormat: body.output_format as ImageFormat,
-    initImage: body.init_image === undefined ? undefined : Buffer.from(body.init_image, "base64"),
+    initImage: body.init_image === undefined ? undefined : base64Field(body.init_image, "body.init_image"),
     strength: body.strength,
     generator: body.generator,
     signal,
+    fieldNames: { size: "body.size", n: "body.n", initImage: "body.init_image" },
   };
 }
 
@@ -129,18 +134,19 @@ export default async function imageRoutes(app: FastifyInstance): Promise<void> {
         tags: ["generation"],
         summary: "Generate images (OpenAI images API shape)",
         description:
-          "JSON by default; raw image bytes when `Accept` names the image type and n = 1; Server-Sent Events (`progress` per step, then `result` or `error`) when `stream` is true.",
+          "JSON by default; raw image bytes when `Accept` names the image type and n = 1; Server-Sent Events when `stream` is true: `queued` once the request is accepted, `progress` per step, then `result` or `error`. Errors before `queued` (bad input, unknown model, full queue) are plain HTTP errors.",
         body: GenerationBody,
         response: { 200: GenerationResponse },
       },
     },
     async (request: FastifyRequest<{ Body: GenerationBodyT }>, reply: FastifyReply) => {
       const body = request.body;
-      const signal = requestSignal(request);
+      const signal = requestSignal(request, reply);
       if (body.stream) {
         return sseStream(reply, signal, async (send) => {
           const out = await runGeneration(app, {
             ...generationParams(body, signal),
+            onQueued: (position) => send("queued", { position }),
             onStep: (e) =>
               send("progress", { step: e.step, total: e.total, elapsed_ms: Math.round(e.elapsedMs) }),
           });

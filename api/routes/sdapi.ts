@@ -3,7 +3,7 @@
  * tags in the prompt), and the model, LoRA and sampler listings. Unknown fields are accepted and
  * ignored, as A1111's own API does, so clients that send its full request shape keep working.
  */
-import type { FastifyInstance, FastifyRequest } from "fastify";
+import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import { type Static, Type } from "typebox";
 import { A1111_SAMPLER_NAMES, schedulerFromA1111 } from "../../diffusion/pipelines/generation-parameters.js";
 import { SCHEDULER_NAMES, type SchedulerName } from "../../diffusion/schedulers/index.js";
@@ -11,6 +11,7 @@ import type { LoraRef } from "../adapters.js";
 import { Errors } from "../errors.js";
 import { runGeneration } from "../generation-service.js";
 import { requestSignal } from "../request-signal.js";
+import { base64Field } from "../validation.js";
 import { MAX_PROMPT_CHARS } from "./images.js";
 
 /** `<lora:name:weight>` (weight optional, default 1; `name@3` pins a version). */
@@ -55,7 +56,10 @@ type Txt2ImgBodyT = Static<typeof Txt2ImgBody>;
 const Img2ImgBody = Type.Intersect([
   Txt2ImgBody,
   Type.Object({
-    init_images: Type.Array(Type.String({ contentEncoding: "base64" }), { minItems: 1, maxItems: 1 }),
+    init_images: Type.Array(
+      Type.String({ contentEncoding: "base64", description: "base64 PNG, JPEG or WebP, or a data: URL" }),
+      { minItems: 1, maxItems: 1 },
+    ),
     denoising_strength: Type.Number({ minimum: 0, maximum: 1, default: 0.75 }),
   }),
 ]);
@@ -81,6 +85,7 @@ function scheduler(body: Txt2ImgBodyT): SchedulerName | undefined {
 async function sdGenerate(
   app: FastifyInstance,
   request: FastifyRequest,
+  reply: FastifyReply,
   body: Txt2ImgBodyT,
   img2img?: Img2ImgBodyT,
 ) {
@@ -89,7 +94,7 @@ async function sdGenerate(
   const max = app.stepwise.config.limits.maxImages;
   if (images > max) throw new Errors.BAD_REQUEST(`batch_size x n_iter must be at most ${max}, got ${images}`);
   if (!prompt) throw new Errors.BAD_REQUEST("body.prompt must not be empty");
-  const signal = requestSignal(request);
+  const signal = requestSignal(request, reply);
   const out = await runGeneration(app, {
     model: body.override_settings?.sd_model_checkpoint?.replace(/ \[[0-9a-f]+\]$/, ""),
     prompt,
@@ -103,9 +108,10 @@ async function sdGenerate(
     n: images,
     loras,
     outputFormat: "png",
-    initImage: img2img ? Buffer.from(img2img.init_images[0], "base64") : undefined,
+    initImage: img2img ? base64Field(img2img.init_images[0], "body.init_images[0]") : undefined,
     strength: img2img?.denoising_strength,
     signal,
+    fieldNames: { n: "batch_size x n_iter", initImage: "body.init_images[0]" },
   });
   const seeds = out.images.map((i) => i.seed);
   const info = {
@@ -146,7 +152,8 @@ export default async function sdapiRoutes(app: FastifyInstance): Promise<void> {
         response: { 200: SdResponse },
       },
     },
-    async (request: FastifyRequest<{ Body: Txt2ImgBodyT }>) => sdGenerate(app, request, request.body),
+    async (request: FastifyRequest<{ Body: Txt2ImgBodyT }>, reply) =>
+      sdGenerate(app, request, reply, request.body),
   );
   app.post(
     "/sdapi/v1/img2img",
@@ -159,8 +166,8 @@ export default async function sdapiRoutes(app: FastifyInstance): Promise<void> {
         response: { 200: SdResponse },
       },
     },
-    async (request: FastifyRequest<{ Body: Img2ImgBodyT }>) =>
-      sdGenerate(app, request, request.body, request.body),
+    async (request: FastifyRequest<{ Body: Img2ImgBodyT }>, reply) =>
+      sdGenerate(app, request, reply, request.body, request.body),
   );
   app.get(
     "/sdapi/v1/sd-models",
