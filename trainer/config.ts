@@ -1,0 +1,446 @@
+/**
+ * The trainer's JSON config. Keys mirror SPO's own config (RockeyCoss/SPO, configs/basic_config.py
+ * and the SDXL config), nested (`{"sample": {"num_steps": 20}}`) or dotted (`"sample.num_steps"`),
+ * with SPO's defaults per model family (docs/SPO.md section 6), plus where the models, prompts and
+ * outputs are.
+ *
+ * Reading is two steps, because the defaults depend on the family and the family on the model:
+ * `readTrainConfigFile` parses and flattens the file and rejects unknown keys (naming the closest
+ * known one); `resolveTrainConfig` applies the family's defaults and checks every value against its
+ * constraint. Relative paths are taken relative to the config file's folder.
+ */
+import { readFile } from "node:fs/promises";
+import { dirname, resolve } from "node:path";
+import { LORA_FORMATS, type LoraFormat } from "../diffusion/lora/formats/index.js";
+import { TrainConfigError } from "./errors.js";
+
+export type TrainFamily = "sd15" | "sdxl";
+
+export interface SampleConfig {
+  /** DDIM steps per trajectory (SPO: 20, leading spacing from the model's scheduler config). */
+  readonly num_steps: number;
+  /** DDIM eta; > 0, since the transition's log-probability needs sigma_t > 0 (SPO: 1). */
+  readonly eta: number;
+  /** Classifier-free guidance in sampling and, with train.cfg, in the loss (SPO: 5). */
+  readonly guidance_scale: number;
+  /** Prompts per sampling round. */
+  readonly sample_batch_size: number;
+  /** Pool size k: candidates drawn from one parent. */
+  readonly num_sample_each_step: number;
+  /** SDXL variant: stochastic single steps between branch points (SPO: 3). 0 for SD1.5. */
+  readonly num_inner_step: number;
+}
+
+export interface TrainSection {
+  readonly learning_rate: number;
+  /** The DPO temperature on the log ratios (SPO: 10). */
+  readonly beta: number;
+  /** Ratio clamp half-width: ratios live in [1 - eps, 1 + eps] (SPO: 0.1). */
+  readonly eps: number;
+  /** Steps sampled once and never trained, before the first pool (SPO: 4). */
+  readonly divert_start_step: number;
+  /** Pairs per micro-batch. */
+  readonly train_batch_size: number;
+  readonly gradient_accumulation_steps: number;
+  /** Global-norm clipping bound; 0 turns clipping off. */
+  readonly max_grad_norm: number;
+  readonly adam_beta1: number;
+  readonly adam_beta2: number;
+  /** Decoupled (AdamW) weight decay. */
+  readonly adam_weight_decay: number;
+  readonly adam_epsilon: number;
+  /** Classifier-free guidance inside the loss, with sample.guidance_scale (SPO: true). */
+  readonly cfg: boolean;
+}
+
+export interface ValidationConfig {
+  readonly prompts: readonly string[];
+  readonly seeds: readonly number[];
+}
+
+export interface TrainConfig {
+  readonly family: TrainFamily;
+  /** Engine folder (`stepwise convert`) the sampling rounds run on. */
+  readonly model: string;
+  /** Diffusers folder with the base weights for the TF.js policy; default: the engine's source folder. */
+  readonly model_weights?: string;
+  /** SPM engine folder (`stepwise convert-spm`). */
+  readonly spm: string;
+  /** A prompt file (JSON list, SPO's `[{"caption": ...}]`, or one prompt per line) or the list itself. */
+  readonly prompts: string | readonly string[];
+  readonly output_dir: string;
+  readonly seed: number;
+  readonly num_epochs: number;
+  /** Image side in pixels (latents are resolution / 8). */
+  readonly resolution: number;
+  readonly lora_rank: number;
+  /** Write a checkpoint every this many rounds (and always at the end or on interruption). */
+  readonly checkpoint_every: number;
+  readonly export_formats: readonly LoraFormat[];
+  readonly sample: SampleConfig;
+  readonly train: TrainSection;
+  readonly compare_func_cfg: { readonly threshold: number };
+  readonly validation: ValidationConfig;
+}
+
+/** The config file as flat dotted keys, before defaults; paths already resolved. */
+export interface RawTrainConfig {
+  readonly values: ReadonlyMap<string, unknown>;
+  /** The file it came from, for messages. */
+  readonly file?: string;
+}
+
+type Check = (value: unknown, key: string) => unknown;
+
+interface KeySpec {
+  readonly check: Check;
+  /** The default per family; undefined means the key is required. */
+  readonly defaults?: Readonly<Record<TrainFamily, unknown>> | ((family: TrainFamily) => unknown);
+  /** The key only applies to these families. */
+  readonly only?: TrainFamily;
+  /** The value is a path, resolved against the config file's folder. */
+  readonly path?: boolean;
+}
+
+function fail(key: string, message: string): never {
+  throw new TrainConfigError(key, message);
+}
+
+function shown(value: unknown): string {
+  return typeof value === "string" ? JSON.stringify(value) : String(JSON.stringify(value) ?? value);
+}
+
+const integerIn =
+  (min: number, max = Number.MAX_SAFE_INTEGER): Check =>
+  (v, key) => {
+    if (typeof v !== "number" || !Number.isInteger(v) || v < min || v > max) {
+      fail(
+        key,
+        `must be an integer in [${min}, ${max === Number.MAX_SAFE_INTEGER ? "inf" : max}], got ${shown(v)}`,
+      );
+    }
+    return v;
+  };
+
+/** A finite number in (min, max] or [min, max] as `closedMin` says. */
+const numberIn =
+  (min: number, max: number, closedMin: boolean): Check =>
+  (v, key) => {
+    const ok = typeof v === "number" && Number.isFinite(v) && (closedMin ? v >= min : v > min) && v <= max;
+    if (!ok) fail(key, `must be a number in ${closedMin ? "[" : "("}${min}, ${max}], got ${shown(v)}`);
+    return v;
+  };
+
+const boolean: Check = (v, key) => {
+  if (typeof v !== "boolean") fail(key, `must be true or false, got ${shown(v)}`);
+  return v;
+};
+
+const nonEmptyString: Check = (v, key) => {
+  if (typeof v !== "string" || v.trim() === "") fail(key, `must be a non-empty string, got ${shown(v)}`);
+  return v;
+};
+
+const stringList: Check = (v, key) => {
+  if (!Array.isArray(v) || v.length === 0 || !v.every((s) => typeof s === "string" && s.trim() !== "")) {
+    fail(key, `must be a non-empty list of non-empty strings, got ${shown(v)}`);
+  }
+  return v;
+};
+
+/** A prompt file path, or the prompts themselves. */
+const promptsValue: Check = (v, key) => (Array.isArray(v) ? stringList(v, key) : nonEmptyString(v, key));
+
+/** Seeds as Stepwise generators take them without loss: non-negative safe integers. */
+const seedList: Check = (v, key) => {
+  if (!Array.isArray(v) || v.length === 0 || !v.every((s) => Number.isSafeInteger(s) && s >= 0)) {
+    fail(key, `must be a non-empty list of non-negative integers, got ${shown(v)}`);
+  }
+  return v;
+};
+
+const formatList: Check = (v, key) => {
+  const ok =
+    Array.isArray(v) && v.length > 0 && v.every((f) => (LORA_FORMATS as readonly unknown[]).includes(f));
+  if (!ok) fail(key, `must be a non-empty list of ${LORA_FORMATS.join(", ")}, got ${shown(v)}`);
+  return [...new Set(v as LoraFormat[])];
+};
+
+const family = (sd15: unknown, sdxl: unknown) => ({ sd15, sdxl });
+
+/**
+ * Every key, with SPO's defaults. Family differences (docs/SPO.md section 6): rank 4 / 64, 10 / 2
+ * prompts per round, pool 4 / 2, 10 / 2 pairs per micro-batch, accumulation 1 / 2, learning rate
+ * 6e-5 / 1e-5, threshold 0.3 / 0.4, resolution 512 / 1024.
+ */
+const KEYS: Readonly<Record<string, KeySpec>> = {
+  model: { check: nonEmptyString, path: true },
+  model_weights: { check: nonEmptyString, path: true, defaults: family(undefined, undefined) },
+  spm: { check: nonEmptyString, path: true },
+  prompts: { check: promptsValue, path: true },
+  output_dir: { check: nonEmptyString, path: true },
+  seed: { check: integerIn(0), defaults: family(42, 42) },
+  num_epochs: { check: integerIn(1), defaults: family(10, 10) },
+  // Multiples of 64 keep every UNet level's size even (8 pixels per latent, three halvings).
+  resolution: { check: integerIn(64, 4096), defaults: family(512, 1024) },
+  lora_rank: { check: integerIn(1, 1024), defaults: family(4, 64) },
+  checkpoint_every: { check: integerIn(1), defaults: family(25, 25) },
+  export_formats: { check: formatList, defaults: family(["diffusers"], ["diffusers"]) },
+  "sample.num_steps": { check: integerIn(2, 1000), defaults: family(20, 20) },
+  "sample.eta": { check: numberIn(0, 1, false), defaults: family(1, 1) },
+  "sample.guidance_scale": { check: numberIn(0, 100, true), defaults: family(5, 5) },
+  "sample.sample_batch_size": { check: integerIn(1), defaults: family(10, 2) },
+  "sample.num_sample_each_step": { check: integerIn(2, 64), defaults: family(4, 2) },
+  "sample.num_inner_step": { check: integerIn(0, 1000), defaults: family(0, 3), only: "sdxl" },
+  "train.learning_rate": { check: numberIn(0, 1, false), defaults: family(6e-5, 1e-5) },
+  "train.beta": { check: numberIn(0, 1e6, false), defaults: family(10, 10) },
+  "train.eps": { check: numberIn(0, 1, false), defaults: family(0.1, 0.1) },
+  "train.divert_start_step": { check: integerIn(0, 999), defaults: family(4, 4) },
+  "train.train_batch_size": { check: integerIn(1), defaults: family(10, 2) },
+  "train.gradient_accumulation_steps": { check: integerIn(1), defaults: family(1, 2) },
+  "train.max_grad_norm": { check: numberIn(0, 1e9, true), defaults: family(1, 1) },
+  "train.adam_beta1": { check: numberIn(0, 1, true), defaults: family(0.9, 0.9) },
+  "train.adam_beta2": { check: numberIn(0, 1, true), defaults: family(0.999, 0.999) },
+  "train.adam_weight_decay": { check: numberIn(0, 1, true), defaults: family(1e-4, 1e-4) },
+  "train.adam_epsilon": { check: numberIn(0, 1, false), defaults: family(1e-8, 1e-8) },
+  "train.cfg": { check: boolean, defaults: family(true, true) },
+  "compare_func_cfg.threshold": { check: numberIn(0, 1, true), defaults: family(0.3, 0.4) },
+  "validation.prompts": { check: stringList, defaults: family(["A beautiful lake"], ["A beautiful lake"]) },
+  "validation.seeds": { check: seedList, defaults: family([42, 43], [42, 43]) },
+};
+
+/** Other spellings accepted for a key (the issue's `train.batch_size` for SPO's `train_batch_size`). */
+const ALIASES: Readonly<Record<string, string>> = { "train.batch_size": "train.train_batch_size" };
+
+export const TRAIN_CONFIG_KEYS: readonly string[] = Object.keys(KEYS);
+
+/** Sections that hold keys; a section given a non-object value is named as such. */
+const SECTIONS = new Set(TRAIN_CONFIG_KEYS.filter((k) => k.includes(".")).map((k) => k.split(".")[0]));
+
+function levenshtein(a: string, b: string): number {
+  const row = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    let diagonal = row[0];
+    row[0] = i;
+    for (let j = 1; j <= b.length; j++) {
+      const above = row[j];
+      row[j] = Math.min(row[j] + 1, row[j - 1] + 1, diagonal + (a[i - 1] === b[j - 1] ? 0 : 1));
+      diagonal = above;
+    }
+  }
+  return row[b.length];
+}
+
+/** The known key a mistyped one most likely meant, when one is close enough to suggest. */
+export function closestKey(key: string): string | undefined {
+  const leaf = key.slice(key.lastIndexOf(".") + 1);
+  let best: { key: string; distance: number } | undefined;
+  for (const known of [...TRAIN_CONFIG_KEYS, ...Object.keys(ALIASES)]) {
+    // The right leaf in the wrong section (`sample.learning_rate`) is one edit away in spirit.
+    const sameLeaf = known.slice(known.lastIndexOf(".") + 1) === leaf;
+    const distance = sameLeaf ? 1 : levenshtein(key, known);
+    if (!best || distance < best.distance) best = { key: ALIASES[known] ?? known, distance };
+  }
+  // Beyond a third of the key's length an edit distance suggests nothing useful.
+  return best && best.distance <= Math.max(2, Math.floor(key.length / 3)) ? best.key : undefined;
+}
+
+function unknownKey(key: string): never {
+  const suggestion = closestKey(key);
+  fail(key, `unknown key${suggestion ? ` (did you mean ${suggestion}?)` : ""}`);
+}
+
+function isPlainObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === "object" && v !== null && !Array.isArray(v);
+}
+
+/** Nested objects to dotted keys; arrays and scalars are values. Unknown and repeated keys are errors. */
+export function flattenConfig(raw: unknown): Map<string, unknown> {
+  if (!isPlainObject(raw)) fail("config", `must be a JSON object, got ${shown(raw)}`);
+  const out = new Map<string, unknown>();
+  const visit = (object: Record<string, unknown>, prefix: string) => {
+    for (const [name, value] of Object.entries(object)) {
+      const key = prefix ? `${prefix}.${name}` : name;
+      if (isPlainObject(value)) {
+        visit(value, key);
+        continue;
+      }
+      if (SECTIONS.has(key)) fail(key, `must be an object of ${key}.* keys, got ${shown(value)}`);
+      const canonical = ALIASES[key] ?? key;
+      if (!(canonical in KEYS)) unknownKey(key);
+      if (out.has(canonical))
+        fail(canonical, `is given twice${canonical !== key ? ` (also as ${key})` : ""}`);
+      out.set(canonical, value);
+    }
+  };
+  visit(raw, "");
+  return out;
+}
+
+/** Parse a config object (as read from JSON); paths resolve against `baseDir`. */
+export function parseTrainConfig(
+  raw: unknown,
+  options: { baseDir?: string; file?: string } = {},
+): RawTrainConfig {
+  let values: Map<string, unknown>;
+  try {
+    values = flattenConfig(raw);
+  } catch (err) {
+    throw withFile(err, options.file);
+  }
+  const baseDir = options.baseDir ?? process.cwd();
+  for (const [key, value] of values) {
+    if (KEYS[key].path && typeof value === "string" && value.trim() !== "")
+      values.set(key, resolve(baseDir, value));
+  }
+  return { values, file: options.file };
+}
+
+function withFile(err: unknown, file: string | undefined): unknown {
+  if (err instanceof TrainConfigError && file && !err.file)
+    return new TrainConfigError(err.key, err.detail, file);
+  return err;
+}
+
+export async function readTrainConfigFile(path: string): Promise<RawTrainConfig> {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(await readFile(path, "utf8"));
+  } catch (err) {
+    throw new TrainConfigError("config", `cannot read the config (${(err as Error).message})`, path);
+  }
+  return parseTrainConfig(raw, { baseDir: dirname(resolve(path)), file: path });
+}
+
+/** The engine folder the config names (needed before the family's defaults can apply). */
+export function configuredModel(raw: RawTrainConfig): string {
+  try {
+    return nonEmptyString(raw.values.get("model"), "model") as string;
+  } catch (err) {
+    throw withFile(err, raw.file);
+  }
+}
+
+function defaultFor(spec: KeySpec, f: TrainFamily): unknown {
+  if (typeof spec.defaults === "function") return spec.defaults(f);
+  return spec.defaults?.[f];
+}
+
+/** Apply the family's defaults, check every value, and check the values against each other. */
+export function resolveTrainConfig(raw: RawTrainConfig, family: TrainFamily): TrainConfig {
+  try {
+    return resolveChecked(raw, family);
+  } catch (err) {
+    throw withFile(err, raw.file);
+  }
+}
+
+function resolveChecked(raw: RawTrainConfig, f: TrainFamily): TrainConfig {
+  const v = new Map<string, unknown>();
+  for (const [key, spec] of Object.entries(KEYS)) {
+    const given = raw.values.get(key);
+    if (given !== undefined && spec.only && spec.only !== f) {
+      fail(key, `applies to the ${spec.only} variant only; this model is ${f}`);
+    }
+    if (given === undefined) {
+      if (spec.defaults === undefined) fail(key, "is required");
+      v.set(key, defaultFor(spec, f));
+    } else {
+      v.set(key, spec.check(given, key));
+    }
+  }
+  const get = <T>(key: string) => v.get(key) as T;
+  const config: TrainConfig = {
+    family: f,
+    model: get("model"),
+    ...(v.get("model_weights") === undefined ? {} : { model_weights: get<string>("model_weights") }),
+    spm: get("spm"),
+    prompts: get("prompts"),
+    output_dir: get("output_dir"),
+    seed: get("seed"),
+    num_epochs: get("num_epochs"),
+    resolution: get("resolution"),
+    lora_rank: get("lora_rank"),
+    checkpoint_every: get("checkpoint_every"),
+    export_formats: get("export_formats"),
+    sample: {
+      num_steps: get("sample.num_steps"),
+      eta: get("sample.eta"),
+      guidance_scale: get("sample.guidance_scale"),
+      sample_batch_size: get("sample.sample_batch_size"),
+      num_sample_each_step: get("sample.num_sample_each_step"),
+      num_inner_step: get("sample.num_inner_step"),
+    },
+    train: {
+      learning_rate: get("train.learning_rate"),
+      beta: get("train.beta"),
+      eps: get("train.eps"),
+      divert_start_step: get("train.divert_start_step"),
+      train_batch_size: get("train.train_batch_size"),
+      gradient_accumulation_steps: get("train.gradient_accumulation_steps"),
+      max_grad_norm: get("train.max_grad_norm"),
+      adam_beta1: get("train.adam_beta1"),
+      adam_beta2: get("train.adam_beta2"),
+      adam_weight_decay: get("train.adam_weight_decay"),
+      adam_epsilon: get("train.adam_epsilon"),
+      cfg: get("train.cfg"),
+    },
+    compare_func_cfg: { threshold: get("compare_func_cfg.threshold") },
+    validation: { prompts: get("validation.prompts"), seeds: get("validation.seeds") },
+  };
+  checkRelations(config);
+  return config;
+}
+
+/** Constraints between keys. */
+function checkRelations(c: TrainConfig): void {
+  const steps = c.sample.num_steps;
+  const divert = c.train.divert_start_step;
+  // SD1.5: the last step may open the pool (its children are scored clean). SDXL: a branch at the
+  // last step would never be scored, so the first branch must come before it.
+  const lastDivert = c.family === "sdxl" ? steps - 2 : steps - 1;
+  if (divert > lastDivert) {
+    fail(
+      "train.divert_start_step",
+      `must be at most ${lastDivert} with sample.num_steps ${steps} (${c.family}: ${c.family === "sdxl" ? "a branch needs a later step to be scored at" : "the pool opens at a sampling step"}), got ${divert}`,
+    );
+  }
+  if (c.resolution % 64 !== 0)
+    fail(
+      "resolution",
+      `must be a multiple of 64 (8 pixels per latent, three halvings in the UNet), got ${c.resolution}`,
+    );
+  if (c.train.cfg && !(c.sample.guidance_scale > 1)) {
+    fail(
+      "train.cfg",
+      `needs sample.guidance_scale > 1 to guide the loss (got ${c.sample.guidance_scale}); set train.cfg false to train unguided`,
+    );
+  }
+}
+
+/**
+ * Keys that do not change what a round computes, so a resumed run may change them: where outputs
+ * go, how often checkpoints are written, export formats, validation images and the epoch count
+ * (training longer continues the same sequence of rounds). Paths to models are left out too: the
+ * models' content hashes stand for them.
+ */
+const RESUMABLE_KEYS = new Set([
+  "model",
+  "model_weights",
+  "spm",
+  "prompts",
+  "output_dir",
+  "checkpoint_every",
+  "export_formats",
+  "num_epochs",
+  "validation",
+]);
+
+/** The part of the config a checkpoint must agree with, as plain data in a stable key order. */
+export function trainingIdentity(config: TrainConfig): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const key of Object.keys(config).sort()) {
+    if (!RESUMABLE_KEYS.has(key)) out[key] = (config as unknown as Record<string, unknown>)[key];
+  }
+  return out;
+}

@@ -1,0 +1,151 @@
+/**
+ * SPO's objective in TensorFlow.js, differentiable with respect to the policy's noise prediction
+ * (docs/SPO.md section 5; SPO's train_spo.py lines 669-671 and `ddim_step_with_logprob`):
+ *
+ *   logp(x_prev | x_t) = mean over C,H,W of  -(x_prev - mu)^2 / (2 sigma^2) - log sigma - log sqrt(2 pi)
+ *   ratio_w = clamp(exp(logp_theta(w) - logp_ref(w)), 1 - eps, 1 + eps)     (same for l)
+ *   loss    = mean over pairs of  -log sigmoid(beta log ratio_w - beta log ratio_l)
+ *
+ * mu is DDIM's eq. (12) mean from the model output at x_t: x0 = (x_t - sqrt(1 - a_t) eps) / sqrt(a_t),
+ * mu = sqrt(a_prev) x0 + sqrt(1 - a_prev - sigma^2) eps. The per-row scalars (sqrt a_t, sigma, ...)
+ * come from `ddimTransitionCoefficients`, rounded to float32 as the host functions round them, so
+ * the reference log-probabilities (host, ddim-logprob.ts) and the policy's (here) are one formula.
+ *
+ * The clamp is tf.clipByValue, whose gradient is zero outside [1 - eps, 1 + eps], as torch.clamp's:
+ * a pair whose ratio left the band stops training (no min() as in PPO).
+ */
+import * as tf from "@tensorflow/tfjs-core";
+import type { DdimTransitionCoefficients } from "../diffusion/schedulers/ddim-logprob.js";
+import { TrainerStateError } from "./errors.js";
+
+const f32 = Math.fround;
+
+/** ln sqrt(2 pi) in float32, as torch computes `log(sqrt(2 * pi))`. */
+const LOG_SQRT_TWO_PI = f32(Math.log(f32(Math.sqrt(f32(2 * f32(Math.PI))))));
+
+export type PredictionType = "epsilon" | "v_prediction" | "sample";
+
+export interface TransitionOptions {
+  readonly prediction: PredictionType;
+  /** clip x0 to [-range, range] (the scheduler's clip_sample); SD's configs have it off. */
+  readonly clipSampleRange?: number;
+}
+
+/** Per-row float32 scalars as an [n, 1, 1, 1] tensor, to broadcast over C, H, W. */
+function perRow(values: ArrayLike<number>): tf.Tensor4D {
+  return tf.tensor4d(Float32Array.from(values), [values.length, 1, 1, 1]);
+}
+
+/**
+ * The log-probability of `prevSample` under the DDIM transition from `sample` given the model
+ * output, one value per row (a mean over its elements), differentiable in `modelOutput`.
+ */
+export function ddimLogProbTf(
+  modelOutput: tf.Tensor,
+  sample: tf.Tensor,
+  prevSample: tf.Tensor,
+  coefficients: DdimTransitionCoefficients,
+  options: TransitionOptions,
+): tf.Tensor1D {
+  const rows = sample.shape[0];
+  if (
+    coefficients.timesteps.length !== rows ||
+    modelOutput.shape[0] !== rows ||
+    prevSample.shape[0] !== rows
+  ) {
+    throw new TrainerStateError(
+      `log-probability rows disagree: ${coefficients.timesteps.length} timesteps, model output [${modelOutput.shape}], sample [${sample.shape}], previous sample [${prevSample.shape}]`,
+    );
+  }
+  return tf.tidy(() => {
+    const alpha = coefficients.alphaProdT;
+    const sqrtAlpha = perRow(Array.from(alpha, (a) => f32(Math.sqrt(a))));
+    const sqrtBeta = perRow(Array.from(alpha, (a) => f32(Math.sqrt(f32(1 - a)))));
+    let x0: tf.Tensor;
+    let eps: tf.Tensor;
+    switch (options.prediction) {
+      case "epsilon":
+        x0 = tf.div(tf.sub(sample, tf.mul(sqrtBeta, modelOutput)), sqrtAlpha);
+        eps = modelOutput;
+        break;
+      case "sample":
+        x0 = modelOutput;
+        eps = tf.div(tf.sub(sample, tf.mul(sqrtAlpha, modelOutput)), sqrtBeta);
+        break;
+      case "v_prediction":
+        x0 = tf.sub(tf.mul(sqrtAlpha, sample), tf.mul(sqrtBeta, modelOutput));
+        eps = tf.add(tf.mul(sqrtAlpha, modelOutput), tf.mul(sqrtBeta, sample));
+        break;
+    }
+    if (options.clipSampleRange !== undefined) {
+      x0 = tf.clipByValue(x0, -options.clipSampleRange, options.clipSampleRange);
+    }
+    const std = coefficients.stdDevT;
+    const sqrtAlphaPrev = perRow(Array.from(coefficients.alphaProdTPrev, (a) => f32(Math.sqrt(a))));
+    const direction = perRow(
+      Array.from(coefficients.alphaProdTPrev, (a, r) =>
+        f32(Math.sqrt(f32(f32(1 - a) - f32(std[r] * std[r])))),
+      ),
+    );
+    const mean = tf.add(tf.mul(sqrtAlphaPrev, x0), tf.mul(direction, eps));
+    const twoVariance = perRow(Array.from(std, (s) => f32(2 * f32(s * s))));
+    const logStd = perRow(Array.from(std, (s) => f32(Math.log(s))));
+    const diff = tf.sub(prevSample, mean);
+    const logProb = tf.sub(tf.sub(tf.div(tf.neg(tf.square(diff)), twoVariance), logStd), LOG_SQRT_TWO_PI);
+    return tf.mean(logProb, [1, 2, 3]) as tf.Tensor1D;
+  });
+}
+
+export interface SpoLossInputs {
+  /** Policy log-probabilities of the win and lose transitions, [n] (differentiable). */
+  readonly logProbPolicyWin: tf.Tensor1D;
+  readonly logProbPolicyLose: tf.Tensor1D;
+  /** The frozen reference's, [n] (constants). */
+  readonly logProbRefWin: ArrayLike<number>;
+  readonly logProbRefLose: ArrayLike<number>;
+  readonly beta: number;
+  readonly eps: number;
+}
+
+export interface SpoLossTerms {
+  /** The mean loss over the pairs (a scalar). */
+  readonly loss: tf.Scalar;
+  readonly logRatioWin: tf.Tensor1D;
+  readonly logRatioLose: tf.Tensor1D;
+  /** Clamped ratios, [n]. */
+  readonly ratioWin: tf.Tensor1D;
+  readonly ratioLose: tf.Tensor1D;
+  /** beta log ratio_w - beta log ratio_l, [n]. */
+  readonly logits: tf.Tensor1D;
+}
+
+/** The clamped DPO loss of SPO and its intermediate terms (every tensor the caller's to dispose). */
+export function spoLoss(inputs: SpoLossInputs): SpoLossTerms {
+  const n = inputs.logProbPolicyWin.shape[0];
+  if (
+    inputs.logProbRefWin.length !== n ||
+    inputs.logProbRefLose.length !== n ||
+    inputs.logProbPolicyLose.shape[0] !== n
+  ) {
+    throw new TrainerStateError(
+      `loss terms disagree: ${n} policy win, ${inputs.logProbPolicyLose.shape[0]} policy lose, ${inputs.logProbRefWin.length} / ${inputs.logProbRefLose.length} reference rows`,
+    );
+  }
+  return tf.tidy(() => {
+    const refWin = tf.tensor1d(Float32Array.from(inputs.logProbRefWin));
+    const refLose = tf.tensor1d(Float32Array.from(inputs.logProbRefLose));
+    const logRatioWin = tf.sub(inputs.logProbPolicyWin, refWin) as tf.Tensor1D;
+    const logRatioLose = tf.sub(inputs.logProbPolicyLose, refLose) as tf.Tensor1D;
+    const low = 1 - inputs.eps;
+    const high = 1 + inputs.eps;
+    const ratioWin = tf.clipByValue(tf.exp(logRatioWin), low, high) as tf.Tensor1D;
+    const ratioLose = tf.clipByValue(tf.exp(logRatioLose), low, high) as tf.Tensor1D;
+    const logits = tf.sub(
+      tf.mul(inputs.beta, tf.log(ratioWin)),
+      tf.mul(inputs.beta, tf.log(ratioLose)),
+    ) as tf.Tensor1D;
+    // -log(sigmoid(z)) literally, as SPO writes it; |z| <= 2 beta log((1 + eps) / (1 - eps)) keeps it finite.
+    const loss = tf.mean(tf.neg(tf.log(tf.sigmoid(logits)))) as tf.Scalar;
+    return { loss, logRatioWin, logRatioLose, ratioWin, ratioLose, logits };
+  });
+}
