@@ -135,6 +135,16 @@ describe("deploy/compose.yaml", () => {
     expect(config.executionProvider.provider).toBe("cuda");
   });
 
+  it("runs Stepwise read-only, without new privileges or capabilities, as the Kubernetes pods do", () => {
+    for (const name of ["api", "trainer"])
+      expect(service(name), name).toMatchObject({
+        read_only: true,
+        tmpfs: ["/tmp"],
+        security_opt: ["no-new-privileges:true"],
+        cap_drop: ["ALL"],
+      });
+  });
+
   it("reads no env_file: every variable a container gets is visible in the file", () => {
     const raw = readComposeRaw(COMPOSE_FILE).services as Record<string, ComposeService>;
     for (const [name, s] of Object.entries(raw)) expect(s.env_file, name).toBeUndefined();
