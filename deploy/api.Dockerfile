@@ -1,5 +1,3 @@
-# syntax=docker/dockerfile:1.7
-#
 # The Stepwise API image: `stepwise serve` with onnxruntime-node's CUDA execution provider
 # (CUDA 12 + cuDNN 9). Build from the repository root:
 #

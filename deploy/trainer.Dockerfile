@@ -1,5 +1,3 @@
-# syntax=docker/dockerfile:1.7
-#
 # The Stepwise trainer image: `stepwise train` with TensorFlow.js on the GPU through
 # @tensorflow/tfjs-node-gpu. Build from the repository root:
 #

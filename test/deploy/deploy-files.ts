@@ -4,7 +4,7 @@
  */
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import { parseAllDocuments, parse as parseYaml } from "yaml";
+import { parseAllDocuments } from "yaml";
 import { REPO_ROOT } from "../shared-data.js";
 
 export const DEPLOY_DIR = join(REPO_ROOT, "deploy");
@@ -88,15 +88,6 @@ export function readYaml(path: string): unknown {
   const docs = readYamlDocuments(path);
   if (docs.length !== 1) throw new DeployFileError(`expected one YAML document, found ${docs.length}`, path);
   return docs[0];
-}
-
-/** A YAML text embedded in a manifest (a ConfigMap's config.yaml). */
-export function parseEmbeddedYaml(text: string, where: string): unknown {
-  try {
-    return parseYaml(text);
-  } catch (err) {
-    throw new DeployFileError((err as Error).message, where);
-  }
 }
 
 export function isMap(value: unknown): value is YamlMap {
