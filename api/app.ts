@@ -102,8 +102,13 @@ export async function buildApp(
       status = 400;
       code = Errors.BAD_REQUEST("").code;
     } else if (code === "FST_ERR_CTP_BODY_TOO_LARGE") {
-      code = "STEPWISE_PAYLOAD_TOO_LARGE";
-      message = `request body exceeds ${config.limits.bodyLimitBytes} bytes`;
+      ({ code, message } = new Errors.PAYLOAD_TOO_LARGE(
+        `request body exceeds ${config.limits.bodyLimitBytes} bytes`,
+      ));
+    } else if (code === "FST_ERR_CTP_INVALID_MEDIA_TYPE") {
+      ({ code, message } = new Errors.UNSUPPORTED_MEDIA_TYPE(
+        `Content-Type ${request.headers["content-type"] ?? "(none)"} is not supported by ${request.method} ${request.routeOptions.url ?? request.url}`,
+      ));
     } else if (status >= 500 || !code) {
       request.log.error({ err: error }, "request failed");
       status = Math.max(status, 500);
@@ -113,19 +118,16 @@ export async function buildApp(
         message = internal.message;
       }
     } else if (code.startsWith("FST_")) {
-      code = "STEPWISE_BAD_REQUEST";
+      // fastify's own request errors (malformed JSON, bad Content-Length...): the catalogue's 400
+      code = Errors.BAD_REQUEST("").code;
+      status = 400;
     }
     if (error.retryAfter !== undefined) reply.header("retry-after", String(error.retryAfter));
     reply.status(status).send({ error: { code, message, status } });
   });
   app.setNotFoundHandler((request, reply) => {
-    reply.status(404).send({
-      error: {
-        code: "STEPWISE_NOT_FOUND",
-        message: `no route ${request.method} ${request.url}`,
-        status: 404,
-      },
-    });
+    const { code, message, statusCode } = new Errors.NOT_FOUND(request.method, request.url);
+    reply.status(statusCode).send({ error: { code, message, status: statusCode } });
   });
 
   await app.register(healthRoutes);

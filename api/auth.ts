@@ -36,9 +36,12 @@ export function createApiKey(
   return { key, entry: { name, hash: hashApiKey(key), scopes: [...scopes] } };
 }
 
+/** The scheme name is case-insensitive (RFC 9110 section 11.1): clients send "bearer" too. */
+const BEARER = /^bearer\s+(\S+)\s*$/i;
+
 function presentedKey(request: FastifyRequest): string | undefined {
-  const header = request.headers.authorization;
-  if (header?.startsWith("Bearer ")) return header.slice("Bearer ".length).trim();
+  const bearer = BEARER.exec(request.headers.authorization ?? "");
+  if (bearer) return bearer[1];
   const x = request.headers["x-api-key"];
   return typeof x === "string" ? x : undefined;
 }

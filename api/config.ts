@@ -7,7 +7,7 @@
  */
 import { readFile } from "node:fs/promises";
 import { extname, resolve } from "node:path";
-import { type Static, Type } from "typebox";
+import { type Static, type TSchema, Type } from "typebox";
 import { Value } from "typebox/value";
 import { parse as parseYaml } from "yaml";
 
@@ -93,9 +93,10 @@ export const ServerConfigSchema = Type.Object(
         maxBatchRows: Type.Integer({ minimum: 1, default: 8, description: "Images per UNet batch" }),
         requestTimeoutMs: Type.Integer({ minimum: 1000, default: 300_000 }),
         bodyLimitBytes: Type.Integer({ minimum: 1024, default: 64 * 1024 * 1024 }),
-        maxSteps: Type.Integer({ minimum: 1, maximum: 1000, default: 150 }),
+        // The route schemas cap steps at 150 and images at 8: a config may lower these, not raise them.
+        maxSteps: Type.Integer({ minimum: 1, maximum: 150, default: 150 }),
         maxSide: Type.Integer({ minimum: 8, default: 2048 }),
-        maxImages: Type.Integer({ minimum: 1, default: 8 }),
+        maxImages: Type.Integer({ minimum: 1, maximum: 8, default: 8 }),
         shutdownGraceMs: Type.Integer({ minimum: 0, default: 30_000 }),
       },
       { additionalProperties: false, default: {} },
@@ -207,14 +208,49 @@ function merge(base: Record<string, unknown>, over: Record<string, unknown>): Re
   return out;
 }
 
+/**
+ * The problems of one top-level setting, one line per field. TypeBox stops after 8 errors per
+ * check (its maxErrors setting) and a union of literals spends one per branch, so one check of
+ * the whole config hid the later settings; each setting is checked on its own (so the cap is per
+ * setting), with the literal branches folded into "must be one of".
+ */
+function settingProblems(key: string, schema: TSchema, value: unknown): string[] {
+  const errors = Value.Errors(schema, value);
+  const allowed = new Map<string, unknown[]>();
+  for (const e of errors) {
+    if (e.keyword === "const") {
+      const list = allowed.get(e.instancePath) ?? [];
+      list.push((e.params as { allowedValue: unknown }).allowedValue);
+      allowed.set(e.instancePath, list);
+    }
+  }
+  const lines = new Map<string, string>();
+  for (const e of errors) {
+    const at = `/${key}${e.instancePath}`;
+    const values = allowed.get(e.instancePath);
+    if (values && (e.keyword === "const" || e.keyword === "anyOf")) {
+      lines.set(at, `${at} must be one of ${values.map((v) => JSON.stringify(v)).join(", ")}`);
+    } else {
+      lines.set(`${at} ${e.keyword}`, `${at} ${e.message}`);
+    }
+  }
+  return [...lines.values()];
+}
+
 /** Validate a config object, filling defaults; the error lists every offending field. */
 export function resolveConfig(raw: unknown, source = "config"): ServerConfig {
   const withDefaults = Value.Default(ServerConfigSchema, structuredClone(raw ?? {}));
   if (!Value.Check(ServerConfigSchema, withDefaults)) {
-    const problems = [...Value.Errors(ServerConfigSchema, withDefaults)].map(
-      (e) =>
-        `${e.instancePath || "/"} ${e.message}${e.keyword === "additionalProperties" ? ` (${JSON.stringify(e.params)})` : ""}`,
-    );
+    const settings = ServerConfigSchema.properties as Record<string, TSchema>;
+    const value = withDefaults as Record<string, unknown>;
+    const problems =
+      typeof value !== "object" || value === null || Array.isArray(value)
+        ? ["/ must be an object"]
+        : Object.keys(value).flatMap((key) =>
+            key in settings
+              ? settingProblems(key, settings[key], value[key])
+              : [`/${key} is not a setting (known: ${Object.keys(settings).join(", ")})`],
+          );
     throw new ConfigFileError(`invalid configuration:\n  ${problems.join("\n  ")}`, source);
   }
   return withDefaults as ServerConfig;

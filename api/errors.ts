@@ -2,7 +2,7 @@
  * Every error the HTTP API answers with: a code, a message template and a status, in one place
  * (fastify's `@fastify/error`). Client errors say exactly what is wrong; server errors hide
  * internals (the log has them, under the request id). A test checks that every code here is
- * documented in the README's error table.
+ * documented in docs/errors.md.
  */
 import createError from "@fastify/error";
 
@@ -13,6 +13,11 @@ export const Errors = {
     "STEPWISE_FORBIDDEN",
     "API key %s lacks the scope %s",
     403,
+  ),
+  NOT_FOUND: createError<"STEPWISE_NOT_FOUND", 404, [string, string]>(
+    "STEPWISE_NOT_FOUND",
+    "no route %s %s",
+    404,
   ),
   MODEL_NOT_FOUND: createError<"STEPWISE_MODEL_NOT_FOUND", 404, [string, string]>(
     "STEPWISE_MODEL_NOT_FOUND",

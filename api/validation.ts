@@ -63,3 +63,21 @@ export function base64Field(value: string, field: string): Buffer {
   }
   return Buffer.from(body, "base64"); // Node's base64 decoder reads the URL-safe alphabet too
 }
+
+/** Whether bytes start as a PNG, a JPEG or a WebP file (RIFF....WEBP) does. */
+function isPngJpegOrWebp(b: Buffer): boolean {
+  const png = b.subarray(0, 8).equals(Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]));
+  const jpeg = b.length >= 3 && b[0] === 0xff && b[1] === 0xd8 && b[2] === 0xff;
+  const webp = b.toString("latin1", 0, 4) === "RIFF" && b.toString("latin1", 8, 12) === "WEBP";
+  return png || jpeg || webp;
+}
+
+/**
+ * An image field: base64 of a PNG, JPEG or WebP file, as the API documents. sharp would also read
+ * GIF, TIFF, AVIF and SVG (a renderer for untrusted input we need not expose): refused here.
+ */
+export function base64ImageField(value: string, field: string): Buffer {
+  const bytes = base64Field(value, field);
+  if (!isPngJpegOrWebp(bytes)) throw new Errors.BAD_REQUEST(`${field} is not a PNG, JPEG or WebP image`);
+  return bytes;
+}

@@ -10,7 +10,7 @@ import { Errors } from "../errors.js";
 import { type GenerationOutput, type GenerationParams, runGeneration } from "../generation-service.js";
 import { requestSignal } from "../request-signal.js";
 import { sseStream } from "../sse.js";
-import { base64Field } from "../validation.js";
+import { base64ImageField } from "../validation.js";
 
 /** Prompts beyond this are refused (a CLIP window holds 75 tokens; windows mode joins a few). */
 export const MAX_PROMPT_CHARS = 4000;
@@ -117,7 +117,8 @@ export function generationParams(body: GenerationBodyT, signal: AbortSignal): Ge
     n: body.n,
     loras: body.loras,
     outputFormat: body.output_format as ImageFormat,
-    initImage: body.init_image === undefined ? undefined : base64Field(body.init_image, "body.init_image"),
+    initImage:
+      body.init_image === undefined ? undefined : base64ImageField(body.init_image, "body.init_image"),
     strength: body.strength,
     generator: body.generator,
     signal,

@@ -11,7 +11,7 @@ import type { LoraRef } from "../adapters.js";
 import { Errors } from "../errors.js";
 import { runGeneration } from "../generation-service.js";
 import { requestSignal } from "../request-signal.js";
-import { base64Field } from "../validation.js";
+import { base64ImageField } from "../validation.js";
 import { MAX_PROMPT_CHARS } from "./images.js";
 
 /** `<lora:name:weight>` (weight optional, default 1; `name@3` pins a version). */
@@ -108,7 +108,7 @@ async function sdGenerate(
     n: images,
     loras,
     outputFormat: "png",
-    initImage: img2img ? base64Field(img2img.init_images[0], "body.init_images[0]") : undefined,
+    initImage: img2img ? base64ImageField(img2img.init_images[0], "body.init_images[0]") : undefined,
     strength: img2img?.denoising_strength,
     signal,
     fieldNames: { n: "batch_size x n_iter", initImage: "body.init_images[0]" },
