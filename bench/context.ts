@@ -5,9 +5,11 @@
  */
 import type { InferenceSession } from "onnxruntime-node";
 import type { LoraTargetSetName } from "../diffusion/lora/targets.js";
+import type { ZooModelName } from "../diffusion/zoo/zoo.js";
 import { type MatmulMeasurement, MatmulProbe, measureMatmul } from "./matmul.js";
 import { openSession } from "./ort-session.js";
 import { type RandomUNetGraph, randomUNetGraph, sd15UNetConfig } from "./sd15-unet.js";
+import { tinyEngine } from "./tiny-engines.js";
 
 export interface BenchOptions {
   /** Fewer repetitions, no SD1.5. */
@@ -31,6 +33,7 @@ export class BenchContext {
   private matmul: Promise<MatmulMeasurement> | undefined;
   private readonly sessions = new Map<string, Promise<InferenceSession>>();
   private readonly graphs = new Map<LoraTargetSetName, Promise<RandomUNetGraph>>();
+  private readonly engines = new Map<string, Promise<string>>();
 
   constructor(
     readonly options: BenchOptions,
@@ -64,7 +67,21 @@ export class BenchContext {
     return s;
   }
 
-  /** The SD1.5 UNet graph with the given LoRA targets (written on first use, cached across runs). */
+  /**
+   * A tiny engine folder, resolved once per run: its cache key hashes sources that others may be
+   * editing, and every benchmark of one run must measure the same build.
+   */
+  tinyEngine(name: ZooModelName, targets: LoraTargetSetName): Promise<string> {
+    const key = `${name}|${targets}`;
+    let e = this.engines.get(key);
+    if (!e) {
+      e = tinyEngine(name, targets, this.log);
+      this.engines.set(key, e);
+    }
+    return e;
+  }
+
+  /** The SD1.5 UNet graph with the given LoRA targets (written on first use, cached across runs; once per run). */
   sd15UNet(targets: LoraTargetSetName): Promise<RandomUNetGraph> {
     let g = this.graphs.get(targets);
     if (!g) {

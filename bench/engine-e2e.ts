@@ -19,7 +19,6 @@ import type { ZooModelName } from "../diffusion/zoo/zoo.js";
 import type { BenchContext } from "./context.js";
 import { type BenchResult, ms, percent, type ReportRow, ratioSummary, timeSummary } from "./report.js";
 import { BenchError, interleave, median, pairedRatios, repeat, summarize, timed } from "./stats.js";
-import { tinyEngine } from "./tiny-engines.js";
 
 const ENGINES: readonly ZooModelName[] = ["tiny-sd15", "tiny-sdxl"];
 /** 256 px: 32x32 latents, the size of the UNet benchmarks. */
@@ -86,7 +85,7 @@ async function oneRequest(engine: DiffusionEngine): Promise<Record<Stage, number
 
 async function engineFigures(ctx: BenchContext, name: ZooModelName) {
   const reps = REPS[ctx.options.quick ? "quick" : "full"];
-  const engine = await DiffusionEngine.open(await tinyEngine(name, "spo", ctx.log), {
+  const engine = await DiffusionEngine.open(await ctx.tinyEngine(name, "spo"), {
     provider: "cpu",
     intraOpThreads: ctx.options.threads,
   });

@@ -17,9 +17,8 @@ import { createGenerator } from "../diffusion/random/index.js";
 import type { Float32Tensor } from "../diffusion/tensor.js";
 import type { BenchContext } from "./context.js";
 import { type Feeds, ortFeeds, sessionLoraSlots, timedRun } from "./ort-session.js";
-import { type BenchResult, percent, type ReportRow, ratioSummary, timeSummary } from "./report.js";
+import { type BenchResult, type ReportRow, ratioSummary, timeSummary, verdictAtMost } from "./report.js";
 import { interleave, pairedRatios, summarize } from "./stats.js";
-import { tinyEngine } from "./tiny-engines.js";
 import { unetStep } from "./unet-feeds.js";
 
 /** Allowed slowdown against the `none` build: the models issue's targets. */
@@ -32,7 +31,8 @@ const LATENT_SIDE = 32;
 /** Small factors so the adapter changes the output a little, as a trained one does. */
 const FACTOR_SCALE = 0.01;
 const TINY_REPS = { full: { warmup: 3, rounds: 40 }, quick: { warmup: 2, rounds: 10 } };
-const SD15_REPS = { warmup: 1, rounds: 8 };
+/** An SD1.5 round is three steps of seconds each: 12 rounds keep the run to a few minutes. */
+const SD15_REPS = { warmup: 1, rounds: 12 };
 
 interface SlotModel {
   readonly label: string;
@@ -84,6 +84,9 @@ async function measure(ctx: BenchContext, model: SlotModel, reps: { warmup: numb
     rank4: summarize(times.get("rank4")!, "rank4"),
     rank0Ratio: summarize(pairedRatios(base, times.get("rank0")!), "rank0 / none"),
     rank4Ratio: summarize(pairedRatios(base, times.get("rank4")!), "rank4 / none"),
+    // Fastest against fastest: the runs other load disturbed least.
+    rank0Fastest: Math.min(...times.get("rank0")!) / Math.min(...base),
+    rank4Fastest: Math.min(...times.get("rank4")!) / Math.min(...base),
     times: Object.fromEntries(times),
   };
 }
@@ -92,6 +95,7 @@ function rows(label: string, m: Awaited<ReturnType<typeof measure>>): ReportRow[
   const row = (
     variant: string,
     ratio: typeof m.rank0Ratio,
+    fastest: number,
     time: typeof m.rank0,
     limit: number,
   ): ReportRow => ({
@@ -99,12 +103,12 @@ function rows(label: string, m: Awaited<ReturnType<typeof measure>>): ReportRow[
     measure: `${label}: spo (${m.slotCount} slots) ${variant} / none`,
     value: ratioSummary(ratio),
     target: `<= ${(1 + limit).toFixed(2)}x`,
-    verdict: ratio.median <= 1 + limit ? "met" : "missed",
-    context: `${percent(ratio.median - 1)} overhead; none ${timeSummary(m.none)}, ${variant} ${timeSummary(time)}`,
+    verdict: verdictAtMost(ratio, 1 + limit),
+    context: `fastest runs ${fastest.toFixed(3)}x; none ${timeSummary(m.none)}, ${variant} ${timeSummary(time)}`,
   });
   return [
-    row("rank 0 (no adapter)", m.rank0Ratio, m.rank0, RANK0_MAX_OVERHEAD),
-    row(`rank ${ADAPTER_RANK} adapter`, m.rank4Ratio, m.rank4, RANK4_MAX_OVERHEAD),
+    row("rank 0 (no adapter)", m.rank0Ratio, m.rank0Fastest, m.rank0, RANK0_MAX_OVERHEAD),
+    row(`rank ${ADAPTER_RANK} adapter`, m.rank4Ratio, m.rank4Fastest, m.rank4, RANK4_MAX_OVERHEAD),
   ];
 }
 
@@ -113,8 +117,8 @@ export async function loraSlotsBench(ctx: BenchContext): Promise<BenchResult> {
   const data: Record<string, unknown> = {};
 
   const [tinyNone, tinySpo] = [
-    await tinyEngine("tiny-sd15", "none", ctx.log),
-    await tinyEngine("tiny-sd15", "spo", ctx.log),
+    await ctx.tinyEngine("tiny-sd15", "none"),
+    await ctx.tinyEngine("tiny-sd15", "spo"),
   ];
   const tiny: SlotModel = {
     label: `tiny-sd15, ${LATENT_SIDE}x${LATENT_SIDE}`,

@@ -112,8 +112,9 @@ async function main(): Promise<number> {
   } finally {
     await ctx.close();
   }
-  process.stdout.write(renderMarkdown(machineAtStart, results, failures));
-  const json = await writeJsonReport(BENCH_DIR, machineAtStart, { ...cli }, results, failures);
+  const machine = { ...machineAtStart, loadAverageAtEnd: loadavg() };
+  process.stdout.write(renderMarkdown(machine, results, failures));
+  const json = await writeJsonReport(BENCH_DIR, machine, { ...cli }, results, failures);
   log(`JSON report: ${json}`);
   return failures.length > 0 ? 1 : 0;
 }

@@ -7,7 +7,25 @@ import { cpus, totalmem } from "node:os";
 import { join } from "node:path";
 import { relativeSpread, type Summary } from "./stats.js";
 
-export type Verdict = "met" | "missed" | "";
+/**
+ * Judged on the spread, not the median alone: a figure whose 25th-75th percentile range straddles
+ * the target is "unclear" (on a busy machine, more rounds or a quieter moment will settle it).
+ */
+export type Verdict = "met" | "missed" | "unclear";
+
+/** For a figure that must stay at or below `limit` (a slowdown ratio). */
+export function verdictAtMost(s: Summary, limit: number): Verdict {
+  if (s.p75 <= limit) return "met";
+  if (s.p25 > limit) return "missed";
+  return "unclear";
+}
+
+/** For a figure that must reach `target` (a fraction of the matmul rate). */
+export function verdictAtLeast(s: Summary, target: number): Verdict {
+  if (s.p25 >= target) return "met";
+  if (s.p75 < target) return "missed";
+  return "unclear";
+}
 
 export interface ReportRow {
   /** Which benchmark (matmul, unet-step, lora-slots, engine-e2e). */
@@ -70,6 +88,8 @@ export interface Machine {
   readonly node: string;
   readonly onnxruntime: string;
   readonly loadAverage: readonly number[];
+  /** The same when the run ended: how busy the machine was around the measurements. */
+  readonly loadAverageAtEnd?: readonly number[];
 }
 
 export function describeMachine(
@@ -89,6 +109,10 @@ export function describeMachine(
   };
 }
 
+function loads(l: readonly number[]): string {
+  return l.map((x) => x.toFixed(2)).join(" ");
+}
+
 export function renderMarkdown(
   machine: Machine,
   results: readonly BenchResult[],
@@ -97,8 +121,9 @@ export function renderMarkdown(
   const out: string[] = [
     "## Stepwise benchmark",
     "",
-    `${machine.cpu}, ${machine.cores} cores, ${machine.memoryGiB} GiB; Node ${machine.node}, onnxruntime-node ${machine.onnxruntime}, CPU EP, ${machine.threads} intra-op threads; load average at start ${machine.loadAverage.map((l) => l.toFixed(2)).join(" ")}.`,
-    "Figures are ratios measured in this run; times are context (they swing 10-20% between runs here).",
+    `${machine.cpu}, ${machine.cores} cores, ${machine.memoryGiB} GiB; Node ${machine.node}, onnxruntime-node ${machine.onnxruntime}, CPU EP, ${machine.threads} intra-op threads; load average (1, 5, 15 min) ${loads(machine.loadAverage)} at start${machine.loadAverageAtEnd ? `, ${loads(machine.loadAverageAtEnd)} at end` : ""}.`,
+    "Figures are ratios measured in this run (median of per-round ratios, p25-p75 beside it); a verdict is",
+    "`unclear` when that range straddles the target. Times are context (they swing 10-20% between runs here).",
     "",
   ];
   const rows = results.flatMap((r) => r.rows);

@@ -15,9 +15,15 @@ import { FLOPS_PER_MAC } from "./matmul.js";
 import { BENCH_DIR } from "./model-cache.js";
 import { type Feeds, timedRun } from "./ort-session.js";
 import { profileModel, summarizeProfile } from "./profile.js";
-import { type BenchResult, type DetailTable, percent, type ReportRow, timeSummary } from "./report.js";
+import {
+  type BenchResult,
+  type DetailTable,
+  percent,
+  type ReportRow,
+  timeSummary,
+  verdictAtLeast,
+} from "./report.js";
 import { interleave, type Summary, summarize } from "./stats.js";
-import { tinyEngine } from "./tiny-engines.js";
 import { CFG_BATCH, unetStep } from "./unet-feeds.js";
 
 /** The issue's target for the SD1.5 step: at least 40% of the machine's matmul rate. */
@@ -40,6 +46,8 @@ interface StepFigure {
   readonly matmul: Summary;
   /** Per round: the step's MAC rate over the matmul's MAC rate in the same round. */
   readonly fraction: Summary;
+  /** The fastest step's rate over the fastest burst's: both least disturbed by other load. */
+  readonly fastestFraction: number;
   readonly macs: number;
   readonly gmacs: number;
 }
@@ -69,6 +77,7 @@ async function timeStep(
     step: summary,
     matmul: summarize(matmul, "matmul bursts"),
     fraction: summarize(fractions, "fraction of matmul rate"),
+    fastestFraction: macs / Math.min(...step) / (probe.macs / Math.min(...matmul)),
     macs,
     gmacs: macs / (summary.median / 1000) / 1e9,
   };
@@ -81,8 +90,8 @@ function stepRow(measure: string, f: StepFigure, target?: number): ReportRow {
     measure,
     value: `${percent(median)} of matmul rate (p25-p75 ${percent(p25)}-${percent(p75)})`,
     target: target === undefined ? undefined : `>= ${percent(target, 0)}`,
-    verdict: target === undefined ? undefined : median >= target ? "met" : "missed",
-    context: `${timeSummary(f.step)} per step; ${(f.macs / 1e9).toFixed(2)} GMAC at ${f.gmacs.toFixed(1)} GMAC/s`,
+    verdict: target === undefined ? undefined : verdictAtLeast(f.fraction, target),
+    context: `fastest runs ${percent(f.fastestFraction)}; ${timeSummary(f.step)} per step; ${(f.macs / 1e9).toFixed(2)} GMAC at ${f.gmacs.toFixed(1)} GMAC/s`,
   };
 }
 
@@ -92,7 +101,7 @@ export async function unetStepBench(ctx: BenchContext): Promise<BenchResult> {
   const data: Record<string, unknown> = {};
 
   // 1. the tiny-sd15 UNet, as the zoo and the converter make it
-  const engine = await tinyEngine("tiny-sd15", "none", ctx.log);
+  const engine = await ctx.tinyEngine("tiny-sd15", "none");
   const tiny = resolveComponent("unet", await readConfigFile(join(engine, "unet", "config.json")));
   for (const side of TINY_SIDES) {
     const step = unetStep(tiny, side);
