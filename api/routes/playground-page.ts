@@ -7,6 +7,7 @@ export const PLAYGROUND_HTML = `<!doctype html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
+<link rel="icon" href="data:,">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>Stepwise playground</title>
 <style>
@@ -15,7 +16,9 @@ export const PLAYGROUND_HTML = `<!doctype html>
   form { padding: 20px; background: #fff; border-right: 1px solid #e1e4ec; display: flex; flex-direction: column; gap: 10px; }
   h1 { font-size: 18px; margin: 0 0 6px; }
   label { display: flex; flex-direction: column; gap: 4px; font-size: 13px; color: #4a5164; }
-  textarea, input, select { font: inherit; padding: 6px 8px; border: 1px solid #cfd4e0; border-radius: 6px; color: #1d2330; }
+  textarea, input, select { font: inherit; padding: 6px 8px; border: 1px solid #cfd4e0; border-radius: 6px; color: #1d2330; box-sizing: border-box; width: 100%; min-width: 0; }
+  .row > label { min-width: 0; }
+  .hint { font-size: 12px; color: #7a8194; }
   .row { display: grid; grid-template-columns: 1fr 1fr; gap: 10px; }
   .lora { display: grid; grid-template-columns: 1fr 80px 28px; gap: 6px; align-items: center; }
   button { font: inherit; padding: 8px 12px; border-radius: 6px; border: 1px solid #3b5bdb; background: #3b5bdb; color: #fff; cursor: pointer; }
@@ -49,7 +52,8 @@ export const PLAYGROUND_HTML = `<!doctype html>
   <div>
     <label>LoRAs</label>
     <div id="loras"></div>
-    <button type="button" class="secondary" id="add-lora">Add LoRA</button>
+    <button type="button" class="secondary" id="add-lora" disabled>Add LoRA</button>
+    <span class="hint" id="lora-hint">Loading the registry...</span>
   </div>
   <label>API key (when the server requires one) <input id="apikey" type="password" autocomplete="off"></label>
   <button id="generate" type="submit">Generate</button>
@@ -65,7 +69,10 @@ export const PLAYGROUND_HTML = `<!doctype html>
 const $ = (id) => document.getElementById(id);
 const keyInput = $("apikey");
 keyInput.value = localStorage.getItem("stepwise-key") || "";
-keyInput.addEventListener("change", () => localStorage.setItem("stepwise-key", keyInput.value));
+keyInput.addEventListener("change", () => {
+  localStorage.setItem("stepwise-key", keyInput.value);
+  load(); // a server with keys lists nothing until it has one
+});
 const headers = () => {
   const h = { "content-type": "application/json" };
   if (keyInput.value) h.authorization = "Bearer " + keyInput.value;
@@ -73,16 +80,37 @@ const headers = () => {
 };
 let loraNames = [];
 
+async function getJson(url) {
+  const res = await fetch(url, { headers: headers() });
+  const body = await res.json();
+  if (!res.ok) throw Object.assign(new Error(body.error ? body.error.message : res.statusText), { status: res.status });
+  return body;
+}
+
 async function load() {
+  $("error").textContent = "";
+  $("model").length = 0;
+  $("scheduler").length = 0;
   try {
-    const models = await (await fetch("/v1/models", { headers: headers() })).json();
-    for (const m of models.data || []) $("model").add(new Option(m.id + " (" + m.family + ")", m.id));
-    for (const s of (models.data && models.data[0] && models.data[0].schedulers) || []) $("scheduler").add(new Option(s, s));
+    const models = await getJson("/v1/models");
+    for (const m of models.data) $("model").add(new Option(m.id + " (" + m.family + ")", m.id));
+    for (const s of (models.data[0] && models.data[0].schedulers) || []) $("scheduler").add(new Option(s, s));
     $("scheduler").add(new Option("model default", ""), 0);
     $("scheduler").value = "";
-    const loras = await fetch("/v1/loras", { headers: headers() });
-    if (loras.ok) loraNames = ((await loras.json()).data || []).map((l) => l.name);
-  } catch (e) { $("error").textContent = "Could not load models: " + e; }
+  } catch (e) {
+    $("error").textContent = "Could not load the models: " + (e.message || e);
+  }
+  // Without a registry (or with an empty one) there is nothing to pick: say so instead of offering empty rows.
+  let hint = "";
+  try {
+    loraNames = (await getJson("/v1/loras")).data.map((l) => l.name);
+    if (loraNames.length === 0) hint = "The registry has no LoRAs yet.";
+  } catch (e) {
+    loraNames = [];
+    hint = e.status === 404 ? "This server has no LoRA registry." : "No LoRA list: " + (e.message || e);
+  }
+  $("add-lora").disabled = loraNames.length === 0;
+  $("lora-hint").textContent = hint;
 }
 
 function addLora() {
@@ -102,7 +130,8 @@ function addLora() {
 $("add-lora").onclick = addLora;
 
 function body() {
-  const b = { prompt: $("prompt").value, steps: Number($("steps").value), guidance_scale: Number($("guidance").value), stream: true, model: $("model").value };
+  const b = { prompt: $("prompt").value, steps: Number($("steps").value), guidance_scale: Number($("guidance").value), stream: true };
+  if ($("model").value) b.model = $("model").value;
   if ($("negative").value) b.negative_prompt = $("negative").value;
   if ($("scheduler").value) b.scheduler = $("scheduler").value;
   if ($("seed").value !== "") b.seed = Number($("seed").value);
@@ -130,13 +159,16 @@ async function generate(event) {
         const frame = buffer.slice(0, cut); buffer = buffer.slice(cut + 2);
         const event = (frame.match(/^event: (.*)$/m) || [])[1];
         const data = JSON.parse((frame.match(/^data: (.*)$/m) || [])[1] || "null");
-        if (event === "progress") {
+        if (event === "queued") {
+          $("status").textContent = "Queued (position " + data.position + ")...";
+        } else if (event === "progress") {
           $("progress").max = data.total; $("progress").value = data.step;
           $("status").textContent = "Step " + data.step + " / " + data.total + " (" + data.elapsed_ms + " ms)";
         } else if (event === "result") {
           $("image").src = "data:image/png;base64," + data.data[0].b64_json;
           $("status").textContent = "Done: seed " + data.data[0].seed + ", " + Math.round(data.timings.total_ms) + " ms";
-          $("details").textContent = JSON.stringify({ model: data.model, seed: data.data[0].seed, loras: data.loras, timings: data.timings }, null, 2);
+          const timings = Object.fromEntries(Object.entries(data.timings).map(([k, v]) => [k, Math.round(v * 10) / 10]));
+          $("details").textContent = JSON.stringify({ model: data.model, seed: data.data[0].seed, loras: data.loras, timings }, null, 2);
         } else if (event === "error") {
           throw new Error(data.message);
         }
