@@ -54,7 +54,7 @@ export interface RunProgress {
   readonly epochOrder: readonly number[] | null;
 }
 
-/** Running facts about the current epoch's losses, for the flat-loss warning. */
+/** Running facts about the current epoch's losses (the run's first step excluded), for the flat-loss warning. */
 export interface EpochLossSummary {
   readonly steps: number;
   /** max |loss - ln 2| over the epoch's optimizer steps. */

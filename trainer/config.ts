@@ -258,6 +258,8 @@ function isPlainObject(v: unknown): v is Record<string, unknown> {
 export function flattenConfig(raw: unknown): Map<string, unknown> {
   if (!isPlainObject(raw)) fail("config", `must be a JSON object, got ${shown(raw)}`);
   const out = new Map<string, unknown>();
+  /** How each key was written, to name both spellings of a key given twice. */
+  const spelling = new Map<string, string>();
   const visit = (object: Record<string, unknown>, prefix: string) => {
     for (const [name, value] of Object.entries(object)) {
       const key = prefix ? `${prefix}.${name}` : name;
@@ -268,8 +270,11 @@ export function flattenConfig(raw: unknown): Map<string, unknown> {
       if (SECTIONS.has(key)) fail(key, `must be an object of ${key}.* keys, got ${shown(value)}`);
       const canonical = ALIASES[key] ?? key;
       if (!(canonical in KEYS)) unknownKey(key);
-      if (out.has(canonical))
-        fail(canonical, `is given twice${canonical !== key ? ` (also as ${key})` : ""}`);
+      const earlier = spelling.get(canonical);
+      if (earlier !== undefined) {
+        fail(canonical, `is given twice${earlier !== key ? ` (as ${earlier} and ${key})` : ""}`);
+      }
+      spelling.set(canonical, key);
       out.set(canonical, value);
     }
   };

@@ -38,6 +38,8 @@ export interface MicroBatchStats {
   /** Mean clamped ratios. */
   readonly ratioWin: number;
   readonly ratioLose: number;
+  /** Mean of beta log ratio_w - beta log ratio_l: what the loss pushes up. */
+  readonly margin: number;
 }
 
 export interface MicroBatchResult {
@@ -140,10 +142,12 @@ export function lossAndGradients(
       beta: settings.beta,
       eps: settings.eps,
     });
-    kept = [tf.keep(terms.loss), tf.keep(tf.mean(terms.ratioWin)), tf.keep(tf.mean(terms.ratioLose))];
+    kept = [terms.loss, tf.mean(terms.ratioWin), tf.mean(terms.ratioLose), tf.mean(terms.logits)].map((t) =>
+      tf.keep(t),
+    );
     return tf.div(terms.loss, settings.accumulationSteps) as tf.Scalar;
   }, policy.variables);
-  const [loss, ratioWin, ratioLose] = kept.map((t) => t.dataSync()[0]);
+  const [loss, ratioWin, ratioLose, margin] = kept.map((t) => t.dataSync()[0]);
   tf.dispose([value, ...kept]);
-  return { grads, stats: { pairs: n, loss, ratioWin, ratioLose } };
+  return { grads, stats: { pairs: n, loss, ratioWin, ratioLose, margin } };
 }

@@ -34,13 +34,21 @@ import { loadPrompts } from "./prompts.js";
 import { SpmCandidateScorer } from "./scorer.js";
 import { runSpoTraining, type SpoRunResult, type TrainerLog, type TrainingProgress } from "./spo-trainer.js";
 
-export interface TrainingSessionOptions {
+export interface SessionConfigOptions {
   /** A config file; optional when resuming (the checkpoint holds the config it ran with). */
   readonly configPath?: string;
   /** An already parsed config (instead of a file). */
   readonly rawConfig?: RawTrainConfig;
   /** A checkpoint folder, or a run's output folder (its newest checkpoint). */
   readonly resume?: string;
+}
+
+export interface SessionConfig {
+  readonly config: TrainConfig;
+  readonly checkpoint?: Checkpoint;
+}
+
+export interface TrainingSessionOptions extends SessionConfig {
   readonly provider?: ExecutionProviderConfig;
   /** Use only this TF.js backend (default: DESIGN.md's order, or STEPWISE_TFJS_BACKEND). */
   readonly tfjsBackend?: TfjsBackendName;
@@ -79,9 +87,7 @@ export class TrainingSession {
   ) {}
 
   static async open(options: TrainingSessionOptions): Promise<TrainingSession> {
-    const { log } = options;
-    const checkpoint = options.resume === undefined ? undefined : await readCheckpoint(options.resume);
-    const config = await sessionConfig(options, checkpoint);
+    const { log, config, checkpoint } = options;
     const backend = await selectTfjsBackend(options.tfjsBackend ? { prefer: options.tfjsBackend } : {});
     log.info({ backend: backend.name, passedOver: backend.passedOver }, describeTfjsBackend(backend));
     const prompts = await loadPrompts(config.prompts);
@@ -164,10 +170,12 @@ export class TrainingSession {
   }
 }
 
-async function sessionConfig(
-  options: TrainingSessionOptions,
-  checkpoint: Checkpoint | undefined,
-): Promise<TrainConfig> {
+/**
+ * The run's config: the file's (family defaults from its engine), or without one the resumed
+ * checkpoint's own, and the checkpoint to resume from.
+ */
+export async function loadSessionConfig(options: SessionConfigOptions): Promise<SessionConfig> {
+  const checkpoint = options.resume === undefined ? undefined : await readCheckpoint(options.resume);
   const raw =
     options.rawConfig ??
     (options.configPath === undefined ? undefined : await readTrainConfigFile(options.configPath));
@@ -175,10 +183,10 @@ async function sessionConfig(
     if (!checkpoint)
       throw new TrainConfigError("config", "no config given (pass --config, or --resume a checkpoint)");
     // The checkpoint's own config; outputs continue beside the checkpoint, wherever it was moved.
-    return { ...checkpoint.state.config, output_dir: outputDirOf(checkpoint.folder) };
+    return { config: { ...checkpoint.state.config, output_dir: outputDirOf(checkpoint.folder) }, checkpoint };
   }
   const manifest = await readManifest(configuredModel(raw));
-  return resolveTrainConfig(raw, trainFamily(manifest.family));
+  return { config: resolveTrainConfig(raw, trainFamily(manifest.family)), checkpoint };
 }
 
 /** SPO's targets (to_q/k/v/out.0 of attn1 and attn2), each of which the engine must have a slot for. */

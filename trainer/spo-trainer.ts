@@ -337,10 +337,13 @@ export async function runSpoTraining(options: SpoRunOptions): Promise<SpoRunResu
         pairs: p.pairs,
       });
       lastLoss = loss;
-      state.epochLoss = {
-        steps: state.epochLoss.steps + 1,
-        maxDeviationFromLn2: Math.max(state.epochLoss.maxDeviationFromLn2, Math.abs(loss - Math.LN2)),
-      };
+      // The first step's loss is ln 2 by construction (up = 0: policy = reference); it says nothing.
+      if (optimizer.step > 1) {
+        state.epochLoss = {
+          steps: state.epochLoss.steps + 1,
+          maxDeviationFromLn2: Math.max(state.epochLoss.maxDeviationFromLn2, Math.abs(loss - Math.LN2)),
+        };
+      }
       state.pending = { ...EMPTY_PENDING };
     }
     // 6. counters, epoch end, checkpoint

@@ -1,0 +1,251 @@
+/**
+ * `stepwise train --config cfg.json [--resume DIR] [--publish URL --name N [--alias A]]`: train a
+ * LoRA with Step-aware Preference Optimization (trainer/), export it into the config's output_dir
+ * and optionally publish it to a registry.
+ *
+ * Output: the exported files (and the published reference) on stdout; a progress bar with ETA over
+ * the rounds on stderr when it is a terminal. The run log (pino JSON lines: the TF.js backend and
+ * why the others were not used, each round, checkpoints, warnings) goes to <output_dir>/train.log,
+ * and to stderr as well when stderr is not a terminal (CI, `2> log`). Ctrl-C stops at the end of
+ * the current round with a checkpoint, so `--resume` continues exactly.
+ */
+import { mkdirSync } from "node:fs";
+import { join } from "node:path";
+import { Command, InvalidArgumentError, Option } from "commander";
+import pino from "pino";
+import { ExecutionProviderError, type ProviderName } from "../../diffusion/engine/execution-provider.js";
+import { ManifestError } from "../../diffusion/engine/manifest.js";
+import { LoraValidationError } from "../../diffusion/lora/errors.js";
+import { SpmManifestError } from "../../diffusion/spm/manifest.js";
+import { TFJS_BACKENDS, TfjsBackendError, type TfjsBackendName } from "../../diffusion/tfjs/backend.js";
+import { RegistryError } from "../../registry/errors.js";
+import { assertAliasName, assertLoraName } from "../../registry/names.js";
+import { Registry } from "../../registry/registry.js";
+import { TrainerUserError } from "../../trainer/errors.js";
+import { type LoraPublisher, publishTrainedLora } from "../../trainer/export.js";
+import { loadSessionConfig, TrainingSession } from "../../trainer/session.js";
+import type { SpoRunResult, TrainerLog } from "../../trainer/spo-trainer.js";
+import { CliError } from "../cli-error.js";
+import { type CommandOutput, processOutput } from "../command-output.js";
+import { type ProgressBar, startProgressBar } from "../progress.js";
+import { withUserErrors } from "../user-errors.js";
+
+/** The exit code of a run stopped by Ctrl-C (128 + SIGINT); its checkpoint is resumable. */
+const EXIT_INTERRUPTED = 130;
+const LOG_FILE = "train.log";
+
+/** A registry that can publish, and be closed. */
+export type RegistryOpener = (url: string) => Promise<LoraPublisher & { close?(): void }>;
+
+export interface TrainCommandOptions {
+  readonly output?: CommandOutput;
+  /** Opens --publish's registry (default: registry/registry.ts `Registry.open`). */
+  readonly openRegistry?: RegistryOpener;
+  /** Stops the run at the next round boundary, as Ctrl-C does (tests). */
+  readonly signal?: AbortSignal;
+}
+
+interface TrainOptions {
+  config?: string;
+  resume?: string;
+  publish?: string;
+  name?: string;
+  alias?: string;
+  provider: ProviderName;
+  deviceId?: number;
+  threads?: number;
+  tfjsBackend?: TfjsBackendName;
+}
+
+function positiveInteger(value: string): number {
+  if (!/^\d+$/.test(value) || Number(value) < 1)
+    throw new InvalidArgumentError("expected a positive integer");
+  return Number(value);
+}
+
+function nonNegativeInteger(value: string): number {
+  if (!/^\d+$/.test(value)) throw new InvalidArgumentError("expected a non-negative integer");
+  return Number(value);
+}
+
+/** Errors the user can fix, printed as one line. */
+const USER_ERRORS = [
+  TrainerUserError,
+  ManifestError,
+  SpmManifestError,
+  ExecutionProviderError,
+  TfjsBackendError,
+  RegistryError,
+  LoraValidationError,
+];
+
+/** Check the publish options before hours of training, not after. */
+function checkPublishOptions(options: TrainOptions): void {
+  if (options.publish === undefined) {
+    if (options.name !== undefined || options.alias !== undefined)
+      throw new CliError("--name and --alias need --publish");
+    return;
+  }
+  if (options.name === undefined)
+    throw new CliError("--publish needs --name (the LoRA's name in the registry)");
+  const check = (option: string, assert: () => void) => {
+    try {
+      assert();
+    } catch (err) {
+      throw new CliError(`${option}: ${(err as Error).message}`);
+    }
+  };
+  const { name, alias } = options;
+  check("--name", () => assertLoraName(name));
+  if (alias !== undefined) check("--alias", () => assertAliasName(alias));
+}
+
+function runLog(outputDir: string, stderr: CommandOutput["stderr"]): TrainerLog {
+  mkdirSync(outputDir, { recursive: true });
+  const file = pino.destination({ dest: join(outputDir, LOG_FILE), sync: true, append: true });
+  // On a terminal the progress bar owns stderr; the log still has every line.
+  const streams: pino.StreamEntry[] = [{ stream: file }];
+  if (stderr.isTTY !== true) streams.push({ stream: { write: (line: string) => stderr.write(line) } });
+  return pino({ name: "stepwise-train", base: undefined }, pino.multistream(streams));
+}
+
+async function publish(
+  options: TrainOptions,
+  session: TrainingSession,
+  result: SpoRunResult,
+  openRegistry: RegistryOpener,
+): Promise<string> {
+  const registry = await openRegistry(options.publish as string);
+  try {
+    const manifest = await publishTrainedLora(registry, result.adapter, session.engineContext, {
+      name: options.name as string,
+      alias: options.alias,
+      metadata: {
+        training: "spo",
+        run_id: result.runId,
+        config: session.config,
+        identity: session.identity,
+        metrics: result.summary,
+        tfjs_backend: session.backend.name,
+      },
+    });
+    return `${manifest.name}@${manifest.version}`;
+  } finally {
+    registry.close?.();
+  }
+}
+
+async function runTrain(
+  options: TrainOptions,
+  output: CommandOutput,
+  command: TrainCommandOptions,
+): Promise<void> {
+  if (options.config === undefined && options.resume === undefined)
+    throw new CliError("give --config, or --resume a checkpoint");
+  checkPublishOptions(options);
+  const { config, checkpoint } = await loadSessionConfig({
+    configPath: options.config,
+    resume: options.resume,
+  });
+  const log = runLog(config.output_dir, output.stderr);
+  const session = await TrainingSession.open({
+    config,
+    checkpoint,
+    provider: { provider: options.provider, deviceId: options.deviceId, intraOpThreads: options.threads },
+    tfjsBackend: options.tfjsBackend,
+    log,
+  });
+  const controller = new AbortController();
+  const interrupt = () => {
+    output.stderr.write(
+      "\nstepwise: stopping after this round (a checkpoint is written); Ctrl-C again to quit at once\n",
+    );
+    controller.abort();
+    process.off("SIGINT", interrupt);
+  };
+  process.on("SIGINT", interrupt);
+  command.signal?.addEventListener("abort", () => controller.abort(), { once: true });
+  let bar: ProgressBar | undefined;
+  try {
+    if (session.engine.provider.fallbackReason) {
+      output.stderr.write(
+        `stepwise: WARNING: CUDA is not available, sampling on the CPU: ${session.engine.provider.fallbackReason}\n`,
+      );
+    }
+    const result = await session.run({
+      signal: controller.signal,
+      onProgress: (p) => {
+        bar ??= startProgressBar(output.stderr, { label: "training", unit: "rounds", total: p.totalRounds });
+        bar.update(p.round);
+      },
+    });
+    bar?.stop();
+    bar = undefined;
+    for (const warning of result.warnings) output.stderr.write(`stepwise: WARNING: ${warning}\n`);
+    if (!result.completed) {
+      throw new CliError(
+        `stopped after round ${result.rounds}; continue with: stepwise train --resume ${result.checkpoint ?? config.output_dir}`,
+        EXIT_INTERRUPTED,
+      );
+    }
+    for (const e of result.exports) for (const file of e.files) output.stdout.write(`${file}\n`);
+    if (options.publish !== undefined) {
+      const ref = await publish(
+        options,
+        session,
+        result,
+        command.openRegistry ?? ((url) => Registry.open(url)),
+      );
+      output.stdout.write(`published ${ref}\n`);
+    }
+  } finally {
+    bar?.stop();
+    process.off("SIGINT", interrupt);
+    await session.close();
+  }
+}
+
+export function trainCommand(options: TrainCommandOptions = {}): Command {
+  const output = options.output ?? processOutput;
+  return new Command("train")
+    .description("Train a LoRA with Step-aware Preference Optimization (SPO) and export or publish it")
+    .option("--config <file>", "training config (JSON; keys as SPO's: sample.*, train.*, lora_rank, ...)")
+    .option(
+      "--resume <dir>",
+      "continue from a checkpoint folder, or the newest checkpoint of an output folder",
+    )
+    .option("--publish <url>", "publish the trained LoRA to this registry (a path, file:// or s3:// URL)")
+    .option("--name <name>", "the LoRA's name in the registry (with --publish)")
+    .option("--alias <alias>", "also point this alias at the published version")
+    .addOption(
+      new Option("--provider <name>", "execution provider of the sampling engines: cpu, cuda, or auto")
+        .choices(["cpu", "cuda", "auto"])
+        .default("auto"),
+    )
+    .option("--device-id <n>", "CUDA device ordinal", nonNegativeInteger)
+    .option(
+      "--threads <n>",
+      "intra-op threads of the engines (default: the number of cores)",
+      positiveInteger,
+    )
+    .addOption(
+      new Option(
+        "--tfjs-backend <name>",
+        "TensorFlow.js backend of the policy (default: the first that starts)",
+      ).choices(TFJS_BACKENDS),
+    )
+    .configureOutput({
+      writeOut: (text) => output.stdout.write(text),
+      writeErr: (text) => output.stderr.write(text),
+    })
+    .action(async (opts: TrainOptions) => {
+      await withUserErrors(async () => {
+        try {
+          await runTrain(opts, output, options);
+        } catch (err) {
+          if (USER_ERRORS.some((kind) => err instanceof kind)) throw new CliError((err as Error).message);
+          throw err;
+        }
+      });
+    });
+}

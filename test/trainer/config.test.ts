@@ -1,0 +1,179 @@
+/**
+ * The training config: SPO's defaults per family (docs/SPO.md section 6), nested and dotted keys,
+ * unknown keys named with the closest known one, values checked against their constraints with the
+ * key named, paths resolved against the config's folder, and prompt files in SPO's formats.
+ */
+import { mkdtemp, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { describe, expect, it } from "vitest";
+import {
+  closestKey,
+  parseTrainConfig,
+  readTrainConfigFile,
+  resolveTrainConfig,
+  type TrainFamily,
+  trainingIdentity,
+} from "../../trainer/config.js";
+import { PromptFileError, TrainConfigError } from "../../trainer/errors.js";
+import { loadPrompts } from "../../trainer/prompts.js";
+
+const REQUIRED = { model: "engine", spm: "spm", prompts: "prompts.txt", output_dir: "out" };
+
+function resolved(extra: Record<string, unknown>, family: TrainFamily = "sd15") {
+  return resolveTrainConfig(parseTrainConfig({ ...REQUIRED, ...extra }, { baseDir: "/base" }), family);
+}
+
+function configError(action: () => unknown): TrainConfigError {
+  try {
+    action();
+  } catch (err) {
+    if (err instanceof TrainConfigError) return err;
+    throw err;
+  }
+  throw new Error("expected a TrainConfigError");
+}
+
+describe("training config", () => {
+  it("has SPO's SD1.5 and SDXL defaults", () => {
+    const sd15 = resolved({});
+    expect(sd15.lora_rank).toBe(4);
+    expect(sd15.sample).toEqual({
+      num_steps: 20,
+      eta: 1,
+      guidance_scale: 5,
+      sample_batch_size: 10,
+      num_sample_each_step: 4,
+      num_inner_step: 0,
+    });
+    expect(sd15.train).toMatchObject({
+      learning_rate: 6e-5,
+      beta: 10,
+      eps: 0.1,
+      divert_start_step: 4,
+      train_batch_size: 10,
+      gradient_accumulation_steps: 1,
+      max_grad_norm: 1,
+      adam_beta1: 0.9,
+      adam_beta2: 0.999,
+      adam_weight_decay: 1e-4,
+      adam_epsilon: 1e-8,
+      cfg: true,
+    });
+    expect(sd15.compare_func_cfg.threshold).toBe(0.3);
+    expect([sd15.seed, sd15.num_epochs, sd15.resolution]).toEqual([42, 10, 512]);
+
+    const sdxl = resolved({}, "sdxl");
+    expect(sdxl.lora_rank).toBe(64);
+    expect(sdxl.sample).toMatchObject({ sample_batch_size: 2, num_sample_each_step: 2, num_inner_step: 3 });
+    expect(sdxl.train).toMatchObject({
+      learning_rate: 1e-5,
+      train_batch_size: 2,
+      gradient_accumulation_steps: 2,
+    });
+    expect(sdxl.compare_func_cfg.threshold).toBe(0.4);
+    expect(sdxl.resolution).toBe(1024);
+  });
+
+  it("takes nested and dotted keys, the issue's train.batch_size alias, and resolves paths", () => {
+    const c = resolved({ sample: { num_steps: 6 }, "train.divert_start_step": 2, "train.batch_size": 3 });
+    expect(c.sample.num_steps).toBe(6);
+    expect(c.train.divert_start_step).toBe(2);
+    expect(c.train.train_batch_size).toBe(3);
+    expect(c.model).toBe("/base/engine");
+    expect(c.output_dir).toBe("/base/out");
+    expect(resolved({ prompts: ["a", "b"] }).prompts).toEqual(["a", "b"]);
+  });
+
+  it("names unknown keys with the closest known key", () => {
+    expect(configError(() => parseTrainConfig({ ...REQUIRED, sample: { num_step: 5 } })).message).toBe(
+      "sample.num_step: unknown key (did you mean sample.num_steps?)",
+    );
+    // The right leaf in the wrong section.
+    expect(
+      configError(() => parseTrainConfig({ ...REQUIRED, sample: { learning_rate: 1 } })).message,
+    ).toMatch(/did you mean train\.learning_rate\?/);
+    expect(configError(() => parseTrainConfig({ ...REQUIRED, use_xformers_please: true })).message).toBe(
+      "use_xformers_please: unknown key",
+    );
+    expect(closestKey("lora_rnak")).toBe("lora_rank");
+    expect(configError(() => parseTrainConfig({ ...REQUIRED, sample: 3 })).message).toMatch(
+      /^sample: must be an object of sample\.\* keys/,
+    );
+    expect(
+      configError(() => parseTrainConfig({ ...REQUIRED, train: { batch_size: 2, train_batch_size: 2 } }))
+        .message,
+    ).toBe("train.train_batch_size: is given twice (as train.batch_size and train.train_batch_size)");
+  });
+
+  it("names the key and the constraint of a bad value, and the file", async () => {
+    expect(configError(() => resolved({ sample: { eta: 0 } })).message).toBe(
+      "sample.eta: must be a number in (0, 1], got 0",
+    );
+    expect(configError(() => resolved({ lora_rank: 2.5 })).message).toMatch(
+      /^lora_rank: must be an integer in \[1, 1024\]/,
+    );
+    expect(configError(() => resolved({ export_formats: ["onnx"] })).message).toMatch(
+      /^export_formats: must be a non-empty list of diffusers, peft, kohya/,
+    );
+    expect(configError(() => resolved({ resolution: 96 })).message).toMatch(
+      /^resolution: must be a multiple of 64/,
+    );
+    expect(
+      configError(() => resolved({ sample: { num_steps: 6 }, train: { divert_start_step: 6 } })).message,
+    ).toMatch(/^train\.divert_start_step: must be at most 5 with sample\.num_steps 6/);
+    expect(
+      configError(() => resolved({ sample: { num_steps: 6 }, train: { divert_start_step: 5 } }, "sdxl")).key,
+    ).toBe("train.divert_start_step");
+    expect(configError(() => resolved({ sample: { num_inner_step: 1 } })).message).toBe(
+      "sample.num_inner_step: applies to the sdxl variant only; this model is sd15",
+    );
+    expect(configError(() => resolved({ sample: { guidance_scale: 1 } })).key).toBe("train.cfg");
+    expect(configError(() => resolveTrainConfig(parseTrainConfig({ spm: "s" }), "sd15")).message).toBe(
+      "model: is required",
+    );
+
+    const dir = await mkdtemp(join(tmpdir(), "stepwise-train-config-"));
+    const file = join(dir, "train.json");
+    await writeFile(file, JSON.stringify({ ...REQUIRED, seed: -1 }));
+    const raw = await readTrainConfigFile(file);
+    expect(raw.values.get("model")).toBe(join(dir, "engine"));
+    const err = configError(() => resolveTrainConfig(raw, "sd15"));
+    expect(err.message).toBe(`${file}: seed: must be an integer in [0, inf], got -1`);
+    expect(err.file).toBe(file);
+    await writeFile(file, "{ not json");
+    await expect(readTrainConfigFile(file)).rejects.toThrow(/cannot read the config/);
+  });
+
+  it("identifies a run by its training settings, not by paths, epochs or outputs", () => {
+    const base = trainingIdentity(resolved({}));
+    expect(
+      trainingIdentity(resolved({ output_dir: "elsewhere", num_epochs: 3, checkpoint_every: 2 })),
+    ).toEqual(base);
+    expect(trainingIdentity(resolved({ validation: { prompts: ["x"], seeds: [1] } }))).toEqual(base);
+    expect(trainingIdentity(resolved({ train: { beta: 5 } }))).not.toEqual(base);
+    expect(trainingIdentity(resolved({ seed: 1 }))).not.toEqual(base);
+  });
+});
+
+describe("prompt files", () => {
+  it("reads a JSON list, SPO's caption records and one prompt per line", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "stepwise-train-prompts-"));
+    await writeFile(join(dir, "list.json"), JSON.stringify(["a cat", "a dog"]));
+    await writeFile(
+      join(dir, "spo.json"),
+      JSON.stringify([{ caption: "a cat", trainset_idx: 1 }, { caption: "a dog" }]),
+    );
+    await writeFile(join(dir, "lines.txt"), "a cat\r\n\n  \na dog\n");
+    for (const file of ["list.json", "spo.json", "lines.txt"]) {
+      expect(await loadPrompts(join(dir, file))).toEqual(["a cat", "a dog"]);
+    }
+    await writeFile(join(dir, "bad.json"), JSON.stringify([{ text: "a cat" }]));
+    await expect(loadPrompts(join(dir, "bad.json"))).rejects.toThrow(
+      /entry 0 is neither a string nor an object with a "caption"/,
+    );
+    await writeFile(join(dir, "empty.txt"), "\n\n");
+    await expect(loadPrompts(join(dir, "empty.txt"))).rejects.toThrow(PromptFileError);
+    await expect(loadPrompts(join(dir, "missing.txt"))).rejects.toThrow(/cannot read the prompt file/);
+  });
+});

@@ -1,0 +1,52 @@
+/**
+ * The offline SPO trainer (docs/SPO.md; DESIGN.md "Training path"): open a session from a config
+ * (or a checkpoint), run it, export and publish the LoRA. The pieces are exported for tests,
+ * benchmarks and other front ends.
+ */
+export {
+  type Checkpoint,
+  type CheckpointState,
+  latestCheckpoint,
+  type RunIdentity,
+  readCheckpoint,
+  writeCheckpoint,
+} from "./checkpoint.js";
+export { encodeRound, type RoundConditioning } from "./conditioning.js";
+export {
+  closestKey,
+  parseTrainConfig,
+  type RawTrainConfig,
+  readTrainConfigFile,
+  resolveTrainConfig,
+  TRAIN_CONFIG_KEYS,
+  type TrainConfig,
+  type TrainFamily,
+} from "./config.js";
+export {
+  PolicyWeightsError,
+  PromptFileError,
+  TrainConfigError,
+  TrainerCheckpointError,
+  TrainerExportError,
+  TrainerStateError,
+  TrainerUserError,
+} from "./errors.js";
+export {
+  type ExportedLora,
+  exportPath,
+  exportTrainedLora,
+  type LoraPublisher,
+  type PublishRequest,
+  publishTrainedLora,
+} from "./export.js";
+export { FLAT_LOSS_TOLERANCE, type MetricsSummary, readMetrics, type StepMetrics } from "./metrics.js";
+export { type AdamWSettings, LoraAdamW } from "./optimizer.js";
+export { SpoPolicy } from "./policy.js";
+export { type LossSettings, lossAndGradients, type MicroBatchStats } from "./policy-step.js";
+export { loadPrompts } from "./prompts.js";
+export { type TrainingPair, withReferenceLogProbs } from "./reference.js";
+export { type SampledRound, type SamplingSettings, sampleRound } from "./sampling.js";
+export { type CandidateScorer, SpmCandidateScorer } from "./scorer.js";
+export { loadSessionConfig, type RunControls, TrainingSession } from "./session.js";
+export { ddimLogProbTf, spoLoss } from "./spo-loss.js";
+export { runSpoTraining, type SpoRunResult, type TrainerLog, type TrainingProgress } from "./spo-trainer.js";
