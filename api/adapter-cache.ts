@@ -19,6 +19,7 @@ import type { AdapterResolver, LoraRef, ResolvedLora, ResolvedLoras } from "./ad
 import { Errors } from "./errors.js";
 import type { Metrics } from "./metrics.js";
 import type { LoadedModel } from "./model-pool.js";
+import { httpErrorForRegistry } from "./registry-errors.js";
 
 /** What the cache needs of a registry manifest. */
 export interface AdapterManifest {
@@ -59,8 +60,7 @@ function isUnreachable(err: unknown): boolean {
   const e = err as { name?: string; code?: string; $metadata?: unknown };
   return (
     e?.name === "TimeoutError" ||
-    ["ECONNREFUSED", "ECONNRESET", "ENOTFOUND", "EHOSTUNREACH", "ETIMEDOUT"].includes(e?.code ?? "") ||
-    e?.name === "RegistryUnavailableError"
+    ["ECONNREFUSED", "ECONNRESET", "ENOTFOUND", "EHOSTUNREACH", "ETIMEDOUT"].includes(e?.code ?? "")
   );
 }
 
@@ -104,10 +104,9 @@ export class AdapterCache implements AdapterResolver {
   private translate(err: unknown, name: string): Error {
     const e = err as { name?: string; message?: string; statusCode?: number };
     if (e.statusCode !== undefined && e.statusCode < 500) return err as Error;
-    if (e.name === "RegistryNotFoundError" || e.name === "NotFoundError" || e.name === "LoraNotFoundError") {
-      return new Errors.LORA_NOT_FOUND(`LoRA ${name}: ${e.message}`);
-    }
-    if (isUnreachable(err)) {
+    const mapped = httpErrorForRegistry(err) as { statusCode?: number };
+    if (mapped !== err && mapped.statusCode !== 503) return mapped as Error;
+    if (mapped.statusCode === 503 || isUnreachable(err)) {
       this.reachable = false;
       return new Errors.REGISTRY_UNAVAILABLE(
         `the registry is unreachable and LoRA ${name} is not cached (${e.message})`,
@@ -133,20 +132,23 @@ export class AdapterCache implements AdapterResolver {
       lastUsed: ++this.clock,
       promise: Promise.resolve() as never,
     };
-    entry.promise = this.registry.pull(name, version).then(
-      (r) => {
-        entry.state = "ready";
-        entry.bytes = adapterParameterBytes(r.adapter);
-        this.reachable = true;
-        this.evict();
-        return r;
-      },
-      (err) => {
-        entry.state = "failed";
-        this.entries.delete(id);
-        throw this.translate(err, name);
-      },
-    );
+    // Through a promise chain, so a registry that throws synchronously is handled like one that rejects.
+    entry.promise = Promise.resolve()
+      .then(() => this.registry.pull(name, version))
+      .then(
+        (r) => {
+          entry.state = "ready";
+          entry.bytes = adapterParameterBytes(r.adapter);
+          this.reachable = true;
+          this.evict();
+          return r;
+        },
+        (err) => {
+          entry.state = "failed";
+          this.entries.delete(id);
+          throw this.translate(err, name);
+        },
+      );
     this.entries.set(id, entry);
     return entry;
   }

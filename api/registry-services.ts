@@ -2,7 +2,9 @@
  * The registry side of a server: open the registry from the configured URL, start its watcher,
  * build the adapter cache on it, and add the LoRA routes. `serve` passes this to startServer.
  */
+import { join } from "node:path";
 import type { LoraAdapter } from "../diffusion/lora/adapter.js";
+import { Registry } from "../registry/registry.js";
 import { AdapterCache, type AdapterManifest } from "./adapter-cache.js";
 import type { ServerConfig } from "./config.js";
 import type { Metrics } from "./metrics.js";
@@ -38,6 +40,28 @@ export interface LoraRegistryApi {
 export interface RegistryLog {
   warn(obj: object, msg: string): void;
   info(obj: object, msg: string): void;
+}
+
+/** The registry URL a server uses: the configured one, else the filesystem registry under dataDir. */
+export function registryUrl(config: ServerConfig): string {
+  return config.registry ?? join(config.dataDir, "registry");
+}
+
+/** Open the configured registry and build the server's registry side on it. */
+export async function openRegistryExtras(
+  config: ServerConfig,
+  metrics: Metrics,
+  log?: RegistryLog,
+): Promise<ServerExtras> {
+  const registry = await Registry.open(registryUrl(config));
+  const extras = await registryExtras(registry, config, metrics, log);
+  return {
+    ...extras,
+    onClose: async () => {
+      await extras.onClose?.();
+      registry.close();
+    },
+  };
 }
 
 export async function registryExtras(

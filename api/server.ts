@@ -12,6 +12,8 @@ import { ConfigFileError, isLoopback, type ServerConfig } from "./config.js";
 import { Errors } from "./errors.js";
 import { Metrics } from "./metrics.js";
 import { ModelPool } from "./model-pool.js";
+import { openRegistryExtras, type RegistryLog } from "./registry-services.js";
+import { scoringExtras } from "./routes/score.js";
 
 /** How often a closing server ends the connections that have no request in flight. */
 const IDLE_REAP_INTERVAL_MS = 50;
@@ -76,9 +78,37 @@ export interface ServerExtras {
   readonly onClose?: () => Promise<void>;
 }
 
+/** Combine the extras of several server parts: the first adapter resolver and registry status win. */
+export function mergeExtras(...parts: ServerExtras[]): ServerExtras {
+  return {
+    adapters: parts.find((p) => p.adapters)?.adapters,
+    registryStatus: parts.find((p) => p.registryStatus)?.registryStatus,
+    refreshRegistry: parts.find((p) => p.refreshRegistry)?.refreshRegistry,
+    routes: parts.flatMap((p) => p.routes ?? []),
+    onClose: async () => {
+      for (const p of parts) await p.onClose?.();
+    },
+  };
+}
+
+/** What `serve` runs: the configured registry (hot swap, LoRA routes) and the scoring models. */
+export async function defaultExtras(config: ServerConfig, metrics: Metrics, log: RegistryLog): Promise<ServerExtras> {
+  const registry = await openRegistryExtras(config, metrics, log);
+  try {
+    return mergeExtras(registry, await scoringExtras(config));
+  } catch (err) {
+    await registry.onClose?.();
+    throw err;
+  }
+}
+
 export async function startServer(
   config: ServerConfig,
-  extras: ServerExtras | ((pool: ModelPool, metrics: Metrics) => Promise<ServerExtras>) = {},
+  extras: ServerExtras | ((pool: ModelPool, metrics: Metrics, log: RegistryLog) => Promise<ServerExtras>) = (
+    _pool,
+    metrics,
+    log,
+  ) => defaultExtras(config, metrics, log),
 ): Promise<RunningServer> {
   checkAuthRule(config);
   const metrics = new Metrics();
@@ -86,7 +116,7 @@ export async function startServer(
   const pool = await ModelPool.load(config, metrics, bootLog);
   let x: ServerExtras;
   try {
-    x = typeof extras === "function" ? await extras(pool, metrics) : extras;
+    x = typeof extras === "function" ? await extras(pool, metrics, bootLog) : extras;
   } catch (err) {
     await pool.close();
     throw err;

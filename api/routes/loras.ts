@@ -14,6 +14,7 @@ import { readConfigFile } from "../../diffusion/models/config-reader.js";
 import { resolveUNetConfig } from "../../diffusion/models/unet2d-condition.js";
 import { decodeSafetensors } from "../../diffusion/weights/safetensors.js";
 import { Errors } from "../errors.js";
+import { httpErrorForRegistry } from "../registry-errors.js";
 import type { LoraRegistryApi } from "../registry-services.js";
 
 const NAME = "^[a-z0-9][a-z0-9._-]{0,63}$";
@@ -64,26 +65,6 @@ const AliasBody = Type.Object(
   { additionalProperties: false },
 );
 
-function registryError(err: unknown): Error {
-  const e = err as { name?: string; message?: string; statusCode?: number };
-  if (e.statusCode !== undefined) return err as Error;
-  switch (e.name) {
-    case "RegistryNotFoundError":
-    case "LoraNotFoundError":
-      return new Errors.LORA_NOT_FOUND(e.message ?? "not found");
-    case "RegistryConflictError":
-    case "AliasConflictError":
-      return new Errors.CONFLICT(e.message ?? "conflict");
-    case "RegistryNameError":
-    case "InvalidNameError":
-      return new Errors.BAD_REQUEST(e.message ?? "invalid name");
-    case "RegistryUnavailableError":
-      return new Errors.REGISTRY_UNAVAILABLE(e.message ?? "registry unavailable");
-    default:
-      return err as Error;
-  }
-}
-
 export function loraRoutes(registry: LoraRegistryApi) {
   return async function routes(app: FastifyInstance): Promise<void> {
     app.addContentTypeParser("application/octet-stream", { parseAs: "buffer" }, (_req, body, done) =>
@@ -114,7 +95,7 @@ export function loraRoutes(registry: LoraRegistryApi) {
         try {
           return { data: await registry.list() };
         } catch (err) {
-          throw registryError(err);
+          throw httpErrorForRegistry(err);
         }
       },
     );
@@ -140,7 +121,7 @@ export function loraRoutes(registry: LoraRegistryApi) {
         try {
           return await registry.show(request.params.name);
         } catch (err) {
-          throw registryError(err);
+          throw httpErrorForRegistry(err);
         }
       },
     );
@@ -226,7 +207,7 @@ export function loraRoutes(registry: LoraRegistryApi) {
           reply.status(201);
           return manifest;
         } catch (err) {
-          throw registryError(err);
+          throw httpErrorForRegistry(err);
         }
       },
     );
@@ -259,7 +240,7 @@ export function loraRoutes(registry: LoraRegistryApi) {
             expected: request.body.expected_version,
           });
         } catch (err) {
-          throw registryError(err);
+          throw httpErrorForRegistry(err);
         }
         await app.stepwise.refreshRegistry();
         return { name, alias, version: request.body.version, previous: request.body.expected_version };
@@ -294,7 +275,7 @@ export function loraRoutes(registry: LoraRegistryApi) {
             metadata: { aliases: l.aliases },
           }));
         } catch (err) {
-          throw registryError(err);
+          throw httpErrorForRegistry(err);
         }
       },
     );

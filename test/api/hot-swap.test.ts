@@ -1,0 +1,333 @@
+/**
+ * LoRA hot swap on a real server: publishing a version and moving an alias change the next response
+ * without a restart, a request in flight finishes on the version it started with, registry errors
+ * map to 404 / 409 / 422, an unreachable registry keeps cached adapters serving (readyz degraded,
+ * uncached adapters 503), and two replicas on one S3 registry converge through their watchers.
+ */
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
+import type { ServerConfig } from "../../api/config.js";
+import { registryExtras } from "../../api/registry-services.js";
+import { type RunningServer, startServer } from "../../api/server.js";
+import { type LoraSlotEntry, readManifest } from "../../diffusion/engine/manifest.js";
+import type { LoraAdapter } from "../../diffusion/lora/adapter.js";
+import { exportLora } from "../../diffusion/lora/formats/index.js";
+import { float32 } from "../../diffusion/tensor.js";
+import { encodeSafetensors } from "../../diffusion/weights/safetensors.js";
+import { RegistryUnavailableError } from "../../registry/errors.js";
+import { Registry } from "../../registry/registry.js";
+import { tinyEngineFolder } from "../helpers/tiny-engines.js";
+import { randomUnetAdapter } from "../pipelines/lora-fixtures.js";
+import { describeWithS3 } from "../setup/s3.js";
+import {
+  type ApiErrorBody,
+  LONG_STEPS,
+  pixels,
+  postJson,
+  sseEvents,
+  tinyBody,
+  tinyServerConfig,
+  waitFor,
+} from "./tiny-server.js";
+
+/** Short enough that "within one interval" is quick to observe, long enough to be a real poll loop. */
+const WATCH_INTERVAL_MS = 150;
+/** An alias move must be visible after this long (one interval, plus a poll's own time on a busy machine). */
+const VISIBLE_AFTER_MS = 3 * WATCH_INTERVAL_MS;
+
+interface GenerationJson {
+  readonly data: Array<{ b64_json: string; seed: number }>;
+  readonly loras: Array<{ name: string; version: number; weight: number }>;
+}
+
+async function configWithWatcher(): Promise<ServerConfig> {
+  const config = await tinyServerConfig();
+  return { ...config, adapters: { ...config.adapters, watchIntervalMs: WATCH_INTERVAL_MS } };
+}
+
+async function generate(server: RunningServer, fields: Record<string, unknown>): Promise<GenerationJson> {
+  const res = await postJson(`${server.url}/v1/images/generations`, tinyBody(fields));
+  expect(res.status, await res.clone().text()).toBe(200);
+  return (await res.json()) as GenerationJson;
+}
+
+async function imagePixels(json: GenerationJson): Promise<Buffer> {
+  return pixels(Buffer.from(json.data[0].b64_json, "base64"));
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+describe("LoRA hot swap on the filesystem registry", () => {
+  let server: RunningServer;
+  let registry: Registry;
+  let slots: readonly LoraSlotEntry[];
+  let adapters: LoraAdapter[];
+
+  beforeAll(async () => {
+    const config = await configWithWatcher();
+    registry = await Registry.open(join(config.dataDir, "registry"));
+    slots = (await readManifest(await tinyEngineFolder("tiny-sd15"))).graphs.unet!.loraSlots;
+    adapters = [randomUnetAdapter(slots, 1), randomUnetAdapter(slots, 2)];
+    for (const adapter of adapters) {
+      await registry.publish("style", adapter, { base: { family: "sd15" }, sourceFormat: "test" });
+    }
+    server = await startServer(config); // the default: the filesystem registry under dataDir
+  });
+  afterAll(async () => {
+    await server?.close();
+    registry?.close();
+  });
+
+  it("applies a LoRA by name (latest), by version and by alias, and reports the version used", async () => {
+    const base = await generate(server, {});
+    const latest = await generate(server, { loras: [{ name: "style" }] });
+    const v1 = await generate(server, { loras: [{ name: "style", version: 1 }] });
+    expect(latest.loras).toEqual([{ name: "style", version: 2, weight: 1 }]);
+    expect(v1.loras).toEqual([{ name: "style", version: 1, weight: 1 }]);
+    expect((await imagePixels(latest)).equals(await imagePixels(base))).toBe(false);
+    expect((await imagePixels(latest)).equals(await imagePixels(v1))).toBe(false);
+    const zero = await generate(server, { loras: [{ name: "style", weight: 0 }] });
+    expect((await imagePixels(zero)).equals(await imagePixels(base))).toBe(true);
+  });
+
+  it("moves an alias by compare-and-swap over HTTP; the next request uses it (409 on a stale expectation)", async () => {
+    const put = (version: number, expected: number | null) =>
+      fetch(`${server.url}/v1/loras/style/aliases/prod`, {
+        method: "PUT",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ version, expected_version: expected }),
+      });
+    expect((await put(1, null)).status).toBe(200);
+    const prod = await generate(server, { loras: [{ name: "style", alias: "prod" }] });
+    expect(prod.loras[0].version).toBe(1);
+    const pinned = await generate(server, { loras: [{ name: "style", version: 1 }] });
+    expect((await imagePixels(prod)).equals(await imagePixels(pinned))).toBe(true);
+
+    const stale = await put(2, null);
+    expect(stale.status).toBe(409);
+    expect(((await stale.json()) as ApiErrorBody).error.message).toMatch(/prod/);
+    expect((await put(2, 1)).status).toBe(200);
+    expect((await generate(server, { loras: [{ name: "style", alias: "prod" }] })).loras[0].version).toBe(2);
+  });
+
+  it("sees a version published and an alias moved behind its back within one watcher interval, without a restart", async () => {
+    await registry.promote("style", "canary", 1);
+    await sleep(VISIBLE_AFTER_MS);
+    expect((await generate(server, { loras: [{ name: "style", alias: "canary" }] })).loras[0].version).toBe(
+      1,
+    );
+
+    const published = await registry.publish("style", randomUnetAdapter(slots, 3), {
+      base: { family: "sd15" },
+      sourceFormat: "test",
+    });
+    await registry.promote("style", "canary", published.version);
+    await sleep(VISIBLE_AFTER_MS);
+    const after = await generate(server, { loras: [{ name: "style", alias: "canary" }] });
+    expect(after.loras[0].version).toBe(published.version);
+    expect((await generate(server, { loras: [{ name: "style" }] })).loras[0].version).toBe(published.version);
+  });
+
+  it("keeps the version a request started with while the alias moves under it", async () => {
+    await registry.promote("style", "live", 2);
+    await sleep(VISIBLE_AFTER_MS);
+    const body = tinyBody({
+      loras: [{ name: "style", alias: "live" }],
+      steps: LONG_STEPS,
+      stream: true,
+      seed: 7,
+    });
+    const res = await postJson(`${server.url}/v1/images/generations`, body);
+    let moved = false;
+    let result: GenerationJson | undefined;
+    for await (const e of sseEvents(res)) {
+      if (e.event === "progress" && !moved) {
+        moved = true;
+        await registry.promote("style", "live", 1);
+        const refresh = await fetch(`${server.url}/v1/admin/registry/refresh`, { method: "POST" });
+        expect(refresh.status).toBe(200);
+        // The move is visible to new requests while this one still runs.
+        expect((await generate(server, { loras: [{ name: "style", alias: "live" }] })).loras[0].version).toBe(
+          1,
+        );
+      }
+      if (e.event === "result") result = e.data as GenerationJson;
+    }
+    expect(moved).toBe(true);
+    expect(result?.loras[0].version).toBe(2);
+    const pinned = await generate(server, {
+      loras: [{ name: "style", version: 2 }],
+      steps: LONG_STEPS,
+      seed: 7,
+    });
+    expect((await imagePixels(result!)).equals(await imagePixels(pinned))).toBe(true);
+  });
+
+  it("answers 404 for an unknown LoRA or version and 422 for an adapter that does not fit the model", async () => {
+    const unknown = await postJson(
+      `${server.url}/v1/images/generations`,
+      tinyBody({ loras: [{ name: "nope" }] }),
+    );
+    expect(unknown.status).toBe(404);
+    expect(((await unknown.json()) as ApiErrorBody).error.message).toMatch(/nope/);
+    expect(
+      (
+        await postJson(
+          `${server.url}/v1/images/generations`,
+          tinyBody({ loras: [{ name: "style", version: 99 }] }),
+        )
+      ).status,
+    ).toBe(404);
+
+    await registry.publish("xl-only", adapters[0], { base: { family: "sdxl" }, sourceFormat: "test" });
+    const wrongFamily = await postJson(
+      `${server.url}/v1/images/generations`,
+      tinyBody({ loras: [{ name: "xl-only" }] }),
+    );
+    expect(wrongFamily.status).toBe(422);
+    expect(((await wrongFamily.json()) as ApiErrorBody).error.message).toMatch(/sdxl/);
+  });
+
+  it("publishes an uploaded adapter file, validated against the model's slots", async () => {
+    const exported = exportLora(randomUnetAdapter(slots, 4), "diffusers");
+    const upload = await fetch(`${server.url}/v1/loras/uploaded?alias=prod`, {
+      method: "POST",
+      headers: { "content-type": "application/octet-stream" },
+      body: encodeSafetensors(exported.tensors),
+    });
+    expect(upload.status, await upload.clone().text()).toBe(201);
+    const manifest = (await upload.json()) as { name: string; version: number; sourceFormat: string };
+    expect(manifest).toMatchObject({ name: "uploaded", version: 1, sourceFormat: "diffusers" });
+    const listed = (await (await fetch(`${server.url}/v1/loras/uploaded`)).json()) as {
+      aliases: Record<string, number>;
+    };
+    expect(listed.aliases).toMatchObject({ prod: 1, latest: 1 });
+    expect((await generate(server, { loras: [{ name: "uploaded", alias: "prod" }] })).loras[0].version).toBe(
+      1,
+    );
+
+    const misfit = new Map(exported.tensors);
+    const [firstKey, first] = [...misfit].find(([k]) => k.endsWith("lora.down.weight"))!;
+    misfit.set(firstKey, float32([first.shape[0], first.shape[1] + 1]));
+    const bad = await fetch(`${server.url}/v1/loras/uploaded`, {
+      method: "POST",
+      headers: { "content-type": "application/octet-stream" },
+      body: encodeSafetensors(misfit),
+    });
+    expect(bad.status).toBe(422);
+    expect(((await bad.json()) as ApiErrorBody).error.message).toContain(
+      firstKey.replace(/\.lora\.down\.weight$/, ""),
+    );
+  });
+});
+
+describe("an unreachable registry", () => {
+  let server: RunningServer;
+  let down = false;
+
+  beforeAll(async () => {
+    const config = await configWithWatcher();
+    const real = await Registry.open(join(config.dataDir, "registry"));
+    const slots = (await readManifest(await tinyEngineFolder("tiny-sd15"))).graphs.unet!.loraSlots;
+    await real.publish("cached", randomUnetAdapter(slots, 5), {
+      base: { family: "sd15" },
+      sourceFormat: "test",
+    });
+    await real.publish("uncached", randomUnetAdapter(slots, 6), {
+      base: { family: "sd15" },
+      sourceFormat: "test",
+    });
+    // The same registry behind a switch: while `down`, every call fails as an unreachable S3 does.
+    const flaky = new Proxy(real, {
+      get(target, prop, receiver) {
+        const value = Reflect.get(target, prop, receiver);
+        if (typeof value !== "function") return value;
+        return (...args: unknown[]) => {
+          if (down)
+            return Promise.reject(
+              new RegistryUnavailableError(
+                real.location,
+                String(prop),
+                new Error("connect ECONNREFUSED (simulated outage)"),
+              ),
+            );
+          return value.apply(target, args);
+        };
+      },
+    });
+    server = await startServer(config, (_pool, metrics) => registryExtras(flaky, config, metrics));
+  });
+  afterAll(async () => {
+    await server?.close();
+  });
+
+  it("keeps serving cached adapters, says degraded, and answers 503 for uncached ones", async () => {
+    const before = await generate(server, { loras: [{ name: "cached" }] });
+    expect(((await (await fetch(`${server.url}/readyz`)).json()) as { status: string }).status).toBe("ready");
+    down = true;
+    await fetch(`${server.url}/v1/admin/registry/refresh`, { method: "POST" });
+    await waitFor(
+      "readyz degraded",
+      async () =>
+        ((await (await fetch(`${server.url}/readyz`)).json()) as { status: string }).status === "degraded",
+    );
+    const during = await generate(server, { loras: [{ name: "cached" }] });
+    expect((await imagePixels(during)).equals(await imagePixels(before))).toBe(true);
+    const uncached = await postJson(
+      `${server.url}/v1/images/generations`,
+      tinyBody({ loras: [{ name: "uncached", version: 1 }] }),
+    );
+    expect(uncached.status).toBe(503);
+    expect(((await uncached.json()) as ApiErrorBody).error.message).toMatch(/unreachable|outage/);
+    down = false;
+    await waitFor(
+      "readyz ready again",
+      async () =>
+        ((await (await fetch(`${server.url}/readyz`)).json()) as { status: string }).status === "ready",
+    );
+    expect((await generate(server, { loras: [{ name: "uncached", version: 1 }] })).loras[0].version).toBe(1);
+  });
+});
+
+describeWithS3("two replicas on one S3 registry", (target) => {
+  const url = `s3://${target.bucket}/hot-swap-${Date.now()}`;
+  const servers: RunningServer[] = [];
+  let registry: Registry;
+
+  beforeAll(async () => {
+    vi.stubEnv("AWS_ACCESS_KEY_ID", target.accessKeyId);
+    vi.stubEnv("AWS_SECRET_ACCESS_KEY", target.secretAccessKey);
+    vi.stubEnv("AWS_REGION", target.region);
+    vi.stubEnv("STEPWISE_S3_ENDPOINT", target.endpoint);
+    registry = await Registry.open(url);
+    const slots = (await readManifest(await tinyEngineFolder("tiny-sd15"))).graphs.unet!.loraSlots;
+    for (const seed of [11, 12]) {
+      await registry.publish("shared", randomUnetAdapter(slots, seed), {
+        base: { family: "sd15" },
+        sourceFormat: "test",
+      });
+    }
+    await registry.promote("shared", "prod", 1);
+    for (let i = 0; i < 2; i++)
+      servers.push(await startServer({ ...(await configWithWatcher()), registry: url }));
+  });
+  afterAll(async () => {
+    for (const s of servers) await s.close();
+    registry?.close();
+    vi.unstubAllEnvs();
+  });
+
+  it("both replicas follow an alias moved through one of them", async () => {
+    for (const s of servers)
+      expect((await generate(s, { loras: [{ name: "shared", alias: "prod" }] })).loras[0].version).toBe(1);
+    const put = await fetch(`${servers[0].url}/v1/loras/shared/aliases/prod`, {
+      method: "PUT",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ version: 2, expected_version: 1 }),
+    });
+    expect(put.status).toBe(200);
+    await sleep(VISIBLE_AFTER_MS);
+    for (const s of servers)
+      expect((await generate(s, { loras: [{ name: "shared", alias: "prod" }] })).loras[0].version).toBe(2);
+  });
+});
