@@ -69,9 +69,9 @@ describe("a queue of 8 under 30 concurrent requests", () => {
 
   it("a streaming request to a full queue gets 429 + Retry-After too, not a 200 stream", async () => {
     const clients = Array.from({ length: QUEUE_SIZE + 1 }, () => new AbortController());
-    // one long job runs; eight more wait behind it (another size, so none joins its batch)
+    // one long job runs (seconds at 128x128); eight more wait behind it (another size: none joins its batch)
     const pending = clients.map((c, i) =>
-      postJson(url, tinyBody({ steps: LONG_STEPS, seed: i, size: i === 0 ? "64x64" : "32x32" }), {
+      postJson(url, tinyBody({ steps: LONG_STEPS, seed: i, size: i === 0 ? "128x128" : "32x32" }), {
         signal: c.signal,
       }).catch(() => "aborted"),
     );

@@ -32,7 +32,7 @@ const MAX_STEPS_AFTER_ABORT = 2;
 const FREED_WITHIN_MS = 5000;
 /**
  * The server's request timeout: longer than any other test here keeps a request, shorter than the
- * timeout test's request (150 steps of 4 images: ~10 s here).
+ * timeout test's request (150 steps of 4 images at 128x128: ~7 s here, unloaded).
  */
 const TIMEOUT_MS = 2000;
 
@@ -133,9 +133,9 @@ describe("cancellation", () => {
   it("a client that leaves while queued leaves the queue at once", async () => {
     const running = new AbortController();
     const waiting = new AbortController();
-    const first = postJson(url, tinyBody({ steps: LONG_STEPS }), { signal: running.signal }).catch(
-      () => "aborted",
-    );
+    const first = postJson(url, tinyBody({ steps: LONG_STEPS, size: "128x128" }), {
+      signal: running.signal,
+    }).catch(() => "aborted");
     await waitFor("the first job to run", () => queue().busy);
     const second = postJson(url, tinyBody({ steps: LONG_STEPS, seed: 2, size: "32x32" }), {
       signal: waiting.signal,
@@ -151,7 +151,7 @@ describe("cancellation", () => {
 
   it("a request that outlives requestTimeoutMs is cancelled with 504", async () => {
     const started = performance.now();
-    const res = await postJson(url, tinyBody({ steps: LONG_STEPS, n: 4 }));
+    const res = await postJson(url, tinyBody({ steps: LONG_STEPS, n: 4, size: "128x128" }));
     expect(res.status).toBe(504);
     const { error } = (await res.json()) as ApiErrorBody;
     expect(error.code).toBe("STEPWISE_TIMEOUT");
