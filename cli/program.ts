@@ -5,12 +5,16 @@
 import { Command } from "commander";
 import { componentCommand } from "./commands/component.js";
 import { convertCommand } from "./commands/convert.js";
+import { convertSpmCommand } from "./commands/convert-spm.js";
 import { generateCommand } from "./commands/generate.js";
 import { inspectCommand } from "./commands/inspect.js";
 import { keysCommand } from "./commands/keys.js";
+import { loraCommand } from "./commands/lora.js";
 import { openapiCommand } from "./commands/openapi.js";
+import { scoreCommand } from "./commands/score.js";
 import { serveCommand } from "./commands/serve.js";
 import { tokenizeCommand } from "./commands/tokenize.js";
+import { trainCommand } from "./commands/train.js";
 import { zooCommand } from "./commands/zoo.js";
 
 export function buildProgram(): Command {
@@ -26,6 +30,10 @@ export function buildProgram(): Command {
   program.addCommand(convertCommand());
   program.addCommand(inspectCommand());
   program.addCommand(componentCommand());
+  program.addCommand(loraCommand());
+  program.addCommand(convertSpmCommand());
+  program.addCommand(scoreCommand());
+  program.addCommand(trainCommand());
   program.addCommand(tokenizeCommand());
   program.addCommand(keysCommand());
   program.addCommand(openapiCommand());

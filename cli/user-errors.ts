@@ -11,6 +11,9 @@ import { InferenceError } from "../diffusion/engine/onnx-runtime.js";
 import { ConfigError } from "../diffusion/models/config-reader.js";
 import { ParameterError } from "../diffusion/ops/ops.js";
 import { InvalidSeedError } from "../diffusion/random/index.js";
+import { SpmWeightsError } from "../diffusion/spm/checkpoint.js";
+import { SpmComponentError } from "../diffusion/spm/components.js";
+import { TfjsBackendError } from "../diffusion/tfjs/index.js";
 import { CheckpointError } from "../diffusion/weights/checkpoint-error.js";
 import { SafetensorsError } from "../diffusion/weights/safetensors.js";
 import { ZooError } from "../diffusion/zoo/zoo.js";
@@ -27,6 +30,9 @@ const USER_ERRORS = [
   InvalidSeedError,
   ParameterError,
   SafetensorsError,
+  SpmComponentError,
+  SpmWeightsError,
+  TfjsBackendError,
   ZooError,
 ];
 

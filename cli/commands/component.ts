@@ -1,8 +1,10 @@
 /**
- * `stepwise component run --kind unet|vae-encode|vae-decode|clip-text --config <config.json>
- * --weights <safetensors|bin> --inputs <safetensors> --out <safetensors> [--backend onnx|reference]
- * [--dtype fp32|fp16]`: runs one component on given input tensors and writes all of its outputs
- * (intermediates included), for debugging a conversion against upstream numbers.
+ * `stepwise component run --kind unet|vae-encode|vae-decode|clip-text|clip|spm|spm-preprocess
+ * --config <config.json> --weights <safetensors|bin> --inputs <safetensors> --out <safetensors>
+ * [--backend onnx|reference|tfjs] [--dtype fp32|fp16]`: runs one component on given input tensors
+ * and writes all of its outputs (intermediates included), for debugging a conversion against
+ * upstream numbers. clip, spm and spm-preprocess are the preference model's pieces
+ * (diffusion/spm/components.ts); tfjs runs the diffusion components on TensorFlow.js.
  *
  * Inputs are named as in the upstream reference io files (sample, timestep, encoder_hidden_states,
  * text_embeds, time_ids, image, latent, input_ids); other tensors in the file are ignored, so a
@@ -32,14 +34,27 @@ import { readConfigFile } from "../../diffusion/models/config-reader.js";
 import type { OnnxInputDType } from "../../diffusion/onnx/onnx-ops.js";
 import { writeOnnxModel } from "../../diffusion/onnx/writer.js";
 import { ReferenceOps } from "../../diffusion/ops/reference.js";
+import {
+  readSpmComponentFiles,
+  runSpmComponent,
+  SPM_COMPONENT_KINDS,
+  type SpmComponentKind,
+} from "../../diffusion/spm/components.js";
 import { int64, shapeString, Tensor, toFloat32 } from "../../diffusion/tensor.js";
+import {
+  createTfjsOps,
+  describeTfjsBackend,
+  runTfjsComponent,
+  selectTfjsBackend,
+} from "../../diffusion/tfjs/index.js";
 import { readSafetensors, writeSafetensors } from "../../diffusion/weights/safetensors.js";
 import { CliError } from "../cli-error.js";
 import { type CommandOutput, processOutput } from "../command-output.js";
 import { withUserErrors } from "../user-errors.js";
 
 export const COMPONENT_KINDS: readonly ComponentKind[] = ["unet", "vae-encode", "vae-decode", "clip-text"];
-const BACKENDS = ["onnx", "reference"] as const;
+const ALL_KINDS: readonly string[] = [...COMPONENT_KINDS, ...SPM_COMPONENT_KINDS];
+const BACKENDS = ["onnx", "reference", "tfjs"] as const;
 type Backend = (typeof BACKENDS)[number];
 const DTYPES = { fp32: "float32", fp16: "float16" } as const;
 type DtypeOption = keyof typeof DTYPES;
@@ -53,7 +68,7 @@ const PARAMETER_LISTING_PIXELS = 64;
 interface RunOptions {
   kind: string;
   config: string;
-  weights: string;
+  weights?: string;
   inputs: string;
   out: string;
   backend: string;
@@ -75,9 +90,15 @@ export function componentCommand(output: CommandOutput = processOutput): Command
   component
     .command("run")
     .description("Run one component on input tensors from a safetensors file and write all of its outputs")
-    .requiredOption("--kind <kind>", `which definition runs: ${COMPONENT_KINDS.join(", ")}`)
-    .requiredOption("--config <file>", "the component's config.json (diffusers or transformers)")
-    .requiredOption("--weights <file>", "the component's weights (.safetensors, or a PyTorch .bin)")
+    .requiredOption("--kind <kind>", `which definition runs: ${ALL_KINDS.join(", ")}`)
+    .requiredOption(
+      "--config <file>",
+      "the component's config.json (diffusers or transformers; a reference case.json for clip, spm, spm-preprocess)",
+    )
+    .option(
+      "--weights <file>",
+      "the component's weights (.safetensors, or a PyTorch .bin); not for spm-preprocess",
+    )
     .requiredOption(
       "--inputs <file>",
       "safetensors with the input tensors (names as in the reference io files)",
@@ -86,6 +107,10 @@ export function componentCommand(output: CommandOutput = processOutput): Command
     .option("--backend <backend>", `${BACKENDS.join(" or ")}`, "onnx")
     .option("--dtype <dtype>", "fp32 or fp16 (fp16: onnx backend only)", "fp32")
     .action(async (options: RunOptions) => {
+      if ((SPM_COMPONENT_KINDS as readonly string[]).includes(options.kind)) {
+        await runSpmKind(options, output);
+        return;
+      }
       const request = parseRunOptions(options);
       const outputs = await withUserErrors(() => runComponentFiles(request));
       output.stdout.write(
@@ -98,17 +123,40 @@ export function componentCommand(output: CommandOutput = processOutput): Command
   return component;
 }
 
+/** clip, spm and spm-preprocess: the preference model's reference cases (diffusion/spm/components.ts). */
+async function runSpmKind(o: RunOptions, output: CommandOutput): Promise<void> {
+  const kind = o.kind as SpmComponentKind;
+  if (o.backend === "tfjs") throw new CliError(`--backend tfjs runs the diffusion components, not ${kind}`);
+  if (!(BACKENDS as readonly string[]).includes(o.backend))
+    throw new CliError(`--backend must be ${BACKENDS.join(", ")}, got "${o.backend}"`);
+  if (!(o.dtype in DTYPES)) throw new CliError(`--dtype must be fp32 or fp16, got "${o.dtype}"`);
+  if (kind !== "spm-preprocess" && !o.weights) throw new CliError(`--weights is required for --kind ${kind}`);
+  const outputs = await withUserErrors(async () => {
+    const c = await readSpmComponentFiles({ kind, config: o.config, weights: o.weights, inputs: o.inputs });
+    const result = await runSpmComponent(c, {
+      backend: o.backend as "onnx" | "reference",
+      dtype: DTYPES[o.dtype as DtypeOption],
+    });
+    await writeSafetensors(o.out, result, { kind, backend: o.backend, dtype: o.dtype });
+    return result;
+  });
+  output.stdout.write(
+    `wrote ${outputs.size} outputs to ${o.out}:\n${[...outputs].map(([name, t]) => `  ${name} ${shapeString(t.shape)}\n`).join("")}`,
+  );
+}
+
 function parseRunOptions(o: RunOptions): ComponentRunRequest {
-  if (!(COMPONENT_KINDS as readonly string[]).includes(o.kind)) {
-    throw new CliError(`--kind must be one of ${COMPONENT_KINDS.join(", ")}, got "${o.kind}"`);
+  if (!ALL_KINDS.includes(o.kind)) {
+    throw new CliError(`--kind must be one of ${ALL_KINDS.join(", ")}, got "${o.kind}"`);
   }
+  if (!o.weights) throw new CliError(`--weights is required for --kind ${o.kind}`);
   if (!(BACKENDS as readonly string[]).includes(o.backend)) {
     throw new CliError(`--backend must be ${BACKENDS.join(" or ")}, got "${o.backend}"`);
   }
   if (!(o.dtype in DTYPES)) throw new CliError(`--dtype must be fp32 or fp16, got "${o.dtype}"`);
   const dtype = DTYPES[o.dtype as DtypeOption];
-  if (dtype === "float16" && o.backend === "reference") {
-    throw new CliError("--dtype fp16 needs --backend onnx (the reference backend computes in float32)");
+  if (dtype === "float16" && o.backend !== "onnx") {
+    throw new CliError(`--dtype fp16 needs --backend onnx (the ${o.backend} backend computes in float32)`);
   }
   return {
     kind: o.kind as ComponentKind,
@@ -158,7 +206,9 @@ export async function runComponentFiles(request: ComponentRunRequest): Promise<R
     const outputs =
       request.backend === "onnx"
         ? await runOnnx(resolved, source, feeds, request)
-        : await runReference(resolved, source, feeds);
+        : request.backend === "tfjs"
+          ? await runTfjs(resolved, source, feeds, request.weights)
+          : await runReference(resolved, source, feeds);
     await writeSafetensors(request.out, outputs, {
       kind: request.kind,
       backend: request.backend,
@@ -281,6 +331,23 @@ async function runOnnx(
     }
   } finally {
     await rm(dir, { recursive: true, force: true });
+  }
+}
+
+async function runTfjs(
+  resolved: ResolvedConfig,
+  source: CheckpointParamSource,
+  feeds: Record<string, Tensor>,
+  label: string,
+): Promise<Record<string, Tensor>> {
+  // Inference needs no gradients; the log line says which TensorFlow.js backend ran and why.
+  const selection = await selectTfjsBackend({ gradients: false });
+  process.stderr.write(`${describeTfjsBackend(selection)}\n`);
+  const ops = await createTfjsOps(source, { label });
+  try {
+    return await runTfjsComponent(ops, resolved, feeds, { intermediates: true, allHiddenStates: true });
+  } finally {
+    ops.dispose();
   }
 }
 
