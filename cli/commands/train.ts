@@ -164,7 +164,8 @@ async function runTrain(
     process.off("SIGINT", interrupt);
   };
   process.on("SIGINT", interrupt);
-  command.signal?.addEventListener("abort", () => controller.abort(), { once: true });
+  if (command.signal?.aborted) controller.abort();
+  else command.signal?.addEventListener("abort", () => controller.abort(), { once: true });
   let bar: ProgressBar | undefined;
   try {
     if (session.engine.provider.fallbackReason) {
@@ -184,7 +185,9 @@ async function runTrain(
     for (const warning of result.warnings) output.stderr.write(`stepwise: WARNING: ${warning}\n`);
     if (!result.completed) {
       throw new CliError(
-        `stopped after round ${result.rounds}; continue with: stepwise train --resume ${result.checkpoint ?? config.output_dir}`,
+        result.checkpoint === undefined
+          ? "stopped before the first round finished; nothing was written to resume from"
+          : `stopped after round ${result.rounds}; continue with: stepwise train --resume ${result.checkpoint}`,
         EXIT_INTERRUPTED,
       );
     }
