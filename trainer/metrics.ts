@@ -70,7 +70,7 @@ export class MetricsLog {
     if (current < resumeAtBytes) {
       throw new TrainerCheckpointError(
         path,
-        `metrics.jsonl has ${current} bytes, fewer than the ${resumeAtBytes} the checkpoint recorded`,
+        `has ${current} bytes, fewer than the ${resumeAtBytes} the checkpoint recorded; resume from the run's own output folder (the checkpoint's metrics.jsonl must be beside it)`,
       );
     }
     // Lines written after the checkpoint belong to rounds the resumed run does again.

@@ -8,19 +8,13 @@
  * factors are fed to the engine as they are.
  */
 import * as tf from "@tensorflow/tfjs-core";
-import {
-  type LoraAdapter,
-  loraAdapter,
-  loraModule,
-  qualifiedModulePath,
-  splitModulePath,
-} from "../diffusion/lora/adapter.js";
+import { type LoraAdapter, loraAdapter, loraModule, qualifiedModulePath } from "../diffusion/lora/adapter.js";
 import { type UNetConfig, unet2DConditionModel } from "../diffusion/models/unet2d-condition.js";
 import type { LoraFactors } from "../diffusion/ops/ops.js";
 import type { ParamSource } from "../diffusion/ops/params.js";
 import type { UNetFeeds } from "../diffusion/pipelines/pipeline-models.js";
 import type { RandomGenerator } from "../diffusion/random/generator.js";
-import { type Float32Tensor, float32, shapeString } from "../diffusion/tensor.js";
+import { type Float32Tensor, shapeString } from "../diffusion/tensor.js";
 import { toTf } from "../diffusion/tfjs/host.js";
 import { readLoraVariables } from "../diffusion/tfjs/lora.js";
 import { TfjsParameters } from "../diffusion/tfjs/parameters.js";
@@ -151,24 +145,4 @@ export class SpoPolicy {
     for (const { down, up } of this.variables.values()) tf.dispose([down, up]);
     this.parameters.dispose();
   }
-}
-
-/** A module path inside the UNet from an adapter's qualified name (`unet.down_blocks...`). */
-export function unetModulePath(qualified: string): string {
-  const { component, path } = splitModulePath(qualified);
-  if (component !== "unet") throw new TrainerStateError(`${qualified} is not a UNet module`);
-  return path;
-}
-
-/** Zero factors, for tests and for building shapes. */
-export function zeroFactors(
-  modules: readonly LoraModuleShape[],
-  rank: number,
-): Map<string, LoraFactors<Float32Tensor>> {
-  return new Map(
-    modules.map((m) => [
-      m.module,
-      { down: float32([rank, m.inFeatures]), up: float32([m.outFeatures, rank]) },
-    ]),
-  );
 }

@@ -15,12 +15,6 @@ import type { Float32Tensor } from "../diffusion/tensor.js";
 import { predictNoise, type RoundConditioning } from "./conditioning.js";
 import { rows, type SpoPair, sharesParent } from "./pools.js";
 
-/**
- * Parents per engine call: bounds the batch (twice this many rows with guidance) whatever the
- * round size; 16 keeps a 64x64-latent SD1.5 batch around a gigabyte of activations.
- */
-const REFERENCE_PARENTS_PER_CALL = 16;
-
 export interface TrainingPair extends SpoPair {
   /** The reference's log p(x_w | x_t) and log p(x_l | x_t), mean over C, H, W. */
   readonly refLogProbWin: number;
@@ -45,6 +39,11 @@ export interface ReferenceSettings {
   /** The loss's guidance: sample.guidance_scale with train.cfg, else 1 (unguided). */
   readonly guidanceScale: number;
   readonly eta: number;
+  /**
+   * Parents per engine call (default: all at once). The trainer passes the sampling batch (k
+   * candidates of each prompt), so the reference never runs a larger batch than sampling did.
+   */
+  readonly maxParentsPerCall?: number;
 }
 
 /** Attach the reference log-probabilities to every pair (engine without LoRA). */
@@ -56,13 +55,14 @@ export async function withReferenceLogProbs(
   settings: ReferenceSettings,
 ): Promise<TrainingPair[]> {
   const out: TrainingPair[] = [];
+  const limit = settings.maxParentsPerCall ?? Number.POSITIVE_INFINITY;
   for (let start = 0; start < pairs.length; ) {
-    // Take pairs until the chunk holds REFERENCE_PARENTS_PER_CALL parents (at least one pair).
+    // Take pairs until the chunk holds `limit` parents (at least one pair).
     let end = start;
     let parentCount = 0;
     while (
       end < pairs.length &&
-      (end === start || parentCount + (sharesParent(pairs[end]) ? 1 : 2) <= REFERENCE_PARENTS_PER_CALL)
+      (end === start || parentCount + (sharesParent(pairs[end]) ? 1 : 2) <= limit)
     ) {
       parentCount += sharesParent(pairs[end]) ? 1 : 2;
       end++;

@@ -172,7 +172,8 @@ export class TrainingSession {
 
 /**
  * The run's config: the file's (family defaults from its engine), or without one the resumed
- * checkpoint's own, and the checkpoint to resume from.
+ * checkpoint's own, and the checkpoint to resume from. A resumed run writes beside its checkpoint
+ * (`<output_dir>/checkpoints/round-N`), whatever output_dir the file names.
  */
 export async function loadSessionConfig(options: SessionConfigOptions): Promise<SessionConfig> {
   const checkpoint = options.resume === undefined ? undefined : await readCheckpoint(options.resume);
@@ -186,7 +187,12 @@ export async function loadSessionConfig(options: SessionConfigOptions): Promise<
     return { config: { ...checkpoint.state.config, output_dir: outputDirOf(checkpoint.folder) }, checkpoint };
   }
   const manifest = await readManifest(configuredModel(raw));
-  return { config: resolveTrainConfig(raw, trainFamily(manifest.family)), checkpoint };
+  const config = resolveTrainConfig(raw, trainFamily(manifest.family));
+  // A resumed run continues in place: its outputs (metrics.jsonl above all) are beside the checkpoint.
+  return {
+    config: checkpoint ? { ...config, output_dir: outputDirOf(checkpoint.folder) } : config,
+    checkpoint,
+  };
 }
 
 /** SPO's targets (to_q/k/v/out.0 of attn1 and attn2), each of which the engine must have a slot for. */

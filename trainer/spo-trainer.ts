@@ -290,6 +290,7 @@ export async function runSpoTraining(options: SpoRunOptions): Promise<SpoRunResu
     const pairs = await withReferenceLogProbs(engine, conditioning, scheduler, sampled.pairs, {
       guidanceScale: lossGuidance,
       eta: config.sample.eta,
+      maxParentsPerCall: batch * config.sample.num_sample_each_step,
     });
     const referenceMs = performance.now() - started;
     const scores = meanAndStd(sampled.scores);

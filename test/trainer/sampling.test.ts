@@ -2,7 +2,8 @@
  * The SPO sampling round's structure on a stand-in UNet (a cheap deterministic function of its
  * inputs) and hand-made candidate scores: which steps branch, which timesteps candidates are scored
  * at, which pairs the threshold keeps, that pairs are (parent -> best, parent -> worst) of one pool,
- * that the resampler ignores the scores, and the SDXL variant's segments with inner steps.
+ * that the resampler ignores the scores, and the SDXL variant's segments with inner steps; and the
+ * reference pass over those pairs.
  */
 import { describe, expect, it } from "vitest";
 import type {
@@ -12,11 +13,12 @@ import type {
   UNetFeeds,
 } from "../../diffusion/pipelines/pipeline-models.js";
 import { createGenerator } from "../../diffusion/random/index.js";
-import { DDIMScheduler } from "../../diffusion/schedulers/index.js";
+import { DDIMScheduler, ddimStepLogProb } from "../../diffusion/schedulers/index.js";
 import { type Float32Tensor, float32, Tensor, zeros } from "../../diffusion/tensor.js";
 import { SD15_SCHEDULER, SDXL_SCHEDULER } from "../../diffusion/zoo/tiny-configs.js";
-import type { RoundConditioning } from "../../trainer/conditioning.js";
+import { predictNoise, type RoundConditioning } from "../../trainer/conditioning.js";
 import { row, type SpoPair, sharesParent } from "../../trainer/pools.js";
+import { withReferenceLogProbs } from "../../trainer/reference.js";
 import { type SampledRound, type SamplingSettings, sampleRound } from "../../trainer/sampling.js";
 import type { CandidateScorer } from "../../trainer/scorer.js";
 
@@ -235,5 +237,48 @@ describe("SPO sampling round, SDXL variant", () => {
       expect(same(inner.parentLose, branch.lose)).toBe(true);
       expect(same(inner.parentWin, inner.parentLose)).toBe(false);
     }
+  });
+});
+
+describe("reference log-probabilities", () => {
+  it("take one UNet row for a shared parent, two otherwise, in chunks of at most maxParentsPerCall", async () => {
+    const family = "sdxl";
+    const { round } = await run(
+      family,
+      { numSteps: 7, divertStartStep: 1, innerSteps: 1, candidates: 2, threshold: 0.4 },
+      () => [3, 0],
+    );
+    const pairs = round.pairs;
+    expect(pairs.filter(sharesParent)).toHaveLength(3);
+    const scheduler = new DDIMScheduler(spec(family).schedulerConfig);
+    scheduler.setTimesteps(7);
+    const cond = conditioning(["a", "b"], family);
+    const all = new FakeModels(spec(family));
+    const whole = await withReferenceLogProbs(all as unknown as PipelineModels, cond, scheduler, pairs, {
+      guidanceScale: 5,
+      eta: 1,
+    });
+    // 3 shared + 3 x 2 parents = 9 rows, guided: 18.
+    expect(all.calls.map((c) => c.sample.shape[0])).toEqual([18]);
+    const chunked = new FakeModels(spec(family));
+    const parts = await withReferenceLogProbs(chunked as unknown as PipelineModels, cond, scheduler, pairs, {
+      guidanceScale: 5,
+      eta: 1,
+      maxParentsPerCall: 3,
+    });
+    expect(chunked.calls.every((c) => c.sample.shape[0] <= 2 * 3)).toBe(true);
+    expect(parts.map((p) => [p.refLogProbWin, p.refLogProbLose])).toEqual(
+      whole.map((p) => [p.refLogProbWin, p.refLogProbLose]),
+    );
+    // The lose transition is scored from its own parent: ddimStepLogProb on that row alone agrees.
+    const [inner] = pairs.filter((p) => !sharesParent(p));
+    const eps = await predictNoise(
+      all as unknown as PipelineModels,
+      cond,
+      { sample: inner.parentLose, timesteps: [inner.timestep], promptOfRow: [inner.prompt] },
+      5,
+    );
+    const lose = ddimStepLogProb(scheduler, eps, [inner.timestep], inner.parentLose, inner.lose, 1)[0];
+    expect(whole[pairs.indexOf(inner)].refLogProbLose).toBe(lose);
   });
 });
