@@ -78,7 +78,11 @@ describe("with API keys configured", () => {
 
   it("admin implies every scope", async () => {
     expect((await generate(bearer(root.key))).statusCode).toBe(200);
-    const refresh = await app.inject({ method: "POST", url: "/v1/admin/registry/refresh", headers: bearer(root.key) });
+    const refresh = await app.inject({
+      method: "POST",
+      url: "/v1/admin/registry/refresh",
+      headers: bearer(root.key),
+    });
     expect(refresh.statusCode).toBe(200);
     expect(refresh.json()).toEqual({ changed: false });
   });
@@ -98,8 +102,13 @@ describe("without keys", () => {
       const res = await server.app.inject({ method: "GET", url: "/v1/models" });
       expect(res.statusCode).toBe(200);
       expect(
-        (await server.app.inject({ method: "POST", url: "/v1/images/generations", payload: tinyBody({ steps: 1 }) }))
-          .statusCode,
+        (
+          await server.app.inject({
+            method: "POST",
+            url: "/v1/images/generations",
+            payload: tinyBody({ steps: 1 }),
+          })
+        ).statusCode,
       ).toBe(200);
     } finally {
       await server.close();
@@ -128,14 +137,16 @@ describe("checkAuthRule: a keyless server stays on loopback", () => {
 
   it("is allowed with keys, or with insecureNoAuth", () => {
     expect(() => checkAuthRule(resolveConfig({ host: "0.0.0.0", auth: { keys } }))).not.toThrow();
-    expect(() => checkAuthRule(resolveConfig({ host: "0.0.0.0", auth: { insecureNoAuth: true } }))).not.toThrow();
+    expect(() =>
+      checkAuthRule(resolveConfig({ host: "0.0.0.0", auth: { insecureNoAuth: true } })),
+    ).not.toThrow();
   });
 
   it("startServer refuses before loading anything", async () => {
     const started = performance.now();
-    await expect(startServer(resolveConfig({ host: "0.0.0.0", port: 0, dataDir: "/nonexistent" }))).rejects.toThrow(
-      /refusing to listen on 0\.0\.0\.0 without API keys/,
-    );
+    await expect(
+      startServer(resolveConfig({ host: "0.0.0.0", port: 0, dataDir: "/nonexistent" })),
+    ).rejects.toThrow(/refusing to listen on 0\.0\.0\.0 without API keys/);
     expect(performance.now() - started).toBeLessThan(1000);
   });
 });

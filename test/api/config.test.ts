@@ -6,7 +6,7 @@ import { writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { beforeAll, describe, expect, it } from "vitest";
 import { createApiKey } from "../../api/auth.js";
-import { ConfigFileError, ENV, loadConfig, resolveConfig, type ServerConfig } from "../../api/config.js";
+import { ConfigFileError, type ENV, loadConfig, resolveConfig, type ServerConfig } from "../../api/config.js";
 import { scratchDir } from "../helpers/tiny-engines.js";
 
 let dir: string;
@@ -50,7 +50,11 @@ describe("files", () => {
   it("reads JSON, filling the defaults of what it leaves out", async () => {
     const path = await file(
       "server.json",
-      JSON.stringify({ port: 9000, models: [{ id: "sd15", engine: "/engines/sd15" }], limits: { queueSize: 3 } }),
+      JSON.stringify({
+        port: 9000,
+        models: [{ id: "sd15", engine: "/engines/sd15" }],
+        limits: { queueSize: 3 },
+      }),
     );
     const config = await loadConfig({ file: path, env: {} });
     expect(config.port).toBe(9000);
@@ -92,7 +96,9 @@ describe("files", () => {
 
   it("names the file when it cannot be read or parsed", async () => {
     const missing = join(dir, "missing.json");
-    expect((await loadError({ file: missing, env: {} })).message).toMatch(/missing\.json: cannot read config file/);
+    expect((await loadError({ file: missing, env: {} })).message).toMatch(
+      /missing\.json: cannot read config file/,
+    );
     const broken = await file("broken.yaml", "port: [1, 2\n");
     expect((await loadError({ file: broken, env: {} })).message).toMatch(/broken\.yaml: cannot parse/);
     const list = await file("list.json", "[1, 2]");
@@ -102,7 +108,10 @@ describe("files", () => {
 
 describe("environment variables", () => {
   it("override the file, and CLI overrides override both", async () => {
-    const path = await file("base.json", JSON.stringify({ port: 9000, limits: { queueSize: 3, maxBatchRows: 2 } }));
+    const path = await file(
+      "base.json",
+      JSON.stringify({ port: 9000, limits: { queueSize: 3, maxBatchRows: 2 } }),
+    );
     const env = { STEPWISE_PORT: "9100", STEPWISE_QUEUE_SIZE: "5" };
     const fromEnv = await loadConfig({ file: path, env });
     expect(fromEnv.port).toBe(9100);
@@ -131,7 +140,8 @@ describe("environment variables", () => {
     };
     const env = Object.fromEntries(Object.entries(values).map(([k, [v]]) => [k, v]));
     const config = await loadConfig({ env });
-    for (const [name, [, read, expected]] of Object.entries(values)) expect(read(config), name).toEqual(expected);
+    for (const [name, [, read, expected]] of Object.entries(values))
+      expect(read(config), name).toEqual(expected);
   });
 
   it("keys come from STEPWISE_API_KEYS (as deploy/ mounts them from a Secret)", async () => {
@@ -147,7 +157,9 @@ describe("environment variables", () => {
     expect((await loadError({ env: { STEPWISE_PORT: "eighty" } })).message).toBe(
       'STEPWISE_PORT: must be an integer, got "eighty"',
     );
-    expect((await loadError({ env: { STEPWISE_API_KEYS: "[{" } })).message).toMatch(/^STEPWISE_API_KEYS: not valid JSON/);
+    expect((await loadError({ env: { STEPWISE_API_KEYS: "[{" } })).message).toMatch(
+      /^STEPWISE_API_KEYS: not valid JSON/,
+    );
     expect((await loadError({ env: { STEPWISE_EXECUTION_PROVIDER: "gpu" } })).message).toContain(
       "/executionProvider/provider",
     );
@@ -180,7 +192,7 @@ describe("validation", () => {
       "/limits/maxSteps",
       "/models/0/id",
       "/auth/keys/0/hash",
-      "/auth/keys/0/scopes/0 must be one of \"generate\", \"score\"",
+      '/auth/keys/0/scopes/0 must be one of "generate", "score"',
       "/bogus is not a setting",
     ]) {
       expect(message, field).toContain(field);

@@ -34,9 +34,10 @@ beforeAll(async () => {
 describe("openapi/openapi.json", () => {
   it("is current (regenerate with `npm run openapi` when a route schema changes)", async () => {
     const checkedIn = await readFile(CHECKED_IN, "utf8");
-    expect(checkedIn === generated, "openapi/openapi.json is stale: run `npm run openapi` and commit it").toBe(
-      true,
-    );
+    expect(
+      checkedIn === generated,
+      "openapi/openapi.json is stale: run `npm run openapi` and commit it",
+    ).toBe(true);
   });
 
   it("is exactly what the `openapi` command writes", async () => {
