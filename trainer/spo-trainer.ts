@@ -35,7 +35,7 @@ import {
   type RunProgress,
   writeCheckpoint,
 } from "./checkpoint.js";
-import { encodeRound } from "./conditioning.js";
+import { encodeRound, type RoundConditioning } from "./conditioning.js";
 import type { TrainConfig } from "./config.js";
 import { TrainerCheckpointError } from "./errors.js";
 import { type ExportedLora, exportTrainedLora } from "./export.js";
@@ -157,145 +157,176 @@ function predictionType(scheduler: DDIMScheduler): PredictionType {
   return scheduler.config.prediction_type as PredictionType;
 }
 
+/** Train (or continue) until every epoch is done or the options stop it; see the file comment. */
 export async function runSpoTraining(options: SpoRunOptions): Promise<SpoRunResult> {
-  const { config, engine, policy, prompts, log } = options;
-  const scheduler = new DDIMScheduler(engine.spec.schedulerConfig, "the engine's scheduler config");
-  scheduler.setTimesteps(config.sample.num_steps);
-  const settings: SamplingSettings = {
-    numSteps: config.sample.num_steps,
-    eta: config.sample.eta,
-    guidanceScale: config.sample.guidance_scale,
-    candidates: config.sample.num_sample_each_step,
-    divertStartStep: config.train.divert_start_step,
-    innerSteps: config.family === "sdxl" ? config.sample.num_inner_step : undefined,
-    threshold: config.compare_func_cfg.threshold,
-    latentSize: config.resolution / engine.spec.vaeScaleFactor,
-  };
-  const lossGuidance = config.train.cfg ? config.sample.guidance_scale : 1;
-  const lossSettings: LossSettings = {
-    beta: config.train.beta,
-    eps: config.train.eps,
-    guidanceScale: lossGuidance,
-    eta: config.sample.eta,
-    prediction: predictionType(scheduler),
-    clipSampleRange: scheduler.config.clip_sample ? scheduler.config.clip_sample_range : undefined,
-    accumulationSteps: config.train.gradient_accumulation_steps,
-  };
-  const optimizer = new LoraAdamW(policy.variables, {
-    learningRate: config.train.learning_rate,
-    beta1: config.train.adam_beta1,
-    beta2: config.train.adam_beta2,
-    epsilon: config.train.adam_epsilon,
-    weightDecay: config.train.adam_weight_decay,
-    maxGradNorm: config.train.max_grad_norm,
-  });
-  const outputDir = config.output_dir;
-  await mkdir(outputDir, { recursive: true });
-  const metricsPath = join(outputDir, METRICS_FILE);
-  const batch = config.sample.sample_batch_size;
-  const roundsPerEpoch = Math.ceil(prompts.length / batch);
-  const totalRounds = roundsPerEpoch * config.num_epochs;
-  const warnings: string[] = [];
-
-  let random: TrainerRandom;
-  let runId: string;
-  let state: LoopState;
-  let metrics: MetricsLog;
-  const resume = options.resume;
-  if (resume) {
-    checkIdentity(resume, options.identity);
-    if (resume.state.tfjsBackend !== options.tfjsBackend) {
-      log.warn(
-        { checkpoint: resume.state.tfjsBackend, now: options.tfjsBackend },
-        "resuming on another TF.js backend: the result will not be bit-identical to an uninterrupted run",
-      );
-    }
-    random = restoreTrainerRandom(resume.state.random);
-    runId = resume.state.runId;
-    policy.load(resume.lora, resume.folder);
-    optimizer.load(resume.optimizer, resume.folder);
-    metrics = await MetricsLog.open(metricsPath, resume.state.metricsBytes);
-    state = {
-      progress: resume.state.progress,
-      epochLoss: resume.state.epochLoss,
-      totals: resume.state.totals,
-      pending: { ...resume.state.pendingStep },
-    };
-    log.info({ checkpoint: resume.folder, round: state.progress.round, step: optimizer.step }, "resuming");
-  } else {
-    random = createTrainerRandom(config.seed);
-    runId = randomUUID();
-    policy.initialize(random.init);
-    metrics = await MetricsLog.open(metricsPath);
-    state = {
-      progress: { round: 0, epoch: 0, roundInEpoch: 0, epochOrder: null },
-      epochLoss: { steps: 0, maxDeviationFromLn2: 0 },
-      totals: { rounds: 0, pairsKept: 0, pairsOffered: 0 },
-      pending: { ...EMPTY_PENDING },
-    };
+  const run = await SpoRun.start(options);
+  try {
+    while (!run.finished && !run.stopRequested()) await run.round();
+    return await run.finish();
+  } finally {
+    run.dispose();
   }
-  log.info({ runId, prompts: prompts.length, roundsPerEpoch, totalRounds, outputDir }, "SPO training");
+}
 
-  let lastCheckpoint: string | undefined;
-  const saveCheckpoint = async (): Promise<void> => {
-    const checkpointState: CheckpointState = {
-      format: CHECKPOINT_FORMAT,
-      version: CHECKPOINT_VERSION,
-      runId,
-      createdAt: new Date().toISOString(),
-      identity: options.identity,
-      config,
-      progress: state.progress,
-      optimizer: { step: optimizer.step, pendingMicroBatches: optimizer.pendingMicroBatches },
-      random: trainerRandomState(random),
-      metricsBytes: metrics.bytes,
-      epochLoss: state.epochLoss,
-      tfjsBackend: options.tfjsBackend,
-      totals: state.totals,
-      pendingStep: state.pending,
+/** One training run's state and its steps (the loop above drives it round by round). */
+class SpoRun {
+  private readonly warnings: string[] = [];
+  private lastCheckpoint: string | undefined;
+  private lastLoss: number | undefined;
+
+  private constructor(
+    private readonly options: SpoRunOptions,
+    private readonly scheduler: DDIMScheduler,
+    private readonly sampling: SamplingSettings,
+    private readonly loss: LossSettings,
+    private readonly optimizer: LoraAdamW,
+    private readonly random: TrainerRandom,
+    private readonly runId: string,
+    private readonly metrics: MetricsLog,
+    private state: LoopState,
+  ) {}
+
+  static async start(options: SpoRunOptions): Promise<SpoRun> {
+    const { config, engine, policy, log, resume } = options;
+    const scheduler = new DDIMScheduler(engine.spec.schedulerConfig, "the engine's scheduler config");
+    scheduler.setTimesteps(config.sample.num_steps);
+    const sampling: SamplingSettings = {
+      numSteps: config.sample.num_steps,
+      eta: config.sample.eta,
+      guidanceScale: config.sample.guidance_scale,
+      candidates: config.sample.num_sample_each_step,
+      divertStartStep: config.train.divert_start_step,
+      innerSteps: config.family === "sdxl" ? config.sample.num_inner_step : undefined,
+      threshold: config.compare_func_cfg.threshold,
+      latentSize: config.resolution / engine.spec.vaeScaleFactor,
     };
-    lastCheckpoint = await writeCheckpoint(
-      outputDir,
-      checkpointState,
-      await policy.factors(),
-      await optimizer.state(),
-    );
-    log.info(
-      { checkpoint: lastCheckpoint, round: state.progress.round, step: optimizer.step },
-      "checkpoint written",
-    );
-  };
+    const loss: LossSettings = {
+      beta: config.train.beta,
+      eps: config.train.eps,
+      guidanceScale: config.train.cfg ? config.sample.guidance_scale : 1,
+      eta: config.sample.eta,
+      prediction: predictionType(scheduler),
+      clipSampleRange: scheduler.config.clip_sample ? scheduler.config.clip_sample_range : undefined,
+      accumulationSteps: config.train.gradient_accumulation_steps,
+    };
+    await mkdir(config.output_dir, { recursive: true });
+    const metricsPath = join(config.output_dir, METRICS_FILE);
+    const optimizer = new LoraAdamW(policy.variables, {
+      learningRate: config.train.learning_rate,
+      beta1: config.train.adam_beta1,
+      beta2: config.train.adam_beta2,
+      epsilon: config.train.adam_epsilon,
+      weightDecay: config.train.adam_weight_decay,
+      maxGradNorm: config.train.max_grad_norm,
+    });
+    try {
+      if (resume) {
+        checkIdentity(resume, options.identity);
+        if (resume.state.tfjsBackend !== options.tfjsBackend) {
+          log.warn(
+            { checkpoint: resume.state.tfjsBackend, now: options.tfjsBackend },
+            "resuming on another TF.js backend: the result will not be bit-identical to an uninterrupted run",
+          );
+        }
+        policy.load(resume.lora, resume.folder);
+        optimizer.load(resume.optimizer, resume.folder);
+        const metrics = await MetricsLog.open(metricsPath, resume.state.metricsBytes);
+        const state: LoopState = {
+          progress: resume.state.progress,
+          epochLoss: resume.state.epochLoss,
+          totals: resume.state.totals,
+          pending: { ...resume.state.pendingStep },
+        };
+        log.info(
+          { checkpoint: resume.folder, round: state.progress.round, step: optimizer.step },
+          "resuming",
+        );
+        const random = restoreTrainerRandom(resume.state.random);
+        return new SpoRun(
+          options,
+          scheduler,
+          sampling,
+          loss,
+          optimizer,
+          random,
+          resume.state.runId,
+          metrics,
+          state,
+        );
+      }
+      const random = createTrainerRandom(config.seed);
+      policy.initialize(random.init);
+      const state: LoopState = {
+        progress: { round: 0, epoch: 0, roundInEpoch: 0, epochOrder: null },
+        epochLoss: { steps: 0, maxDeviationFromLn2: 0 },
+        totals: { rounds: 0, pairsKept: 0, pairsOffered: 0 },
+        pending: { ...EMPTY_PENDING },
+      };
+      const metrics = await MetricsLog.open(metricsPath);
+      return new SpoRun(options, scheduler, sampling, loss, optimizer, random, randomUUID(), metrics, state);
+    } catch (err) {
+      optimizer.dispose();
+      throw err;
+    }
+  }
 
-  const loraFeeds = async (): Promise<LoraFeeds> =>
-    componentFactors(scaledFactors(await policy.adapter()), "unet");
-  let lastLoss: number | undefined;
-  const stopRequested = () =>
-    options.signal?.aborted === true ||
-    (options.stopAfterRounds !== undefined && state.progress.round >= options.stopAfterRounds);
+  private get config(): TrainConfig {
+    return this.options.config;
+  }
 
-  while (state.progress.epoch < config.num_epochs && !stopRequested()) {
-    const { epoch, roundInEpoch } = state.progress;
+  private get roundsPerEpoch(): number {
+    return Math.ceil(this.options.prompts.length / this.config.sample.sample_batch_size);
+  }
+
+  get finished(): boolean {
+    return this.state.progress.epoch >= this.config.num_epochs;
+  }
+
+  stopRequested(): boolean {
+    const { signal, stopAfterRounds } = this.options;
+    return (
+      signal?.aborted === true ||
+      (stopAfterRounds !== undefined && this.state.progress.round >= stopAfterRounds)
+    );
+  }
+
+  /** The current LoRA as the engine's slot feeds. */
+  private async loraFeeds(): Promise<LoraFeeds> {
+    return componentFactors(scaledFactors(await this.options.policy.adapter()), "unet");
+  }
+
+  /** One round: sample, reference, train; then counters, the epoch's end and a due checkpoint. */
+  async round(): Promise<void> {
+    const { engine, prompts, log, scorer } = this.options;
+    const { epoch, roundInEpoch } = this.state.progress;
+    const batch = this.config.sample.sample_batch_size;
     // 1. this round's prompts
-    const order = state.progress.epochOrder ?? permutation(random.shuffle, prompts.length);
+    const order = this.state.progress.epochOrder ?? permutation(this.random.shuffle, prompts.length);
     const roundPrompts = order.slice(roundInEpoch * batch, (roundInEpoch + 1) * batch).map((i) => prompts[i]);
     // 2-3. sample with the current LoRA
-    const lora = await loraFeeds();
-    const conditioning = await encodeRound(engine, roundPrompts, config.resolution);
+    const lora = await this.loraFeeds();
+    const conditioning = await encodeRound(engine, roundPrompts, this.config.resolution);
     const sampled = await sampleRound(
-      { models: engine, scorer: options.scorer, scheduler, settings, lora, generator: random.sampling },
+      {
+        models: engine,
+        scorer,
+        scheduler: this.scheduler,
+        settings: this.sampling,
+        lora,
+        generator: this.random.sampling,
+      },
       conditioning,
     );
     // 4. reference log-probabilities
-    let started = performance.now();
-    const pairs = await withReferenceLogProbs(engine, conditioning, scheduler, sampled.pairs, {
-      guidanceScale: lossGuidance,
-      eta: config.sample.eta,
-      maxParentsPerCall: batch * config.sample.num_sample_each_step,
+    const started = performance.now();
+    const pairs = await withReferenceLogProbs(engine, conditioning, this.scheduler, sampled.pairs, {
+      guidanceScale: this.loss.guidanceScale,
+      eta: this.loss.eta,
+      maxParentsPerCall: batch * this.sampling.candidates,
     });
-    const referenceMs = performance.now() - started;
     const scores = meanAndStd(sampled.scores);
     const figures: RoundFigures = {
-      round: state.progress.round + 1,
+      round: this.state.progress.round + 1,
       epoch: epoch + 1,
       pairs_kept: pairs.length,
       pairs_offered: sampled.offered,
@@ -303,130 +334,213 @@ export async function runSpoTraining(options: SpoRunOptions): Promise<SpoRunResu
       score_std: scores.std,
       sampling_ms: sampled.timings.samplingMs,
       scoring_ms: sampled.timings.scoringMs,
-      reference_ms: referenceMs,
+      reference_ms: performance.now() - started,
     };
     log.info({ ...figures }, "round sampled");
-    // 5. train on the round's pairs, shuffled, in micro-batches
-    const shuffled = permutation(random.shuffle, pairs.length).map((i) => pairs[i]);
-    for (let start = 0; start < shuffled.length; start += config.train.train_batch_size) {
-      const micro: TrainingPair[] = shuffled.slice(start, start + config.train.train_batch_size);
-      started = performance.now();
-      const { grads, stats } = lossAndGradients(policy, engine, conditioning, scheduler, micro, lossSettings);
-      optimizer.accumulate(grads);
-      const p = state.pending;
+    // 5. train on the round's pairs
+    await this.train(pairs, conditioning, figures);
+    // 6. counters, the epoch's end, checkpoint
+    const totals = this.state.totals;
+    this.state.totals = {
+      rounds: totals.rounds + 1,
+      pairsKept: totals.pairsKept + pairs.length,
+      pairsOffered: totals.pairsOffered + sampled.offered,
+    };
+    this.state.progress = {
+      round: this.state.progress.round + 1,
+      epoch,
+      roundInEpoch: roundInEpoch + 1,
+      epochOrder: order,
+    };
+    if (this.state.progress.roundInEpoch === this.roundsPerEpoch) {
+      await this.endEpoch(epoch);
+      this.state.progress = {
+        round: this.state.progress.round,
+        epoch: epoch + 1,
+        roundInEpoch: 0,
+        epochOrder: null,
+      };
+      this.state.epochLoss = { steps: 0, maxDeviationFromLn2: 0 };
+    }
+    this.options.onProgress?.({
+      round: this.state.progress.round,
+      totalRounds: this.roundsPerEpoch * this.config.num_epochs,
+      epoch: this.state.progress.epoch,
+      step: this.optimizer.step,
+      loss: this.lastLoss,
+    });
+    if (
+      this.state.progress.round % this.config.checkpoint_every === 0 ||
+      this.finished ||
+      this.stopRequested()
+    ) {
+      await this.checkpoint();
+    }
+  }
+
+  /**
+   * The pairs shuffled into micro-batches; each adds its gradient to the accumulation, and every
+   * gradient_accumulation_steps micro-batches (counted across rounds) AdamW steps.
+   */
+  private async train(
+    pairs: readonly TrainingPair[],
+    conditioning: RoundConditioning,
+    figures: RoundFigures,
+  ): Promise<void> {
+    const { policy, engine } = this.options;
+    const size = this.config.train.train_batch_size;
+    const shuffled = permutation(this.random.shuffle, pairs.length).map((i) => pairs[i]);
+    for (let start = 0; start < shuffled.length; start += size) {
+      let started = performance.now();
+      const { grads, stats } = lossAndGradients(
+        policy,
+        engine,
+        conditioning,
+        this.scheduler,
+        shuffled.slice(start, start + size),
+        this.loss,
+      );
+      this.optimizer.accumulate(grads);
+      const p = this.state.pending;
       p.lossSum += stats.loss;
       p.ratioWinSum += stats.ratioWin;
       p.ratioLoseSum += stats.ratioLose;
       p.microBatches++;
       p.pairs += stats.pairs;
       p.gradientMs += performance.now() - started;
-      if (optimizer.pendingMicroBatches < config.train.gradient_accumulation_steps) continue;
+      if (this.optimizer.pendingMicroBatches < this.config.train.gradient_accumulation_steps) continue;
       started = performance.now();
-      const report = await optimizer.apply();
+      const report = await this.optimizer.apply();
       p.gradientMs += performance.now() - started;
       const loss = p.lossSum / p.microBatches;
-      await metrics.append({
+      await this.metrics.append({
         ...figures,
-        step: optimizer.step,
+        step: this.optimizer.step,
         loss,
         ratio_win: p.ratioWinSum / p.microBatches,
         ratio_lose: p.ratioLoseSum / p.microBatches,
         gradient_ms: p.gradientMs,
         grad_norm: report.gradNorm,
         clip_scale: report.clipScale,
-        learning_rate: config.train.learning_rate,
+        learning_rate: this.config.train.learning_rate,
         pairs: p.pairs,
       });
-      lastLoss = loss;
+      this.lastLoss = loss;
       // The first step's loss is ln 2 by construction (up = 0: policy = reference); it says nothing.
-      if (optimizer.step > 1) {
-        state.epochLoss = {
-          steps: state.epochLoss.steps + 1,
-          maxDeviationFromLn2: Math.max(state.epochLoss.maxDeviationFromLn2, Math.abs(loss - Math.LN2)),
+      if (this.optimizer.step > 1) {
+        const e = this.state.epochLoss;
+        this.state.epochLoss = {
+          steps: e.steps + 1,
+          maxDeviationFromLn2: Math.max(e.maxDeviationFromLn2, Math.abs(loss - Math.LN2)),
         };
       }
-      state.pending = { ...EMPTY_PENDING };
+      this.state.pending = { ...EMPTY_PENDING };
     }
-    // 6. counters, epoch end, checkpoint
-    state.totals = {
-      rounds: state.totals.rounds + 1,
-      pairsKept: state.totals.pairsKept + pairs.length,
-      pairsOffered: state.totals.pairsOffered + sampled.offered,
-    };
-    state.progress = {
-      round: state.progress.round + 1,
-      epoch,
-      roundInEpoch: roundInEpoch + 1,
-      epochOrder: order,
-    };
-    if (state.progress.roundInEpoch === roundsPerEpoch) {
-      await endEpoch(epoch);
-      state.progress = { round: state.progress.round, epoch: epoch + 1, roundInEpoch: 0, epochOrder: null };
-      state.epochLoss = { steps: 0, maxDeviationFromLn2: 0 };
-    }
-    options.onProgress?.({
-      round: state.progress.round,
-      totalRounds,
-      epoch: state.progress.epoch,
-      step: optimizer.step,
-      loss: lastLoss,
-    });
-    const finished = state.progress.epoch >= config.num_epochs;
-    if (state.progress.round % config.checkpoint_every === 0 || finished || stopRequested())
-      await saveCheckpoint();
   }
 
-  async function endEpoch(epoch: number): Promise<void> {
-    const grid = join(outputDir, "samples", `epoch-${String(epoch + 1).padStart(3, "0")}.png`);
+  /** The validation grid with the current LoRA, and SPO's flat-loss symptom. */
+  private async endEpoch(epoch: number): Promise<void> {
+    const { log } = this.options;
+    const config = this.config;
+    const grid = join(config.output_dir, "samples", `epoch-${String(epoch + 1).padStart(3, "0")}.png`);
     await writeSampleGrid(
-      engine,
+      this.options.engine,
       {
         prompts: config.validation.prompts,
         seeds: config.validation.seeds,
         steps: config.sample.num_steps,
         guidanceScale: config.sample.guidance_scale,
         resolution: config.resolution,
-        lora: { key: `${runId}@${state.progress.round}`, feeds: await loraFeeds() },
+        lora: { key: `${this.runId}@${this.state.progress.round}`, feeds: await this.loraFeeds() },
       },
       grid,
     );
     log.info({ epoch: epoch + 1, grid }, "validation grid written");
-    if (isFlatAtLn2(state.epochLoss)) {
-      const warning = `epoch ${epoch + 1}: the loss stayed within ${state.epochLoss.maxDeviationFromLn2.toExponential(1)} of ln 2 for all ${state.epochLoss.steps} steps, so nothing is being learned (SPO's symptom of a broken setup: ratios stuck at 1 or clamped)`;
-      warnings.push(warning);
-      log.warn({ epoch: epoch + 1, ...state.epochLoss }, warning);
+    const flat = this.state.epochLoss;
+    if (isFlatAtLn2(flat)) {
+      const warning = `epoch ${epoch + 1}: the loss stayed within ${flat.maxDeviationFromLn2.toExponential(1)} of ln 2 for all ${flat.steps} steps, so nothing is being learned (SPO's symptom of a broken setup: ratios stuck at 1 or clamped)`;
+      this.warnings.push(warning);
+      log.warn({ epoch: epoch + 1, ...flat }, warning);
     }
   }
 
-  const completed = state.progress.epoch >= config.num_epochs;
-  const steps = await readMetrics(metricsPath);
-  const summary = summarizeMetrics(steps, state.totals);
-  const adapter = await policy.adapter();
-  optimizer.dispose();
-  let exports: ExportedLora[] = [];
-  if (completed) {
-    exports = await exportTrainedLora(adapter, config.export_formats, outputDir, options.engineContext);
-    const plots = await writeRunPlots(join(outputDir, "plots"), steps);
-    await writeFile(
-      join(outputDir, "summary.json"),
-      `${JSON.stringify({ runId, identity: options.identity, tfjsBackend: options.tfjsBackend, summary, exports, plots, warnings }, null, 2)}\n`,
+  private async checkpoint(): Promise<void> {
+    const { options, optimizer, state } = this;
+    const checkpointState: CheckpointState = {
+      format: CHECKPOINT_FORMAT,
+      version: CHECKPOINT_VERSION,
+      runId: this.runId,
+      createdAt: new Date().toISOString(),
+      identity: options.identity,
+      config: this.config,
+      progress: state.progress,
+      optimizer: { step: optimizer.step, pendingMicroBatches: optimizer.pendingMicroBatches },
+      random: trainerRandomState(this.random),
+      metricsBytes: this.metrics.bytes,
+      epochLoss: state.epochLoss,
+      tfjsBackend: options.tfjsBackend,
+      totals: state.totals,
+      pendingStep: state.pending,
+    };
+    const factors = await options.policy.factors();
+    this.lastCheckpoint = await writeCheckpoint(
+      this.config.output_dir,
+      checkpointState,
+      factors,
+      await optimizer.state(),
     );
-    log.info({ exports: exports.flatMap((e) => e.files), plots }, "training finished");
-  } else {
-    log.info(
-      { checkpoint: lastCheckpoint, round: state.progress.round },
-      "training stopped; resume with --resume",
+    options.log.info(
+      { checkpoint: this.lastCheckpoint, round: state.progress.round, step: optimizer.step },
+      "checkpoint written",
     );
   }
-  return {
-    runId,
-    completed,
-    rounds: state.progress.round,
-    steps: steps.length,
-    checkpoint: lastCheckpoint,
-    adapter,
-    summary,
-    exports,
-    warnings,
-  };
+
+  /** The result; a completed run also exports the LoRA, writes the plots and summary.json. */
+  async finish(): Promise<SpoRunResult> {
+    const { options, config, runId, warnings } = this;
+    const steps = await readMetrics(this.metrics.path);
+    const summary = summarizeMetrics(steps, this.state.totals);
+    const adapter = await options.policy.adapter();
+    let exports: ExportedLora[] = [];
+    if (this.finished) {
+      exports = await exportTrainedLora(
+        adapter,
+        config.export_formats,
+        config.output_dir,
+        options.engineContext,
+      );
+      const plots = await writeRunPlots(join(config.output_dir, "plots"), steps);
+      const report = {
+        runId,
+        identity: options.identity,
+        tfjsBackend: options.tfjsBackend,
+        summary,
+        exports,
+        plots,
+        warnings,
+      };
+      await writeFile(join(config.output_dir, "summary.json"), `${JSON.stringify(report, null, 2)}\n`);
+      options.log.info({ exports: exports.flatMap((e) => e.files), plots }, "training finished");
+    } else {
+      options.log.info(
+        { checkpoint: this.lastCheckpoint, round: this.state.progress.round },
+        "training stopped; resume with --resume",
+      );
+    }
+    return {
+      runId,
+      completed: this.finished,
+      rounds: this.state.progress.round,
+      steps: steps.length,
+      checkpoint: this.lastCheckpoint,
+      adapter,
+      summary,
+      exports,
+      warnings,
+    };
+  }
+
+  dispose(): void {
+    this.optimizer.dispose();
+  }
 }
