@@ -6,7 +6,7 @@
  * is skipped with a message, except under CI=true, where it fails.
  */
 import { existsSync } from "node:fs";
-import { type Browser, chromium } from "playwright-core";
+import { type Browser, chromium, type Page } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createApiKey } from "../../api/auth.js";
 import type { RunningServer } from "../../api/server.js";
@@ -20,6 +20,14 @@ if (!present && process.env.CI === "true") {
   );
 }
 if (!present) console.warn(`[skip] playground end-to-end: ${CHROMIUM} not found (apt-get install chromium)`);
+
+/**
+ * Run an expression in the page. A string, not a function: the page's DOM types are not in this
+ * project's TypeScript libs (Node only), and the page itself is plain JavaScript.
+ */
+function inPage<T = unknown>(page: Page, expression: string): Promise<T> {
+  return page.evaluate(expression) as Promise<T>;
+}
 
 /** Where a screenshot of the finished page goes when STEPWISE_PLAYGROUND_SCREENSHOT names a file. */
 const SCREENSHOT = process.env.STEPWISE_PLAYGROUND_SCREENSHOT;
@@ -71,16 +79,18 @@ describe.skipIf(!present)("playground in Chromium", () => {
       .poll(() => page.locator("#model option").allTextContents())
       .toEqual(["tiny-sd15 (sd15)", "tiny-sdxl (sdxl)"]);
     // every step the page shows, recorded as it happens
-    await page.evaluate(() => {
-      const seen: string[] = [];
-      (window as unknown as { stepsSeen: string[] }).stepsSeen = seen;
-      const status = document.getElementById("status")!;
-      new MutationObserver(() => seen.push(status.textContent ?? "")).observe(status, {
-        childList: true,
-        characterData: true,
-        subtree: true,
-      });
-    });
+    await inPage(
+      page,
+      `(() => {
+        const seen = (window.stepsSeen = []);
+        const status = document.getElementById("status");
+        new MutationObserver(() => seen.push(status.textContent)).observe(status, {
+          childList: true,
+          characterData: true,
+          subtree: true,
+        });
+      })()`,
+    );
 
     await page.fill("#prompt", "a lighthouse at dusk");
     await page.fill("#steps", String(STEPS));
@@ -95,23 +105,24 @@ describe.skipIf(!present)("playground in Chromium", () => {
     // this server has no registry, so no LoRA list: the page does without it
     expect(failed).toEqual(["404 /v1/loras"]);
     expect(await page.textContent("#error")).toBe("");
-    const stepsSeen = await page.evaluate(() => (window as unknown as { stepsSeen: string[] }).stepsSeen);
+    const stepsSeen = await inPage<string[]>(page, "window.stepsSeen");
     const steps = stepsSeen
       .filter((s) => s.startsWith("Step "))
       .map((s) => /^Step (\d+) \/ (\d+)/.exec(s)?.slice(1));
     expect(steps).toEqual(Array.from({ length: STEPS }, (_, i) => [String(i + 1), String(STEPS)]));
-    const progress = await page.$eval("#progress", (p) => [
-      (p as HTMLProgressElement).value,
-      (p as HTMLProgressElement).max,
-    ]);
+    const progress = await inPage<number[]>(
+      page,
+      `[document.getElementById("progress").value, document.getElementById("progress").max]`,
+    );
     expect(progress).toEqual([STEPS, STEPS]);
 
-    const image = await page.$eval("#image", (img) => ({
-      complete: (img as HTMLImageElement).complete,
-      width: (img as HTMLImageElement).naturalWidth,
-      height: (img as HTMLImageElement).naturalHeight,
-      src: (img as HTMLImageElement).src.slice(0, 22),
-    }));
+    const image = await inPage<Record<string, unknown>>(
+      page,
+      `(() => {
+        const img = document.getElementById("image");
+        return { complete: img.complete, width: img.naturalWidth, height: img.naturalHeight, src: img.src.slice(0, 22) };
+      })()`,
+    );
     expect(image).toEqual({
       complete: true,
       width: TINY_SIZE,
@@ -155,7 +166,7 @@ describe.skipIf(!present)("playground in Chromium", () => {
       await page.fill("#steps", "2");
       await page.click("#generate");
       await expect.poll(() => page.textContent("#status"), { timeout: 60_000 }).toMatch(/^Done: seed \d+/);
-      expect(await page.$eval("#image", (img) => (img as HTMLImageElement).naturalWidth)).toBe(TINY_SIZE);
+      expect(await inPage<number>(page, `document.getElementById("image").naturalWidth`)).toBe(TINY_SIZE);
     } finally {
       await page.close();
       await keyed.close();
@@ -167,8 +178,9 @@ describe.skipIf(!present)("playground in Chromium", () => {
     await page.goto(`${server.url}/`);
     await page.fill("#steps", "151");
     // the browser's own form check would stop this: submit the way a script would
-    await page.$eval("#form", (f) =>
-      (f as HTMLFormElement).requestSubmit?.call(Object.assign(f, { noValidate: true })),
+    await inPage(
+      page,
+      `(() => { const f = document.getElementById("form"); f.noValidate = true; f.requestSubmit(); })()`,
     );
     await expect.poll(() => page.textContent("#error")).toContain("body.steps must be <= 150");
     expect(await page.textContent("#status")).toBe("Failed.");
