@@ -27,7 +27,7 @@ import { loadSessionConfig, TrainingSession } from "../../trainer/session.js";
 import type { SpoRunResult, TrainerLog } from "../../trainer/spo-trainer.js";
 import { CliError } from "../cli-error.js";
 import { type CommandOutput, processOutput } from "../command-output.js";
-import { type ProgressBar, startProgressBar } from "../progress.js";
+import { startProgressBar } from "../progress.js";
 import { withUserErrors } from "../user-errors.js";
 
 /** The exit code of a run stopped by Ctrl-C (128 + SIGINT); its checkpoint is resumable. */
@@ -100,13 +100,17 @@ function checkPublishOptions(options: TrainOptions): void {
   if (alias !== undefined) check("--alias", () => assertAliasName(alias));
 }
 
-function runLog(outputDir: string, stderr: CommandOutput["stderr"]): TrainerLog {
+/** The run log: <output_dir>/train.log, and stderr too unless a progress bar owns it. */
+function runLog(outputDir: string, stderr: CommandOutput["stderr"]): { log: TrainerLog; close(): void } {
   mkdirSync(outputDir, { recursive: true });
+  // Synchronous writes: the last lines before a crash are the ones that matter.
   const file = pino.destination({ dest: join(outputDir, LOG_FILE), sync: true, append: true });
-  // On a terminal the progress bar owns stderr; the log still has every line.
   const streams: pino.StreamEntry[] = [{ stream: file }];
   if (stderr.isTTY !== true) streams.push({ stream: { write: (line: string) => stderr.write(line) } });
-  return pino({ name: "stepwise-train", base: undefined }, pino.multistream(streams));
+  return {
+    log: pino({ name: "stepwise-train", base: undefined }, pino.multistream(streams)),
+    close: () => file.end(),
+  };
 }
 
 async function publish(
@@ -147,14 +151,32 @@ async function runTrain(
     configPath: options.config,
     resume: options.resume,
   });
-  const log = runLog(config.output_dir, output.stderr);
-  const session = await TrainingSession.open({
-    config,
-    checkpoint,
-    provider: { provider: options.provider, deviceId: options.deviceId, intraOpThreads: options.threads },
-    tfjsBackend: options.tfjsBackend,
-    log,
-  });
+  const runLogFile = runLog(config.output_dir, output.stderr);
+  try {
+    const session = await TrainingSession.open({
+      config,
+      checkpoint,
+      provider: { provider: options.provider, deviceId: options.deviceId, intraOpThreads: options.threads },
+      tfjsBackend: options.tfjsBackend,
+      log: runLogFile.log,
+    });
+    try {
+      await trainSession(session, options, output, command);
+    } finally {
+      await session.close();
+    }
+  } finally {
+    runLogFile.close();
+  }
+}
+
+/** Run the session with a progress bar and Ctrl-C, then print, and publish what it exported. */
+async function trainSession(
+  session: TrainingSession,
+  options: TrainOptions,
+  output: CommandOutput,
+  command: TrainCommandOptions,
+): Promise<void> {
   const controller = new AbortController();
   const interrupt = () => {
     output.stderr.write(
@@ -166,7 +188,15 @@ async function runTrain(
   process.on("SIGINT", interrupt);
   if (command.signal?.aborted) controller.abort();
   else command.signal?.addEventListener("abort", () => controller.abort(), { once: true });
-  let bar: ProgressBar | undefined;
+  const { config } = session;
+  // The bar counts this session's rounds, so its ETA holds for a resumed run too.
+  const startRound = session.checkpoint?.state.progress.round ?? 0;
+  const totalRounds = Math.ceil(session.prompts.length / config.sample.sample_batch_size) * config.num_epochs;
+  const bar = startProgressBar(output.stderr, {
+    label: "training",
+    unit: "rounds",
+    total: totalRounds - startRound,
+  });
   try {
     if (session.engine.provider.fallbackReason) {
       output.stderr.write(
@@ -175,13 +205,9 @@ async function runTrain(
     }
     const result = await session.run({
       signal: controller.signal,
-      onProgress: (p) => {
-        bar ??= startProgressBar(output.stderr, { label: "training", unit: "rounds", total: p.totalRounds });
-        bar.update(p.round);
-      },
+      onProgress: (p) => bar.update(p.round - startRound),
     });
-    bar?.stop();
-    bar = undefined;
+    bar.stop();
     for (const warning of result.warnings) output.stderr.write(`stepwise: WARNING: ${warning}\n`);
     if (!result.completed) {
       throw new CliError(
@@ -202,9 +228,8 @@ async function runTrain(
       output.stdout.write(`published ${ref}\n`);
     }
   } finally {
-    bar?.stop();
+    bar.stop();
     process.off("SIGINT", interrupt);
-    await session.close();
   }
 }
 

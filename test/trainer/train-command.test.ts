@@ -20,9 +20,14 @@ interface Captured {
   stderr: string;
 }
 
-function sink(captured: Captured, key: keyof Captured, onWrite?: (text: string) => void): TextSink {
+function sink(
+  captured: Captured,
+  key: keyof Captured,
+  onWrite?: (text: string) => void,
+  isTTY = false,
+): TextSink {
   return {
-    isTTY: false,
+    isTTY,
     write: (text: string) => {
       captured[key] += text;
       onWrite?.(text);
@@ -31,16 +36,20 @@ function sink(captured: Captured, key: keyof Captured, onWrite?: (text: string) 
   };
 }
 
-/** Run the command; `stop.controller` is aborted once stderr shows text containing `stop.at`. */
+/**
+ * Run the command; `stop.controller` is aborted once stderr shows text containing `stop.at`;
+ * `tty`: stderr is a terminal.
+ */
 async function runTrain(
   args: string[],
   stop?: { controller: AbortController; at: string },
+  tty = false,
 ): Promise<Captured> {
   const captured: Captured = { stdout: "", stderr: "" };
   const onStderr = (text: string) => {
     if (stop && text.includes(stop.at)) stop.controller.abort();
   };
-  const output = { stdout: sink(captured, "stdout"), stderr: sink(captured, "stderr", onStderr) };
+  const output = { stdout: sink(captured, "stdout"), stderr: sink(captured, "stderr", onStderr, tty) };
   const command = trainCommand({ output, signal: stop?.controller.signal }).exitOverride();
   await command.parseAsync(
     [...args, "--provider", "cpu", "--threads", String(TEST_THREADS), "--tfjs-backend", "wasm"],
@@ -163,8 +172,11 @@ describe("stepwise train", () => {
     expect(err.exitCode).toBe(130);
     const checkpoint = join(dir, "out", "checkpoints", "round-00000001");
     expect(err.message).toBe(`stopped after round 1; continue with: stepwise train --resume ${checkpoint}`);
-    const resumed = await runTrain(["--resume", checkpoint]);
+    // On a terminal: a progress bar over the rounds left, with an ETA; the log goes to train.log only.
+    const resumed = await runTrain(["--resume", checkpoint], undefined, true);
     expect(resumed.stdout.trim().split("\n")[0]).toBe(exportPath(join(dir, "out"), "diffusers"));
-    expect(resumed.stderr).toContain('"msg":"resuming"');
+    expect(resumed.stderr).toMatch(/training \[.*\] 1\/1 rounds \| .* \| eta /);
+    expect(resumed.stderr).not.toContain('"msg"');
+    expect(await readFile(join(dir, "out", "train.log"), "utf8")).toContain('"msg":"resuming"');
   });
 });
