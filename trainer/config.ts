@@ -12,6 +12,8 @@
 import { readFile } from "node:fs/promises";
 import { dirname, resolve } from "node:path";
 import { LORA_FORMATS, type LoraFormat } from "../diffusion/lora/formats/index.js";
+import { DEFAULT_MAX_LORA_RANK } from "../diffusion/lora/validate.js";
+import { MAX_SIDE } from "../diffusion/pipelines/text-to-image.js";
 import { TrainConfigError } from "./errors.js";
 
 export type TrainFamily = "sd15" | "sdxl";
@@ -95,8 +97,8 @@ type Check = (value: unknown, key: string) => unknown;
 interface KeySpec {
   readonly check: Check;
   /** The default per family; undefined means the key is required. */
-  readonly defaults?: Readonly<Record<TrainFamily, unknown>> | ((family: TrainFamily) => unknown);
-  /** The key only applies to these families. */
+  readonly defaults?: Readonly<Record<TrainFamily, unknown>>;
+  /** The key only applies to this family. */
   readonly only?: TrainFamily;
   /** The value is a path, resolved against the config file's folder. */
   readonly path?: boolean;
@@ -122,14 +124,17 @@ const integerIn =
     return v;
   };
 
-/** A finite number in (min, max] or [min, max] as `closedMin` says. */
+/** A finite number in (min, max] or [min, max] as `closedMin` says (max Infinity: no upper bound). */
 const numberIn =
   (min: number, max: number, closedMin: boolean): Check =>
   (v, key) => {
     const ok = typeof v === "number" && Number.isFinite(v) && (closedMin ? v >= min : v > min) && v <= max;
-    if (!ok) fail(key, `must be a number in ${closedMin ? "[" : "("}${min}, ${max}], got ${shown(v)}`);
+    const upper = max === Number.POSITIVE_INFINITY ? "inf)" : `${max}]`;
+    if (!ok) fail(key, `must be a number in ${closedMin ? "[" : "("}${min}, ${upper}, got ${shown(v)}`);
     return v;
   };
+
+const UNBOUNDED = Number.POSITIVE_INFINITY;
 
 const boolean: Check = (v, key) => {
   if (typeof v !== "boolean") fail(key, `must be true or false, got ${shown(v)}`);
@@ -182,23 +187,25 @@ const KEYS: Readonly<Record<string, KeySpec>> = {
   seed: { check: integerIn(0), defaults: family(42, 42) },
   num_epochs: { check: integerIn(1), defaults: family(10, 10) },
   // Multiples of 64 keep every UNet level's size even (8 pixels per latent, three halvings).
-  resolution: { check: integerIn(64, 4096), defaults: family(512, 1024) },
-  lora_rank: { check: integerIn(1, 1024), defaults: family(4, 64) },
+  resolution: { check: integerIn(64, MAX_SIDE), defaults: family(512, 1024) },
+  // What the registry and servers accept by default: a larger rank would train a LoRA nobody loads.
+  lora_rank: { check: integerIn(1, DEFAULT_MAX_LORA_RANK), defaults: family(4, 64) },
   checkpoint_every: { check: integerIn(1), defaults: family(25, 25) },
   export_formats: { check: formatList, defaults: family(["diffusers"], ["diffusers"]) },
   "sample.num_steps": { check: integerIn(2, 1000), defaults: family(20, 20) },
   "sample.eta": { check: numberIn(0, 1, false), defaults: family(1, 1) },
-  "sample.guidance_scale": { check: numberIn(0, 100, true), defaults: family(5, 5) },
+  "sample.guidance_scale": { check: numberIn(0, UNBOUNDED, true), defaults: family(5, 5) },
   "sample.sample_batch_size": { check: integerIn(1), defaults: family(10, 2) },
+  // Up to 64: the resampler's uniform picks are exact enough for pools that size (rng.ts).
   "sample.num_sample_each_step": { check: integerIn(2, 64), defaults: family(4, 2) },
   "sample.num_inner_step": { check: integerIn(0, 1000), defaults: family(0, 3), only: "sdxl" },
   "train.learning_rate": { check: numberIn(0, 1, false), defaults: family(6e-5, 1e-5) },
-  "train.beta": { check: numberIn(0, 1e6, false), defaults: family(10, 10) },
+  "train.beta": { check: numberIn(0, UNBOUNDED, false), defaults: family(10, 10) },
   "train.eps": { check: numberIn(0, 1, false), defaults: family(0.1, 0.1) },
   "train.divert_start_step": { check: integerIn(0, 999), defaults: family(4, 4) },
   "train.train_batch_size": { check: integerIn(1), defaults: family(10, 2) },
   "train.gradient_accumulation_steps": { check: integerIn(1), defaults: family(1, 2) },
-  "train.max_grad_norm": { check: numberIn(0, 1e9, true), defaults: family(1, 1) },
+  "train.max_grad_norm": { check: numberIn(0, UNBOUNDED, true), defaults: family(1, 1) },
   "train.adam_beta1": { check: numberIn(0, 1, true), defaults: family(0.9, 0.9) },
   "train.adam_beta2": { check: numberIn(0, 1, true), defaults: family(0.999, 0.999) },
   "train.adam_weight_decay": { check: numberIn(0, 1, true), defaults: family(1e-4, 1e-4) },
@@ -326,11 +333,6 @@ export function configuredModel(raw: RawTrainConfig): string {
   }
 }
 
-function defaultFor(spec: KeySpec, f: TrainFamily): unknown {
-  if (typeof spec.defaults === "function") return spec.defaults(f);
-  return spec.defaults?.[f];
-}
-
 /** Apply the family's defaults, check every value, and check the values against each other. */
 export function resolveTrainConfig(raw: RawTrainConfig, family: TrainFamily): TrainConfig {
   try {
@@ -349,7 +351,7 @@ function resolveChecked(raw: RawTrainConfig, f: TrainFamily): TrainConfig {
     }
     if (given === undefined) {
       if (spec.defaults === undefined) fail(key, "is required");
-      v.set(key, defaultFor(spec, f));
+      v.set(key, spec.defaults[f]);
     } else {
       v.set(key, spec.check(given, key));
     }

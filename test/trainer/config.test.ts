@@ -111,7 +111,7 @@ describe("training config", () => {
       "sample.eta: must be a number in (0, 1], got 0",
     );
     expect(configError(() => resolved({ lora_rank: 2.5 })).message).toMatch(
-      /^lora_rank: must be an integer in \[1, 1024\]/,
+      /^lora_rank: must be an integer in \[1, 256\]/,
     );
     expect(configError(() => resolved({ export_formats: ["onnx"] })).message).toMatch(
       /^export_formats: must be a non-empty list of diffusers, peft, kohya/,
