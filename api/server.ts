@@ -92,7 +92,11 @@ export function mergeExtras(...parts: ServerExtras[]): ServerExtras {
 }
 
 /** What `serve` runs: the configured registry (hot swap, LoRA routes) and the scoring models. */
-export async function defaultExtras(config: ServerConfig, metrics: Metrics, log: RegistryLog): Promise<ServerExtras> {
+export async function defaultExtras(
+  config: ServerConfig,
+  metrics: Metrics,
+  log: RegistryLog,
+): Promise<ServerExtras> {
   const registry = await openRegistryExtras(config, metrics, log);
   try {
     return mergeExtras(registry, await scoringExtras(config));

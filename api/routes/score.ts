@@ -9,7 +9,7 @@
  *     ([B, C, H, W], float32 or float16), with the other fields as query parameters (ScoreQuery).
  * Every check answers 400 with the exact reason; a body over the server's limit answers 413.
  */
-import type { FastifyInstance, FastifyRequest } from "fastify";
+import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import { type Static, Type } from "typebox";
 import { decodeImage, ImageDecodeError } from "../../diffusion/pipelines/image-io.js";
 import {
@@ -356,7 +356,13 @@ interface ScoreOutcome {
   readonly loras: readonly ResolvedLora[];
 }
 
-async function runScoring(app: FastifyInstance, spms: SpmPool, input: ScoreInput, request: FastifyRequest) {
+async function runScoring(
+  app: FastifyInstance,
+  spms: SpmPool,
+  input: ScoreInput,
+  request: FastifyRequest,
+  reply: FastifyReply,
+) {
   const { pool, adapters, config } = app.stepwise;
   const spm = spms.get(input.spm);
   if (!spm)
@@ -364,7 +370,7 @@ async function runScoring(app: FastifyInstance, spms: SpmPool, input: ScoreInput
   const model = input.latents || input.model !== undefined ? pool.get(input.model) : undefined;
   if ((input.latents || input.model !== undefined) && !model)
     throw new Errors.MODEL_NOT_FOUND(input.model ?? "(default)", pool.ids().join(", "));
-  const signal = requestSignal(request);
+  const signal = requestSignal(request, reply);
   const started = performance.now();
 
   let outcome: ScoreOutcome;
@@ -471,7 +477,10 @@ export function scoreRoutes(spms: SpmPool): (app: FastifyInstance) => Promise<vo
           response: { 200: ScoreResponse },
         },
       },
-      async (request: FastifyRequest<{ Body: ScoreBodyT | Buffer | string; Querystring: ScoreQueryT }>) => {
+      async (
+        request: FastifyRequest<{ Body: ScoreBodyT | Buffer | string; Querystring: ScoreQueryT }>,
+        reply: FastifyReply,
+      ) => {
         const body = request.body;
         let input: ScoreInput;
         if (Buffer.isBuffer(body)) input = inputFromSafetensors(body, request.query);
@@ -481,7 +490,7 @@ export function scoreRoutes(spms: SpmPool): (app: FastifyInstance) => Promise<vo
             `send application/json or application/octet-stream (safetensors), not ${request.headers["content-type"] ?? "no content type"}`,
           );
         try {
-          return await runScoring(app, spms, input, request);
+          return await runScoring(app, spms, input, request, reply);
         } catch (err) {
           if (err instanceof ScoringInputError) throw bad(err.message);
           if (err instanceof ScoringQueueFullError) {
