@@ -30,9 +30,10 @@ const ADAPTER_RANK = 4;
 const LATENT_SIDE = 32;
 /** Small factors so the adapter changes the output a little, as a trained one does. */
 const FACTOR_SCALE = 0.01;
-const TINY_REPS = { full: { warmup: 3, rounds: 40 }, quick: { warmup: 2, rounds: 10 } };
-/** An SD1.5 round is three steps of seconds each: 12 rounds keep the run to a few minutes. */
-const SD15_REPS = { warmup: 1, rounds: 12 };
+/** Rounds: the median's confidence interval narrows with their number; tiny rounds are cheap. */
+const TINY_REPS = { full: { warmup: 3, rounds: 100 }, quick: { warmup: 2, rounds: 20 } };
+/** An SD1.5 round is three steps of seconds each: 16 rounds keep the run to a few minutes. */
+const SD15_REPS = { warmup: 1, rounds: 16 };
 
 interface SlotModel {
   readonly label: string;

@@ -5,25 +5,25 @@
 import { mkdir, writeFile } from "node:fs/promises";
 import { cpus, totalmem } from "node:os";
 import { join } from "node:path";
-import { relativeSpread, type Summary } from "./stats.js";
+import { MEDIAN_CONFIDENCE, relativeSpread, type Summary } from "./stats.js";
 
 /**
- * Judged on the spread, not the median alone: a figure whose 25th-75th percentile range straddles
- * the target is "unclear" (on a busy machine, more rounds or a quieter moment will settle it).
+ * Judged on the median's 95% confidence interval, not the median alone: when the interval
+ * straddles the target the run cannot tell ("unclear"; more rounds or a quieter machine will).
  */
 export type Verdict = "met" | "missed" | "unclear";
 
 /** For a figure that must stay at or below `limit` (a slowdown ratio). */
 export function verdictAtMost(s: Summary, limit: number): Verdict {
-  if (s.p75 <= limit) return "met";
-  if (s.p25 > limit) return "missed";
+  if (s.medianHigh <= limit) return "met";
+  if (s.medianLow > limit) return "missed";
   return "unclear";
 }
 
 /** For a figure that must reach `target` (a fraction of the matmul rate). */
 export function verdictAtLeast(s: Summary, target: number): Verdict {
-  if (s.p25 >= target) return "met";
-  if (s.p75 < target) return "missed";
+  if (s.medianLow >= target) return "met";
+  if (s.medianHigh < target) return "missed";
   return "unclear";
 }
 
@@ -66,9 +66,16 @@ export function timeSummary(s: Summary): string {
   return `${ms(s.median)} (±${percent(relativeSpread(s))}, n=${s.n})`;
 }
 
-/** A ratio as "1.021x (p25-p75 1.010-1.035)". */
+const CONFIDENCE_LABEL = `${Math.round(MEDIAN_CONFIDENCE * 100)}% CI`;
+
+/** A median ratio with its confidence interval: "1.021x (95% CI 1.010-1.035)". */
 export function ratioSummary(s: Summary): string {
-  return `${s.median.toFixed(3)}x (p25-p75 ${s.p25.toFixed(3)}-${s.p75.toFixed(3)})`;
+  return `${s.median.toFixed(3)}x (${CONFIDENCE_LABEL} ${s.medianLow.toFixed(3)}-${s.medianHigh.toFixed(3)})`;
+}
+
+/** A median fraction with its confidence interval: "84.3% (95% CI 80.1%-90.2%)". */
+export function fractionSummary(s: Summary): string {
+  return `${percent(s.median)} (${CONFIDENCE_LABEL} ${percent(s.medianLow)}-${percent(s.medianHigh)})`;
 }
 
 function escapeCell(text: string): string {
@@ -122,8 +129,9 @@ export function renderMarkdown(
     "## Stepwise benchmark",
     "",
     `${machine.cpu}, ${machine.cores} cores, ${machine.memoryGiB} GiB; Node ${machine.node}, onnxruntime-node ${machine.onnxruntime}, CPU EP, ${machine.threads} intra-op threads; load average (1, 5, 15 min) ${loads(machine.loadAverage)} at start${machine.loadAverageAtEnd ? `, ${loads(machine.loadAverageAtEnd)} at end` : ""}.`,
-    "Figures are ratios measured in this run (median of per-round ratios, p25-p75 beside it); a verdict is",
-    "`unclear` when that range straddles the target. Times are context (they swing 10-20% between runs here).",
+    "Figures are ratios measured in this run: the median of per-round ratios with its 95% confidence interval;",
+    "a verdict is `unclear` when that interval straddles the target. Times are context: median (±half the",
+    "interquartile range, n runs); they swing 10-20% between runs here.",
     "",
   ];
   const rows = results.flatMap((r) => r.rows);

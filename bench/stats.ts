@@ -1,7 +1,8 @@
 /**
  * Statistics for timings on a shared machine (DESIGN.md, "Measuring on a shared machine"): runs
  * swing by 10-20%, so variants are run interleaved after warm-up, many times, and compared by
- * medians and by the ratio of each round's pair, with the spread reported beside them.
+ * medians and by the ratio of each round's pair, with the spread reported beside them and a
+ * distribution-free confidence interval of the median to judge targets by.
  */
 
 export class BenchError extends Error {
@@ -11,15 +12,21 @@ export class BenchError extends Error {
   }
 }
 
+/** Confidence level of the median's interval: what a verdict against a target rests on. */
+export const MEDIAN_CONFIDENCE = 0.95;
+
 /** Order statistics of a sample. */
 export interface Summary {
   readonly n: number;
   readonly median: number;
-  /** 25th and 75th percentiles: the spread quoted beside the median. */
+  /** 25th and 75th percentiles: the spread of single samples. */
   readonly p25: number;
   readonly p75: number;
   readonly min: number;
   readonly max: number;
+  /** A MEDIAN_CONFIDENCE interval of the median (see `medianInterval`). */
+  readonly medianLow: number;
+  readonly medianHigh: number;
 }
 
 function sorted(samples: readonly number[], what: string): number[] {
@@ -42,8 +49,29 @@ export function median(samples: readonly number[], what = "median"): number {
   return quantileOfSorted(sorted(samples, what), 0.5);
 }
 
+/**
+ * Ranks (0-based, into the sorted sample) of a distribution-free confidence interval of the median.
+ * With order statistics x(1) <= ... <= x(n), P(x(k) <= median <= x(n+1-k)) = 1 - 2 P(B <= k - 1)
+ * for B ~ Binomial(n, 1/2); k is the largest rank keeping that at or above `level` (k = 1, the
+ * whole range, when the samples are too few to reach it).
+ */
+export function medianIntervalRanks(n: number, level = MEDIAN_CONFIDENCE): { low: number; high: number } {
+  const tail = (1 - level) / 2;
+  let pmf = 0.5 ** n; // P(B = 0)
+  let cdf = pmf; // P(B <= k - 1) for k = 1
+  let k = 1;
+  while (k < n / 2) {
+    pmf *= (n - (k - 1)) / k; // P(B = k)
+    if (cdf + pmf > tail) break;
+    cdf += pmf;
+    k += 1;
+  }
+  return { low: k - 1, high: n - k };
+}
+
 export function summarize(samples: readonly number[], what = "samples"): Summary {
   const s = sorted(samples, what);
+  const ranks = medianIntervalRanks(s.length);
   return {
     n: s.length,
     median: quantileOfSorted(s, 0.5),
@@ -51,6 +79,8 @@ export function summarize(samples: readonly number[], what = "samples"): Summary
     p75: quantileOfSorted(s, 0.75),
     min: s[0],
     max: s[s.length - 1],
+    medianLow: s[ranks.low],
+    medianHigh: s[ranks.high],
   };
 }
 

@@ -18,6 +18,7 @@ import { profileModel, summarizeProfile } from "./profile.js";
 import {
   type BenchResult,
   type DetailTable,
+  fractionSummary,
   percent,
   type ReportRow,
   timeSummary,
@@ -84,11 +85,10 @@ async function timeStep(
 }
 
 function stepRow(measure: string, f: StepFigure, target?: number): ReportRow {
-  const { median, p25, p75 } = f.fraction;
   return {
     bench: "unet-step",
     measure,
-    value: `${percent(median)} of matmul rate (p25-p75 ${percent(p25)}-${percent(p75)})`,
+    value: `${fractionSummary(f.fraction)} of matmul rate`,
     target: target === undefined ? undefined : `>= ${percent(target, 0)}`,
     verdict: target === undefined ? undefined : verdictAtLeast(f.fraction, target),
     context: `fastest runs ${percent(f.fastestFraction)}; ${timeSummary(f.step)} per step; ${(f.macs / 1e9).toFixed(2)} GMAC at ${f.gmacs.toFixed(1)} GMAC/s`,

@@ -3,6 +3,7 @@ import {
   BenchError,
   interleave,
   median,
+  medianIntervalRanks,
   pairedRatios,
   quantileOfSorted,
   relativeSpread,
@@ -24,8 +25,22 @@ describe("bench statistics", () => {
   it("median and summary do not depend on sample order", () => {
     expect(median([5, 1, 4, 2])).toBe(3);
     const s = summarize([9, 1, 5, 3, 7]);
-    expect(s).toEqual({ n: 5, median: 5, p25: 3, p75: 7, min: 1, max: 9 });
+    expect(s).toEqual({ n: 5, median: 5, p25: 3, p75: 7, min: 1, max: 9, medianLow: 1, medianHigh: 9 });
     expect(relativeSpread(s)).toBeCloseTo(0.4, 12);
+  });
+
+  it("the median's confidence interval uses the binomial order-statistic ranks", () => {
+    // Published 95% ranks (1-based): n = 6 -> 1..6, 12 -> 3..10, 16 -> 4..13, 40 -> 14..27, 100 -> 40..61.
+    expect(medianIntervalRanks(6)).toEqual({ low: 0, high: 5 });
+    expect(medianIntervalRanks(12)).toEqual({ low: 2, high: 9 });
+    expect(medianIntervalRanks(16)).toEqual({ low: 3, high: 12 });
+    expect(medianIntervalRanks(40)).toEqual({ low: 13, high: 26 });
+    expect(medianIntervalRanks(100)).toEqual({ low: 39, high: 60 });
+    // Too few samples for 95%: the whole range.
+    expect(medianIntervalRanks(3)).toEqual({ low: 0, high: 2 });
+    expect(medianIntervalRanks(1)).toEqual({ low: 0, high: 0 });
+    const s = summarize(Array.from({ length: 12 }, (_, i) => 12 - i));
+    expect([s.medianLow, s.medianHigh]).toEqual([3, 10]);
   });
 
   it("rejects empty and non-finite samples, naming what was measured", () => {
