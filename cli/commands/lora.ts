@@ -18,6 +18,7 @@ import { LORA_COMPONENTS, type LoraAdapter, type LoraComponent } from "../../dif
 import { LoraAdapterError, LoraFormatError, LoraValidationError } from "../../diffusion/lora/errors.js";
 import { DEFAULT_MAX_LORA_RANK } from "../../diffusion/lora/validate.js";
 import { ConfigError } from "../../diffusion/models/config-reader.js";
+import { writeFileAtomic } from "../../diffusion/weights/file-io.js";
 import { SafetensorsError } from "../../diffusion/weights/safetensors.js";
 import { RegistryError } from "../../registry/errors.js";
 import {
@@ -253,11 +254,15 @@ export function loraCommand(options: LoraCommandOptions = {}): Command {
               "--format kohya needs --model ENGINE: kohya module names come from its UNet config",
             );
           }
-          const written = await exportLoraFile(pulled.adapter, flags.format, flags.out, {
-            engine,
-            component: flags.component,
-            conv1x1Modules: pulled.conv1x1Modules,
-          });
+          // The canonical file is written as stored (its sha256 is the manifest's); the others are exported.
+          const written =
+            flags.format === "canonical"
+              ? await writeFileAtomic(flags.out, [pulled.bytes]).then(() => [flags.out])
+              : await exportLoraFile(pulled.adapter, flags.format, flags.out, {
+                  engine,
+                  component: flags.component,
+                  conv1x1Modules: pulled.conv1x1Modules,
+                });
           const resolved = formatLoraRef({ name: manifest.name, version: manifest.version });
           print(`${formatLoraRef(ref)} = ${resolved} (${flags.format}) -> ${written.join(", ")}`);
         });

@@ -4,6 +4,7 @@
  * promote / rollback / delete with their refusals, pull in every format, and user errors as
  * CliErrors that name the file, LoRA or alias.
  */
+import { createHash } from "node:crypto";
 import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -222,6 +223,11 @@ describe("stepwise lora", () => {
       `style:latest = style@3 (canonical) -> ${latest}\n`,
     );
     expect((await readSafetensors(latest)).metadata.format).toBe("stepwise-lora");
+    // Written as stored: byte for byte the version's blob.
+    const sha256 = createHash("sha256")
+      .update(await readFile(latest))
+      .digest("hex");
+    expect(sha256).toBe((await registry.resolve({ name: "style", version: 3 })).sha256);
     expect(
       (await failure(["pull", "style:prod", "--out", latest, "--format", "kohya", ...reg()])).message,
     ).toBe("--format kohya needs --model ENGINE: kohya module names come from its UNet config");
