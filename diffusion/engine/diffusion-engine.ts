@@ -7,7 +7,13 @@
  * Nothing about an adapter is kept between calls.
  */
 import { join } from "node:path";
-import type { LoraFeeds, PipelineModels, PipelineSpec, TextEncoderOutput, UNetFeeds } from "../pipelines/pipeline-models.js";
+import type {
+  LoraFeeds,
+  PipelineModels,
+  PipelineSpec,
+  TextEncoderOutput,
+  UNetFeeds,
+} from "../pipelines/pipeline-models.js";
 import { loadSchedulerConfig } from "../schedulers/index.js";
 import { type Float32Tensor, Tensor, toFloat32 } from "../tensor.js";
 import { ClipTokenizer } from "../tokenizer/index.js";
@@ -33,14 +39,25 @@ export class DiffusionEngine implements PipelineModels {
     private readonly runtime: OnnxRuntimeWorker,
   ) {
     for (const slot of manifest.graphs.unet!.loraSlots) {
-      this.emptySlots.set(`${slot.module}.lora_down`, new Tensor("float32", [0, slot.inFeatures], new Float32Array(0)));
-      this.emptySlots.set(`${slot.module}.lora_up`, new Tensor("float32", [slot.outFeatures, 0], new Float32Array(0)));
+      this.emptySlots.set(
+        `${slot.module}.lora_down`,
+        new Tensor("float32", [0, slot.inFeatures], new Float32Array(0)),
+      );
+      this.emptySlots.set(
+        `${slot.module}.lora_up`,
+        new Tensor("float32", [slot.outFeatures, 0], new Float32Array(0)),
+      );
     }
   }
 
-  static async open(folder: string, provider: ExecutionProviderConfig = { provider: "cpu" }): Promise<DiffusionEngine> {
+  static async open(
+    folder: string,
+    provider: ExecutionProviderConfig = { provider: "cpu" },
+  ): Promise<DiffusionEngine> {
     const manifest = await readManifest(folder);
-    const tokenizers = await Promise.all(manifest.textEncoders.map((t) => ClipTokenizer.fromFolder(join(folder, t.tokenizer))));
+    const tokenizers = await Promise.all(
+      manifest.textEncoders.map((t) => ClipTokenizer.fromFolder(join(folder, t.tokenizer))),
+    );
     const scheduler = await loadSchedulerConfig(join(folder, "scheduler"));
     const spec: PipelineSpec = {
       family: manifest.family === "sdxl" ? "sdxl" : "sd15",
@@ -75,8 +92,14 @@ export class DiffusionEngine implements PipelineModels {
 
   async textEncoder(index: number, inputIds: Tensor<"int64">): Promise<TextEncoderOutput> {
     const entry = this.manifest.textEncoders[index];
-    if (!entry) throw new EngineInputError(`text encoder ${index} does not exist (the engine has ${this.manifest.textEncoders.length})`);
-    const ids = this.inputDtype(entry.component, "input_ids") === "int32" ? new Tensor("int32", inputIds.shape, Int32Array.from(inputIds.data, Number)) : inputIds;
+    if (!entry)
+      throw new EngineInputError(
+        `text encoder ${index} does not exist (the engine has ${this.manifest.textEncoders.length})`,
+      );
+    const ids =
+      this.inputDtype(entry.component, "input_ids") === "int32"
+        ? new Tensor("int32", inputIds.shape, Int32Array.from(inputIds.data, Number))
+        : inputIds;
     const wanted = [entry.hiddenOutput, ...(entry.pooledOutput ? [entry.pooledOutput] : [])];
     const out = await this.runtime.run(entry.component, { input_ids: ids }, wanted);
     return {
@@ -92,7 +115,10 @@ export class DiffusionEngine implements PipelineModels {
     const slots = new Map(this.manifest.graphs.unet!.loraSlots.map((s) => [s.module, s]));
     for (const [module, f] of lora) {
       const slot = slots.get(module);
-      if (!slot) throw new EngineInputError(`LoRA module ${module} has no slot in this engine (targets: ${this.manifest.loraTargets})`);
+      if (!slot)
+        throw new EngineInputError(
+          `LoRA module ${module} has no slot in this engine (targets: ${this.manifest.loraTargets})`,
+        );
       const [r, inF] = f.down.shape;
       if (inF !== slot.inFeatures || f.up.shape[0] !== slot.outFeatures || f.up.shape[1] !== r) {
         throw new EngineInputError(
@@ -108,7 +134,11 @@ export class DiffusionEngine implements PipelineModels {
   async unet(f: UNetFeeds, lora?: LoraFeeds): Promise<Float32Tensor> {
     const timestep =
       this.inputDtype("unet", "timestep") === "int64"
-        ? new Tensor("int64", f.timestep.shape, BigInt64Array.from(f.timestep.data, (t) => BigInt(Math.round(t))))
+        ? new Tensor(
+            "int64",
+            f.timestep.shape,
+            BigInt64Array.from(f.timestep.data, (t) => BigInt(Math.round(t))),
+          )
         : f.timestep;
     const feeds: Record<string, Tensor> = {
       ...this.loraInputs(lora),
@@ -117,7 +147,8 @@ export class DiffusionEngine implements PipelineModels {
       encoder_hidden_states: f.encoderHiddenStates,
     };
     if (this.spec.addTimeIds) {
-      if (!f.textEmbeds || !f.timeIds) throw new EngineInputError("this SDXL UNet needs text_embeds and time_ids");
+      if (!f.textEmbeds || !f.timeIds)
+        throw new EngineInputError("this SDXL UNet needs text_embeds and time_ids");
       feeds.text_embeds = f.textEmbeds;
       feeds.time_ids = f.timeIds;
     }
@@ -131,8 +162,12 @@ export class DiffusionEngine implements PipelineModels {
   }
 
   async vaeEncode(images: Float32Tensor): Promise<{ mean: Float32Tensor; logvar: Float32Tensor }> {
-    if (!this.manifest.graphs.vae_encoder) throw new InferenceError("this engine has no VAE encoder (img2img needs one)", "vae_encoder");
-    const out = await this.runtime.run("vae_encoder", { image: images }, ["posterior_mean", "posterior_logvar"]);
+    if (!this.manifest.graphs.vae_encoder)
+      throw new InferenceError("this engine has no VAE encoder (img2img needs one)", "vae_encoder");
+    const out = await this.runtime.run("vae_encoder", { image: images }, [
+      "posterior_mean",
+      "posterior_logvar",
+    ]);
     return { mean: toFloat32(out.posterior_mean), logvar: toFloat32(out.posterior_logvar) };
   }
 
