@@ -37,9 +37,21 @@ export interface ChangeIndex {
   readonly last: ChangeRecord;
 }
 
-const INDEX_OBJECT: CasObject<ChangeIndex> = {
+/**
+ * The index is only a signal, so an unreadable one (damaged by hand) is replaced by the next
+ * change rather than blocking every publish: it reads as generation 0, and the compare-and-swap
+ * overwrites exactly the damaged value.
+ */
+const INDEX_OBJECT: CasObject<ChangeIndex | undefined> = {
   key: INDEX_KEY,
-  parse: parseChangeIndex,
+  parse: (text) => {
+    try {
+      return parseChangeIndex(text);
+    } catch (error) {
+      if (error instanceof CorruptObjectError) return undefined;
+      throw error;
+    }
+  },
   serialize: (index) => new TextEncoder().encode(`${JSON.stringify(index, null, 2)}\n`),
 };
 

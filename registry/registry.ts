@@ -268,9 +268,10 @@ export class Registry {
         const change = deleteVersion(stored ?? EMPTY_ALIAS_TABLE, name, version, this.now());
         return change.unchanged ? { keep: true, result: false } : { write: change.table, result: true };
       });
-      // After the tombstone: a reader that still finds the blob is refused by the tombstone.
-      await this.store.delete(blobKey(name, version));
+      // The tombstone is the change; removing the blob is cleanup that a retry (finding the
+      // tombstone already there) finishes. A reader that still finds the blob is refused by it.
       if (changed) await this.signal({ op: "delete", name, version });
+      await this.store.delete(blobKey(name, version));
     });
   }
 

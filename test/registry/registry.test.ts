@@ -17,11 +17,12 @@ import {
   InvalidNameError,
   LoraNotFoundError,
   NothingToRollBackError,
+  RegistryUnavailableError,
   VersionDeletedError,
   VersionInUseError,
 } from "../../registry/errors.js";
 import { blobKey, INDEX_KEY, manifestKey } from "../../registry/names.js";
-import { listAll, type ObjectStore } from "../../registry/object-store.js";
+import { listAll, type ObjectStore, ObjectStoreError } from "../../registry/object-store.js";
 import { type PublishInfo, Registry } from "../../registry/registry.js";
 import { describeWithS3 } from "../setup/s3.js";
 import {
@@ -324,6 +325,37 @@ function registrySuite(factory: StoreFactory): void {
     await registry.promote("sig", "latest", 1);
     await registry.delete("sig", 2);
     expect(await changed()).toBe(true);
+  });
+
+  it("signals a delete whose blob removal failed, and finishes the removal when retried", async () => {
+    const { store } = await fresh();
+    let failDeletes = 1;
+    const flaky: ObjectStore = Object.assign(Object.create(store) as ObjectStore, {
+      async delete(key: string) {
+        if (failDeletes-- > 0) throw new ObjectStoreError("delete failed: 503 SlowDown", store.location, key);
+        return store.delete(key);
+      },
+    });
+    const registry = new Registry(flaky);
+    await registry.publish("flaky", smallAdapter(1), SD15);
+    await registry.publish("flaky", smallAdapter(2), SD15);
+    const token = await registry.changeToken();
+    await expect(registry.delete("flaky", 1)).rejects.toBeInstanceOf(RegistryUnavailableError);
+    expect(await registry.changeToken()).not.toBe(token);
+    await expect(registry.pull("flaky", 1)).rejects.toBeInstanceOf(VersionDeletedError);
+    expect((await store.head(blobKey("flaky", 1))).size).toBeGreaterThan(0); // still there
+    await registry.delete("flaky", 1);
+    await expect(store.head(blobKey("flaky", 1))).rejects.toThrow("no such object");
+  });
+
+  it("replaces a damaged index.json with the next change instead of failing it", async () => {
+    const { registry, store } = await fresh();
+    await registry.publish("idx", smallAdapter(1), SD15);
+    await store.put(INDEX_KEY, new TextEncoder().encode("garbage"));
+    const damaged = await registry.changeToken();
+    await registry.publish("idx", smallAdapter(2), SD15);
+    expect(await registry.changeToken()).not.toBe(damaged);
+    expect(await generation(store)).toBe(1);
   });
 
   it("detects a blob corrupted, truncated or removed behind its back, and a corrupt manifest", async () => {
