@@ -67,6 +67,14 @@ export class BenchContext {
     return s;
   }
 
+  /** Close a session `session()` opened (to free its memory before loading something big). */
+  async release(modelPath: string): Promise<void> {
+    const s = this.sessions.get(modelPath);
+    if (!s) return;
+    this.sessions.delete(modelPath);
+    await (await s).release();
+  }
+
   /**
    * A tiny engine folder, resolved once per run: its cache key hashes sources that others may be
    * editing, and every benchmark of one run must measure the same build.

@@ -6,12 +6,13 @@
  * multiply-accumulates each kernel did (computed from its shapes) and so its rate as a fraction of
  * the matmul peak: "Conv takes 61% of the time at 35% of peak" tells the lead which op to fix.
  */
-import { mkdtemp, readdir, readFile, rm } from "node:fs/promises";
+import { mkdir, mkdtemp, readdir, readFile, rm } from "node:fs/promises";
 import { join } from "node:path";
+import type { InferenceSession } from "onnxruntime-node";
 import type { MatmulPeak } from "./context.js";
-import { type Feeds, openSession } from "./ort-session.js";
+import { type Feeds, openSession, timedRun } from "./ort-session.js";
 import { type DetailTable, percent } from "./report.js";
-import { BenchError } from "./stats.js";
+import { BenchError, median } from "./stats.js";
 
 interface TraceEvent {
   readonly cat?: string;
@@ -72,24 +73,21 @@ export function kernelMacs(op: string, inputs: readonly number[][], outputs: rea
   return 0;
 }
 
-/** Kernel times of the last `model_run` in an onnxruntime profile. */
-export function lastRunKernels(events: readonly TraceEvent[]): KernelTime[] {
-  const runs = events.filter((e) => e.cat === "Session" && e.name === "model_run");
-  const last = runs[runs.length - 1];
-  if (!last || last.ts === undefined || last.dur === undefined) {
-    throw new BenchError("the onnxruntime profile has no model_run event");
-  }
-  const start = last.ts;
-  const end = last.ts + last.dur;
-  const kernels: KernelTime[] = [];
+/** Kernel times of each `model_run` in an onnxruntime profile, in run order. */
+export function kernelsByRun(events: readonly TraceEvent[]): KernelTime[][] {
+  const runs = events
+    .filter((e) => e.cat === "Session" && e.name === "model_run" && e.ts !== undefined && e.dur !== undefined)
+    .map((e) => ({ start: e.ts!, end: e.ts! + e.dur!, kernels: [] as KernelTime[] }))
+    .sort((a, b) => a.start - b.start);
   for (const e of events) {
     if (e.cat !== "Node" || !e.name?.endsWith(KERNEL_SUFFIX) || e.ts === undefined || e.dur === undefined)
       continue;
-    if (e.ts < start || e.ts > end) continue;
+    const run = runs.find((r) => e.ts! >= r.start && e.ts! <= r.end);
+    if (!run) continue;
     const op = e.args?.op_name ?? "?";
     const inputs = shapesOf(e.args?.input_type_shape);
     const outputs = shapesOf(e.args?.output_type_shape);
-    kernels.push({
+    run.kernels.push({
       node: e.name.slice(0, -KERNEL_SUFFIX.length),
       op,
       us: e.dur,
@@ -97,7 +95,61 @@ export function lastRunKernels(events: readonly TraceEvent[]): KernelTime[] {
       inputShapes: inputs,
     });
   }
-  return kernels;
+  return runs.map((r) => r.kernels);
+}
+
+/** Kernel times of the last `model_run` in an onnxruntime profile. */
+export function lastRunKernels(events: readonly TraceEvent[]): KernelTime[] {
+  const runs = kernelsByRun(events);
+  if (runs.length === 0) throw new BenchError("the onnxruntime profile has no model_run event");
+  return runs[runs.length - 1];
+}
+
+/**
+ * Each node's median kernel time over several runs of one graph. On a busy machine another
+ * process takes a core for whole scheduler slices (milliseconds), which lands on a random kernel
+ * of a random run: a 10 us kernel then reads 4 ms. A per-node median over runs drops those hits.
+ */
+export function medianKernels(runs: readonly (readonly KernelTime[])[]): KernelTime[] {
+  if (runs.length === 0) throw new BenchError("no profiled runs to take medians over");
+  const byNode = new Map<string, { kernel: KernelTime; us: number[] }>();
+  for (const run of runs) {
+    for (const k of run) {
+      const entry = byNode.get(k.node) ?? { kernel: k, us: [] };
+      entry.us.push(k.us);
+      byNode.set(k.node, entry);
+    }
+  }
+  return [...byNode.values()].map(({ kernel, us }) => ({ ...kernel, us: median(us, kernel.node) }));
+}
+
+/**
+ * "a.b.attn1.to_q/MatMul_2/MatmulTransposeFusion/" -> "a.b.attn1.to_q": the module a node belongs
+ * to; "" for nodes the optimiser adds at graph level ("ReorderOutput_token_57"), whose numbering
+ * differs between graphs.
+ */
+function moduleOfNode(node: string): string {
+  const slash = node.indexOf("/");
+  return slash < 0 ? "" : node.slice(0, slash);
+}
+
+/**
+ * The kernels of `run` with no counterpart in `reference` (another graph's run): matched as a
+ * multiset on module, op type and input shapes, not on node names, since a node added under a
+ * module renumbers its siblings (`to_v/MatMul_2` becomes `to_v/MatMul_4`). For a graph with LoRA
+ * slots against the same graph without, these are the slots' own kernels.
+ */
+export function unmatchedKernels(run: readonly KernelTime[], reference: readonly KernelTime[]): KernelTime[] {
+  const key = (k: KernelTime) => `${moduleOfNode(k.node)}|${k.op}|${JSON.stringify(k.inputShapes)}`;
+  const available = new Map<string, number>();
+  for (const k of reference) available.set(key(k), (available.get(key(k)) ?? 0) + 1);
+  const unmatched: KernelTime[] = [];
+  for (const k of run) {
+    const left = available.get(key(k)) ?? 0;
+    if (left > 0) available.set(key(k), left - 1);
+    else unmatched.push(k);
+  }
+  return unmatched;
 }
 
 /** "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q/MatMul" -> "down_blocks.1". */
@@ -229,32 +281,66 @@ export function summarizeProfile(
 }
 
 /**
- * Open `modelPath` with profiling on, run it `warmup` times and once more, and read the kernels of
- * that last run. The profile file is deleted afterwards (it is large and only the summary counts).
+ * A session with onnxruntime's profiler on: time runs with `run`, labelled, then `finish` for the
+ * kernels of every run. The profile file is deleted then (it is large; only the kernels count).
  */
+export class ProfilingSession {
+  private readonly labels: string[] = [];
+
+  private constructor(
+    private readonly session: InferenceSession,
+    private readonly dir: string,
+  ) {}
+
+  static async open(modelPath: string, threads: number, workDir: string): Promise<ProfilingSession> {
+    await mkdir(workDir, { recursive: true });
+    const dir = await mkdtemp(join(workDir, "profile-"));
+    try {
+      return new ProfilingSession(await openSession(modelPath, { threads, profileDir: dir }), dir);
+    } catch (err) {
+      await rm(dir, { recursive: true, force: true });
+      throw err;
+    }
+  }
+
+  /** One run, remembered under `label`; returns its wall time in milliseconds. */
+  async run(feeds: Feeds, label: string): Promise<number> {
+    this.labels.push(label);
+    return timedRun(this.session, feeds);
+  }
+
+  /** End profiling and return each run's label and kernels, in run order. */
+  async finish(): Promise<Array<{ readonly label: string; readonly kernels: KernelTime[] }>> {
+    try {
+      this.session.endProfiling();
+      await this.session.release();
+      const files = (await readdir(this.dir)).filter((f) => f.endsWith(".json"));
+      if (files.length !== 1) {
+        throw new BenchError(`expected one onnxruntime profile in ${this.dir}, found ${files.length}`);
+      }
+      const events = JSON.parse(await readFile(join(this.dir, files[0]), "utf8")) as TraceEvent[];
+      const runs = kernelsByRun(events);
+      if (runs.length !== this.labels.length) {
+        throw new BenchError(
+          `the profile in ${this.dir} has ${runs.length} runs, ${this.labels.length} were made`,
+        );
+      }
+      return runs.map((kernels, i) => ({ label: this.labels[i], kernels }));
+    } finally {
+      await rm(this.dir, { recursive: true, force: true });
+    }
+  }
+}
+
+/** Profile `modelPath`: `warmup` runs, then one whose kernels are returned. */
 export async function profileModel(
   modelPath: string,
   feeds: Feeds,
   options: { readonly threads: number; readonly warmup: number; readonly workDir: string },
 ): Promise<KernelTime[]> {
-  const dir = await mkdtemp(join(options.workDir, "profile-"));
-  try {
-    const session = await openSession(modelPath, { threads: options.threads, profileDir: dir });
-    try {
-      for (let i = 0; i <= options.warmup; i++) {
-        const out = await session.run(feeds);
-        for (const t of Object.values(out)) t.dispose();
-      }
-      session.endProfiling();
-    } finally {
-      await session.release();
-    }
-    const files = (await readdir(dir)).filter((f) => f.endsWith(".json"));
-    if (files.length !== 1)
-      throw new BenchError(`expected one onnxruntime profile in ${dir}, found ${files.length}`);
-    const events = JSON.parse(await readFile(join(dir, files[0]), "utf8")) as TraceEvent[];
-    return lastRunKernels(events);
-  } finally {
-    await rm(dir, { recursive: true, force: true });
-  }
+  const session = await ProfilingSession.open(modelPath, options.threads, options.workDir);
+  for (let i = 0; i <= options.warmup; i++)
+    await session.run(feeds, i < options.warmup ? "warmup" : "profiled");
+  const runs = await session.finish();
+  return runs[runs.length - 1].kernels;
 }

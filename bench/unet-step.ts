@@ -41,6 +41,8 @@ const TINY_REPS = { full: { warmup: 5, rounds: 40, burst: 3 }, quick: { warmup: 
 const SD15_REPS = { warmup: 2, rounds: 6, burst: 9 };
 /** Untimed runs before the profiled one (the first run allocates the arena and prepacks weights). */
 const PROFILE_WARMUP = 1;
+/** Matmuls timed after the profiled run for its reference rate. */
+const PROFILE_BURST = 15;
 
 interface StepFigure {
   readonly step: Summary;
@@ -133,9 +135,9 @@ export async function unetStepBench(ctx: BenchContext): Promise<BenchResult> {
       warmup: PROFILE_WARMUP,
       workDir: BENCH_DIR,
     });
-    // Kernel rates against the matmul rate of the SD1.5 rounds (closest in time to the profile).
+    // Kernel rates against a matmul burst taken right after the profiled run, at the same load.
     const probe = await ctx.matmulProbe();
-    const gmacs = probe.gmacsAt(f.matmul.median);
+    const gmacs = probe.gmacsAt(await probe.burst(PROFILE_BURST));
     const profile = summarizeProfile(kernels, { gmacs, gflops: gmacs * FLOPS_PER_MAC }, "SD1.5 UNet step");
     details.push(...profile.tables);
     data.sd15Profile = { kernelMs: profile.kernelMs, byOp: profile.byOp };

@@ -1,5 +1,15 @@
 import { describe, expect, it } from "vitest";
-import { blockOf, kernelMacs, lastRunKernels, layerKindOf, summarizeProfile } from "../../bench/profile.js";
+import {
+  blockOf,
+  type KernelTime,
+  kernelMacs,
+  kernelsByRun,
+  lastRunKernels,
+  layerKindOf,
+  medianKernels,
+  summarizeProfile,
+  unmatchedKernels,
+} from "../../bench/profile.js";
 
 const attn = "down_blocks.1.attentions.0.transformer_blocks.0.attn1";
 
@@ -133,5 +143,75 @@ describe("onnxruntime profile summary", () => {
     expect(() => lastRunKernels([{ cat: "Session", name: "session_initialization", ts: 0, dur: 1 }])).toThrow(
       /no model_run/,
     );
+  });
+
+  it("splits a profile into runs and takes per-node medians that drop a preempted kernel", () => {
+    const event = (name: string, ts: number, dur: number) => ({
+      cat: "Node",
+      name: `${name}_kernel_time`,
+      ts,
+      dur,
+      args: { op_name: "Add", input_type_shape: [], output_type_shape: [] },
+    });
+    const events = [
+      { cat: "Session", name: "model_run", ts: 0, dur: 100 },
+      event("a/Add", 1, 10),
+      event("b/Add", 20, 20),
+      { cat: "Session", name: "model_run", ts: 200, dur: 5000 },
+      event("a/Add", 201, 4000), // preempted
+      event("b/Add", 4300, 22),
+      { cat: "Session", name: "model_run", ts: 6000, dur: 100 },
+      event("a/Add", 6001, 12),
+      event("b/Add", 6020, 18),
+    ];
+    const runs = kernelsByRun(events);
+    expect(runs.map((r) => r.map((k) => k.us))).toEqual([
+      [10, 20],
+      [4000, 22],
+      [12, 18],
+    ]);
+    expect(medianKernels(runs).map((k) => [k.node, k.us])).toEqual([
+      ["a/Add", 12],
+      ["b/Add", 20],
+    ]);
+  });
+
+  it("finds the kernels a graph adds by module, op and shapes, whatever their renumbered names", () => {
+    const k = (node: string, op: string, shapes: number[][], us = 1): KernelTime => ({
+      node,
+      op,
+      us,
+      macs: 0,
+      inputShapes: shapes,
+    });
+    const base = [
+      k(`${attn}.to_q/MatMul`, "MatMul", [[2, 256, 64]]),
+      k(`${attn}.to_v/MatMul_2/MatMulScaleFusion/`, "FusedMatMul", [
+        [2, 8, 256, 8],
+        [2, 8, 8, 256],
+      ]),
+      k("ReorderOutput_token_3", "ReorderOutput", [[2, 64, 16, 16]]),
+    ];
+    const withSlots = [
+      k(`${attn}.to_q/MatMul`, "MatMul", [[2, 256, 64]]),
+      k(`${attn}.to_q/MatMul_2/MatmulTransposeFusion/`, "FusedMatMul", [
+        [2, 256, 64],
+        [0, 64],
+      ]),
+      k(`${attn}.to_q/Add`, "Add", [
+        [2, 256, 64],
+        [2, 256, 64],
+      ]),
+      k(`${attn}.to_v/MatMul_4/MatMulScaleFusion/`, "FusedMatMul", [
+        [2, 8, 256, 8],
+        [2, 8, 8, 256],
+      ]),
+      k("ReorderOutput_token_7", "ReorderOutput", [[2, 64, 16, 16]]),
+    ];
+    expect(unmatchedKernels(withSlots, base).map((x) => x.node)).toEqual([
+      `${attn}.to_q/MatMul_2/MatmulTransposeFusion/`,
+      `${attn}.to_q/Add`,
+    ]);
+    expect(unmatchedKernels(base, withSlots)).toEqual([]);
   });
 });
