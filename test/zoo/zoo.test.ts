@@ -138,7 +138,7 @@ describe("stepwise zoo", () => {
   it("errors: an unknown model, a bad seed, an existing folder", async () => {
     const run = (args: string[]) => zooCommand(captured().output).parseAsync(args, { from: "user" });
     await expect(run(["tiny-sd3", "--out", temp.path("x")])).rejects.toThrow(
-      new CliError('unknown zoo model "tiny-sd3" (available: tiny-sd15, tiny-sdxl)'),
+      new CliError('unknown zoo model "tiny-sd3" (available: tiny-sd15, tiny-sdxl, tiny-spm)'),
     );
     await expect(run(["tiny-sd15", "--out", temp.path("x"), "--seed", "1.5"])).rejects.toThrow(
       new CliError('--seed must be an integer, got "1.5"'),
