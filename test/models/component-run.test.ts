@@ -220,7 +220,9 @@ describeWithShared(["reference"], "stepwise component run on the reference cases
 
     it("bad options: an unknown kind, fp16 on the reference backend, a missing file", async () => {
       await expect(runCase("vae-tiny", "vae")).rejects.toThrow(
-        new CliError('--kind must be one of unet, vae-encode, vae-decode, clip-text, got "vae"'),
+        new CliError(
+          '--kind must be one of unet, vae-encode, vae-decode, clip-text, clip, spm, spm-preprocess, got "vae"',
+        ),
       );
       await expect(
         runCase("vae-tiny", "vae-decode", ["--backend", "reference", "--dtype", "fp16"]),
