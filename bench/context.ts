@@ -56,22 +56,28 @@ export class BenchContext {
     return (await this.matmulMeasurement()).peak;
   }
 
-  /** A session kept open for the rest of the run. */
-  session(modelPath: string): Promise<InferenceSession> {
-    let s = this.sessions.get(modelPath);
+  /**
+   * A session kept open for the rest of the run. `instance` opens another session of the same
+   * model: variants compared by interleaving need one each, since a session run right after
+   * itself is faster (its thread pool still spinning, its buffers warm).
+   */
+  session(modelPath: string, instance = ""): Promise<InferenceSession> {
+    const key = `${modelPath}\0${instance}`;
+    let s = this.sessions.get(key);
     if (!s) {
-      this.log(`loading ${modelPath}`);
+      this.log(`loading ${modelPath}${instance ? ` (${instance})` : ""}`);
       s = openSession(modelPath, { threads: this.options.threads });
-      this.sessions.set(modelPath, s);
+      this.sessions.set(key, s);
     }
     return s;
   }
 
   /** Close a session `session()` opened (to free its memory before loading something big). */
-  async release(modelPath: string): Promise<void> {
-    const s = this.sessions.get(modelPath);
+  async release(modelPath: string, instance = ""): Promise<void> {
+    const key = `${modelPath}\0${instance}`;
+    const s = this.sessions.get(key);
     if (!s) return;
-    this.sessions.delete(modelPath);
+    this.sessions.delete(key);
     await (await s).release();
   }
 

@@ -4,8 +4,10 @@
  * `none`. Targets from the models issue: within 3% at rank 0 and within 5% at rank 4.
  *
  * Two figures per variant:
- * - wall time: the three run interleaved, many rounds after warm-up; the median of each round's
- *   time ratio against `none` with its confidence interval;
+ * - wall time: the three run interleaved, many rounds after warm-up, each in its own session (a
+ *   session run right after itself was up to 40% faster here, which biased a comparison that
+ *   shared one spo session between rank 0 and rank 4); the median of each round's time ratio
+ *   against `none` with its confidence interval;
  * - the slots' own kernels: the same three interleaved under onnxruntime's profiler; in each run
  *   of the spo graph, the kernels with no counterpart in the none graph (the slots' MatMuls and
  *   Adds) weighed against the rest of that run. On a busy machine other processes swamp a few
@@ -112,22 +114,31 @@ async function slotKernels(
   feeds: Readonly<Record<VariantName, Feeds>>,
 ): Promise<Record<SlotVariant, SlotKernels>> {
   const reps = PROFILED_REPS[ctx.options.quick ? "quick" : "full"];
-  // Free the timing sessions first: two more SD1.5 sessions would hold another 7 GB.
+  // Free the timing sessions first: three more SD1.5 sessions would hold another 10 GB.
   await ctx.release(model.paths.none);
-  await ctx.release(model.paths.spo);
-  const none = await ProfilingSession.open(model.paths.none, ctx.options.threads, BENCH_DIR);
-  const spo = await ProfilingSession.open(model.paths.spo, ctx.options.threads, BENCH_DIR);
-  const sessionOf = (v: VariantName) => (v === "none" ? none : spo);
+  await ctx.release(model.paths.spo, "rank0");
+  await ctx.release(model.paths.spo, "rank4");
+  const sessions: Record<VariantName, ProfilingSession> = {
+    none: await ProfilingSession.open(model.paths.none, ctx.options.threads, BENCH_DIR),
+    rank0: await ProfilingSession.open(model.paths.spo, ctx.options.threads, BENCH_DIR),
+    rank4: await ProfilingSession.open(model.paths.spo, ctx.options.threads, BENCH_DIR),
+  };
   // interleave runs each variant `warmup` times first: label those so the figures skip them.
   const runsSoFar: Record<VariantName, number> = { none: 0, rank0: 0, rank4: 0 };
   const label = (v: VariantName) => (runsSoFar[v]++ < reps.warmup ? "warmup" : v);
   ctx.log(`${model.label}: the same under the profiler, ${reps.rounds} rounds`);
   await interleave(
-    VARIANTS.map((v) => ({ name: v, run: () => sessionOf(v).run(feeds[v], label(v)) })),
+    VARIANTS.map((v) => ({ name: v, run: () => sessions[v].run(feeds[v], label(v)) })),
     reps,
   );
-  const runs = [...(await none.finish()), ...(await spo.finish())];
-  const medians = (v: VariantName) => medianKernels(runs.filter((r) => r.label === v).map((r) => r.kernels));
+  const runs = new Map<VariantName, KernelTime[][]>();
+  for (const v of VARIANTS) {
+    runs.set(
+      v,
+      (await sessions[v].finish()).filter((r) => r.label === v).map((r) => r.kernels),
+    );
+  }
+  const medians = (v: VariantName) => medianKernels(runs.get(v)!);
   const out = {} as Record<SlotVariant, SlotKernels>;
   const base = medians("none");
   for (const v of ["rank0", "rank4"] as const) {
@@ -141,19 +152,22 @@ async function slotKernels(
 
 async function measure(ctx: BenchContext, model: SlotModel, reps: { warmup: number; rounds: number }) {
   const step = unetStep(model.resolved, LATENT_SIDE);
-  const none = await ctx.session(model.paths.none);
-  const spo = await ctx.session(model.paths.spo);
-  const slots = qualifySlots("unet", sessionLoraSlots(spo));
+  const sessions: Record<VariantName, InferenceSession> = {
+    none: await ctx.session(model.paths.none),
+    rank0: await ctx.session(model.paths.spo, "rank0"),
+    rank4: await ctx.session(model.paths.spo, "rank4"),
+  };
+  const slots = qualifySlots("unet", sessionLoraSlots(sessions.rank0));
   const feeds: Record<VariantName, Feeds> = {
     none: step.feeds,
     rank0: { ...step.feeds, ...ortFeeds(slotFeeds("unet", slots, new Map())) },
-    rank4: { ...step.feeds, ...adapterFeeds(spo, ADAPTER_RANK, 2) },
+    rank4: { ...step.feeds, ...adapterFeeds(sessions.rank4, ADAPTER_RANK, 2) },
   };
   ctx.log(
     `${model.label}: none vs spo (${slots.length} slots) at rank 0 and ${ADAPTER_RANK}, ${reps.rounds} rounds`,
   );
   const times = await interleave(
-    VARIANTS.map((v) => ({ name: v, run: () => timedRun(v === "none" ? none : spo, feeds[v]) })),
+    VARIANTS.map((v) => ({ name: v, run: () => timedRun(sessions[v], feeds[v]) })),
     { ...reps, onRound: (r) => ctx.log(`  round ${r + 1}/${reps.rounds}`) },
   );
   const base = times.get("none")!;
