@@ -44,6 +44,7 @@ import { GENERATOR_KINDS, type GeneratorKind } from "../../diffusion/random/inde
 import { SCHEDULER_NAMES, type SchedulerName } from "../../diffusion/schedulers/index.js";
 import { readSafetensors, SafetensorsError } from "../../diffusion/weights/safetensors.js";
 import { CliError } from "../cli-error.js";
+import { nonNegativeInteger, positiveInteger } from "../option-parsers.js";
 import { type ProgressBar, startProgressBar, type TextSink } from "../progress.js";
 
 /** Where the command writes: file paths on stdout, warnings and the progress bar on stderr. */
@@ -115,17 +116,6 @@ interface GenerateOptions {
   deviceId?: number;
   threads?: number;
   out: string;
-}
-
-function positiveInteger(value: string): number {
-  if (!/^\d+$/.test(value) || Number(value) < 1)
-    throw new InvalidArgumentError("expected a positive integer");
-  return Number(value);
-}
-
-function nonNegativeInteger(value: string): number {
-  if (!/^\d+$/.test(value)) throw new InvalidArgumentError("expected a non-negative integer");
-  return Number(value);
 }
 
 function finiteNumber(value: string): number {

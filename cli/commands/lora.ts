@@ -37,6 +37,7 @@ import { Registry } from "../../registry/registry.js";
 import { registryUrlFromEnv } from "../../registry/store-url.js";
 import { CliError } from "../cli-error.js";
 import { type CommandOutput, processOutput } from "../command-output.js";
+import { positiveInteger } from "../option-parsers.js";
 
 export interface LoraCommandOptions {
   readonly output?: CommandOutput;
@@ -393,14 +394,6 @@ const UNSET = "none";
 
 function expectedArgument(text: string): number | typeof UNSET {
   return text === UNSET ? UNSET : versionArgument(text);
-}
-
-function positiveInteger(text: string): number {
-  const n = Number(text);
-  if (!/^[1-9][0-9]*$/.test(text) || !Number.isSafeInteger(n)) {
-    throw new InvalidArgumentError(`"${text}" is not a positive integer`);
-  }
-  return n;
 }
 
 async function userErrors<T>(action: () => Promise<T>): Promise<T> {

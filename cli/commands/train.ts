@@ -11,7 +11,7 @@
  */
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
-import { Command, InvalidArgumentError, Option } from "commander";
+import { Command, Option } from "commander";
 import pino from "pino";
 import { ExecutionProviderError, type ProviderName } from "../../diffusion/engine/execution-provider.js";
 import { ManifestError } from "../../diffusion/engine/manifest.js";
@@ -27,6 +27,7 @@ import { loadSessionConfig, TrainingSession } from "../../trainer/session.js";
 import type { SpoRunResult, TrainerLog } from "../../trainer/spo-trainer.js";
 import { CliError } from "../cli-error.js";
 import { type CommandOutput, processOutput } from "../command-output.js";
+import { nonNegativeInteger, positiveInteger } from "../option-parsers.js";
 import { startProgressBar } from "../progress.js";
 import { withUserErrors } from "../user-errors.js";
 
@@ -55,17 +56,6 @@ interface TrainOptions {
   deviceId?: number;
   threads?: number;
   tfjsBackend?: TfjsBackendName;
-}
-
-function positiveInteger(value: string): number {
-  if (!/^\d+$/.test(value) || Number(value) < 1)
-    throw new InvalidArgumentError("expected a positive integer");
-  return Number(value);
-}
-
-function nonNegativeInteger(value: string): number {
-  if (!/^\d+$/.test(value)) throw new InvalidArgumentError("expected a non-negative integer");
-  return Number(value);
 }
 
 /** Errors the user can fix, printed as one line. */

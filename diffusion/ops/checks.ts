@@ -57,3 +57,31 @@ export function convPads(options: Conv2dOptions): [number, number, number, numbe
   const p = options.padding ?? 0;
   return typeof p === "number" ? [p, p, p, p] : [p[0], p[1], p[2], p[3]];
 }
+
+/** numpy broadcasting of two shapes (aligned at the last axis); errors are `backend`'s OpErrors. */
+export function broadcastShapesOf(
+  backend: string,
+  op: string,
+  a: readonly number[],
+  b: readonly number[],
+): number[] {
+  const rank = Math.max(a.length, b.length);
+  const out: number[] = [];
+  for (let i = 0; i < rank; i++) {
+    const da = a[i - rank + a.length] ?? 1;
+    const db = b[i - rank + b.length] ?? 1;
+    if (da !== db && da !== 1 && db !== 1) {
+      throw new OpError(backend, op, `cannot broadcast ${shapeString(a)} with ${shapeString(b)}`);
+    }
+    out.push(da === 1 ? db : da);
+  }
+  return out;
+}
+
+/** A non-negative axis for `shape`, or `backend`'s OpError naming the op. */
+export function axisOfShape(backend: string, op: string, axis: number, shape: readonly number[]): number {
+  const a = normalizeAxis(axis, shape.length);
+  if (a === undefined)
+    throw new OpError(backend, op, `axis ${axis} is out of range for shape ${shapeString(shape)}`);
+  return a;
+}

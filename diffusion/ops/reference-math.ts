@@ -5,7 +5,7 @@
  * the side of exactness).
  */
 import { type Float32Tensor, float32, numel, shapeString, Tensor } from "../tensor.js";
-import { normalizeAxis, OpError } from "./checks.js";
+import { axisOfShape, broadcastShapesOf, OpError } from "./checks.js";
 
 const BACKEND = "reference";
 
@@ -14,24 +14,12 @@ export function fail(op: string, message: string): never {
 }
 
 export function axisOf(op: string, axis: number, shape: readonly number[]): number {
-  const a = normalizeAxis(axis, shape.length);
-  if (a === undefined) fail(op, `axis ${axis} is out of range for shape ${shapeString(shape)}`);
-  return a;
+  return axisOfShape(BACKEND, op, axis, shape);
 }
 
 /** numpy broadcasting of two shapes (aligned at the last axis). */
 export function broadcastShapes(op: string, a: readonly number[], b: readonly number[]): number[] {
-  const rank = Math.max(a.length, b.length);
-  const out: number[] = [];
-  for (let i = 0; i < rank; i++) {
-    const da = a[i - rank + a.length] ?? 1;
-    const db = b[i - rank + b.length] ?? 1;
-    if (da !== db && da !== 1 && db !== 1) {
-      fail(op, `cannot broadcast ${shapeString(a)} with ${shapeString(b)}`);
-    }
-    out.push(da === 1 ? db : da);
-  }
-  return out;
+  return broadcastShapesOf(BACKEND, op, a, b);
 }
 
 /** Row-major strides of `shape` as seen from `outShape`, 0 along broadcast axes. */

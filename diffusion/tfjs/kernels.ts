@@ -8,7 +8,7 @@
  * Errors are `OpError`s labelled "tfjs" with the op name and the offending shapes.
  */
 import * as tf from "@tensorflow/tfjs-core";
-import { normalizeAxis, OpError } from "../ops/checks.js";
+import { axisOfShape, broadcastShapesOf, OpError } from "../ops/checks.js";
 import { shapeString } from "../tensor.js";
 
 export const BACKEND = "tfjs";
@@ -18,23 +18,12 @@ export function fail(op: string, message: string): never {
 }
 
 export function axisOf(op: string, axis: number, shape: readonly number[]): number {
-  const a = normalizeAxis(axis, shape.length);
-  if (a === undefined) fail(op, `axis ${axis} is out of range for shape ${shapeString(shape)}`);
-  return a;
+  return axisOfShape(BACKEND, op, axis, shape);
 }
 
 /** numpy broadcasting of two shapes (aligned at the last axis). */
 export function broadcastShapes(op: string, a: readonly number[], b: readonly number[]): number[] {
-  const rank = Math.max(a.length, b.length);
-  const out: number[] = [];
-  for (let i = 0; i < rank; i++) {
-    const da = a[i - rank + a.length] ?? 1;
-    const db = b[i - rank + b.length] ?? 1;
-    if (da !== db && da !== 1 && db !== 1)
-      fail(op, `cannot broadcast ${shapeString(a)} with ${shapeString(b)}`);
-    out.push(da === 1 ? db : da);
-  }
-  return out;
+  return broadcastShapesOf(BACKEND, op, a, b);
 }
 
 function sameShape(a: readonly number[], b: readonly number[]): boolean {
