@@ -3,7 +3,7 @@
  * `CliError`s, printed as one message without a stack trace. Anything else is a bug and keeps its
  * stack.
  */
-import { CheckpointSourceError } from "../diffusion/convert/checkpoint-source.js";
+import { CheckpointSourceError } from "../diffusion/weights/checkpoint-source.js";
 import { ComponentGraphError } from "../diffusion/convert/component-graph.js";
 import { ConvertError } from "../diffusion/convert/convert.js";
 import { ExecutionProviderError } from "../diffusion/engine/execution-provider.js";

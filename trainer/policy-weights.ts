@@ -8,7 +8,7 @@
 import { createHash } from "node:crypto";
 import { createReadStream, existsSync } from "node:fs";
 import { join } from "node:path";
-import { CheckpointParamSource } from "../diffusion/convert/checkpoint-source.js";
+import { CheckpointParamSource } from "../diffusion/weights/checkpoint-source.js";
 import type { EngineManifest } from "../diffusion/engine/manifest.js";
 import { PolicyWeightsError } from "./errors.js";
 

@@ -16,7 +16,7 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Command } from "commander";
-import { CheckpointParamSource } from "../../diffusion/convert/checkpoint-source.js";
+import { CheckpointParamSource } from "../../diffusion/weights/checkpoint-source.js";
 import { recordComponentGraph } from "../../diffusion/convert/component-graph.js";
 import { checkParameters } from "../../diffusion/convert/convert.js";
 import { OnnxRuntimeWorker } from "../../diffusion/engine/onnx-runtime.js";

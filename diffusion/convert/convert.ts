@@ -33,7 +33,7 @@ import { readConfigFile } from "../models/config-reader.js";
 import { writeOnnxModel } from "../onnx/writer.js";
 import type { ParamSource } from "../ops/params.js";
 import { shapeString } from "../tensor.js";
-import { CheckpointParamSource, shardFiles } from "./checkpoint-source.js";
+import { CheckpointParamSource, shardFiles } from "../weights/checkpoint-source.js";
 import { recordComponentGraph } from "./component-graph.js";
 
 export const STEPWISE_VERSION = "0.1.0";

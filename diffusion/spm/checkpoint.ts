@@ -17,8 +17,7 @@ import { FINAL_ADALN_CHUNKS, LAYER_ADALN_CHUNKS } from "../models/clip-vision.js
 import { type ExpectedParam, MetaOps, type MetaTensor } from "../ops/meta.js";
 import type { ParamInfo, ParamSource } from "../ops/params.js";
 import { float32, shapeString, type Tensor } from "../tensor.js";
-import { PytorchCheckpoint } from "../weights/pytorch-checkpoint.js";
-import { SafetensorsFile } from "../weights/safetensors.js";
+import { CheckpointParamSource } from "../weights/checkpoint-source.js";
 
 /** The prefix of SPO checkpoints: they are state dicts of `StepAwarePreferenceModel`, whose CLIP is `.model`. */
 export const SPO_CHECKPOINT_PREFIX = "model.";
@@ -217,30 +216,6 @@ export function bindSpmWeights(source: ParamSource, c: ClipModelConfig, file: st
   };
 }
 
-/** The tensor-file readers we accept, seen as a ParamSource. */
-interface WeightsFile {
-  find(name: string): ParamInfo | undefined;
-  read(name: string): Promise<Tensor>;
-  names(): string[];
-  close(): Promise<void>;
-}
-
-function fileSource(file: WeightsFile): ParamSource {
-  return {
-    info: (name) => {
-      const info = file.find(name);
-      return info && { shape: info.shape, dtype: info.dtype };
-    },
-    read: (name) => file.read(name),
-    names: () => file.names(),
-  };
-}
-
-/** `.safetensors` by its extension; anything else is read as a torch.save zip (`.bin`, `.pt`, `.pth`, `.ckpt`). */
-async function openWeightsFile(path: string): Promise<WeightsFile> {
-  return path.endsWith(".safetensors") ? SafetensorsFile.open(path) : PytorchCheckpoint.open(path);
-}
-
 export interface OpenedSpmWeights extends BoundSpmWeights {
   /** Close the file; `params` cannot be read afterwards. */
   close(): Promise<void>;
@@ -248,11 +223,12 @@ export interface OpenedSpmWeights extends BoundSpmWeights {
 
 /** Open a weights file lazily (for the ONNX writer, which reads one tensor at a time). */
 export async function openSpmWeights(path: string, c: ClipModelConfig): Promise<OpenedSpmWeights> {
-  const file = await openWeightsFile(path);
+  // The file's format is read from its first bytes: safetensors, or a torch.save zip (.bin, .pt).
+  const source = await CheckpointParamSource.open([path]);
   try {
-    return { ...bindSpmWeights(fileSource(file), c, path), close: () => file.close() };
+    return { ...bindSpmWeights(source, c, path), close: () => source.close() };
   } catch (err) {
-    await file.close();
+    await source.close();
     throw err;
   }
 }

@@ -14,7 +14,7 @@ import { createHash } from "node:crypto";
 import { createReadStream, existsSync } from "node:fs";
 import { copyFile, mkdir, readdir, rename, rm, stat, writeFile } from "node:fs/promises";
 import { basename, dirname, join, resolve } from "node:path";
-import { CheckpointParamSource } from "../convert/checkpoint-source.js";
+import { CheckpointParamSource } from "../weights/checkpoint-source.js";
 import { ConvertError, componentWeightFiles, STEPWISE_VERSION } from "../convert/convert.js";
 import { type ClipModelConfig, resolveSpmConfig } from "../models/clip-model.js";
 import { LEGACY_EOS_TOKEN_ID } from "../models/clip-text.js";

@@ -7,15 +7,7 @@ import { readFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import type { ParamInfo, ParamSource } from "../ops/params.js";
 import type { Tensor } from "../tensor.js";
-import { PytorchCheckpoint } from "../weights/pytorch-checkpoint.js";
-import { SafetensorsFile } from "../weights/safetensors.js";
-
-interface TensorFile {
-  names(): string[];
-  info(name: string): { readonly dtype: Tensor["dtype"]; readonly shape: readonly number[] };
-  read(name: string): Promise<Tensor>;
-  close(): Promise<void>;
-}
+import { openWeights, type WeightsReader } from "./weights-file.js";
 
 export class CheckpointSourceError extends Error {
   constructor(
@@ -25,12 +17,6 @@ export class CheckpointSourceError extends Error {
     super(`${file}: ${message}`);
     this.name = "CheckpointSourceError";
   }
-}
-
-async function openTensorFile(path: string): Promise<TensorFile> {
-  if (path.endsWith(".safetensors")) return SafetensorsFile.open(path);
-  if (/\.(bin|pt|pth|ckpt)$/.test(path)) return PytorchCheckpoint.open(path);
-  throw new CheckpointSourceError("not a safetensors or PyTorch checkpoint file", path);
 }
 
 /** The weight files named by a sharded checkpoint's index (`*.safetensors.index.json`). */
@@ -57,19 +43,19 @@ export interface CheckpointSourceOptions {
 export class CheckpointParamSource implements ParamSource {
   private constructor(
     readonly label: string,
-    private readonly files: readonly TensorFile[],
-    private readonly index: ReadonlyMap<string, { file: TensorFile; key: string }>,
+    private readonly files: readonly WeightsReader[],
+    private readonly index: ReadonlyMap<string, { file: WeightsReader; key: string }>,
   ) {}
 
   static async open(
     paths: readonly string[],
     options: CheckpointSourceOptions = {},
   ): Promise<CheckpointParamSource> {
-    const files: TensorFile[] = [];
-    const index = new Map<string, { file: TensorFile; key: string }>();
+    const files: WeightsReader[] = [];
+    const index = new Map<string, { file: WeightsReader; key: string }>();
     try {
       for (const path of paths) {
-        const file = await openTensorFile(path);
+        const file = await openWeights(path);
         files.push(file);
         for (const key of file.names()) {
           if (options.ignore?.(key)) continue;
@@ -92,8 +78,8 @@ export class CheckpointParamSource implements ParamSource {
   info(name: string): ParamInfo | undefined {
     const hit = this.index.get(name);
     if (!hit) return undefined;
-    const i = hit.file.info(hit.key);
-    return { shape: i.shape, dtype: i.dtype };
+    const i = hit.file.find(hit.key);
+    return i && { shape: i.shape, dtype: i.dtype };
   }
 
   async read(name: string): Promise<Tensor> {
