@@ -24,7 +24,8 @@ const BENCHMARKS = ["matmul", "unet-step", "lora-slots", "engine-e2e"] as const;
 type BenchName = (typeof BENCHMARKS)[number];
 
 const USAGE = `usage: npm run bench -- [--quick] [--only ${BENCHMARKS.join("|")}[,...]] [--profile] [--threads N]
-  --quick      fewer repetitions, no SD1.5 (a few minutes less than a full run's ~15-30)
+  --quick      fewer repetitions, no SD1.5 (minutes; a full run takes 10-20 and the first
+               also writes the SD1.5 graphs, 7 GB)
   --only       run only the named benchmarks (matmul runs too when another needs its rate)
   --profile    profile the SD1.5 step even when it meets its target
   --threads    intra-op threads (default: the core count, as the engine)`;
