@@ -12,15 +12,28 @@ import { loadavg } from "node:os";
 import { parseArgs } from "node:util";
 import { env as ortEnv } from "onnxruntime-node";
 import { defaultIntraOpThreads } from "../diffusion/engine/execution-provider.js";
+import { benchApiServer } from "./api-server.js";
 import { BenchContext } from "./context.js";
 import { engineE2eBench } from "./engine-e2e.js";
 import { loraSlotsBench } from "./lora-slots.js";
 import { BENCH_DIR } from "./model-cache.js";
+import { benchRegistry } from "./registry.js";
 import { type BenchResult, describeMachine, renderMarkdown, writeJsonReport } from "./report.js";
+import { benchScoring } from "./scoring.js";
 import { BenchError } from "./stats.js";
+import { benchTrainer } from "./trainer.js";
 import { unetStepBench } from "./unet-step.js";
 
-const BENCHMARKS = ["matmul", "unet-step", "lora-slots", "engine-e2e"] as const;
+const BENCHMARKS = [
+  "matmul",
+  "unet-step",
+  "lora-slots",
+  "engine-e2e",
+  "api-server",
+  "scoring",
+  "registry",
+  "trainer",
+] as const;
 type BenchName = (typeof BENCHMARKS)[number];
 
 const USAGE = `usage: npm run bench -- [--quick] [--only ${BENCHMARKS.join("|")}[,...]] [--profile] [--threads N]
@@ -88,6 +101,10 @@ async function main(): Promise<number> {
     "unet-step": unetStepBench,
     "lora-slots": loraSlotsBench,
     "engine-e2e": engineE2eBench,
+    "api-server": (c) => benchApiServer({ quick: c.options.quick, threads: c.options.threads, log }),
+    scoring: benchScoring,
+    registry: () => benchRegistry({ quick: cli.quick, log }),
+    trainer: benchTrainer,
   };
   const results: BenchResult[] = [];
   const failures: string[] = [];
