@@ -43,6 +43,10 @@ import {
 import { GENERATOR_KINDS, type GeneratorKind } from "../../diffusion/random/index.js";
 import { SCHEDULER_NAMES, type SchedulerName } from "../../diffusion/schedulers/index.js";
 import { readSafetensors, SafetensorsError } from "../../diffusion/weights/safetensors.js";
+import { LoraNotFoundError, RegistryError } from "../../registry/errors.js";
+import { parseLoraRef } from "../../registry/names.js";
+import { Registry } from "../../registry/registry.js";
+import { registryUrlFromEnv } from "../../registry/store-url.js";
 import { CliError } from "../cli-error.js";
 import { nonNegativeInteger, positiveInteger } from "../option-parsers.js";
 import { type ProgressBar, startProgressBar, type TextSink } from "../progress.js";
@@ -109,6 +113,7 @@ interface GenerateOptions {
   n: number;
   generator: GeneratorKind;
   lora?: LoraSpec[];
+  registry?: string;
   initImage?: string;
   strength?: number;
   longPrompt: LongPromptMode;
@@ -192,6 +197,7 @@ async function loadLoras(
   folder: string,
   manifest: EngineManifest,
   stderr: TextSink,
+  registryUrl?: string,
 ): Promise<LoadedLoras> {
   if (specs.length === 0) return { entries: [] };
   const slots = qualifySlots("unet", manifest.graphs.unet!.loraSlots);
@@ -199,40 +205,91 @@ async function loadLoras(
   const unet = resolveUNetConfig(await readConfigFile(unetConfigPath), unetConfigPath);
   const parts: WeightedAdapter[] = [];
   const entries: Array<{ name: string; hash: string }> = [];
-  for (const spec of specs) {
-    if (!existsSync(spec.path)) {
-      throw new CliError(
-        `--lora ${spec.path}: no such file (registry names are not resolved by generate yet; pass the LoRA's .safetensors file)`,
-      );
-    }
-    try {
-      const { tensors, metadata } = await readSafetensors(spec.path);
-      const peftConfig = await siblingPeftConfig(spec.path);
-      const { adapter } = importLora(tensors, { unet, metadata, peftConfig, file: spec.path });
-      const checked = validateAdapter(adapter, slots, { source: spec.path, ignoreTextEncoder: true });
-      if (checked.droppedTextEncoderModules.length > 0) {
-        stderr.write(
-          `stepwise: warning: ${spec.path}: ${checked.droppedTextEncoderModules.length} text-encoder module(s) ignored ` +
-            "(this engine takes LoRA on the UNet only)\n",
-        );
+  let registry: Registry | undefined;
+  const known = [
+    LoraFormatError,
+    LoraValidationError,
+    LoraAdapterError,
+    ConfigError,
+    SafetensorsError,
+    RegistryError,
+  ];
+  try {
+    for (const spec of specs) {
+      try {
+        if (existsSync(spec.path)) {
+          parts.push(await readLoraFile(spec, unet, slots, stderr));
+          entries.push({
+            name: basename(spec.path, extname(spec.path)),
+            hash: (await sha256Hex(spec.path)).slice(0, LORA_HASH_DIGITS),
+          });
+          continue;
+        }
+        // Not a file: a registry name (name, name@version, name:alias).
+        const url = registryUrl ?? registryUrlFromEnv();
+        registry ??= await Registry.open(url);
+        const pulled = await pullRegistryLora(registry, spec, manifest, url);
+        parts.push({
+          adapter: validateAdapter(pulled.adapter, slots, { source: spec.path }).adapter,
+          weight: spec.weight,
+        });
+        entries.push({
+          name: `${pulled.manifest.name}@${pulled.manifest.version}`,
+          hash: pulled.manifest.sha256.slice(0, LORA_HASH_DIGITS),
+        });
+      } catch (err) {
+        // The messages name the problem; the prefix names the --lora value it came from.
+        if (known.some((kind) => err instanceof kind))
+          throw new CliError(`--lora ${spec.path}: ${(err as Error).message}`);
+        throw err;
       }
-      parts.push({ adapter: checked.adapter, weight: spec.weight });
-    } catch (err) {
-      const known = [LoraFormatError, LoraValidationError, LoraAdapterError, ConfigError, SafetensorsError];
-      if (known.some((kind) => err instanceof kind)) {
-        throw new CliError(`--lora ${spec.path}: ${(err as Error).message}`);
-      }
-      throw err;
     }
-    entries.push({
-      name: basename(spec.path, extname(spec.path)),
-      hash: (await sha256Hex(spec.path)).slice(0, LORA_HASH_DIGITS),
-    });
+  } finally {
+    registry?.close();
   }
   const feeds = componentFactors(scaledFactors(concatAdapters(parts)), "unet");
   // One run, one adapter set: the key only has to tell it from "no LoRA" within this process.
   const key = specs.map((s) => `${s.path}:${s.weight}`).join("|");
   return { lora: { key, feeds }, entries };
+}
+
+/** A registry LoRA named on the command line (`name`, `name@version`, `name:alias`), for this engine's family. */
+async function pullRegistryLora(registry: Registry, spec: LoraSpec, manifest: EngineManifest, url: string) {
+  const ref = parseLoraRef(spec.path);
+  let found: Awaited<ReturnType<Registry["resolve"]>>;
+  try {
+    found = await registry.resolve(ref);
+  } catch (err) {
+    if (err instanceof LoraNotFoundError)
+      throw new CliError(`--lora ${spec.path}: no such file, and ${err.message} in the registry ${url}`);
+    throw err;
+  }
+  if (found.base.family !== manifest.family) {
+    throw new CliError(
+      `--lora ${spec.path}: ${found.name}@${found.version} was made for ${found.base.family}, the engine is ${manifest.family}`,
+    );
+  }
+  return registry.pull(found.name, found.version);
+}
+
+/** One --lora file in any importable format, checked against the engine's UNet slots. */
+async function readLoraFile(
+  spec: LoraSpec,
+  unet: ReturnType<typeof resolveUNetConfig>,
+  slots: ReturnType<typeof qualifySlots>,
+  stderr: TextSink,
+): Promise<WeightedAdapter> {
+  const { tensors, metadata } = await readSafetensors(spec.path);
+  const peftConfig = await siblingPeftConfig(spec.path);
+  const { adapter } = importLora(tensors, { unet, metadata, peftConfig, file: spec.path });
+  const checked = validateAdapter(adapter, slots, { source: spec.path, ignoreTextEncoder: true });
+  if (checked.droppedTextEncoderModules.length > 0) {
+    stderr.write(
+      `stepwise: warning: ${spec.path}: ${checked.droppedTextEncoderModules.length} text-encoder module(s) ignored ` +
+        "(this engine takes LoRA on the UNet only)\n",
+    );
+  }
+  return { adapter: checked.adapter, weight: spec.weight };
 }
 
 async function openEngine(options: GenerateOptions, stderr: TextSink): Promise<DiffusionEngine> {
@@ -306,7 +363,7 @@ async function runGenerate(options: GenerateOptions, output: GenerateOutput): Pr
     if (err instanceof ManifestError) throw new CliError(err.message);
     throw err;
   }
-  const loras = await loadLoras(options.lora ?? [], options.model, manifest, output.stderr);
+  const loras = await loadLoras(options.lora ?? [], options.model, manifest, output.stderr, options.registry);
   const engine = await openEngine(options, output.stderr);
   try {
     const family = engine.spec.family;
@@ -420,9 +477,14 @@ export function generateCommand(output: GenerateOutput = processOutput): Command
           .default("stepwise"),
       )
       .option(
-        "--lora <file[:weight]>",
-        "LoRA safetensors file (diffusers, PEFT or kohya layout), weight default 1; repeat to combine several",
+        "--lora <file-or-name[:weight]>",
+        "LoRA safetensors file (diffusers, PEFT or kohya layout) or registry name (name, name@version, name:alias), " +
+          "weight default 1; repeat to combine several",
         (value: string, previous: LoraSpec[] | undefined) => [...(previous ?? []), parseLoraSpec(value)],
+      )
+      .option(
+        "--registry <url>",
+        "registry for --lora names (default: STEPWISE_REGISTRY or .stepwise/registry)",
       )
       .option("--init-image <file>", "start from this image (PNG, JPEG or WebP), resized to --size")
       .option(

@@ -20,6 +20,7 @@ import { readPngText, toRgbBytes } from "../../diffusion/pipelines/image-io.js";
 import { type GenerationRequest, generateOne } from "../../diffusion/pipelines/text-to-image.js";
 import type { Float32Tensor } from "../../diffusion/tensor.js";
 import { writeSafetensors } from "../../diffusion/weights/safetensors.js";
+import { Registry } from "../../registry/registry.js";
 import { openTinyEngine, scratchDir, TEST_THREADS, tinyEngineFolder } from "../helpers/tiny-engines.js";
 import { randomUnetAdapter } from "./lora-fixtures.js";
 
@@ -192,8 +193,8 @@ describe("stepwise generate", () => {
         /--out .*x\.gif: unknown image extension \(use \.png, \.jpg, \.jpeg, \.webp\)/,
       ],
       [
-        ["--lora", "spo-cats:0.8", "--out", join(dir, "x.png")],
-        /--lora spo-cats: no such file \(registry names/,
+        ["--lora", "spo-cats:0.8", "--registry", join(dir, "empty-registry"), "--out", join(dir, "x.png")],
+        /--lora spo-cats: no such file, and LoRA "spo-cats" does not exist in the registry/,
       ],
       [["--strength", "0.5", "--out", join(dir, "x.png")], /--strength needs --init-image/],
       [["--size", "60x64", "--out", join(dir, "x.png")], /--size: width: must be divisible by 8, got 60/],
@@ -204,6 +205,49 @@ describe("stepwise generate", () => {
       expect(error, args.join(" ")).toBeInstanceOf(CliError);
       expect((error as Error).message).toMatch(message);
     }
+  });
+
+  it("takes registry names (name, name@version, name:alias) as --lora, as the files they hold", async () => {
+    const slots = engine.manifest.graphs.unet!.loraSlots;
+    const registryDir = join(dir, "registry");
+    const registry = await Registry.open(registryDir);
+    const a = randomUnetAdapter(slots, 31);
+    const b = randomUnetAdapter(slots, 32);
+    await registry.publish("cats", a, { base: { family: "sd15" }, sourceFormat: "test" });
+    await registry.publish("cats", b, { base: { family: "sd15" }, sourceFormat: "test" }, { alias: "prod" });
+    await registry.promote("cats", "prod", 1, { expected: 2 });
+    await registry.publish("xl", a, { base: { family: "sdxl" }, sourceFormat: "test" });
+    registry.close();
+
+    const library = async (adapter: typeof a, weight: number) =>
+      rgbOfPixels(
+        (
+          await generateOne(engine, {
+            ...request,
+            lora: { key: `${weight}`, feeds: componentFactors(scaledFactors(adapter, weight), "unet") },
+          })
+        ).images[0].pixels,
+      );
+    for (const [value, adapter, weight] of [
+      ["cats:prod:0.5", a, 0.5],
+      ["cats@2", b, 1],
+      ["cats", b, 1],
+    ] as const) {
+      const out = join(dir, `registry-${value.replace(/[^a-z0-9]/g, "-")}.png`);
+      await runGenerate([...common, "--lora", value, "--registry", registryDir, "--out", out]);
+      expect((await rgbOf(out)).equals(await library(adapter, weight)), value).toBe(true);
+    }
+    const wrongFamily = await runGenerate([
+      ...common,
+      "--lora",
+      "xl",
+      "--registry",
+      registryDir,
+      "--out",
+      join(dir, "x.png"),
+    ]).catch((e: unknown) => e);
+    expect(wrongFamily).toBeInstanceOf(CliError);
+    expect((wrongFamily as Error).message).toMatch(/--lora xl: xl@1 was made for sdxl, the engine is sd15/);
   });
 
   it("refuses a LoRA that does not fit the engine's slots, naming the file", async () => {
