@@ -3,7 +3,7 @@
  * `CliError`s, printed as one message without a stack trace. Anything else is a bug and keeps its
  * stack.
  */
-import { CheckpointSourceError } from "../diffusion/weights/checkpoint-source.js";
+
 import { ComponentGraphError } from "../diffusion/convert/component-graph.js";
 import { ConvertError } from "../diffusion/convert/convert.js";
 import { ExecutionProviderError } from "../diffusion/engine/execution-provider.js";
@@ -15,6 +15,7 @@ import { SpmWeightsError } from "../diffusion/spm/checkpoint.js";
 import { SpmComponentError } from "../diffusion/spm/components.js";
 import { TfjsBackendError } from "../diffusion/tfjs/index.js";
 import { CheckpointError } from "../diffusion/weights/checkpoint-error.js";
+import { CheckpointSourceError } from "../diffusion/weights/checkpoint-source.js";
 import { SafetensorsError } from "../diffusion/weights/safetensors.js";
 import { ZooError } from "../diffusion/zoo/zoo.js";
 import { CliError } from "./cli-error.js";

@@ -8,8 +8,8 @@
 import { createHash } from "node:crypto";
 import { createReadStream, existsSync } from "node:fs";
 import { join } from "node:path";
-import { CheckpointParamSource } from "../diffusion/weights/checkpoint-source.js";
 import type { EngineManifest } from "../diffusion/engine/manifest.js";
+import { CheckpointParamSource } from "../diffusion/weights/checkpoint-source.js";
 import { PolicyWeightsError } from "./errors.js";
 
 /** The component folder of the UNet in a diffusers folder (and in the manifest's relative paths). */

@@ -16,7 +16,6 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Command } from "commander";
-import { CheckpointParamSource } from "../../diffusion/weights/checkpoint-source.js";
 import { recordComponentGraph } from "../../diffusion/convert/component-graph.js";
 import { checkParameters } from "../../diffusion/convert/convert.js";
 import { OnnxRuntimeWorker } from "../../diffusion/engine/onnx-runtime.js";
@@ -47,6 +46,7 @@ import {
   runTfjsComponent,
   selectTfjsBackend,
 } from "../../diffusion/tfjs/index.js";
+import { CheckpointParamSource } from "../../diffusion/weights/checkpoint-source.js";
 import { readSafetensors, writeSafetensors } from "../../diffusion/weights/safetensors.js";
 import { CliError } from "../cli-error.js";
 import { type CommandOutput, processOutput } from "../command-output.js";

@@ -14,7 +14,6 @@ import { createHash } from "node:crypto";
 import { createReadStream, existsSync } from "node:fs";
 import { copyFile, mkdir, readdir, rename, rm, stat, writeFile } from "node:fs/promises";
 import { basename, dirname, join, resolve } from "node:path";
-import { CheckpointParamSource } from "../weights/checkpoint-source.js";
 import { ConvertError, componentWeightFiles, STEPWISE_VERSION } from "../convert/convert.js";
 import { type ClipModelConfig, resolveSpmConfig } from "../models/clip-model.js";
 import { LEGACY_EOS_TOKEN_ID } from "../models/clip-text.js";
@@ -28,6 +27,7 @@ import {
   VOCAB_FILE,
 } from "../tokenizer/folder.js";
 import { ClipTokenizer } from "../tokenizer/index.js";
+import { CheckpointParamSource } from "../weights/checkpoint-source.js";
 import { bindSpmWeights, type SpmWeightsReport } from "./checkpoint.js";
 import { measureSpm, recordSpmGraphs, SPM_GRAPHS, type SpmGraphName } from "./graphs.js";
 import {
