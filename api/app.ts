@@ -6,12 +6,12 @@
 import swagger from "@fastify/swagger";
 import swaggerUi from "@fastify/swagger-ui";
 import Fastify, { type FastifyError, type FastifyInstance, type FastifyServerOptions } from "fastify";
-import type { AdapterResolver } from "./adapters.js";
 import auth from "./auth.js";
 import type { ServerConfig } from "./config.js";
 import { Errors } from "./errors.js";
 import metricsPlugin, { type Metrics } from "./metrics.js";
 import type { ModelPool } from "./model-pool.js";
+import registryPlugin, { type RegistrySource } from "./registry-plugin.js";
 import { CLIENT_CLOSED_REQUEST, ClientGoneError } from "./request-signal.js";
 import adminRoutes from "./routes/admin.js";
 import healthRoutes from "./routes/health.js";
@@ -19,6 +19,7 @@ import imageRoutes from "./routes/images.js";
 import modelRoutes from "./routes/models.js";
 import playgroundRoutes from "./routes/playground.js";
 import sdapiRoutes from "./routes/sdapi.js";
+import scoringPlugin, { type ScoringSource } from "./scoring-plugin.js";
 import { formatValidationErrors } from "./validation.js";
 
 export const API_VERSION = "0.1.0";
@@ -27,16 +28,17 @@ export const API_VERSION = "0.1.0";
 export interface StepwiseServices {
   readonly config: ServerConfig;
   readonly pool: ModelPool;
-  readonly adapters: AdapterResolver;
   readonly metrics: Metrics;
-  /** Registry reachability and watcher state, for readyz. */
-  readonly registryStatus: () => { readonly reachable: boolean; readonly detail?: string };
-  /** Poke the registry watcher (POST /v1/admin/registry/refresh). */
-  readonly refreshRegistry: () => Promise<{ readonly changed: boolean }>;
   /** Aborted when a shutting-down server's grace period ends: in-flight work stops at the next step. */
   readonly shutdownSignal: AbortSignal;
-  /** Extra route plugins (registry and scoring routes), registered after the core ones. */
-  readonly routes?: ReadonlyArray<(app: FastifyInstance) => Promise<void>>;
+}
+
+export interface AppOptions {
+  readonly logger?: FastifyServerOptions["logger"];
+  /** The LoRA registry (registry-plugin.ts); default none: every LoRA reference is unknown. */
+  readonly registry?: RegistrySource;
+  /** The preference models behind POST /v1/score (scoring-plugin.ts); default none: no such route. */
+  readonly scoring?: ScoringSource | "none";
 }
 
 declare module "fastify" {
@@ -47,7 +49,7 @@ declare module "fastify" {
 
 export async function buildApp(
   services: StepwiseServices,
-  options: { logger?: FastifyServerOptions["logger"] } = {},
+  options: AppOptions = {},
 ): Promise<FastifyInstance> {
   const config = services.config;
   const app = Fastify({
@@ -136,7 +138,15 @@ export async function buildApp(
   await app.register(sdapiRoutes);
   await app.register(adminRoutes);
   await app.register(playgroundRoutes);
-  for (const routes of services.routes ?? []) await app.register(routes);
+  try {
+    await app.register(registryPlugin, { registry: options.registry ?? "none" });
+    if (options.scoring !== undefined && options.scoring !== "none")
+      await app.register(scoringPlugin, { spms: options.scoring });
+  } catch (err) {
+    // A part that failed to load: the onClose hooks of those loaded before it release theirs.
+    await app.close();
+    throw err;
+  }
   app.get("/openapi.json", { schema: { hide: true } }, async () => app.swagger());
   return app;
 }

@@ -68,7 +68,7 @@ function abortError(signal: AbortSignal, limits: ServerConfig["limits"]): Error 
 }
 
 export async function runGeneration(app: FastifyInstance, p: GenerationParams): Promise<GenerationOutput> {
-  const { pool, adapters, config } = app.stepwise;
+  const { pool, config } = app.stepwise;
   const model = pool.get(p.model);
   if (!model) throw new Errors.MODEL_NOT_FOUND(p.model ?? "(default)", pool.ids().join(", "));
   const spec = model.engine.spec;
@@ -98,7 +98,7 @@ export async function runGeneration(app: FastifyInstance, p: GenerationParams): 
     );
   }
   const started = performance.now();
-  const loras = p.loras.length > 0 ? await adapters.resolve(model, p.loras) : undefined;
+  const loras = p.loras.length > 0 ? await app.loraRegistry.adapters.resolve(model, p.loras) : undefined;
   let initImage: Awaited<ReturnType<typeof decodeImage>> | undefined;
   if (p.initImage) {
     try {

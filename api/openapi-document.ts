@@ -1,15 +1,13 @@
 /**
  * The OpenAPI document, generated from the route schemas of an app built without models (nothing
- * is loaded), with every route a full server has: the core ones, the registry's and scoring's. `npm run openapi` writes it to openapi/openapi.json; a test fails when that file is
- * stale.
+ * is loaded), with every route a full server has: the core ones, the registry's and scoring's.
+ * `npm run openapi` writes it to openapi/openapi.json; a test fails when that file is stale.
  */
-import { buildApp, type StepwiseServices } from "./app.js";
+import { type AppOptions, buildApp } from "./app.js";
 import { resolveConfig } from "./config.js";
 import { Metrics } from "./metrics.js";
 import { ModelPool } from "./model-pool.js";
-import type { LoraRegistryApi } from "./registry-services.js";
-import { loraRoutes } from "./routes/loras.js";
-import { scoreRoutes } from "./routes/score.js";
+import type { LoraRegistryApi } from "./registry-api.js";
 import { SpmPool } from "./spm-pool.js";
 
 /** The OpenAPI build serves no requests: a registry that says so if one ever reached it. */
@@ -26,26 +24,22 @@ const DOCUMENTATION_REGISTRY: LoraRegistryApi = {
   changeToken: notServing,
 };
 
-/** Every route plugin a full server registers beyond the core ones (registry, scoring). */
-export function documentedRoutes(): NonNullable<StepwiseServices["routes"]> {
-  return [loraRoutes(DOCUMENTATION_REGISTRY), scoreRoutes(SpmPool.empty())];
+/** The parts of a full server (registry and scoring), with nothing behind them. */
+export function documentedParts(): Pick<AppOptions, "registry" | "scoring"> {
+  return { registry: DOCUMENTATION_REGISTRY, scoring: SpmPool.empty() };
 }
 
 export async function openApiDocument(
-  routes: StepwiseServices["routes"] = documentedRoutes(),
+  parts: Pick<AppOptions, "registry" | "scoring"> = documentedParts(),
 ): Promise<Record<string, unknown>> {
   const app = await buildApp(
     {
       config: resolveConfig({}),
       pool: ModelPool.empty(),
       metrics: new Metrics(),
-      adapters: { resolve: async () => undefined },
-      registryStatus: () => ({ reachable: false }),
-      refreshRegistry: async () => ({ changed: false }),
       shutdownSignal: new AbortController().signal,
-      routes,
     },
-    { logger: false },
+    { logger: false, ...parts },
   );
   await app.ready();
   const doc = app.swagger() as unknown as Record<string, unknown>;

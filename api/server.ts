@@ -6,14 +6,13 @@
 import type { IncomingMessage, Server, ServerResponse } from "node:http";
 import type { Socket } from "node:net";
 import type { FastifyInstance } from "fastify";
-import type { AdapterResolver } from "./adapters.js";
-import { buildApp, type StepwiseServices } from "./app.js";
+import { buildApp } from "./app.js";
 import { ConfigFileError, isLoopback, type ServerConfig } from "./config.js";
 import { Errors } from "./errors.js";
 import { Metrics } from "./metrics.js";
 import { ModelPool } from "./model-pool.js";
-import { openRegistryExtras, type RegistryLog } from "./registry-services.js";
-import { scoringExtras } from "./routes/score.js";
+import type { RegistrySource } from "./registry-plugin.js";
+import type { ScoringSource } from "./scoring-plugin.js";
 
 /** How often a closing server ends the connections that have no request in flight. */
 const IDLE_REAP_INTERVAL_MS = 50;
@@ -62,84 +61,31 @@ function trackConnections(server: Server): () => void {
   };
 }
 
-/** Until a registry is attached, every LoRA reference is unknown. */
-const noAdapters: AdapterResolver = {
-  async resolve(_model, refs) {
-    if (refs.length === 0) return undefined;
-    throw new Errors.LORA_NOT_FOUND(`LoRA ${refs[0].name} not found: this server has no registry`);
-  },
-};
-
-export interface ServerExtras {
-  readonly adapters?: AdapterResolver;
-  readonly registryStatus?: StepwiseServices["registryStatus"];
-  readonly refreshRegistry?: StepwiseServices["refreshRegistry"];
-  readonly routes?: StepwiseServices["routes"];
-  readonly onClose?: () => Promise<void>;
+/** The optional parts of a server; `serve` uses the defaults, tests swap or leave out parts. */
+export interface ServerParts {
+  /** Default `configured`: the config's registry URL, else the filesystem registry under dataDir. */
+  readonly registry?: RegistrySource;
+  /** Default `configured`: the config's SPMs (the tiny SPM with the embedded defaults). */
+  readonly scoring?: ScoringSource | "none";
 }
 
-/** Combine the extras of several server parts: the first adapter resolver and registry status win. */
-export function mergeExtras(...parts: ServerExtras[]): ServerExtras {
-  return {
-    adapters: parts.find((p) => p.adapters)?.adapters,
-    registryStatus: parts.find((p) => p.registryStatus)?.registryStatus,
-    refreshRegistry: parts.find((p) => p.refreshRegistry)?.refreshRegistry,
-    routes: parts.flatMap((p) => p.routes ?? []),
-    onClose: async () => {
-      for (const p of parts) await p.onClose?.();
-    },
-  };
-}
-
-/** What `serve` runs: the configured registry (hot swap, LoRA routes) and the scoring models. */
-export async function defaultExtras(
-  config: ServerConfig,
-  metrics: Metrics,
-  log: RegistryLog,
-): Promise<ServerExtras> {
-  const registry = await openRegistryExtras(config, metrics, log);
-  try {
-    return mergeExtras(registry, await scoringExtras(config));
-  } catch (err) {
-    await registry.onClose?.();
-    throw err;
-  }
-}
-
-export async function startServer(
-  config: ServerConfig,
-  extras: ServerExtras | ((pool: ModelPool, metrics: Metrics, log: RegistryLog) => Promise<ServerExtras>) = (
-    _pool,
-    metrics,
-    log,
-  ) => defaultExtras(config, metrics, log),
-): Promise<RunningServer> {
+export async function startServer(config: ServerConfig, parts: ServerParts = {}): Promise<RunningServer> {
   checkAuthRule(config);
   const metrics = new Metrics();
   const bootLog = (await import("pino")).pino({ level: config.logLevel });
   const pool = await ModelPool.load(config, metrics, bootLog);
-  let x: ServerExtras;
+  const shutdown = new AbortController();
+  let app: FastifyInstance;
   try {
-    x = typeof extras === "function" ? await extras(pool, metrics, bootLog) : extras;
+    app = await buildApp(
+      { config, shutdownSignal: shutdown.signal, pool, metrics },
+      { registry: parts.registry ?? "configured", scoring: parts.scoring ?? "configured" },
+    );
   } catch (err) {
     await pool.close();
     throw err;
   }
-  const shutdown = new AbortController();
-  const app = await buildApp({
-    config,
-    shutdownSignal: shutdown.signal,
-    pool,
-    metrics,
-    adapters: x.adapters ?? noAdapters,
-    registryStatus: x.registryStatus ?? (() => ({ reachable: true, detail: "no registry configured" })),
-    refreshRegistry: x.refreshRegistry ?? (async () => ({ changed: false })),
-    routes: x.routes,
-  });
-  app.addHook("onClose", async () => {
-    await pool.close();
-    await x.onClose?.();
-  });
+  app.addHook("onClose", async () => pool.close());
   const endQuietConnections = trackConnections(app.server);
   let closing: Promise<void> | undefined;
   // A response that ends during shutdown also ends its keep-alive connection, so the client does not

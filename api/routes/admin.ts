@@ -13,6 +13,6 @@ export default async function adminRoutes(app: FastifyInstance): Promise<void> {
         response: { 200: Type.Object({ changed: Type.Boolean() }) },
       },
     },
-    async () => app.stepwise.refreshRegistry(),
+    async () => app.loraRegistry.refresh(),
   );
 }

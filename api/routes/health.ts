@@ -39,14 +39,14 @@ export default async function healthRoutes(app: FastifyInstance): Promise<void> 
       },
     },
     async (_request, reply) => {
-      const { pool, registryStatus } = app.stepwise;
+      const { pool } = app.stepwise;
       const models = pool.list().map((m) => ({
         id: m.id,
         family: m.engine.manifest.family,
         provider: m.engine.provider.provider,
         queue_depth: m.queue.depth,
       }));
-      const registry = registryStatus();
+      const registry = app.loraRegistry.status();
       const status = models.length === 0 ? "not-ready" : registry.reachable ? "ready" : "degraded";
       // Degraded still serves cached adapters: stay in the load balancer, but say so.
       reply.status(status === "not-ready" ? 503 : 200);

@@ -2,7 +2,8 @@
  * POST /v1/images/generations: the OpenAI images API shape plus Stepwise's fields, as JSON, as raw
  * image bytes (`Accept: image/png`, n = 1) or as Server-Sent Events (`stream: true`).
  */
-import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
+import type { FastifyPluginAsyncTypebox } from "@fastify/type-provider-typebox";
+import type { FastifyReply } from "fastify";
 import { type Static, Type } from "typebox";
 import { IMAGE_MIME, type ImageFormat } from "../../diffusion/pipelines/image-io.js";
 import { SCHEDULER_NAMES, type SchedulerName } from "../../diffusion/schedulers/index.js";
@@ -126,7 +127,7 @@ export function generationParams(body: GenerationBodyT, signal: AbortSignal): Ge
   };
 }
 
-export default async function imageRoutes(app: FastifyInstance): Promise<void> {
+const imageRoutes: FastifyPluginAsyncTypebox = async (app) => {
   app.post(
     "/v1/images/generations",
     {
@@ -140,7 +141,7 @@ export default async function imageRoutes(app: FastifyInstance): Promise<void> {
         response: { 200: GenerationResponse },
       },
     },
-    async (request: FastifyRequest<{ Body: GenerationBodyT }>, reply: FastifyReply) => {
+    async (request, reply) => {
       const body = request.body;
       const signal = requestSignal(request, reply);
       if (body.stream) {
@@ -158,9 +159,12 @@ export default async function imageRoutes(app: FastifyInstance): Promise<void> {
       const mime = IMAGE_MIME[body.output_format as ImageFormat];
       if (body.n === 1 && request.headers.accept?.split(",").some((a) => a.trim().startsWith(mime))) {
         reply.type(mime).header("x-stepwise-seed", String(out.images[0].seed));
-        return reply.send(out.images[0].bytes);
+        // The raw image is outside the JSON response schema, and so outside its reply type.
+        return (reply as FastifyReply).send(out.images[0].bytes);
       }
       return responseBody(out);
     },
   );
-}
+};
+
+export default imageRoutes;

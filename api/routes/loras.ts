@@ -4,8 +4,8 @@
  * (409 on conflict), and A1111's /sdapi/v1/loras listing.
  */
 import { join } from "node:path";
-import type { FastifyInstance, FastifyRequest } from "fastify";
-import { type Static, Type } from "typebox";
+import type { FastifyPluginAsyncTypebox } from "@fastify/type-provider-typebox";
+import { Type } from "typebox";
 import { qualifySlots } from "../../diffusion/lora/adapter.js";
 import { LoraFormatError, LoraValidationError } from "../../diffusion/lora/errors.js";
 import { importLora } from "../../diffusion/lora/formats/index.js";
@@ -14,8 +14,8 @@ import { readConfigFile } from "../../diffusion/models/config-reader.js";
 import { resolveUNetConfig } from "../../diffusion/models/unet2d-condition.js";
 import { decodeSafetensors } from "../../diffusion/weights/safetensors.js";
 import { Errors } from "../errors.js";
+import type { LoraRegistryApi } from "../registry-api.js";
 import { httpErrorForRegistry } from "../registry-errors.js";
-import type { LoraRegistryApi } from "../registry-services.js";
 
 const NAME = "^[a-z0-9][a-z0-9._-]{0,63}$";
 const Name = Type.Object({ name: Type.String({ pattern: NAME }) });
@@ -65,8 +65,8 @@ const AliasBody = Type.Object(
   { additionalProperties: false },
 );
 
-export function loraRoutes(registry: LoraRegistryApi) {
-  return async function routes(app: FastifyInstance): Promise<void> {
+export function loraRoutes(registry: LoraRegistryApi): FastifyPluginAsyncTypebox {
+  return async (app) => {
     app.addContentTypeParser("application/octet-stream", { parseAs: "buffer" }, (_req, body, done) =>
       done(null, body),
     );
@@ -117,7 +117,7 @@ export function loraRoutes(registry: LoraRegistryApi) {
           },
         },
       },
-      async (request: FastifyRequest<{ Params: Static<typeof Name> }>) => {
+      async (request) => {
         try {
           return await registry.show(request.params.name);
         } catch (err) {
@@ -140,10 +140,7 @@ export function loraRoutes(registry: LoraRegistryApi) {
           response: { 201: Manifest },
         },
       },
-      async (
-        request: FastifyRequest<{ Params: Static<typeof Name>; Querystring: Static<typeof PublishQuery> }>,
-        reply,
-      ) => {
+      async (request, reply) => {
         const body = request.body;
         if (!Buffer.isBuffer(body) || body.length === 0)
           throw new Errors.BAD_REQUEST("the body must be the adapter file (application/octet-stream)");
@@ -203,7 +200,7 @@ export function loraRoutes(registry: LoraRegistryApi) {
             },
             { alias: request.query.alias },
           );
-          await app.stepwise.refreshRegistry();
+          await app.loraRegistry.refresh();
           reply.status(201);
           return manifest;
         } catch (err) {
@@ -231,9 +228,7 @@ export function loraRoutes(registry: LoraRegistryApi) {
           },
         },
       },
-      async (
-        request: FastifyRequest<{ Params: Static<typeof NameAlias>; Body: Static<typeof AliasBody> }>,
-      ) => {
+      async (request) => {
         const { name, alias } = request.params;
         try {
           await registry.promote(name, alias, request.body.version, {
@@ -242,7 +237,7 @@ export function loraRoutes(registry: LoraRegistryApi) {
         } catch (err) {
           throw httpErrorForRegistry(err);
         }
-        await app.stepwise.refreshRegistry();
+        await app.loraRegistry.refresh();
         return { name, alias, version: request.body.version, previous: request.body.expected_version };
       },
     );

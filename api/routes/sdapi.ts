@@ -3,6 +3,7 @@
  * tags in the prompt), and the model, LoRA and sampler listings. Unknown fields are accepted and
  * ignored, as A1111's own API does, so clients that send its full request shape keep working.
  */
+import type { FastifyPluginAsyncTypebox } from "@fastify/type-provider-typebox";
 import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import { type Static, Type } from "typebox";
 import { A1111_SAMPLER_NAMES, schedulerFromA1111 } from "../../diffusion/pipelines/generation-parameters.js";
@@ -140,7 +141,7 @@ async function sdGenerate(
   };
 }
 
-export default async function sdapiRoutes(app: FastifyInstance): Promise<void> {
+const sdapiRoutes: FastifyPluginAsyncTypebox = async (app) => {
   app.post(
     "/sdapi/v1/txt2img",
     {
@@ -152,8 +153,7 @@ export default async function sdapiRoutes(app: FastifyInstance): Promise<void> {
         response: { 200: SdResponse },
       },
     },
-    async (request: FastifyRequest<{ Body: Txt2ImgBodyT }>, reply) =>
-      sdGenerate(app, request, reply, request.body),
+    async (request, reply) => sdGenerate(app, request, reply, request.body),
   );
   app.post(
     "/sdapi/v1/img2img",
@@ -166,8 +166,7 @@ export default async function sdapiRoutes(app: FastifyInstance): Promise<void> {
         response: { 200: SdResponse },
       },
     },
-    async (request: FastifyRequest<{ Body: Img2ImgBodyT }>, reply) =>
-      sdGenerate(app, request, reply, request.body, request.body),
+    async (request, reply) => sdGenerate(app, request, reply, request.body, request.body),
   );
   app.get(
     "/sdapi/v1/sd-models",
@@ -221,4 +220,6 @@ export default async function sdapiRoutes(app: FastifyInstance): Promise<void> {
     },
     async () => SCHEDULER_NAMES.map((s) => ({ name: A1111_SAMPLER_NAMES[s], aliases: [s], options: {} })),
   );
-}
+};
+
+export default sdapiRoutes;

@@ -7,7 +7,6 @@
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import type { ServerConfig } from "../../api/config.js";
-import { registryExtras } from "../../api/registry-services.js";
 import { type RunningServer, startServer } from "../../api/server.js";
 import { type LoraSlotEntry, readManifest } from "../../diffusion/engine/manifest.js";
 import type { LoraAdapter } from "../../diffusion/lora/adapter.js";
@@ -262,7 +261,7 @@ describe("an unreachable registry", () => {
         };
       },
     });
-    server = await startServer(config, (_pool, metrics) => registryExtras(flaky, config, metrics));
+    server = await startServer(config, { registry: flaky, scoring: "none" });
   });
   afterAll(async () => {
     await server?.close();

@@ -9,7 +9,9 @@ import { connect } from "node:net";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { resolveConfig } from "../../api/config.js";
+import type { LoraRegistryApi } from "../../api/registry-api.js";
 import { type RunningServer, startServer } from "../../api/server.js";
+import { RegistryUnavailableError } from "../../registry/errors.js";
 import { scratchDir, TEST_PROVIDER } from "../helpers/tiny-engines.js";
 import {
   type ApiErrorBody,
@@ -27,16 +29,48 @@ import {
 /** close() must not wait out the keep-alive timeout (72 s in fastify) once the work is done. */
 const PROMPT_CLOSE_MS = 10_000;
 
+/** Where the outage says it failed: an internal address no client may learn (issue 16, item 7). */
+const INTERNAL_ENDPOINT = "10.1.2.3:7480";
+
+/** A registry with nothing in it that can go down, failing as the S3 store does: naming its endpoint. */
+function registryThatCanFail(): { registry: LoraRegistryApi; down: (is: boolean) => void } {
+  let down = false;
+  const unavailable = (operation: string) =>
+    new RegistryUnavailableError(
+      "s3://stepwise-internal/loras",
+      operation,
+      new Error(`connect ECONNREFUSED ${INTERNAL_ENDPOINT}`),
+    );
+  const call =
+    <T>(operation: string, value: () => T) =>
+    async (): Promise<T> => {
+      if (down) throw unavailable(operation);
+      return value();
+    };
+  const absent = () => {
+    throw new Error("this registry holds no LoRA");
+  };
+  return {
+    registry: {
+      list: call("list", () => []),
+      show: call("show", absent),
+      resolve: call("resolve", absent),
+      pull: call("pull", absent),
+      publish: call("publish", absent),
+      promote: call("promote", absent),
+      changeToken: call("changeToken", () => "1"),
+    },
+    down: (is) => {
+      down = is;
+    },
+  };
+}
+
 describe("health, readiness and metrics", () => {
   let server: RunningServer;
-  let registryReachable = true;
+  const outage = registryThatCanFail();
   beforeAll(async () => {
-    server = await startTinyServer({
-      extras: {
-        registryStatus: () =>
-          registryReachable ? { reachable: true } : { reachable: false, detail: "s3: connection refused" },
-      },
-    });
+    server = await startTinyServer({ parts: { registry: outage.registry } });
   });
   afterAll(async () => {
     await server?.close();
@@ -48,7 +82,7 @@ describe("health, readiness and metrics", () => {
     expect(await res.json()).toEqual({ status: "ok" });
   });
 
-  it("GET /readyz lists the loaded models and says degraded (still 200) when the registry is unreachable", async () => {
+  it("GET /readyz lists the loaded models and says degraded (still 200) when the registry is unreachable, without its endpoint", async () => {
     const ready = await fetch(`${server.url}/readyz`);
     expect(ready.status).toBe(200);
     expect(await ready.json()).toEqual({
@@ -56,16 +90,21 @@ describe("health, readiness and metrics", () => {
       models: [{ id: "tiny-sd15", family: "sd15", provider: "cpu", queue_depth: 0 }],
       registry: { reachable: true },
     });
-    registryReachable = false;
+    outage.down(true);
     try {
+      await fetch(`${server.url}/v1/admin/registry/refresh`, { method: "POST" });
       const degraded = await fetch(`${server.url}/readyz`);
       expect(degraded.status).toBe(200);
-      expect(await degraded.json()).toMatchObject({
+      const text = await degraded.text();
+      expect(JSON.parse(text)).toMatchObject({
         status: "degraded",
-        registry: { reachable: false, detail: "s3: connection refused" },
+        registry: { reachable: false, detail: expect.stringMatching(/unreachable/) },
       });
+      expect(text).not.toContain(INTERNAL_ENDPOINT);
+      expect(text).not.toContain("s3://");
     } finally {
-      registryReachable = true;
+      outage.down(false);
+      await fetch(`${server.url}/v1/admin/registry/refresh`, { method: "POST" });
     }
   });
 

@@ -6,7 +6,7 @@
 import sharp from "sharp";
 import { resolveConfig, type ServerConfig } from "../../api/config.js";
 import type { Metrics } from "../../api/metrics.js";
-import { type RunningServer, type ServerExtras, startServer } from "../../api/server.js";
+import { type RunningServer, type ServerParts, startServer } from "../../api/server.js";
 import { readPngText } from "../../diffusion/pipelines/image-io.js";
 import type { ZooModelName } from "../../diffusion/zoo/zoo.js";
 import { scratchDir, TEST_PROVIDER, tinyEngineFolder } from "../helpers/tiny-engines.js";
@@ -21,7 +21,8 @@ export interface TinyServerOptions {
   readonly models?: readonly ZooModelName[];
   readonly limits?: Partial<ServerConfig["limits"]>;
   readonly auth?: Partial<ServerConfig["auth"]>;
-  readonly extras?: ServerExtras;
+  /** Default: no registry and no scoring. */
+  readonly parts?: ServerParts;
 }
 
 /** The config of a loopback test server (port 0: the OS picks a free one). */
@@ -40,7 +41,11 @@ export async function tinyServerConfig(options: TinyServerOptions = {}): Promise
 }
 
 export async function startTinyServer(options: TinyServerOptions = {}): Promise<RunningServer> {
-  return startServer(await tinyServerConfig(options), options.extras ?? {});
+  return startServer(await tinyServerConfig(options), {
+    registry: "none",
+    scoring: "none",
+    ...options.parts,
+  });
 }
 
 /** A small generation request body for POST /v1/images/generations. */

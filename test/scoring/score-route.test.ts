@@ -7,7 +7,7 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { resolveConfig } from "../../api/config.js";
 import { openApiDocument } from "../../api/openapi-document.js";
-import { LATENTS_TENSOR, parseLoraQuery, scoreRoutes, scoringExtras } from "../../api/routes/score.js";
+import { LATENTS_TENSOR, parseLoraQuery } from "../../api/routes/score-request.js";
 import { type RunningServer, startServer } from "../../api/server.js";
 import { SpmPool } from "../../api/spm-pool.js";
 import type { DiffusionEngine } from "../../diffusion/engine/diffusion-engine.js";
@@ -79,7 +79,7 @@ describe("POST /v1/score", () => {
       executionProvider: { provider: "cpu", intraOpThreads: TEST_THREADS },
       limits: { bodyLimitBytes: BODY_LIMIT, maxImages: MAX_ROWS },
     });
-    server = await startServer(config, await scoringExtras(config));
+    server = await startServer(config, { registry: "none" });
     [models, spm] = await Promise.all([openTinyEngine("tiny-sd15"), openTinySpm()]);
   });
   afterAll(async () => {
@@ -294,7 +294,7 @@ describe("POST /v1/score", () => {
 
 describe("/v1/score in the OpenAPI document and its query syntax", () => {
   it("documents both request bodies, the query parameters and the answer", async () => {
-    const doc = (await openApiDocument([scoreRoutes(SpmPool.empty())])) as {
+    const doc = (await openApiDocument({ scoring: SpmPool.empty() })) as {
       paths: Record<string, { post: Record<string, unknown> }>;
     };
     const op = doc.paths["/v1/score"].post as {

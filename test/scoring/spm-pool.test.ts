@@ -10,7 +10,6 @@ import { createApiKey } from "../../api/auth.js";
 import { resolveConfig } from "../../api/config.js";
 import { Metrics } from "../../api/metrics.js";
 import { ModelPool } from "../../api/model-pool.js";
-import { scoreRoutes } from "../../api/routes/score.js";
 import { ScoringQueue, ScoringQueueFullError, SpmPool } from "../../api/spm-pool.js";
 import { scratchDir, TEST_THREADS } from "../helpers/tiny-engines.js";
 
@@ -98,13 +97,9 @@ describe("/v1/score authorisation", () => {
         config,
         pool: ModelPool.empty(),
         metrics: new Metrics(),
-        adapters: { resolve: async () => undefined },
-        registryStatus: () => ({ reachable: true }),
-        refreshRegistry: async () => ({ changed: false }),
         shutdownSignal: new AbortController().signal,
-        routes: [scoreRoutes(SpmPool.empty())],
       },
-      { logger: false },
+      { logger: false, scoring: SpmPool.empty() },
     );
     try {
       const call = (key?: string) =>
