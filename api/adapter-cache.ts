@@ -108,9 +108,12 @@ export class AdapterCache implements AdapterResolver {
     if (mapped !== err && mapped.statusCode !== 503) return mapped as Error;
     if (mapped.statusCode === 503 || isUnreachable(err)) {
       this.reachable = false;
-      return new Errors.REGISTRY_UNAVAILABLE(
-        `the registry is unreachable and LoRA ${name} is not cached (${e.message})`,
+      // Not the cause's text in the answer: it names the internal endpoint. The log keeps it.
+      const unavailable = new Errors.REGISTRY_UNAVAILABLE(
+        `the registry is unreachable and LoRA ${name} is not cached`,
       );
+      unavailable.cause = err;
+      return unavailable;
     }
     return err as Error;
   }

@@ -8,7 +8,9 @@ import swaggerUi from "@fastify/swagger-ui";
 import Fastify, { type FastifyError, type FastifyInstance, type FastifyServerOptions } from "fastify";
 import auth from "./auth.js";
 import type { ServerConfig } from "./config.js";
-import { Errors } from "./errors.js";
+import { Errors, errorBody } from "./errors.js";
+import { clientErrorHandler, frameworkErrors, MAX_PARAM_LENGTH } from "./framework-errors.js";
+import hostCheck from "./host-check.js";
 import metricsPlugin, { type Metrics } from "./metrics.js";
 import type { ModelPool } from "./model-pool.js";
 import registryPlugin, { type RegistrySource } from "./registry-plugin.js";
@@ -59,6 +61,9 @@ export async function buildApp(
     requestIdHeader: "x-request-id",
     ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: true } },
     schemaErrorFormatter: formatValidationErrors,
+    maxParamLength: MAX_PARAM_LENGTH,
+    frameworkErrors,
+    clientErrorHandler,
   });
   app.decorate("stepwise", services);
 
@@ -88,6 +93,7 @@ export async function buildApp(
   });
   await app.register(swaggerUi, { routePrefix: "/docs" });
   await app.register(metricsPlugin, { metrics: services.metrics });
+  await app.register(hostCheck, { listen: config.host, keyCount: config.auth.keys.length });
   await app.register(auth, { keys: config.auth.keys });
 
   app.setErrorHandler((error: FastifyError & { retryAfter?: number }, request, reply) => {
@@ -125,11 +131,11 @@ export async function buildApp(
       status = 400;
     }
     if (error.retryAfter !== undefined) reply.header("retry-after", String(error.retryAfter));
-    reply.status(status).send({ error: { code, message, status } });
+    reply.status(status).send(errorBody(code, message, status));
   });
   app.setNotFoundHandler((request, reply) => {
     const { code, message, statusCode } = new Errors.NOT_FOUND(request.method, request.url);
-    reply.status(statusCode).send({ error: { code, message, status: statusCode } });
+    reply.status(statusCode).send(errorBody(code, message, statusCode));
   });
 
   await app.register(healthRoutes);

@@ -14,6 +14,11 @@ export const Errors = {
     "API key %s lacks the scope %s",
     403,
   ),
+  HOST_NOT_ALLOWED: createError<"STEPWISE_HOST_NOT_ALLOWED", 403, [string]>(
+    "STEPWISE_HOST_NOT_ALLOWED",
+    "%s",
+    403,
+  ),
   NOT_FOUND: createError<"STEPWISE_NOT_FOUND", 404, [string, string]>(
     "STEPWISE_NOT_FOUND",
     "no route %s %s",
@@ -31,11 +36,17 @@ export const Errors = {
   ),
   LORA_NOT_FOUND: createError<"STEPWISE_LORA_NOT_FOUND", 404, [string]>("STEPWISE_LORA_NOT_FOUND", "%s", 404),
   CONFLICT: createError<"STEPWISE_CONFLICT", 409, [string]>("STEPWISE_CONFLICT", "%s", 409),
+  REQUEST_TIMEOUT: createError<"STEPWISE_REQUEST_TIMEOUT", 408, []>(
+    "STEPWISE_REQUEST_TIMEOUT",
+    "the request was not received in time",
+    408,
+  ),
   PAYLOAD_TOO_LARGE: createError<"STEPWISE_PAYLOAD_TOO_LARGE", 413, [string]>(
     "STEPWISE_PAYLOAD_TOO_LARGE",
     "%s",
     413,
   ),
+  URI_TOO_LONG: createError<"STEPWISE_URI_TOO_LONG", 414, [string]>("STEPWISE_URI_TOO_LONG", "%s", 414),
   UNSUPPORTED_MEDIA_TYPE: createError<"STEPWISE_UNSUPPORTED_MEDIA_TYPE", 415, [string]>(
     "STEPWISE_UNSUPPORTED_MEDIA_TYPE",
     "%s",
@@ -45,6 +56,11 @@ export const Errors = {
     "STEPWISE_LORA_INCOMPATIBLE",
     "%s",
     422,
+  ),
+  HEADERS_TOO_LARGE: createError<"STEPWISE_HEADERS_TOO_LARGE", 431, [number]>(
+    "STEPWISE_HEADERS_TOO_LARGE",
+    "the request headers exceed %d bytes",
+    431,
   ),
   QUEUE_FULL: createError<"STEPWISE_QUEUE_FULL", 429, [string, number]>(
     "STEPWISE_QUEUE_FULL",
@@ -74,3 +90,8 @@ export const Errors = {
 } as const;
 
 export type ErrorCode = ReturnType<(typeof Errors)[keyof typeof Errors]>["code"];
+
+/** The body of every error answer: `{ error: { code, message, status } }` (docs/errors.md). */
+export function errorBody(code: string, message: string, status: number) {
+  return { error: { code, message, status } };
+}

@@ -16,12 +16,17 @@ const STATUS_OF: Readonly<Record<RegistryErrorCode, ((m: string) => Error) | und
   VERSION_IN_USE: (m) => new Errors.CONFLICT(m),
   NO_ROLLBACK_TARGET: (m) => new Errors.CONFLICT(m),
   CONTENTION: (m) => new Errors.CONFLICT(m),
-  REGISTRY_UNAVAILABLE: (m) => new Errors.REGISTRY_UNAVAILABLE(m),
+  // The message names the internal endpoint (the log keeps it as the cause): not for clients.
+  REGISTRY_UNAVAILABLE: () => new Errors.REGISTRY_UNAVAILABLE("the registry is unreachable; retry later"),
   CORRUPT_OBJECT: undefined,
   CANONICAL_FORMAT: undefined,
 };
 
 export function httpErrorForRegistry(err: unknown): Error {
-  if (err instanceof RegistryError) return STATUS_OF[err.code]?.(err.message) ?? err;
+  if (err instanceof RegistryError) {
+    const mapped = STATUS_OF[err.code]?.(err.message);
+    if (mapped) mapped.cause ??= err;
+    return mapped ?? err;
+  }
   return err as Error;
 }

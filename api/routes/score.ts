@@ -25,7 +25,7 @@ import { Errors } from "../errors.js";
 import type { LoadedModel } from "../model-pool.js";
 import { requestSignal } from "../request-signal.js";
 import { ScoringQueueFullError } from "../spm-pool.js";
-import { base64Field } from "../validation.js";
+import { base64ImageField } from "../validation.js";
 import {
   bad,
   checkedLatents,
@@ -116,7 +116,7 @@ async function runScoring(request: FastifyRequest, reply: FastifyReply, input: S
     const decoded: Float32Tensor[] = [];
     for (const [i, b64] of images.entries()) {
       try {
-        decoded.push(await decodeImage(base64Field(b64, `body.images[${i}]`), `body.images[${i}]`));
+        decoded.push(await decodeImage(base64ImageField(b64, `body.images[${i}]`), `body.images[${i}]`));
       } catch (err) {
         if (err instanceof ImageDecodeError) throw bad(err.message);
         throw err;

@@ -9,7 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createApiKey, hashApiKey } from "../../api/auth.js";
 import { ConfigFileError, resolveConfig } from "../../api/config.js";
 import { checkAuthRule, type RunningServer, startServer } from "../../api/server.js";
-import { type ApiErrorBody, startTinyServer, tinyBody } from "./tiny-server.js";
+import { type ApiErrorBody, rawGet, startTinyServer, tinyBody } from "./tiny-server.js";
 
 const generator = createApiKey("generator", ["generate"]);
 const reader = createApiKey("reader", ["registry:read"]);
@@ -112,6 +112,60 @@ describe("without keys", () => {
       ).toBe(200);
     } finally {
       await server.close();
+    }
+  });
+});
+
+describe("DNS rebinding: a keyless loopback server answers only loopback Host names", () => {
+  let server: RunningServer;
+  beforeAll(async () => {
+    server = await startTinyServer();
+  });
+  afterAll(async () => {
+    await server?.close();
+  });
+
+  it("refuses a page's own name resolved to 127.0.0.1 with 403, naming the Host", async () => {
+    for (const host of [
+      "attacker.example",
+      "attacker.example:8080",
+      "127.0.0.1.nip.io",
+      "localhost.attacker.example",
+    ]) {
+      const res = await rawGet(server.url, "/v1/models", { host });
+      expect(res.status, host).toBe(403);
+      const body = JSON.parse(res.body) as ApiErrorBody;
+      expect(body.error.code).toBe("STEPWISE_HOST_NOT_ALLOWED");
+      expect(body.error.message).toContain(JSON.stringify(host));
+    }
+    // The playground page (which reads the key a user typed) is refused too.
+    expect((await rawGet(server.url, "/", { host: "attacker.example" })).status).toBe(403);
+  });
+
+  it("answers localhost, 127.0.0.0/8 and [::1], with or without a port", async () => {
+    const port = new URL(server.url).port;
+    for (const host of [
+      "localhost",
+      `localhost:${port}`,
+      `127.0.0.1:${port}`,
+      "127.1.2.3",
+      `[::1]:${port}`,
+      "LOCALHOST",
+    ]) {
+      expect((await rawGet(server.url, "/v1/models", { host })).status, host).toBe(200);
+    }
+  });
+
+  it("does not check names once API keys are configured (the key is the guard)", async () => {
+    const keyed = await startTinyServer({ auth: { keys: [generator.entry] } });
+    try {
+      const res = await rawGet(keyed.url, "/v1/models", {
+        host: "stepwise.internal",
+        ...bearer(generator.key),
+      });
+      expect(res.status).toBe(200);
+    } finally {
+      await keyed.close();
     }
   });
 });

@@ -108,6 +108,28 @@ describe("health, readiness and metrics", () => {
     }
   });
 
+  it("a 503 for an adapter the unreachable registry holds names neither the endpoint nor the bucket", async () => {
+    outage.down(true);
+    try {
+      await fetch(`${server.url}/v1/admin/registry/refresh`, { method: "POST" });
+      const res = await postJson(
+        `${server.url}/v1/images/generations`,
+        tinyBody({ loras: [{ name: "style" }] }),
+      );
+      expect(res.status).toBe(503);
+      const text = await res.text();
+      expect((JSON.parse(text) as ApiErrorBody).error).toMatchObject({
+        code: "STEPWISE_REGISTRY_UNAVAILABLE",
+        message: expect.stringMatching(/unreachable.*style/),
+      });
+      expect(text).not.toContain(INTERNAL_ENDPOINT);
+      expect(text).not.toContain("s3://");
+    } finally {
+      outage.down(false);
+      await fetch(`${server.url}/v1/admin/registry/refresh`, { method: "POST" });
+    }
+  });
+
   it("GET /metrics counts requests by route and status, their latency, the queue depth and step time", async () => {
     const url = `${server.url}/v1/images/generations`;
     const before = await stepsRun(server.app.stepwise.metrics);

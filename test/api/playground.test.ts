@@ -63,12 +63,24 @@ describe.skipIf(!present)("playground in Chromium", () => {
     expect(res.status).toBe(200);
     expect(res.headers.get("content-type")).toBe("text/html; charset=utf-8");
     expect(await res.text()).toContain("<title>Stepwise playground</title>");
+    // It keeps the API key in localStorage: no foreign script, no framing (issue 16, item 7).
+    expect(res.headers.get("x-frame-options")).toBe("DENY");
+    const csp = res.headers.get("content-security-policy") ?? "";
+    expect(csp).toContain("default-src 'none'");
+    expect(csp).toContain("frame-ancestors 'none'");
+    expect(csp).toMatch(/script-src 'sha256-[A-Za-z0-9+/]+=*'(;|$)/);
+    expect(csp).not.toContain("unsafe-inline");
   });
 
   it("generates: step progress, the image, and its seed and timings", async () => {
     const page = await browser.newPage();
     const errors: string[] = [];
     page.on("pageerror", (e) => errors.push(e.message));
+    // The browser reports what the Content-Security-Policy blocked on the console.
+    const blocked: string[] = [];
+    page.on("console", (m) => {
+      if (/Content Security Policy/i.test(m.text())) blocked.push(m.text());
+    });
     const failed: string[] = [];
     page.on("response", (r) => {
       if (r.status() >= 400) failed.push(`${r.status()} ${new URL(r.url()).pathname}`);
@@ -102,6 +114,7 @@ describe.skipIf(!present)("playground in Chromium", () => {
       .poll(() => page.textContent("#status"), { timeout: 60_000 })
       .toMatch(/^Done: seed 1234, \d+ ms$/);
     expect(errors).toEqual([]);
+    expect(blocked).toEqual([]);
     // this server has no registry, so no LoRA list: the page does without it
     expect(failed).toEqual(["404 /v1/loras"]);
     expect(await page.textContent("#error")).toBe("");

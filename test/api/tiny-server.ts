@@ -3,6 +3,7 @@
  * by test/helpers/tiny-engines.ts), and the small HTTP helpers the API tests share: JSON posts,
  * PNG inspection, a Server-Sent Events reader and metric lookups.
  */
+import { request } from "node:http";
 import sharp from "sharp";
 import { resolveConfig, type ServerConfig } from "../../api/config.js";
 import type { Metrics } from "../../api/metrics.js";
@@ -63,6 +64,30 @@ export function postJson(
     headers: { "content-type": "application/json", ...init.headers },
     body: JSON.stringify(body),
     signal: init.signal,
+  });
+}
+
+/**
+ * A GET through node:http, which sends any Host header and any header size (fetch forbids the
+ * first and its parser stops the second before the server sees it).
+ */
+export function rawGet(
+  url: string,
+  path: string,
+  headers: Record<string, string> = {},
+): Promise<{ status: number; headers: Record<string, string | string[] | undefined>; body: string }> {
+  const { hostname, port } = new URL(url);
+  return new Promise((resolve, reject) => {
+    const req = request({ host: hostname, port, path, headers }, (res) => {
+      let body = "";
+      res.setEncoding("utf8");
+      res.on("data", (chunk: string) => {
+        body += chunk;
+      });
+      res.on("end", () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body }));
+    });
+    req.on("error", reject);
+    req.end();
   });
 }
 

@@ -2,10 +2,12 @@
  * Every client error of the generation APIs: the status, the catalogue code, and a message that
  * names the field (and the value or the limit). The network does not matter here: app.inject().
  */
+
+import { maxHeaderSize } from "node:http";
 import type { FastifyInstance } from "fastify";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { RunningServer } from "../../api/server.js";
-import { type ApiErrorBody, startTinyServer, tinyBody } from "./tiny-server.js";
+import { type ApiErrorBody, rawGet, startTinyServer, tinyBody } from "./tiny-server.js";
 
 /** Lower than the API's caps (150 steps, 8 images), to see that the config's limits hold. */
 const MAX_STEPS = 50;
@@ -218,5 +220,36 @@ describe("4xx answers name the field", () => {
     });
     const { message } = (res.json() as ApiErrorBody).error;
     for (const s of ["body.steps must be >= 1", "body.n must be >= 1", '"foo"']) expect(message).toContain(s);
+  });
+});
+
+describe("errors raised before a route runs keep the API's error shape", () => {
+  it("a path parameter over the router's limit is a 414 naming the limit", async () => {
+    // The LoRA routes are the ones with path parameters: a server with its registry.
+    const withRegistry = await startTinyServer({ parts: { registry: "configured" } });
+    try {
+      const res = await rawGet(withRegistry.url, `/v1/loras/${"a".repeat(200)}`);
+      expect(res.status).toBe(414);
+      const body = JSON.parse(res.body) as ApiErrorBody;
+      expect(body).toEqual({
+        error: { code: "STEPWISE_URI_TOO_LONG", message: expect.any(String), status: 414 },
+      });
+      expect(body.error.message).toContain("exceeds 100 characters");
+    } finally {
+      await withRegistry.close();
+    }
+  });
+
+  it("headers over Node's size limit are a 431 naming the limit", async () => {
+    const res = await rawGet(server.url, "/v1/models", { "x-padding": "a".repeat(maxHeaderSize + 1) });
+    expect(res.status).toBe(431);
+    expect(res.headers["content-type"]).toBe("application/json");
+    expect(JSON.parse(res.body)).toEqual({
+      error: {
+        code: "STEPWISE_HEADERS_TOO_LARGE",
+        message: `the request headers exceed ${maxHeaderSize} bytes`,
+        status: 431,
+      },
+    });
   });
 });

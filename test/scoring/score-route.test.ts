@@ -4,6 +4,7 @@
  * query parameters, images, the answers' agreement with the pipeline run directly, and every error
  * case with its status and exact reason.
  */
+import sharp from "sharp";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { resolveConfig } from "../../api/config.js";
 import { openApiDocument } from "../../api/openapi-document.js";
@@ -24,6 +25,8 @@ import { openTinySpm, tinySpmFolders } from "./tiny-spm.js";
 const BODY_LIMIT = 64 * 1024;
 const MAX_ROWS = 4;
 const PROMPT = "a photo of a cat sitting on a red sofa";
+/** A refusal reads a few header bytes: far below any decode of the body. */
+const REFUSAL_MS = 1000;
 
 function latents(rows: number, seed = 21): Float32Tensor {
   return createGenerator("stepwise", seed).randn([rows, 4, 8, 8]);
@@ -224,8 +227,30 @@ describe("POST /v1/score", () => {
     await expectError(
       { prompt: PROMPT, images: ["aGVsbG8="] },
       400,
-      "images[0]: not a decodable PNG, JPEG or WebP image",
+      "body.images[0] is not a PNG, JPEG or WebP image",
     );
+  });
+
+  it("takes only PNG, JPEG and WebP images, as the generation route does: SVG, GIF and TIFF are refused before any decoding", async () => {
+    // An SVG filter is a renderer's work on untrusted input (a 206-byte one took 145 s of CPU).
+    const svg = Buffer.from(
+      '<svg xmlns="http://www.w3.org/2000/svg" width="512" height="512"><filter id="b"><feGaussianBlur stdDeviation="40"/></filter><rect width="512" height="512" fill="red" filter="url(#b)"/></svg>',
+    );
+    const pixel = sharp({ create: { width: 8, height: 8, channels: 3, background: "red" } });
+    const others = [svg, await pixel.clone().gif().toBuffer(), await pixel.clone().tiff().toBuffer()];
+    for (const image of others) {
+      const started = performance.now();
+      const error = await expectError(
+        { prompt: PROMPT, images: [image.toString("base64")] },
+        400,
+        "body.images[0] is not a PNG, JPEG or WebP image",
+      );
+      expect(error.code).toBe("STEPWISE_BAD_REQUEST");
+      expect(performance.now() - started).toBeLessThan(REFUSAL_MS);
+    }
+    const webp = await pixel.clone().webp().toBuffer();
+    const accepted = await post({ prompt: PROMPT, images: [webp.toString("base64")] });
+    expect(accepted.status, JSON.stringify(accepted.body)).toBe(200);
   });
 
   it("answers 400 for a malformed safetensors body or missing query fields", async () => {
