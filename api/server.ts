@@ -1,7 +1,8 @@
 /**
  * Start and stop a server: check the auth rule, load the models, open the registry, build the app,
  * listen; on shutdown stop accepting, let in-flight work finish within the grace period, then
- * cancel what is left between denoising steps.
+ * cancel what is left between denoising steps, then cut what still runs: close() always returns
+ * within shutdownGraceMs + 2 x CANCEL_GRACE_MS.
  */
 import type { IncomingMessage, Server, ServerResponse } from "node:http";
 import type { Socket } from "node:net";
@@ -16,6 +17,25 @@ import type { ScoringSource } from "./scoring-plugin.js";
 
 /** How often a closing server ends the connections that have no request in flight. */
 const IDLE_REAP_INTERVAL_MS = 50;
+/**
+ * After the grace period, how long cancelled work gets to reach its next step (a denoising step of
+ * a large SDXL batch on a CPU takes about this), and then how long closing gets once the remaining
+ * connections are cut. Shutdown takes at most shutdownGraceMs + 2 x this.
+ */
+export const CANCEL_GRACE_MS = 2000;
+
+/** Whether `work` settles within `ms` (its outcome is the caller's to observe elsewhere). */
+async function settlesWithin(work: Promise<unknown>, ms: number): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined;
+  const deadline = new Promise<false>((r) => {
+    timer = setTimeout(() => r(false), ms);
+  });
+  try {
+    return await Promise.race([work.then(() => true), deadline]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
 
 export interface RunningServer {
   readonly app: FastifyInstance;
@@ -105,16 +125,19 @@ export async function startServer(config: ServerConfig, parts: ServerParts = {})
       closing ??= (async () => {
         const closed = app.close();
         const reaper = setInterval(endQuietConnections, IDLE_REAP_INTERVAL_MS);
-        let timer: NodeJS.Timeout | undefined;
-        const deadline = new Promise<"deadline">((r) => {
-          timer = setTimeout(() => r("deadline"), config.limits.shutdownGraceMs);
-        });
         try {
-          const finished = await Promise.race([Promise.all([closed, pool.drain()]), deadline]);
-          if (finished === "deadline") shutdown.abort(new Errors.SHUTTING_DOWN());
-          await closed;
+          // 1. the grace period: in-flight work finishes, nothing new is accepted
+          if (await settlesWithin(Promise.all([closed, pool.drain()]), config.limits.shutdownGraceMs)) return;
+          // 2. cancel: generation and queued scoring stop at their next step with SHUTTING_DOWN
+          shutdown.abort(new Errors.SHUTTING_DOWN());
+          if (await settlesWithin(closed, CANCEL_GRACE_MS)) return;
+          // 3. what has no step to stop at (a client still sending its body, an image decode, a
+          // running scoring pass): cut its connection, and give up waiting after one more period
+          app.log.warn("shutdown: work still running after its cancellation; closing its connections");
+          app.server.closeAllConnections();
+          if (!(await settlesWithin(closed, CANCEL_GRACE_MS)))
+            app.log.error("shutdown: parts still closing at the deadline; returning without them");
         } finally {
-          clearTimeout(timer);
           clearInterval(reaper);
         }
       })();

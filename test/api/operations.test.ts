@@ -10,7 +10,7 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { resolveConfig } from "../../api/config.js";
 import type { LoraRegistryApi } from "../../api/registry-api.js";
-import { type RunningServer, startServer } from "../../api/server.js";
+import { CANCEL_GRACE_MS, type RunningServer, startServer } from "../../api/server.js";
 import { RegistryUnavailableError } from "../../registry/errors.js";
 import { scratchDir, TEST_PROVIDER } from "../helpers/tiny-engines.js";
 import {
@@ -28,6 +28,8 @@ import {
 
 /** close() must not wait out the keep-alive timeout (72 s in fastify) once the work is done. */
 const PROMPT_CLOSE_MS = 10_000;
+/** Timers and closing the tiny engines' workers, beyond the shutdown bound itself. */
+const SHUTDOWN_SLACK_MS = 1500;
 
 /** Where the outage says it failed: an internal address no client may learn (issue 16, item 7). */
 const INTERNAL_ENDPOINT = "10.1.2.3:7480";
@@ -209,6 +211,29 @@ describe("graceful shutdown", () => {
     expect(((await res.json()) as ApiErrorBody).error.code).toBe("STEPWISE_SHUTTING_DOWN");
     expect(await stepsRun(metrics)).toBeLessThan(LONG_STEPS);
     expect(performance.now() - started).toBeLessThan(graceMs + PROMPT_CLOSE_MS);
+  });
+
+  it("returns within the grace period plus the cancel bound when a request has no step to stop at", async () => {
+    const graceMs = 200;
+    const server = await startTinyServer({ limits: { shutdownGraceMs: graceMs } });
+    // A slow client: its request is in flight (headers sent) but its body never finishes, so no
+    // handler runs and no cancellation can reach it. Node would wait for it up to its 300 s
+    // request timeout.
+    const { hostname, port } = new URL(server.url);
+    const slow = connect(Number(port), hostname);
+    await once(slow, "connect");
+    slow.write(
+      `POST /v1/images/generations HTTP/1.1\r\nHost: ${hostname}:${port}\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"prompt": "a red`,
+    );
+    const cut = once(slow, "close");
+    await new Promise((r) => setTimeout(r, 100)); // the server has read the headers
+    const started = performance.now();
+    await server.close();
+    const took = performance.now() - started;
+    expect(took).toBeGreaterThanOrEqual(graceMs);
+    expect(took).toBeLessThan(graceMs + 2 * CANCEL_GRACE_MS + SHUTDOWN_SLACK_MS);
+    await cut; // the stalled connection was cut, not left open
+    expect(slow.destroyed).toBe(true);
   });
 });
 
