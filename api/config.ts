@@ -10,6 +10,12 @@ import { extname, resolve } from "node:path";
 import { type Static, type TSchema, Type } from "typebox";
 import { Value } from "typebox/value";
 import { parse as parseYaml } from "yaml";
+import {
+  API_MAX_IMAGES,
+  DEFAULT_MAX_IMAGES,
+  DEFAULT_MAX_SIDE,
+  DEFAULT_MEMORY_BUDGET_BYTES,
+} from "./memory-budget.js";
 
 export const SCOPES = ["generate", "score", "registry:read", "registry:write", "admin"] as const;
 export type Scope = (typeof SCOPES)[number];
@@ -95,8 +101,15 @@ export const ServerConfigSchema = Type.Object(
         bodyLimitBytes: Type.Integer({ minimum: 1024, default: 64 * 1024 * 1024 }),
         // The route schemas cap steps at 150 and images at 8: a config may lower these, not raise them.
         maxSteps: Type.Integer({ minimum: 1, maximum: 150, default: 150 }),
-        maxSide: Type.Integer({ minimum: 8, default: 2048 }),
-        maxImages: Type.Integer({ minimum: 1, maximum: 8, default: 8 }),
+        // The defaults of these three come from the budget (api/memory-budget.ts): a request that
+        // passes them is still checked against the budget on its own model.
+        memoryBudgetBytes: Type.Integer({
+          minimum: 1,
+          default: DEFAULT_MEMORY_BUDGET_BYTES,
+          description: "Working memory one request may take (pixels x images x the model's bytes per pixel)",
+        }),
+        maxSide: Type.Integer({ minimum: 8, default: DEFAULT_MAX_SIDE }),
+        maxImages: Type.Integer({ minimum: 1, maximum: API_MAX_IMAGES, default: DEFAULT_MAX_IMAGES }),
         shutdownGraceMs: Type.Integer({ minimum: 0, default: 30_000 }),
       },
       { additionalProperties: false, default: {} },
@@ -141,6 +154,7 @@ export const ENV = {
   STEPWISE_API_KEYS: 'JSON array of {"name","hash","scopes"} (mount from a Secret)',
   STEPWISE_QUEUE_SIZE: "requests waiting per model before 429",
   STEPWISE_REQUEST_TIMEOUT_MS: "per-request timeout",
+  STEPWISE_MEMORY_BUDGET_BYTES: "working memory one request may take",
   STEPWISE_WATCH_INTERVAL_MS: "registry poll interval",
   STEPWISE_ADAPTER_CACHE_BYTES: "decoded adapter cache bound",
   STEPWISE_LOG_LEVEL: "pino log level",
@@ -183,6 +197,7 @@ function envOverrides(env: NodeJS.ProcessEnv): Record<string, unknown> {
   set(["executionProvider", "intraOpThreads"], int("STEPWISE_INTRA_OP_THREADS"));
   set(["limits", "queueSize"], int("STEPWISE_QUEUE_SIZE"));
   set(["limits", "requestTimeoutMs"], int("STEPWISE_REQUEST_TIMEOUT_MS"));
+  set(["limits", "memoryBudgetBytes"], int("STEPWISE_MEMORY_BUDGET_BYTES"));
   set(["adapters", "watchIntervalMs"], int("STEPWISE_WATCH_INTERVAL_MS"));
   set(["adapters", "cacheBytes"], int("STEPWISE_ADAPTER_CACHE_BYTES"));
   set(["logLevel"], env.STEPWISE_LOG_LEVEL);

@@ -19,6 +19,7 @@ import type { LoraRef, ResolvedLora } from "./adapters.js";
 import type { ServerConfig } from "./config.js";
 import { Errors } from "./errors.js";
 import { QueueFullError } from "./generation-queue.js";
+import { generationBytes, overBudget } from "./memory-budget.js";
 
 export const STEPWISE_VERSION = "stepwise 0.1.0";
 
@@ -97,6 +98,13 @@ export async function runGeneration(app: FastifyInstance, p: GenerationParams): 
       `${names.n ?? "body.n"} must be at most ${limits.maxImages} on this server, got ${p.n}`,
     );
   }
+  const tooBig = overBudget(
+    `${names.size ?? "the size"} ${width}x${height} with ${names.n ?? "body.n"} = ${p.n}`,
+    generationBytes(model.memory, width, height, p.n),
+    limits.memoryBudgetBytes,
+    model,
+  );
+  if (tooBig) throw new Errors.BAD_REQUEST(tooBig);
   const started = performance.now();
   const loras = p.loras.length > 0 ? await app.loraRegistry.adapters.resolve(model, p.loras) : undefined;
   let initImage: Awaited<ReturnType<typeof decodeImage>> | undefined;

@@ -12,12 +12,15 @@ import { DiffusionEngine } from "../diffusion/engine/diffusion-engine.js";
 import { writeZooModel, ZOO_MODELS, type ZooModelName } from "../diffusion/zoo/zoo.js";
 import type { ServerConfig } from "./config.js";
 import { GenerationQueue } from "./generation-queue.js";
+import { type ModelMemory, modelMemory } from "./memory-budget.js";
 import type { Metrics } from "./metrics.js";
 
 export interface LoadedModel {
   readonly id: string;
   readonly engine: DiffusionEngine;
   readonly queue: GenerationQueue;
+  /** What a request costs per pixel and image, checked against limits.memoryBudgetBytes. */
+  readonly memory: ModelMemory;
 }
 
 /** Build (once) the engine folder of a zoo model under dataDir; concurrent starters share the result. */
@@ -67,7 +70,8 @@ export class ModelPool {
           );
         }
         const queue = new GenerationQueue(m.id, engine, config.limits, metrics);
-        loaded.set(m.id, { id: m.id, engine, queue });
+        const memory = await modelMemory(engine.folder, engine.spec.vaeScaleFactor);
+        loaded.set(m.id, { id: m.id, engine, queue, memory });
         log.info(
           { model: m.id, family: engine.manifest.family, provider: engine.provider.provider },
           "model loaded",

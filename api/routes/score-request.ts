@@ -7,6 +7,7 @@
  * Every check answers 400 with the exact reason.
  */
 import { type Static, Type } from "typebox";
+import { ImageDecodeError, imageSize } from "../../diffusion/pipelines/image-io.js";
 import { SPO_GUIDANCE_SCALE, scoringScheduler } from "../../diffusion/pipelines/scoring.js";
 import {
   DTYPE_BYTES,
@@ -22,8 +23,9 @@ import { SafetensorsError } from "../../diffusion/weights/safetensors-header.js"
 import type { LoraRef } from "../adapters.js";
 import type { ServerConfig } from "../config.js";
 import { Errors } from "../errors.js";
+import { DECODED_IMAGE_BYTES_PER_PIXEL, formatBytes, generationBytes, overBudget } from "../memory-budget.js";
 import type { LoadedModel } from "../model-pool.js";
-import { base64Field } from "../validation.js";
+import { base64Field, base64ImageField } from "../validation.js";
 import { LoraRefSchema, MAX_PROMPT_CHARS } from "./images.js";
 
 /** The one tensor a safetensors body holds. */
@@ -269,6 +271,14 @@ export function checkedLatents(
       );
     }
   }
+  const f = spec.vaeScaleFactor;
+  const tooBig = overBudget(
+    `latents of shape ${shapeString(shape)} (${b} images of ${w * f}x${h * f})`,
+    generationBytes(model.memory, w * f, h * f, b),
+    limits.memoryBudgetBytes,
+    model,
+  );
+  if (tooBig) throw bad(tooBig);
   let tensor: Tensor;
   if (latents instanceof Tensor) {
     tensor = latents;
@@ -308,4 +318,38 @@ export function checkedPrompts(prompts: readonly string[], rows: number): readon
   if (prompts.length !== 1 && prompts.length !== rows)
     throw bad(`give one prompt, or one per row: ${rows} rows, ${prompts.length} prompts`);
   return prompts;
+}
+
+/**
+ * The images' bytes, checked before any pixel is decoded: PNG, JPEG or WebP (the generation
+ * route's check), at most limits.maxImages of them, each side at most limits.maxSide (read from the
+ * header), and their decoded size within limits.memoryBudgetBytes.
+ */
+export async function checkedImages(
+  images: readonly string[],
+  limits: ServerConfig["limits"],
+): Promise<Buffer[]> {
+  if (images.length > limits.maxImages)
+    throw bad(`body.images: ${images.length} images exceed limits.maxImages of ${limits.maxImages}`);
+  const files = images.map((b64, i) => base64ImageField(b64, `body.images[${i}]`));
+  let decodedBytes = 0;
+  for (const [i, file] of files.entries()) {
+    let size: { width: number; height: number };
+    try {
+      size = await imageSize(file, `body.images[${i}]`);
+    } catch (err) {
+      if (err instanceof ImageDecodeError) throw bad(err.message);
+      throw err;
+    }
+    if (size.width > limits.maxSide || size.height > limits.maxSide)
+      throw bad(
+        `body.images[${i}] is ${size.width}x${size.height}; each side must be at most limits.maxSide = ${limits.maxSide}`,
+      );
+    decodedBytes += size.width * size.height * DECODED_IMAGE_BYTES_PER_PIXEL;
+  }
+  if (decodedBytes > limits.memoryBudgetBytes)
+    throw bad(
+      `body.images decode to about ${formatBytes(decodedBytes)}, over this server's limits.memoryBudgetBytes of ${formatBytes(limits.memoryBudgetBytes)}: send fewer or smaller images`,
+    );
+  return files;
 }

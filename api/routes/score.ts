@@ -25,9 +25,9 @@ import { Errors } from "../errors.js";
 import type { LoadedModel } from "../model-pool.js";
 import { requestSignal } from "../request-signal.js";
 import { ScoringQueueFullError } from "../spm-pool.js";
-import { base64ImageField } from "../validation.js";
 import {
   bad,
+  checkedImages,
   checkedLatents,
   checkedPrompts,
   checkedTimestep,
@@ -110,19 +110,23 @@ async function runScoring(request: FastifyRequest, reply: FastifyReply, input: S
       );
     if (input.loras.length > 0)
       throw bad("loras act on the UNet, which clean images do not go through; send latents");
-    if (images.length > config.limits.maxImages)
-      throw bad(`images: ${images.length} exceeds the limit of ${config.limits.maxImages}`);
-    const prompts = checkedPrompts(input.prompts, images.length);
-    const decoded: Float32Tensor[] = [];
-    for (const [i, b64] of images.entries()) {
-      try {
-        decoded.push(await decodeImage(base64ImageField(b64, `body.images[${i}]`), `body.images[${i}]`));
-      } catch (err) {
-        if (err instanceof ImageDecodeError) throw bad(err.message);
-        throw err;
+    const files = await checkedImages(images, config.limits);
+    const prompts = checkedPrompts(input.prompts, files.length);
+    // Decoded inside the SPM's queue: one request's images in memory at a time, not every
+    // waiting request's.
+    const result = await spm.queue.run(async () => {
+      const decoded: Float32Tensor[] = [];
+      for (const [i, file] of files.entries()) {
+        signal.throwIfAborted();
+        try {
+          decoded.push(await decodeImage(file, `body.images[${i}]`));
+        } catch (err) {
+          if (err instanceof ImageDecodeError) throw bad(err.message);
+          throw err;
+        }
       }
-    }
-    const result = await spm.queue.run(() => scoreImages(spm.engine, { images: decoded, prompts }), signal);
+      return scoreImages(spm.engine, { images: decoded, prompts });
+    }, signal);
     outcome = { scores: result.scores, timings: result.timings, timestep: 0, model, loras: [] };
   }
 

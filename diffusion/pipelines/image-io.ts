@@ -132,6 +132,20 @@ export async function encodeImage(
   }
 }
 
+/** The size an image file declares in its header, read without decoding its pixels. */
+export async function imageSize(
+  bytes: Uint8Array,
+  field: string,
+): Promise<{ readonly width: number; readonly height: number }> {
+  try {
+    const { width, height } = await sharp(bytes).metadata();
+    if (!width || !height) throw new Error("no width and height in its header");
+    return { width, height };
+  } catch (err) {
+    throw new ImageDecodeError(`not a decodable PNG, JPEG or WebP image (${(err as Error).message})`, field);
+  }
+}
+
 /**
  * Decode PNG / JPEG / WebP bytes to [1, 3, H, W] in [-1, 1] (alpha dropped), resized to the given
  * size when one is asked for (stretched, as AUTOMATIC1111's "just resize").

@@ -7,6 +7,11 @@ import { join } from "node:path";
 import { beforeAll, describe, expect, it } from "vitest";
 import { createApiKey } from "../../api/auth.js";
 import { ConfigFileError, type ENV, loadConfig, resolveConfig, type ServerConfig } from "../../api/config.js";
+import {
+  DEFAULT_MAX_IMAGES,
+  DEFAULT_MAX_SIDE,
+  DEFAULT_MEMORY_BUDGET_BYTES,
+} from "../../api/memory-budget.js";
 import { scratchDir } from "../helpers/tiny-engines.js";
 
 let dir: string;
@@ -38,7 +43,14 @@ describe("defaults", () => {
       dataDir: ".stepwise",
       executionProvider: { provider: "cpu", deviceId: 0 },
       auth: { keys: [], insecureNoAuth: false },
-      limits: { queueSize: 8, maxBatchRows: 8, maxSteps: 150, maxSide: 2048, maxImages: 8 },
+      limits: {
+        queueSize: 8,
+        maxBatchRows: 8,
+        maxSteps: 150,
+        memoryBudgetBytes: DEFAULT_MEMORY_BUDGET_BYTES,
+        maxSide: DEFAULT_MAX_SIDE,
+        maxImages: DEFAULT_MAX_IMAGES,
+      },
       adapters: { watchIntervalMs: 2000 },
       logLevel: "info",
     });
@@ -134,6 +146,7 @@ describe("environment variables", () => {
       STEPWISE_API_KEYS: [JSON.stringify([key.entry]), (c) => c.auth.keys, [key.entry]],
       STEPWISE_QUEUE_SIZE: ["12", (c) => c.limits.queueSize, 12],
       STEPWISE_REQUEST_TIMEOUT_MS: ["60000", (c) => c.limits.requestTimeoutMs, 60000],
+      STEPWISE_MEMORY_BUDGET_BYTES: ["1073741824", (c) => c.limits.memoryBudgetBytes, 1073741824],
       STEPWISE_WATCH_INTERVAL_MS: ["500", (c) => c.adapters.watchIntervalMs, 500],
       STEPWISE_ADAPTER_CACHE_BYTES: ["1048576", (c) => c.adapters.cacheBytes, 1048576],
       STEPWISE_LOG_LEVEL: ["warn", (c) => c.logLevel, "warn"],

@@ -6,6 +6,7 @@
 import { maxHeaderSize } from "node:http";
 import type { FastifyInstance } from "fastify";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { DEFAULT_MAX_SIDE } from "../../api/memory-budget.js";
 import type { RunningServer } from "../../api/server.js";
 import { type ApiErrorBody, rawGet, startTinyServer, tinyBody } from "./tiny-server.js";
 
@@ -72,7 +73,11 @@ const CASES: readonly Case[] = [
     "body.size: width must be a multiple of 8",
     "got 63",
   ]),
-  bad("size over the limit", tinyBody({ size: "64x4096" }), ["body.size: height", "2048", "got 4096"]),
+  bad("size over the limit", tinyBody({ size: "64x4096" }), [
+    "body.size: height",
+    String(DEFAULT_MAX_SIDE),
+    "got 4096",
+  ]),
   bad("size not WxH", tinyBody({ size: "64" }), ["body.size must match pattern"]),
   bad("n > 8", tinyBody({ n: 9 }), ["body.n must be <= 8"]),
   bad("n over this server's limit", tinyBody({ n: MAX_IMAGES + 1 }), [

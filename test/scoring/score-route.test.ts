@@ -4,9 +4,11 @@
  * query parameters, images, the answers' agreement with the pipeline run directly, and every error
  * case with its status and exact reason.
  */
+import { crc32 } from "node:zlib";
 import sharp from "sharp";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { resolveConfig } from "../../api/config.js";
+import { DEFAULT_MAX_SIDE } from "../../api/memory-budget.js";
 import { openApiDocument } from "../../api/openapi-document.js";
 import { LATENTS_TENSOR, parseLoraQuery } from "../../api/routes/score-request.js";
 import { type RunningServer, startServer } from "../../api/server.js";
@@ -166,7 +168,7 @@ describe("POST /v1/score", () => {
     await expectError(
       { prompt: PROMPT, timestep: 1, latents: { ...jsonLatents(x), shape: [1, 4, 8, 512] } },
       400,
-      /width 512 is 4096 pixels; it must be a multiple of 8 and at most 2048/,
+      `width 512 is 4096 pixels; it must be a multiple of 8 and at most ${DEFAULT_MAX_SIDE}`,
     );
     await expectError(
       { prompt: PROMPT, timestep: 1, latents: { ...jsonLatents(x), shape: [1, 4, 8, 7] } },
@@ -248,6 +250,25 @@ describe("POST /v1/score", () => {
       expect(error.code).toBe("STEPWISE_BAD_REQUEST");
       expect(performance.now() - started).toBeLessThan(REFUSAL_MS);
     }
+    // Limits read from the header, before any pixel is decoded: the side, then the count.
+    // A small PNG whose header claims 4096x4096 (IHDR rewritten, its CRC recomputed).
+    const huge = await pixel.clone().png().toBuffer();
+    huge.writeUInt32BE(4096, 16);
+    huge.writeUInt32BE(4096, 20);
+    huge.writeUInt32BE(crc32(huge.subarray(12, 29)), 29);
+    const startedHuge = performance.now();
+    await expectError(
+      { prompt: PROMPT, images: [huge.toString("base64")] },
+      400,
+      `body.images[0] is 4096x4096; each side must be at most limits.maxSide = ${DEFAULT_MAX_SIDE}`,
+    );
+    expect(performance.now() - startedHuge).toBeLessThan(REFUSAL_MS);
+    const small = (await pixel.clone().png().toBuffer()).toString("base64");
+    await expectError(
+      { prompt: PROMPT, images: Array(MAX_ROWS + 1).fill(small) },
+      400,
+      `body.images: ${MAX_ROWS + 1} images exceed limits.maxImages of ${MAX_ROWS}`,
+    );
     const webp = await pixel.clone().webp().toBuffer();
     const accepted = await post({ prompt: PROMPT, images: [webp.toString("base64")] });
     expect(accepted.status, JSON.stringify(accepted.body)).toBe(200);
