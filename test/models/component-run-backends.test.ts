@@ -11,7 +11,7 @@ import type { CommandOutput } from "../../cli/command-output.js";
 import { componentCommand } from "../../cli/commands/component.js";
 import { maxAbs, maxAbsDiff, type Tensor } from "../../diffusion/tensor.js";
 import { readSafetensors } from "../../diffusion/weights/safetensors.js";
-import { describeWithShared, REFERENCE_DIR } from "../shared-data.js";
+import { REFERENCE_DIR } from "../paths.js";
 import { useTempDir } from "../weights/helpers/temp-dir.js";
 import { ioTensor, loadReferenceCase, REFERENCE_TOLERANCE, relativeError } from "./reference-cases.js";
 
@@ -29,7 +29,7 @@ async function run(args: readonly string[]): Promise<Map<string, Tensor>> {
   return (await readSafetensors(out)).tensors;
 }
 
-describeWithShared(["reference"], "component run --backend tfjs", () => {
+describe("component run --backend tfjs", () => {
   it("reproduces the SD1.5 UNet and the VAE decoder on TensorFlow.js", async () => {
     for (const [name, kind, keys] of [
       ["unet-tiny-sd15", "unet", ["out", "time_embedding_out"]],
@@ -78,7 +78,7 @@ describeWithShared(["reference"], "component run --backend tfjs", () => {
   });
 });
 
-describeWithShared(["reference", "spm-tiny"], "component run --kind clip|spm|spm-preprocess", () => {
+describe("component run --kind clip|spm|spm-preprocess", () => {
   const caseFiles = (name: string) => [
     "--config",
     join(REFERENCE_DIR, name, "case.json"),

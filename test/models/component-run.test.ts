@@ -11,7 +11,7 @@ import type { CommandOutput } from "../../cli/command-output.js";
 import { componentCommand } from "../../cli/commands/component.js";
 import { float32, int64, type Tensor, toFloat32 } from "../../diffusion/tensor.js";
 import { readSafetensors, writeSafetensors } from "../../diffusion/weights/safetensors.js";
-import { describeWithShared } from "../shared-data.js";
+
 import { useTempDir } from "../weights/helpers/temp-dir.js";
 import {
   FP16_REFERENCE_TOLERANCE,
@@ -77,7 +77,7 @@ async function expectMatches(
   }
 }
 
-describeWithShared(["reference"], "stepwise component run on the reference cases", () => {
+describe("stepwise component run on the reference cases", () => {
   it("unet (SD1.5 layout, onnx): out and time_embedding_out", async () => {
     const { outputs, stdout } = await runCase("unet-tiny-sd15", "unet");
     expect([...outputs.keys()].sort()).toEqual(["out", "time_embedding_out"]);

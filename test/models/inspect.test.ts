@@ -7,7 +7,7 @@ import { cp, mkdir, writeFile } from "node:fs/promises";
 import { describe, expect, it } from "vitest";
 import { CliError } from "../../cli/cli-error.js";
 import { formatCount, type InspectReport, inspectCommand, inspectModel } from "../../cli/commands/inspect.js";
-import { describeWithShared, sharedPath } from "../shared-data.js";
+import { fixturePath } from "../paths.js";
 import { useTempDir } from "../weights/helpers/temp-dir.js";
 
 /** The published models' parameter counts (torch `sum(p.numel())` of each component). */
@@ -33,9 +33,9 @@ async function runInspect(args: readonly string[]): Promise<string> {
   return text;
 }
 
-describeWithShared(["configs", "sd15"], "stepwise inspect on the real configs", () => {
+describe("stepwise inspect on the real configs", () => {
   it("SD1.5: the published parameter counts, measured at 512 px (64 latents)", async () => {
-    const report = await inspectModel(sharedPath("configs", "sd15"));
+    const report = await inspectModel(fixturePath("configs", "sd15"));
     expect(report.pipeline).toBe("StableDiffusionPipeline");
     expect(counts(report)).toEqual(SD15);
     expect(report.parameters).toBe(SD15.unet + SD15.vae + SD15.text_encoder);
@@ -45,13 +45,13 @@ describeWithShared(["configs", "sd15"], "stepwise inspect on the real configs", 
   });
 
   it("SDXL: the published parameter counts of both text encoders, the UNet and the VAE, at 1024 px", async () => {
-    const report = await inspectModel(sharedPath("configs", "sdxl"));
+    const report = await inspectModel(fixturePath("configs", "sdxl"));
     expect(counts(report)).toEqual(SDXL);
     expect(report.pixels).toBe(1024);
   });
 
   it("CLIP ViT-L/14 text: MACs match the count derived by hand", async () => {
-    const report = await inspectModel(sharedPath("configs", "sd15"));
+    const report = await inspectModel(fixturePath("configs", "sd15"));
     // 12 layers of 77 tokens, width 768, MLP 3072: q, k, v, out projections, Q K^T and A V, two
     // MLP matrices. Embedding lookups and norms do no multiply-accumulates.
     const [layers, tokens, width, mlp] = [12, 77, 768, 3072];
@@ -60,8 +60,8 @@ describeWithShared(["configs", "sd15"], "stepwise inspect on the real configs", 
   });
 
   it("MACs follow the resolution and the batch; parameters do not", async () => {
-    const native = await inspectModel(sharedPath("configs", "sd15"));
-    const half = await inspectModel(sharedPath("configs", "sd15"), { pixels: 256, batch: 2 });
+    const native = await inspectModel(fixturePath("configs", "sd15"));
+    const half = await inspectModel(fixturePath("configs", "sd15"), { pixels: 256, batch: 2 });
     expect(counts(half)).toEqual(SD15);
     // Convolutions scale with pixels (x1/4, x2 for the batch); attention's token-squared terms
     // scale faster, so the UNet ratio lands between 1/2 / 4 and 1/2.
@@ -76,13 +76,13 @@ describeWithShared(["configs", "sd15"], "stepwise inspect on the real configs", 
   });
 
   it("prints a table by default and the report with --json", async () => {
-    const table = await runInspect([sharedPath("configs", "sd15")]);
+    const table = await runInspect([fixturePath("configs", "sd15")]);
     expect(table).toContain("512x512 px, batch 1");
     expect(table).toMatch(/unet\s+UNet2DConditionModel\s+859,520,964\s+forward\s+64x64 latents\s+\d/);
     expect(table).toMatch(/vae\s+AutoencoderKL\s+83,653,863\s+encode\s+512x512 px/);
     expect(table).toMatch(/\n\s+decode\s+64x64 latents/);
     expect(table).toMatch(/total\s+1,066,235,307/);
-    const json = JSON.parse(await runInspect([sharedPath("configs", "sdxl"), "--json", "--size", "512"]));
+    const json = JSON.parse(await runInspect([fixturePath("configs", "sdxl"), "--json", "--size", "512"]));
     expect(json.pixels).toBe(512);
     expect(counts(json)).toEqual(SDXL);
   });
@@ -91,10 +91,10 @@ describeWithShared(["configs", "sd15"], "stepwise inspect on the real configs", 
     const dir = temp.path("configs-only");
     for (const c of ["unet", "vae", "text_encoder"]) {
       await mkdir(`${dir}/${c}`, { recursive: true });
-      await cp(sharedPath("configs", "sd15", c, "config.json"), `${dir}/${c}/config.json`);
+      await cp(fixturePath("configs", "sd15", c, "config.json"), `${dir}/${c}/config.json`);
     }
     expect(counts(await inspectModel(dir))).toEqual(SD15);
-    const single = await inspectModel(sharedPath("configs", "sdxl", "text_encoder_2", "config.json"));
+    const single = await inspectModel(fixturePath("configs", "sdxl", "text_encoder_2", "config.json"));
     expect(single.components.map((c) => [c.className, c.parameters])).toEqual([
       ["CLIPTextModelWithProjection", SDXL.text_encoder_2],
     ]);
@@ -123,9 +123,9 @@ describe("stepwise inspect: errors and formatting", () => {
   });
 });
 
-describeWithShared(["configs", "sd15"], "stepwise inspect: sizes", () => {
+describe("stepwise inspect: sizes", () => {
   it("refuses an image size the VAE cannot make latents of", async () => {
-    await expect(inspectModel(sharedPath("configs", "sd15"), { pixels: 500 })).rejects.toThrow(
+    await expect(inspectModel(fixturePath("configs", "sd15"), { pixels: 500 })).rejects.toThrow(
       new CliError("the image size must be a positive multiple of 8 pixels, got 500"),
     );
   });

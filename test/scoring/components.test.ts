@@ -19,7 +19,7 @@ import {
 import { maxAbs, maxAbsDiff, shapeString, type Tensor } from "../../diffusion/tensor.js";
 import { readSafetensors, writeSafetensors } from "../../diffusion/weights/safetensors.js";
 import { scratchDir } from "../helpers/tiny-engines.js";
-import { describeWithShared, sharedPath } from "../shared-data.js";
+import { fixturePath } from "../paths.js";
 
 /**
  * The README's bounds, as a fraction of max|ref|: clip-tiny 1e-5 (float32 noise is below 6e-7;
@@ -36,7 +36,7 @@ const TOLERANCE: Readonly<Record<SpmComponentKind, number>> = {
 const NOT_PRODUCED = /^(input_ids|images|timesteps|[AB]\/input|init_.*|plain_clip_.*)$/;
 
 async function compareCase(kind: SpmComponentKind, backend: SpmComponentBackend): Promise<string[]> {
-  const dir = sharedPath("reference", SPM_COMPONENT_CASES[kind]);
+  const dir = fixturePath("reference", SPM_COMPONENT_CASES[kind]);
   const c = await loadSpmComponentCase(kind, dir);
   const outputs = await runSpmComponent(c, { backend });
   const io = (await readSafetensors(`${dir}/io.safetensors`)).tensors;
@@ -54,7 +54,7 @@ async function compareCase(kind: SpmComponentKind, backend: SpmComponentBackend)
   return compared;
 }
 
-describeWithShared(["reference", "spm-tiny"], "SPM component runs against the reference cases", () => {
+describe("SPM component runs against the reference cases", () => {
   it.each([
     ["clip", "reference"],
     ["clip", "onnx"],
@@ -68,40 +68,36 @@ describeWithShared(["reference", "spm-tiny"], "SPM component runs against the re
   });
 });
 
-describeWithShared(
-  ["reference", "spm-tiny"],
-  "SPM component runs from files (what `component run` is given)",
-  () => {
-    it("reads SPO's prefixed checkpoint and a case.json, and runs it like the case folder", async () => {
-      const dir = sharedPath("reference", "spm-tiny");
-      const { tensors } = await readSafetensors(join(dir, "weights.safetensors"));
-      const scratch = await scratchDir("component-files");
-      const weights = join(scratch, "sd-v1-5_step-aware_preference_model.safetensors");
-      await writeSafetensors(
-        weights,
-        [...tensors].map(([name, t]) => [`model.${name}`, t] as const),
-      );
-      const c = await readSpmComponentFiles({
-        kind: "spm",
-        config: join(dir, "case.json"),
-        weights,
-        inputs: join(dir, "io.safetensors"),
-      });
-      const fromFiles = await runSpmComponent(c);
-      const fromCase = await runSpmComponent(await loadSpmComponentCase("spm", dir));
-      expect(maxAbsDiff(fromFiles.get("scores") as Tensor, fromCase.get("scores") as Tensor)).toBe(0);
+describe("SPM component runs from files (what `component run` is given)", () => {
+  it("reads SPO's prefixed checkpoint and a case.json, and runs it like the case folder", async () => {
+    const dir = fixturePath("reference", "spm-tiny");
+    const { tensors } = await readSafetensors(join(dir, "weights.safetensors"));
+    const scratch = await scratchDir("component-files");
+    const weights = join(scratch, "sd-v1-5_step-aware_preference_model.safetensors");
+    await writeSafetensors(
+      weights,
+      [...tensors].map(([name, t]) => [`model.${name}`, t] as const),
+    );
+    const c = await readSpmComponentFiles({
+      kind: "spm",
+      config: join(dir, "case.json"),
+      weights,
+      inputs: join(dir, "io.safetensors"),
     });
+    const fromFiles = await runSpmComponent(c);
+    const fromCase = await runSpmComponent(await loadSpmComponentCase("spm", dir));
+    expect(maxAbsDiff(fromFiles.get("scores") as Tensor, fromCase.get("scores") as Tensor)).toBe(0);
+  });
 
-    it("says what spm-preprocess needs when the config has no runs", async () => {
-      const dir = sharedPath("reference", "spm-preprocess");
-      const config = join(await scratchDir("component-files"), "config.json");
-      await writeFile(config, JSON.stringify({ projection_dim: 16 }));
-      await expect(
-        readSpmComponentFiles({ kind: "spm-preprocess", config, inputs: join(dir, "io.safetensors") }),
-      ).rejects.toThrow(/has no "runs"/);
-    });
-  },
-);
+  it("says what spm-preprocess needs when the config has no runs", async () => {
+    const dir = fixturePath("reference", "spm-preprocess");
+    const config = join(await scratchDir("component-files"), "config.json");
+    await writeFile(config, JSON.stringify({ projection_dim: 16 }));
+    await expect(
+      readSpmComponentFiles({ kind: "spm-preprocess", config, inputs: join(dir, "io.safetensors") }),
+    ).rejects.toThrow(/has no "runs"/);
+  });
+});
 
 describe("SPM component kinds", () => {
   it("name a reference case each", () => {

@@ -2,7 +2,7 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { CliError } from "../../cli/cli-error.js";
 import { tokenizeCommand } from "../../cli/commands/tokenize.js";
-import { describeWithShared, sharedPath } from "../shared-data.js";
+import { fixturePath } from "../paths.js";
 import { TINY_IDS, TinyFolders } from "./tiny-folder.js";
 
 interface RunResult {
@@ -87,11 +87,11 @@ describe("stepwise tokenize (tiny folder)", () => {
   });
 });
 
-describeWithShared(["configs"], "stepwise tokenize (real SD folders)", () => {
+describe("stepwise tokenize (real SD folders)", () => {
   it("prints SD1.5 ids", async () => {
     const { stdout } = await runTokenize([
       "--tokenizer",
-      sharedPath("configs", "sd15", "tokenizer"),
+      fixturePath("configs", "sd15", "tokenizer"),
       "a photo of a cat",
     ]);
     expect(stdout).toBe("[49406,320,1125,539,320,2368,49407]\n");
@@ -100,7 +100,7 @@ describeWithShared(["configs"], "stepwise tokenize (real SD folders)", () => {
   it("pads SDXL's tokenizer_2 with id 0", async () => {
     const { stdout } = await runTokenize([
       "--tokenizer",
-      sharedPath("configs", "sdxl", "tokenizer_2"),
+      fixturePath("configs", "sdxl", "tokenizer_2"),
       "--pad",
       "a photo of a cat",
     ]);
