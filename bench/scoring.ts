@@ -33,7 +33,7 @@ import { type Feeds, openSession, ortFloat32, timedRun } from "./ort-session.js"
 import { type BenchResult, percent, type ReportRow, timeSummary } from "./report.js";
 import { median, repeat, summarize } from "./stats.js";
 
-/** SPO's SD1.5 pool size (docs/SPO.md section 3). */
+/** SPO's SD1.5 pool size (docs/spo.md section 3). */
 const POOL = 4;
 /** A mid-trajectory timestep: the UNet, the decoder and the SPM all run (t = 0 would skip the UNet). */
 const TIMESTEP = 501;

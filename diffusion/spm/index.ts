@@ -2,7 +2,7 @@
  * The step-aware preference model (SPM) as the scoring service and the trainer use it: config,
  * weights, image preprocessing, the model definition and SPO's win/lose pool comparison.
  *
- * Scoring k decoded candidates of one prompt at timestep t (docs/SPO.md section 7):
+ * Scoring k decoded candidates of one prompt at timestep t (docs/spo.md section 7):
  *   const config = resolveSpmConfig(await readConfigFile(".../config.json"));
  *   const { tensors } = await loadSpmWeights(".../sd-v1-5_step-aware_preference_model.bin", config);
  *   const pixelValues = preprocessForSpm(decoded, config.vision.imageSize);

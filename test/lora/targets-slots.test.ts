@@ -118,7 +118,7 @@ describe("slots of tiny configs (from the model definition on the meta backend)"
 });
 
 describe("slots of the real SD1.5 and SDXL configs", () => {
-  // docs/SPO.md section 8: published SPO LoRAs are ~3.2 MB (SD1.5, rank 4) and ~372 MB (SDXL, rank 64) in float32.
+  // docs/spo.md section 8: published SPO LoRAs are ~3.2 MB (SD1.5, rank 4) and ~372 MB (SDXL, rank 64) in float32.
   it("the spo set gives the sizes of the published SPO LoRAs", () => {
     const bytes = (family: "sd15" | "sdxl", rank: number) =>
       unetLoraSlots(realUNetConfig(family), "spo").reduce(
