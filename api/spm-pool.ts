@@ -10,7 +10,7 @@ import { mkdir } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import type { FastifyBaseLogger } from "fastify";
 import { SpmEngine } from "../diffusion/engine/spm-engine.js";
-import { convertSpm } from "../diffusion/spm/convert-spm.js";
+import { convertSpm } from "../diffusion/convert/convert-spm.js";
 import { TINY_SPM_NAME, writeTinySpm } from "../diffusion/zoo/tiny-spm.js";
 import type { ServerConfig } from "./config.js";
 import { Errors } from "./errors.js";

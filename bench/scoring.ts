@@ -22,7 +22,7 @@ import { writeOnnxModel } from "../diffusion/onnx/writer.js";
 import { type ScoringTimings, scorePool } from "../diffusion/pipelines/scoring.js";
 import { createGenerator } from "../diffusion/random/index.js";
 import { expectedClipParams } from "../diffusion/spm/checkpoint.js";
-import { convertSpm } from "../diffusion/spm/convert-spm.js";
+import { convertSpm } from "../diffusion/convert/convert-spm.js";
 import { measureSpm, recordSpmGraphs, SPM_IO } from "../diffusion/spm/graphs.js";
 import { RandomParamSource } from "../diffusion/zoo/random-params.js";
 import { tinySpmConfig, writeTinySpm } from "../diffusion/zoo/tiny-spm.js";

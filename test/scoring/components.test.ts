@@ -15,7 +15,7 @@ import {
   SPM_COMPONENT_KINDS,
   type SpmComponentBackend,
   type SpmComponentKind,
-} from "../../diffusion/spm/components.js";
+} from "../../cli/spm-components.js";
 import { maxAbs, maxAbsDiff, shapeString, type Tensor } from "../../diffusion/tensor.js";
 import { readSafetensors, writeSafetensors } from "../../diffusion/weights/safetensors.js";
 import { scratchDir } from "../helpers/tiny-engines.js";

@@ -1,6 +1,6 @@
 /**
  * `stepwise component run --kind clip|spm|spm-preprocess`: a reference case's inputs
- * (shared/data/reference/{clip-tiny, spm-tiny, spm-preprocess}) through the model definitions on
+ * (test/fixtures/reference/{clip-tiny, spm-tiny, spm-preprocess}) through the model definitions on
  * the reference backend or as an ONNX graph on onnxruntime, with the outputs named as the case's
  * `io.safetensors` names them, so each one compares directly against the upstream value.
  *
@@ -13,32 +13,32 @@
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import type { ExecutionProviderConfig } from "../engine/execution-provider.js";
-import { OnnxRuntimeWorker } from "../engine/onnx-runtime.js";
+import type { ExecutionProviderConfig } from "../diffusion/engine/execution-provider.js";
+import { OnnxRuntimeWorker } from "../diffusion/engine/onnx-runtime.js";
 import {
   type ClipModelConfig,
   type ClipModelOutputs,
   clipModel,
   resolveClipModelConfig,
   resolveSpmConfig,
-} from "../models/clip-model.js";
-import { visionSequenceLength } from "../models/clip-vision.js";
-import { type RawConfig, readConfigFile } from "../models/config-reader.js";
-import { type OnnxComputeDType, OnnxOps, type OnnxValue } from "../onnx/onnx-ops.js";
-import { writeOnnxModel } from "../onnx/writer.js";
-import type { Ops } from "../ops/ops.js";
-import { MapParamSource, type ParamSource } from "../ops/params.js";
-import { ReferenceOps } from "../ops/reference.js";
-import { shapeString, type Tensor } from "../tensor.js";
-import { readSafetensors } from "../weights/safetensors.js";
-import { bindSpmWeights, loadSpmWeights, readAllParams } from "./checkpoint.js";
-import { preprocessForSpm, preprocessStages } from "./preprocess.js";
+} from "../diffusion/models/clip-model.js";
+import { visionSequenceLength } from "../diffusion/models/clip-vision.js";
+import { type RawConfig, readConfigFile } from "../diffusion/models/config-reader.js";
+import { type OnnxComputeDType, OnnxOps, type OnnxValue } from "../diffusion/onnx/onnx-ops.js";
+import { writeOnnxModel } from "../diffusion/onnx/writer.js";
+import type { Ops } from "../diffusion/ops/ops.js";
+import { MapParamSource, type ParamSource } from "../diffusion/ops/params.js";
+import { ReferenceOps } from "../diffusion/ops/reference.js";
+import { bindSpmWeights, loadSpmWeights, readAllParams } from "../diffusion/spm/checkpoint.js";
+import { preprocessForSpm, preprocessStages } from "../diffusion/spm/preprocess.js";
+import { shapeString, type Tensor } from "../diffusion/tensor.js";
+import { readSafetensors } from "../diffusion/weights/safetensors.js";
 
 export const SPM_COMPONENT_KINDS = ["clip", "spm", "spm-preprocess"] as const;
 export type SpmComponentKind = (typeof SPM_COMPONENT_KINDS)[number];
 export type SpmComponentBackend = "reference" | "onnx";
 
-/** The reference case each kind reproduces (a folder of shared/data/reference). */
+/** The reference case each kind reproduces (a folder of test/fixtures/reference). */
 export const SPM_COMPONENT_CASES: Readonly<Record<SpmComponentKind, string>> = {
   clip: "clip-tiny",
   spm: "spm-tiny",

@@ -14,12 +14,22 @@ import { createHash } from "node:crypto";
 import { createReadStream, existsSync } from "node:fs";
 import { copyFile, mkdir, readdir, rename, rm, stat, writeFile } from "node:fs/promises";
 import { basename, dirname, join, resolve } from "node:path";
-import { ConvertError, componentWeightFiles, STEPWISE_VERSION } from "../convert/convert.js";
 import { type ClipModelConfig, resolveSpmConfig } from "../models/clip-model.js";
 import { LEGACY_EOS_TOKEN_ID } from "../models/clip-text.js";
 import { type RawConfig, readConfigFile } from "../models/config-reader.js";
 import { writeOnnxModel } from "../onnx/writer.js";
 import type { ParamSource } from "../ops/params.js";
+import { bindSpmWeights, type SpmWeightsReport } from "../spm/checkpoint.js";
+import { measureSpm, recordSpmGraphs, SPM_GRAPHS, type SpmGraphName } from "../spm/graphs.js";
+import {
+  SPM_ENGINE_FORMAT,
+  SPM_ENGINE_FORMAT_VERSION,
+  SPM_MANIFEST_FILE,
+  SPM_TOKENIZER_FOLDER,
+  type SpmEngineManifest,
+  type SpmGraphEntry,
+} from "../spm/manifest.js";
+import { CLIP_IMAGE_MEAN, CLIP_IMAGE_STD } from "../spm/preprocess.js";
 import {
   MERGES_FILE,
   SPECIAL_TOKENS_MAP_FILE,
@@ -28,17 +38,7 @@ import {
 } from "../tokenizer/folder.js";
 import { ClipTokenizer } from "../tokenizer/index.js";
 import { CheckpointParamSource } from "../weights/checkpoint-source.js";
-import { bindSpmWeights, type SpmWeightsReport } from "./checkpoint.js";
-import { measureSpm, recordSpmGraphs, SPM_GRAPHS, type SpmGraphName } from "./graphs.js";
-import {
-  SPM_ENGINE_FORMAT,
-  SPM_ENGINE_FORMAT_VERSION,
-  SPM_MANIFEST_FILE,
-  SPM_TOKENIZER_FOLDER,
-  type SpmEngineManifest,
-  type SpmGraphEntry,
-} from "./manifest.js";
-import { CLIP_IMAGE_MEAN, CLIP_IMAGE_STD } from "./preprocess.js";
+import { ConvertError, componentWeightFiles, STEPWISE_VERSION } from "./convert.js";
 
 /** The files of a Hugging Face CLIP tokenizer folder that the engine keeps (never the weights beside them). */
 const TOKENIZER_FILES = [VOCAB_FILE, MERGES_FILE, TOKENIZER_CONFIG_FILE, SPECIAL_TOKENS_MAP_FILE] as const;
