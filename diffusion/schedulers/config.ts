@@ -90,12 +90,6 @@ export interface DpmSolverMultistepConfig extends BaseSchedulerConfig {
   readonly variance_type: null;
 }
 
-export type AnySchedulerConfig =
-  | DdimConfig
-  | EulerDiscreteConfig
-  | EulerAncestralConfig
-  | DpmSolverMultistepConfig;
-
 // --- defaults (diffusers 0.25.1 constructor defaults, scheduler by scheduler) ----------------------
 
 const BASE_DEFAULTS: BaseSchedulerConfig = {

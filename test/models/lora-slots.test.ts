@@ -10,7 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { recordComponentGraph } from "../../diffusion/convert/component-graph.js";
 import { type LoraAdapter, loraAdapter, loraModule, qualifySlots } from "../../diffusion/lora/adapter.js";
 import { scaledFactors, slotFeeds } from "../../diffusion/lora/feeds.js";
-import { mergeAdapter } from "../../diffusion/lora/merge.js";
+import { mergeAdapter } from "../lora/merge.js";
 import { unetLoraSlots } from "../../diffusion/lora/slots.js";
 import { isLoraTarget, type LoraTargetSetName } from "../../diffusion/lora/targets.js";
 import { measureComponent, type ResolvedConfig } from "../../diffusion/models/components.js";

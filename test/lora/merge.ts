@@ -1,19 +1,20 @@
 /**
  * Merging a LoRA into base weights on the host: W' = W + weight * (alpha / r) * up @ down.
  *
- * For tests ("an adapter fed through the slots equals the same adapter merged into the weights")
- * and for exporting merged checkpoints. Slow and obviously right: the product is accumulated in
- * float64 and rounded once, when added to W.
+ * The tests' oracle for "an adapter fed through the slots equals the same adapter merged into the
+ * weights" (merge.test.ts, test/models/lora-slots.test.ts); Stepwise itself never merges. Slow and
+ * obviously right: the product is accumulated in float64 and rounded once, when added to W.
  */
-import { type Float32Tensor, float32, shapeString, type Tensor, toFloat32 } from "../tensor.js";
+
 import {
   componentModules,
   type LoraAdapter,
   type LoraComponent,
   type LoraModuleWeights,
   moduleScale,
-} from "./adapter.js";
-import { LoraAdapterError } from "./errors.js";
+} from "../../diffusion/lora/adapter.js";
+import { LoraAdapterError } from "../../diffusion/lora/errors.js";
+import { type Float32Tensor, float32, shapeString, type Tensor, toFloat32 } from "../../diffusion/tensor.js";
 
 /**
  * `weight` is a Linear's [out, in] or a 1x1 conv's [out, in, 1, 1] (the result keeps its shape);
