@@ -17,7 +17,7 @@ import { scoreImages, scoreLatents } from "../../diffusion/pipelines/scoring.js"
 import { createGenerator } from "../../diffusion/random/index.js";
 import { writeSafetensors } from "../../diffusion/weights/safetensors.js";
 import { openTinyEngine, scratchDir, tinyEngineFolder } from "../helpers/tiny-engines.js";
-import { openTinySpm, tinySpmFolders } from "./tiny-spm.js";
+import { openTinySpm, tinySpmFolders } from "../scoring/tiny-spm.js";
 
 const PROMPT = "a cup of coffee on a wooden table";
 

@@ -11,8 +11,6 @@ import type { CommandOutput } from "../../cli/command-output.js";
 import { componentCommand } from "../../cli/commands/component.js";
 import { float32, int64, type Tensor, toFloat32 } from "../../diffusion/tensor.js";
 import { readSafetensors, writeSafetensors } from "../../diffusion/weights/safetensors.js";
-
-import { useTempDir } from "../weights/helpers/temp-dir.js";
 import {
   FP16_REFERENCE_TOLERANCE,
   ioTensor,
@@ -20,7 +18,8 @@ import {
   REFERENCE_TOLERANCE,
   type ReferenceCaseName,
   relativeError,
-} from "./reference-cases.js";
+} from "../models/reference-cases.js";
+import { useTempDir } from "../weights/helpers/temp-dir.js";
 
 const temp = useTempDir("component-run");
 

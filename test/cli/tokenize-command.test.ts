@@ -3,7 +3,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { CliError } from "../../cli/cli-error.js";
 import { tokenizeCommand } from "../../cli/commands/tokenize.js";
 import { fixturePath } from "../paths.js";
-import { TINY_IDS, TinyFolders } from "./tiny-folder.js";
+import { TINY_IDS, TinyFolders } from "../tokenizer/tiny-folder.js";
 
 interface RunResult {
   stdout: string;

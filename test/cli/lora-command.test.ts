@@ -19,8 +19,8 @@ import { readSafetensors, writeSafetensors } from "../../diffusion/weights/safet
 import { importLoraFile, loadEngineContext } from "../../registry/import.js";
 import { Registry } from "../../registry/registry.js";
 import { scratchDir, tinyEngineFolder } from "../helpers/tiny-engines.js";
+import { patterned, sameAdapter } from "../registry/registry-fixtures.js";
 import { describeWithS3 } from "../setup/s3.js";
-import { patterned, sameAdapter } from "./registry-fixtures.js";
 
 const Q = "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q";
 const KOHYA_Q = "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_q";

@@ -22,7 +22,7 @@ import type { Float32Tensor } from "../../diffusion/tensor.js";
 import { writeSafetensors } from "../../diffusion/weights/safetensors.js";
 import { Registry } from "../../registry/registry.js";
 import { openTinyEngine, scratchDir, TEST_THREADS, tinyEngineFolder } from "../helpers/tiny-engines.js";
-import { randomUnetAdapter } from "./lora-fixtures.js";
+import { randomUnetAdapter } from "../pipelines/lora-fixtures.js";
 
 interface Captured {
   stdout: string;

@@ -11,9 +11,14 @@ import type { CommandOutput } from "../../cli/command-output.js";
 import { componentCommand } from "../../cli/commands/component.js";
 import { maxAbs, maxAbsDiff, type Tensor } from "../../diffusion/tensor.js";
 import { readSafetensors } from "../../diffusion/weights/safetensors.js";
+import {
+  ioTensor,
+  loadReferenceCase,
+  REFERENCE_TOLERANCE,
+  relativeError,
+} from "../models/reference-cases.js";
 import { REFERENCE_DIR } from "../paths.js";
 import { useTempDir } from "../weights/helpers/temp-dir.js";
-import { ioTensor, loadReferenceCase, REFERENCE_TOLERANCE, relativeError } from "./reference-cases.js";
 
 /** The tolerance the SPM cases' README gives (clip-tiny's is tighter: 1e-5, still met here). */
 const SPM_TOLERANCE = 1e-4;
