@@ -202,7 +202,10 @@ export class AdapterCache implements AdapterResolver {
         );
       }
       try {
-        validateAdapter(r.adapter, slots, { maxRank: this.options.maxRank });
+        validateAdapter(r.adapter, slots, {
+          maxRank: this.options.maxRank,
+          dtype: model.engine.manifest.dtype,
+        });
       } catch (err) {
         if (err instanceof LoraValidationError) {
           throw new Errors.LORA_INCOMPATIBLE(
