@@ -17,6 +17,7 @@ import { validateAdapter } from "../diffusion/lora/validate.js";
 import type { LoraFeeds } from "../diffusion/pipelines/pipeline-models.js";
 import type { AdapterResolver, LoraRef, ResolvedLora, ResolvedLoras } from "./adapters.js";
 import { Errors } from "./errors.js";
+import { checkCombinedRank, checkLoraRefs } from "./lora-limits.js";
 import type { Metrics } from "./metrics.js";
 import type { LoadedModel } from "./model-pool.js";
 import { httpErrorForRegistry } from "./registry-errors.js";
@@ -174,6 +175,7 @@ export class AdapterCache implements AdapterResolver {
 
   async resolve(model: LoadedModel, refs: readonly LoraRef[]): Promise<ResolvedLoras | undefined> {
     if (refs.length === 0) return undefined;
+    checkLoraRefs(refs);
     const resolved = await Promise.all(
       refs.map(async (ref) => {
         const version = await this.version(ref);
@@ -187,6 +189,7 @@ export class AdapterCache implements AdapterResolver {
       weight: r.ref.weight,
       sha256: r.manifest.sha256,
     }));
+    checkCombinedRank(used.map((u, i) => ({ id: `${u.name}@${u.version}`, adapter: resolved[i].adapter })));
     const key = `${model.id}|${used.map((u) => `${u.name}@${u.version}*${u.weight}`).join("+")}`;
     const cached = this.feedsCache.get(key);
     if (cached) {
