@@ -103,6 +103,8 @@ export interface LoraListing {
   /** Published versions that are not deleted, ascending. */
   readonly versions: number[];
   readonly aliases: Record<string, number>;
+  /** Tombstones: deleted version -> when (ISO 8601). Replicas that cached one must stop serving it. */
+  readonly deleted: Record<string, string>;
 }
 
 export interface DeletedVersion {
@@ -111,7 +113,7 @@ export interface DeletedVersion {
   readonly manifest: LoraManifest;
 }
 
-export interface LoraDetails extends Omit<LoraListing, "versions"> {
+export interface LoraDetails extends Omit<LoraListing, "versions" | "deleted"> {
   /** Manifests of the published versions that are not deleted, ascending. */
   readonly versions: LoraManifest[];
   /** Earlier targets of each alias, oldest first (what rollback walks back through). */
@@ -296,7 +298,12 @@ export class Registry {
           .get(name)!
           .filter((v) => !table.deleted.has(v))
           .sort((a, b) => a - b);
-        return { name, versions, aliases: Object.fromEntries(table.aliases) };
+        return {
+          name,
+          versions,
+          aliases: Object.fromEntries(table.aliases),
+          deleted: Object.fromEntries([...table.deleted].map(([v, at]) => [String(v), at])),
+        };
       });
     });
   }
