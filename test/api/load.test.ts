@@ -88,4 +88,46 @@ describe("a queue of 8 under 30 concurrent requests", () => {
     }
     await waitFor("the queue to empty", () => !queue().busy && queue().depth === 0);
   });
+
+  it("Retry-After is the work ahead times the measured step time, not a fixed second", async () => {
+    const clients = Array.from({ length: QUEUE_SIZE + 1 }, () => new AbortController());
+    // One long job runs; eight wait behind it in one batch (same size and steps): ~2 x 150 steps ahead.
+    const before = await stepTimes();
+    const pending = clients.map((c, i) =>
+      postJson(url, tinyBody({ steps: LONG_STEPS, seed: i, size: i === 0 ? "128x128" : "32x32" }), {
+        signal: c.signal,
+      }).catch(() => "aborted"),
+    );
+    try {
+      await waitFor("the queue to fill", () => queue().busy && queue().depth === QUEUE_SIZE);
+      await waitFor(
+        "ten steps of the running job",
+        async () => (await stepTimes()).count - before.count >= 10,
+      );
+      const res = await postJson(url, tinyBody());
+      const now = await stepTimes();
+      expect(res.status).toBe(429);
+      const done = now.count - before.count;
+      const stepSeconds = (now.sum - before.sum) / done;
+      const expected = stepSeconds * (LONG_STEPS - done + LONG_STEPS);
+      expect(expected, "the work ahead must be long enough to tell an estimate from 1 s").toBeGreaterThan(2);
+      const retryAfter = Number(res.headers.get("retry-after"));
+      expect(retryAfter).toBeGreaterThanOrEqual(Math.floor(expected * 0.5));
+      expect(retryAfter).toBeLessThanOrEqual(Math.ceil(expected * 2));
+    } finally {
+      for (const c of clients) c.abort();
+      await Promise.all(pending);
+    }
+    await waitFor("the queue to empty", () => !queue().busy && queue().depth === 0);
+  });
 });
+
+/** Count and sum (seconds) of the denoising steps the model has run. */
+async function stepTimes(): Promise<{ count: number; sum: number }> {
+  const { values } = await server.app.stepwise.metrics.stepSeconds.get();
+  const of = (name: string) =>
+    values.find(
+      (v) => v.metricName === `stepwise_denoise_step_seconds_${name}` && v.labels.model === "tiny-sd15",
+    )?.value ?? 0;
+  return { count: of("count"), sum: of("sum") };
+}
