@@ -12,7 +12,7 @@
  * change index, and every blob that has a manifest and no tombstone (a complete version).
  */
 import { blobKey, LORAS_PREFIX, manifestKey, parseRegistryKey } from "./names.js";
-import { type IncompleteUpload, listAll, NotFoundError, type ObjectInfo } from "./object-store.js";
+import { exists, type IncompleteUpload, listAll, type ObjectInfo } from "./object-store.js";
 import type { Registry } from "./registry.js";
 
 /** Longer than any publish takes: a blob without a manifest this old belongs to a dead publisher. */
@@ -73,7 +73,7 @@ export async function collectGarbage(registry: Registry, options: GcOptions = {}
       continue;
     }
     // The manifest may have landed since the listing: then the blob is a version's, not an orphan's.
-    if (!deleted && (await exists(registry, manifestKey(name, version)))) continue;
+    if (!deleted && (await exists(store, manifestKey(name, version)))) continue;
     collected.push({
       key: blobKey(name, version),
       bytes: object.size,
@@ -86,14 +86,4 @@ export async function collectGarbage(registry: Registry, options: GcOptions = {}
   const uploads = await store.listIncompleteUploads(cutoff);
   if (!dryRun) for (const upload of uploads) await store.abortIncompleteUpload(upload);
   return { dryRun, blobs: collected, uploads, young };
-}
-
-async function exists(registry: Registry, key: string): Promise<boolean> {
-  try {
-    await registry.store.head(key);
-    return true;
-  } catch (error) {
-    if (error instanceof NotFoundError) return false;
-    throw error;
-  }
 }

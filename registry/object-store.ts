@@ -265,3 +265,14 @@ export async function* listAll(
     continuationToken = page.nextToken;
   } while (continuationToken !== undefined);
 }
+
+/** Whether `key` holds a value now (one HEAD). */
+export async function exists(store: ObjectStore, key: string): Promise<boolean> {
+  try {
+    await store.head(key);
+    return true;
+  } catch (error) {
+    if (error instanceof NotFoundError) return false;
+    throw error;
+  }
+}

@@ -68,6 +68,7 @@ import {
   parseRegistryKey,
 } from "./names.js";
 import {
+  exists,
   listAll,
   NotFoundError,
   type ObjectStore,
@@ -405,7 +406,7 @@ export class Registry {
       return parseManifest(new TextDecoder().decode(body), name, version, key);
     } catch (error) {
       if (!(error instanceof NotFoundError)) throw error;
-      const claimed = await this.exists(claimKey(name, version));
+      const claimed = await exists(this.store, claimKey(name, version));
       if (claimed) throw new LoraNotFoundError(name, { version }, "its publish never completed");
       throw await this.notFound(name, { version });
     }
@@ -418,16 +419,6 @@ export class Registry {
   ): Promise<LoraNotFoundError> {
     const page = await this.store.list(nameRoot(name), { maxKeys: 1 });
     return page.objects.length === 0 ? new LoraNotFoundError(name) : new LoraNotFoundError(name, what);
-  }
-
-  private async exists(key: string): Promise<boolean> {
-    try {
-      await this.store.head(key);
-      return true;
-    } catch (error) {
-      if (error instanceof NotFoundError) return false;
-      throw error;
-    }
   }
 
   /** Claims the lowest free version number above every number already used (claimed or not). */
