@@ -14,7 +14,14 @@ import type { ServerExtras } from "./server.js";
 
 /** What the API uses of the registry (registry/registry.ts). */
 export interface LoraRegistryApi {
-  list(): Promise<Array<{ name: string; versions: number[]; aliases: Record<string, number> }>>;
+  list(): Promise<
+    Array<{
+      name: string;
+      versions: number[];
+      aliases: Record<string, number>;
+      deleted: Record<string, string>;
+    }>
+  >;
   show(name: string): Promise<{ name: string; versions: AdapterManifest[]; aliases: Record<string, number> }>;
   resolve(ref: { name: string; version?: number; alias?: string }): Promise<AdapterManifest>;
   pull(name: string, version: number): Promise<{ manifest: AdapterManifest; adapter: LoraAdapter }>;

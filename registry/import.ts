@@ -4,9 +4,10 @@
  * Import reads any file the LoRA layer understands (diffusers / SPO, PEFT, kohya; see
  * diffusion/lora/formats) or a canonical file (canonical.ts), and checks it:
  *   - against a base engine's LoRA slots when one is given (unknown modules, wrong shapes,
- *     non-finite values, ranks above the maximum, text-encoder modules the engine has no slots for
+ *     non-finite values, values that overflow its dtype, rank 0 and ranks above the maximum, text-encoder modules the engine has no slots for
  *     unless `ignoreTextEncoder`), all listed by key in one LoraValidationError;
- *   - without an engine, only what needs no base model: finite values and the rank limit.
+ *   - without an engine, only what needs no base model: finite values within float32's range
+ *     and the rank limits.
  * It also records which modules are 1x1 convolutions (4-d factors in the file, or convs in the
  * engine's UNet), so that exports can write them 4-d again.
  *
@@ -37,7 +38,7 @@ import {
 } from "../diffusion/lora/formats/index.js";
 import { DIFFUSERS_ADAPTER_METADATA_KEY } from "../diffusion/lora/formats/peft.js";
 import { unetLoraModules } from "../diffusion/lora/slots.js";
-import { DEFAULT_MAX_LORA_RANK, validateAdapter } from "../diffusion/lora/validate.js";
+import { DEFAULT_MAX_LORA_RANK, type EngineDtype, validateAdapter } from "../diffusion/lora/validate.js";
 import { type RawConfig, readConfigFile } from "../diffusion/models/config-reader.js";
 import { resolveUNetConfig, type UNetConfig } from "../diffusion/models/unet2d-condition.js";
 import { writeFileAtomic } from "../diffusion/weights/file-io.js";
@@ -59,6 +60,8 @@ export interface EngineContext {
   readonly folder: string;
   readonly family: ModelFamily;
   readonly modelHash: string;
+  /** The engine's arithmetic: its range bounds an adapter's values. */
+  readonly dtype: EngineDtype;
   /** The engine's LoRA slots, component-qualified (its UNet's, and its text encoders' if any). */
   readonly slots: readonly LoraSlotShape[];
   readonly unet: UNetConfig;
@@ -79,6 +82,7 @@ export async function loadEngineContext(folder: string): Promise<EngineContext> 
     folder,
     family: manifest.family,
     modelHash: manifest.source.modelHash,
+    dtype: manifest.dtype,
     slots,
     unet,
     unetModules: unetLoraModules(unet),
@@ -131,6 +135,7 @@ export async function importLoraFile(file: string, options: ImportOptions = {}):
   const slots = options.engine?.slots ?? ownSlots(adapter, options.ignoreTextEncoder === true);
   const checked = validateAdapter(adapter, slots, {
     maxRank: options.maxRank ?? DEFAULT_MAX_LORA_RANK,
+    dtype: options.engine?.dtype,
     ignoreTextEncoder: options.ignoreTextEncoder,
     source: file,
   });

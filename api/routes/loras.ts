@@ -182,6 +182,7 @@ export function loraRoutes(registry: LoraRegistryApi) {
         try {
           adapter = validateAdapter(adapter, slots, {
             maxRank: app.stepwise.config.adapters.maxRank,
+            dtype: model.engine.manifest.dtype,
             ignoreTextEncoder: request.query.ignore_text_encoder,
           }).adapter;
         } catch (err) {

@@ -37,6 +37,7 @@ import { SafetensorsError } from "../../diffusion/weights/safetensors-header.js"
 import type { LoraRef, ResolvedLora } from "../adapters.js";
 import type { ServerConfig } from "../config.js";
 import { Errors } from "../errors.js";
+import { MAX_LORAS_PER_REQUEST } from "../lora-limits.js";
 import type { LoadedModel } from "../model-pool.js";
 import { requestSignal } from "../request-signal.js";
 import type { ServerExtras } from "../server.js";
@@ -103,7 +104,7 @@ export const ScoreBody = Type.Object(
       description: "CFG of the UNet pass (SPO: 5)",
     }),
     loras: Type.Array(LoraRefSchema, {
-      maxItems: 8,
+      maxItems: MAX_LORAS_PER_REQUEST,
       default: [],
       description: "LoRAs on the UNet (latents only)",
     }),
@@ -143,7 +144,7 @@ export const ScoreQuery = Type.Object(
     ),
     threshold: Type.Optional(Type.String({ pattern: NUMBER })),
     lora: Type.Optional(
-      Type.Union([LoraQuery, Type.Array(LoraQuery, { maxItems: 8 })], {
+      Type.Union([LoraQuery, Type.Array(LoraQuery, { maxItems: MAX_LORAS_PER_REQUEST })], {
         description:
           "`name`, `name@version` or `name:alias`, optionally `*weight` (default 1); repeat for several",
       }),

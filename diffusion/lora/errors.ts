@@ -47,8 +47,12 @@ export type LoraIssueKind =
   | "shape"
   /** NaN or infinity in a factor or in alpha. */
   | "non-finite"
+  /** Finite values whose arithmetic overflows the engine dtype (at the heaviest request weight). */
+  | "overflow"
   /** Rank above the configured maximum. */
   | "rank"
+  /** Rank 0: empty factors, which change nothing (a damaged or mis-exported file). */
+  | "rank-zero"
   /** A text-encoder module while the base model has no slots for that text encoder. */
   | "text-encoder";
 
@@ -65,7 +69,9 @@ const ISSUE_TITLES: Readonly<Record<LoraIssueKind, string>> = {
   "unknown-module": "not a LoRA slot of the base model",
   shape: "shape does not fit the slot",
   "non-finite": "non-finite values",
+  overflow: "values that overflow the engine dtype",
   rank: "rank above the maximum",
+  "rank-zero": "rank 0 (empty factors)",
   "text-encoder": "text-encoder modules the base model has no slots for (set ignoreTextEncoder to drop them)",
 };
 

@@ -237,7 +237,33 @@ describe("stepwise lora", () => {
   });
 
   it("turns what the user got wrong into CliErrors naming the file, name or field", async () => {
+    const overflowFile = join(dir, "overflow.safetensors");
+    const huge = patterned(8, 64, 5);
+    huge.data[3] = 3e38; // finite in float32, but NaN images once multiplied
+    await writeSafetensors(overflowFile, {
+      [`${Q}.lora.down.weight`]: huge,
+      [`${Q}.lora.up.weight`]: patterned(64, 8, 6),
+    });
+    const rankZeroFile = join(dir, "rank0.safetensors");
+    await writeSafetensors(rankZeroFile, {
+      [`${Q}.lora.down.weight`]: float32([0, 64], []),
+      [`${Q}.lora.up.weight`]: float32([64, 0], []),
+    });
     const cases: [string[], RegExp][] = [
+      [
+        ["publish", "style", overflowFile, ...reg(), "--model", engine],
+        new RegExp(
+          `overflow\\.safetensors: .*values that overflow the engine dtype: ${Q}\\.lora\\.down\\.weight \\(down\\[3\\]`,
+        ),
+      ],
+      [
+        ["import", overflowFile, "--out", join(dir, "x")],
+        /values that overflow the engine dtype: .*down\[3\]/,
+      ],
+      [
+        ["publish", "style", rankZeroFile, ...reg(), "--family", "sd15"],
+        /rank0\.safetensors: LoRA does not fit the base model: 1 rank 0 \(empty factors\)/,
+      ],
       [
         ["publish", "Style", spoFile, ...reg(), "--family", "sd15"],
         /^invalid LoRA name "Style": use 1 to 64/,
