@@ -9,13 +9,13 @@
  * - If the registry is unreachable, cached adapters keep serving; uncached ones fail with 503.
  * - A request resolves once, at its start: an alias moved while it runs does not affect it.
  */
-import type { LoraAdapter, LoraSlotShape } from "../diffusion/lora/adapter.js";
-import { adapterParameterBytes, qualifySlots } from "../diffusion/lora/adapter.js";
-import { LoraValidationError } from "../diffusion/lora/errors.js";
-import { componentFactors, concatAdapters, scaledFactors } from "../diffusion/lora/feeds.js";
-import { validateAdapter } from "../diffusion/lora/validate.js";
+import type { LoraAdapter } from "../diffusion/lora/adapter.js";
+import { adapterParameterBytes } from "../diffusion/lora/adapter.js";
+import { LoraFamilyError, LoraValidationError } from "../diffusion/lora/errors.js";
+import { engineLoraFeeds } from "../diffusion/lora/feeds.js";
 import type { LoraFeeds } from "../diffusion/pipelines/pipeline-models.js";
-import type { AdapterResolver, LoraRef, ResolvedLora, ResolvedLoras } from "./adapters.js";
+import { DEFAULT_ALIAS, type LoraRef, type WeightedLoraRef } from "../registry/names.js";
+import type { AdapterResolver, ResolvedLora, ResolvedLoras } from "./adapters.js";
 import { Errors } from "./errors.js";
 import type { Metrics } from "./metrics.js";
 import type { LoadedModel } from "./model-pool.js";
@@ -44,8 +44,6 @@ export interface AliasSnapshot {
   /** name -> alias -> version. */
   readonly aliases: ReadonlyMap<string, ReadonlyMap<string, number>>;
 }
-
-export const DEFAULT_ALIAS = "latest";
 
 interface Entry {
   readonly id: string;
@@ -172,7 +170,7 @@ export class AdapterCache implements AdapterResolver {
     this.metrics?.adapterBytes.set(this.bytes);
   }
 
-  async resolve(model: LoadedModel, refs: readonly LoraRef[]): Promise<ResolvedLoras | undefined> {
+  async resolve(model: LoadedModel, refs: readonly WeightedLoraRef[]): Promise<ResolvedLoras | undefined> {
     if (refs.length === 0) return undefined;
     const resolved = await Promise.all(
       refs.map(async (ref) => {
@@ -193,31 +191,23 @@ export class AdapterCache implements AdapterResolver {
       cached.lastUsed = ++this.clock;
       return { key, feeds: cached.feeds, used };
     }
-    const slots: LoraSlotShape[] = qualifySlots("unet", model.engine.manifest.graphs.unet?.loraSlots ?? []);
-    for (const r of resolved) {
-      const family = model.engine.manifest.family;
-      if (r.manifest.base.family !== family) {
-        throw new Errors.LORA_INCOMPATIBLE(
-          `LoRA ${r.ref.name}@${r.manifest.version} was made for ${r.manifest.base.family}, model ${model.id} is ${family}`,
-        );
-      }
-      try {
-        validateAdapter(r.adapter, slots, { maxRank: this.options.maxRank });
-      } catch (err) {
-        if (err instanceof LoraValidationError) {
-          throw new Errors.LORA_INCOMPATIBLE(
-            `LoRA ${r.ref.name}@${r.manifest.version} does not fit model ${model.id}: ${err.message}`,
-          );
-        }
-        throw err;
-      }
+    let feeds: LoraFeeds;
+    try {
+      ({ feeds } = engineLoraFeeds(
+        model.engine.manifest,
+        resolved.map((r) => ({
+          adapter: r.adapter,
+          weight: r.ref.weight,
+          source: `LoRA ${r.ref.name}@${r.manifest.version}`,
+          family: r.manifest.base.family,
+        })),
+        { maxRank: this.options.maxRank },
+      ));
+    } catch (err) {
+      if (err instanceof LoraFamilyError || err instanceof LoraValidationError)
+        throw new Errors.LORA_INCOMPATIBLE(`model ${model.id}: ${err.message}`);
+      throw err;
     }
-    const combined =
-      resolved.length === 1
-        ? resolved[0].adapter
-        : concatAdapters(resolved.map((r) => ({ adapter: r.adapter, weight: r.ref.weight })));
-    const weight = resolved.length === 1 ? resolved[0].ref.weight : 1;
-    const feeds: LoraFeeds = componentFactors(scaledFactors(combined, weight), "unet");
     let bytes = 0;
     for (const f of feeds.values()) bytes += f.down.data.byteLength + f.up.data.byteLength;
     this.feedsCache.set(key, { feeds, bytes, lastUsed: ++this.clock });

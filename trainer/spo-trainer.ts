@@ -20,7 +20,7 @@ import { randomUUID } from "node:crypto";
 import { mkdir, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import type { LoraAdapter } from "../diffusion/lora/adapter.js";
-import { componentFactors, scaledFactors } from "../diffusion/lora/feeds.js";
+import { unetLoraFeeds } from "../diffusion/lora/feeds.js";
 import type { LoraFeeds, PipelineModels } from "../diffusion/pipelines/pipeline-models.js";
 import { DDIMScheduler } from "../diffusion/schedulers/index.js";
 import type { EngineContext } from "../registry/import.js";
@@ -292,7 +292,7 @@ class SpoRun {
 
   /** The current LoRA as the engine's slot feeds. */
   private async loraFeeds(): Promise<LoraFeeds> {
-    return componentFactors(scaledFactors(await this.options.policy.adapter()), "unet");
+    return unetLoraFeeds([{ adapter: await this.options.policy.adapter(), weight: 1 }]);
   }
 
   /** One round: sample, reference, train; then counters, the epoch's end and a due checkpoint. */

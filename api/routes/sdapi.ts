@@ -7,7 +7,7 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import { type Static, Type } from "typebox";
 import { A1111_SAMPLER_NAMES, schedulerFromA1111 } from "../../diffusion/pipelines/generation-parameters.js";
 import { SCHEDULER_NAMES, type SchedulerName } from "../../diffusion/schedulers/index.js";
-import type { LoraRef } from "../adapters.js";
+import type { WeightedLoraRef } from "../../registry/names.js";
 import { Errors } from "../errors.js";
 import { runGeneration } from "../generation-service.js";
 import { requestSignal } from "../request-signal.js";
@@ -17,8 +17,8 @@ import { MAX_PROMPT_CHARS } from "./images.js";
 /** `<lora:name:weight>` (weight optional, default 1; `name@3` pins a version). */
 const LORA_TAG = /<lora:([a-z0-9][a-z0-9._-]{0,63})(?:@(\d+))?(?::(-?\d+(?:\.\d+)?))?>/gi;
 
-export function extractLoraTags(prompt: string): { prompt: string; loras: LoraRef[] } {
-  const loras: LoraRef[] = [];
+export function extractLoraTags(prompt: string): { prompt: string; loras: WeightedLoraRef[] } {
+  const loras: WeightedLoraRef[] = [];
   const cleaned = prompt.replace(LORA_TAG, (_m, name: string, version?: string, weight?: string) => {
     loras.push({
       name: name.toLowerCase(),

@@ -7,6 +7,7 @@
  * Nothing about an adapter is kept between calls.
  */
 import { join } from "node:path";
+import { slotFeeds } from "../lora/feeds.js";
 import type {
   LoraFeeds,
   PipelineModels,
@@ -29,26 +30,13 @@ export class EngineInputError extends Error {
 }
 
 export class DiffusionEngine implements PipelineModels {
-  private readonly emptySlots = new Map<string, Tensor>();
-
   private constructor(
     readonly folder: string,
     readonly manifest: EngineManifest,
     readonly spec: PipelineSpec,
     readonly tokenizers: readonly ClipTokenizer[],
     private readonly runtime: OnnxRuntimeWorker,
-  ) {
-    for (const slot of manifest.graphs.unet!.loraSlots) {
-      this.emptySlots.set(
-        `${slot.module}.lora_down`,
-        new Tensor("float32", [0, slot.inFeatures], new Float32Array(0)),
-      );
-      this.emptySlots.set(
-        `${slot.module}.lora_up`,
-        new Tensor("float32", [slot.outFeatures, 0], new Float32Array(0)),
-      );
-    }
-  }
+  ) {}
 
   static async open(
     folder: string,
@@ -108,27 +96,9 @@ export class DiffusionEngine implements PipelineModels {
     };
   }
 
-  /** The LoRA slot feeds for one call: the given factors, rank 0 for every other slot. */
-  loraInputs(lora?: LoraFeeds): Record<string, Tensor> {
-    const feeds: Record<string, Tensor> = Object.fromEntries(this.emptySlots);
-    if (!lora) return feeds;
-    const slots = new Map(this.manifest.graphs.unet!.loraSlots.map((s) => [s.module, s]));
-    for (const [module, f] of lora) {
-      const slot = slots.get(module);
-      if (!slot)
-        throw new EngineInputError(
-          `LoRA module ${module} has no slot in this engine (targets: ${this.manifest.loraTargets})`,
-        );
-      const [r, inF] = f.down.shape;
-      if (inF !== slot.inFeatures || f.up.shape[0] !== slot.outFeatures || f.up.shape[1] !== r) {
-        throw new EngineInputError(
-          `LoRA module ${module}: down [${f.down.shape}] / up [${f.up.shape}] do not fit the slot (in ${slot.inFeatures}, out ${slot.outFeatures})`,
-        );
-      }
-      feeds[`${module}.lora_down`] = f.down;
-      feeds[`${module}.lora_up`] = f.up;
-    }
-    return feeds;
+  /** The LoRA slot feeds for one call: the given factors, rank 0 for every other slot (LoraValidationError if they do not fit). */
+  loraInputs(lora: LoraFeeds = new Map()): Record<string, Tensor> {
+    return Object.fromEntries(slotFeeds(this.manifest.graphs.unet!.loraSlots, lora));
   }
 
   async unet(f: UNetFeeds, lora?: LoraFeeds): Promise<Float32Tensor> {
