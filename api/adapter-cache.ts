@@ -8,6 +8,7 @@
  * - Pinned names are never evicted. Eviction is by bytes, least recently used first.
  * - If the registry is unreachable, cached adapters keep serving; uncached ones fail with 503.
  * - A request resolves once, at its start: an alias moved while it runs does not affect it.
+ * - Combined feeds dropped from the cache are released from the engine's worker too.
  */
 import type { LoraAdapter } from "../diffusion/lora/adapter.js";
 import { adapterParameterBytes } from "../diffusion/lora/adapter.js";
@@ -64,7 +65,10 @@ function isUnreachable(err: unknown): boolean {
 
 export class AdapterCache implements AdapterResolver {
   private readonly entries = new Map<string, Entry>();
-  private readonly feedsCache = new Map<string, { feeds: LoraFeeds; bytes: number; lastUsed: number }>();
+  private readonly feedsCache = new Map<
+    string,
+    { feeds: LoraFeeds; bytes: number; lastUsed: number; model: LoadedModel }
+  >();
   private clock = 0;
   reachable = true;
 
@@ -160,7 +164,12 @@ export class AdapterCache implements AdapterResolver {
         .map((e) => ({ lastUsed: e.lastUsed, drop: () => this.entries.delete(e.id) })),
       ...[...this.feedsCache].map(([key, f]) => ({
         lastUsed: f.lastUsed,
-        drop: () => this.feedsCache.delete(key),
+        drop: () => {
+          this.feedsCache.delete(key);
+          // The engine's worker holds a copy (resident feeds); a request still running with these
+          // feeds re-uploads them. Release fails only once the engine is closed, when it no longer matters.
+          f.model.engine.releaseLora(f.feeds).catch(() => undefined);
+        },
       })),
     ].sort((a, b) => a.lastUsed - b.lastUsed);
     for (const v of victims) {
@@ -210,7 +219,7 @@ export class AdapterCache implements AdapterResolver {
     }
     let bytes = 0;
     for (const f of feeds.values()) bytes += f.down.data.byteLength + f.up.data.byteLength;
-    this.feedsCache.set(key, { feeds, bytes, lastUsed: ++this.clock });
+    this.feedsCache.set(key, { feeds, bytes, lastUsed: ++this.clock, model });
     this.evict();
     return { key, feeds, used };
   }
