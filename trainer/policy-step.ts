@@ -9,9 +9,9 @@
  */
 import * as tf from "@tensorflow/tfjs-core";
 import type { LoraFactors } from "../diffusion/ops/ops.js";
-import { concat } from "../diffusion/ops/reference-layout.js";
 import type { PipelineModels } from "../diffusion/pipelines/pipeline-models.js";
 import { type DDIMScheduler, ddimTransitionCoefficients } from "../diffusion/schedulers/index.js";
+import { concat } from "../diffusion/tensor-layout.js";
 import { toTf } from "../diffusion/tfjs/host.js";
 import { loraGradients } from "../diffusion/tfjs/lora.js";
 import { type RoundConditioning, unetFeeds } from "./conditioning.js";

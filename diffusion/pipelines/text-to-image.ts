@@ -7,7 +7,6 @@
  * pixels.
  */
 
-import { concat } from "../ops/reference-layout.js";
 import type { RandomGenerator } from "../random/generator.js";
 import {
   createGenerator,
@@ -24,6 +23,7 @@ import {
   schedulerNameForClass,
 } from "../schedulers/index.js";
 import { type Float32Tensor, float32, Tensor } from "../tensor.js";
+import { concat } from "../tensor-layout.js";
 import { CancelledError, type DenoiseJob, denoise, type StepEvent } from "./denoise.js";
 import type { LoraFeeds, PipelineModels } from "./pipeline-models.js";
 import { encodePrompts, LONG_PROMPT_MODES, type LongPromptMode } from "./prompt-encoding.js";
