@@ -29,16 +29,21 @@ function axisOf(helper: string, axis: number, shape: readonly number[]): number 
 }
 
 /**
- * Source and destination always share the dtype, so viewing both as Float32Array below only unifies
- * the typed-array union for TypeScript.
+ * Layout helpers keep the dtype. Source and destination always share it, so viewing both as
+ * Float32Array only unifies the typed-array union for TypeScript: copy elements, never compute.
  */
 type Flat = Float32Array;
 
-function flat(t: Tensor): Flat {
+/** A tensor's elements, for copying into a tensor of the same dtype. */
+export function flatData(t: Tensor): Flat {
   return t.data as unknown as Flat;
 }
 
-function like<D extends Tensor["dtype"]>(x: Tensor<D>, shape: readonly number[]): [Tensor<D>, Flat] {
+/** A new tensor of `x`'s dtype and the given shape, with its elements as `flatData` views them. */
+export function sameDtypeLike<D extends Tensor["dtype"]>(
+  x: Tensor<D>,
+  shape: readonly number[],
+): [Tensor<D>, Flat] {
   const data = allocate(x.dtype, numel(shape));
   return [new Tensor(x.dtype, shape, data), data as unknown as Flat];
 }
@@ -61,12 +66,12 @@ export function concat<D extends Tensor["dtype"]>(xs: readonly Tensor<D>[], axis
   shape[a] = xs.reduce((n, t) => n + t.shape[a], 0);
   const outer = numel(first.slice(0, a));
   const inner = numel(first.slice(a + 1));
-  const [result, out] = like(xs[0], shape);
+  const [result, out] = sameDtypeLike(xs[0], shape);
   let p = 0;
   for (let o = 0; o < outer; o++) {
     for (const t of xs) {
       const block = t.shape[a] * inner;
-      out.set(flat(t).subarray(o * block, (o + 1) * block), p);
+      out.set(flatData(t).subarray(o * block, (o + 1) * block), p);
       p += block;
     }
   }
@@ -86,8 +91,8 @@ export function slice<D extends Tensor["dtype"]>(
   shape[a] = e - s;
   const outer = numel(x.shape.slice(0, a));
   const inner = numel(x.shape.slice(a + 1));
-  const [result, out] = like(x, shape);
-  const src = flat(x);
+  const [result, out] = sameDtypeLike(x, shape);
+  const src = flatData(x);
   for (let o = 0; o < outer; o++) {
     const from = (o * x.shape[a] + s) * inner;
     out.set(src.subarray(from, from + (e - s) * inner), o * (e - s) * inner);

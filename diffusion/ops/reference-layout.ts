@@ -3,7 +3,8 @@
  * the integer-index ops (gather, gatherRows, argMax, equalScalar). `concat` and `slice` are the host
  * tensor helpers of diffusion/tensor-layout.ts.
  */
-import { allocate, type Float32Tensor, int64, numel, shapeString, Tensor } from "../tensor.js";
+import { type Float32Tensor, int64, numel, shapeString, Tensor } from "../tensor.js";
+import { flatData as flat, sameDtypeLike as like } from "../tensor-layout.js";
 import type { ReshapeSpec } from "./ops.js";
 import { axisOf, fail } from "./reference-math.js";
 
@@ -26,21 +27,6 @@ export function resolveReshape(input: readonly number[], spec: ReshapeSpec): num
   }
   if (numel(out) !== total) bad(`element counts differ (${total} vs ${numel(out)})`);
   return out;
-}
-
-/**
- * Layout ops keep the dtype (ids may be reshaped or sliced). Source and destination always share
- * it, so viewing both as Float32Array below only unifies the typed-array union for TypeScript.
- */
-type Flat = Float32Array;
-
-function flat(t: Tensor): Flat {
-  return t.data as unknown as Flat;
-}
-
-function like<D extends Tensor["dtype"]>(x: Tensor<D>, shape: readonly number[]): [Tensor<D>, Flat] {
-  const data = allocate(x.dtype, numel(shape));
-  return [new Tensor(x.dtype, shape, data), data as unknown as Flat];
 }
 
 export function transpose<D extends Tensor["dtype"]>(x: Tensor<D>, perm: readonly number[]): Tensor<D> {
