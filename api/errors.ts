@@ -72,5 +72,3 @@ export const Errors = {
     500,
   ),
 } as const;
-
-export type ErrorCode = ReturnType<(typeof Errors)[keyof typeof Errors]>["code"];

@@ -1,6 +1,6 @@
 /**
  * SPO's objective in TensorFlow.js, differentiable with respect to the policy's noise prediction
- * (docs/SPO.md section 5; SPO's train_spo.py lines 669-671 and `ddim_step_with_logprob`):
+ * (docs/spo.md section 5; SPO's train_spo.py lines 669-671 and `ddim_step_with_logprob`):
  *
  *   logp(x_prev | x_t) = mean over C,H,W of  -(x_prev - mu)^2 / (2 sigma^2) - log sigma - log sqrt(2 pi)
  *   ratio_w = clamp(exp(logp_theta(w) - logp_ref(w)), 1 - eps, 1 + eps)     (same for l)

@@ -1,5 +1,5 @@
 /**
- * The SPO training loop (docs/SPO.md section 6; DESIGN.md "Training path"), interleaved as SPO
+ * The SPO training loop (docs/spo.md section 6; DESIGN.md "Training path"), interleaved as SPO
  * runs it: each round samples pools for `sample_batch_size` prompts with the current LoRA, then
  * trains on all of that round's pairs in a shuffled order, so the next round samples with the
  * updated LoRA.

@@ -1,5 +1,5 @@
 /**
- * The DDIM transition as a Gaussian policy, for Step-aware Preference Optimization (docs/SPO.md
+ * The DDIM transition as a Gaussian policy, for Step-aware Preference Optimization (docs/spo.md
  * §2, §5, §10): SPO samples candidates x_{t−1} ~ N(μ_θ(x_t, t), σ_t² I) and scores them with the
  * log-probability of that Gaussian. Reproduces SPO's own functions (RockeyCoss/SPO,
  * spo/custom_diffusers/): `ddim_step_fetch_x0` -> `ddimPredictX0`, `ddim_step_fetch_x_t_1` ->

@@ -10,7 +10,6 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { recordComponentGraph } from "../../diffusion/convert/component-graph.js";
 import { type LoraAdapter, loraAdapter, loraModule, qualifySlots } from "../../diffusion/lora/adapter.js";
 import { slotFeeds, unetLoraFeeds } from "../../diffusion/lora/feeds.js";
-import { mergeAdapter } from "../../diffusion/lora/merge.js";
 import { unetLoraSlots } from "../../diffusion/lora/slots.js";
 import { isLoraTarget, type LoraTargetSetName } from "../../diffusion/lora/targets.js";
 import { measureComponent, type ResolvedConfig } from "../../diffusion/models/components.js";
@@ -22,6 +21,7 @@ import { createGenerator } from "../../diffusion/random/index.js";
 import { float32, maxAbs, maxAbsDiff, type Tensor } from "../../diffusion/tensor.js";
 import { randomWeights } from "../../diffusion/zoo/random-weights.js";
 import { TINY_SD15_UNET } from "../../diffusion/zoo/tiny-configs.js";
+import { mergeAdapter } from "../lora/merge.js";
 import { cpuSession, run } from "../onnx/ort.js";
 import { Rng, randn } from "../ops/random.js";
 

@@ -1,6 +1,6 @@
 /**
  * The trainer's differentiable DDIM log-probability against the formula written out directly in
- * float64 (docs/SPO.md section 5), for every prediction type a scheduler config can name, rows at
+ * float64 (docs/spo.md section 5), for every prediction type a scheduler config can name, rows at
  * different timesteps (including t = 1, where sigma is smallest), and its gradient against central
  * finite differences of that direct formula.
  *
