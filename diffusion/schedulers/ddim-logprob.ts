@@ -83,12 +83,9 @@ export function ddimTransitionOptions(scheduler: DDIMScheduler): DdimTransitionO
 const LATENT_RANK = 4;
 
 /** Per-row scalars as [rows, 1, ...] constants, to broadcast over tensors of `rank` dimensions. */
-function perRow<T>(ops: Ops<T>, values: ArrayLike<number>, rank: number): T {
-  return ops.constant(
-    Float32Array.from(values),
-    [values.length, ...new Array<number>(rank - 1).fill(1)],
-    true,
-  );
+function rowConstants<T>(ops: Ops<T>, rank: number): (values: ArrayLike<number>) => T {
+  const ones = new Array<number>(rank - 1).fill(1);
+  return (values) => ops.constant(Float32Array.from(values), [values.length, ...ones], true);
 }
 
 /** x̂₀ and the ε̂ matching it, on any backend. */
@@ -107,17 +104,10 @@ export function ddimTransitionX0<T>(
   options: DdimTransitionOptions,
   rank = LATENT_RANK,
 ): DdimX0Tensors<T> {
+  const perRow = rowConstants(ops, rank);
   const alpha = coefficients.alphaProdT;
-  const sqrtAlpha = perRow(
-    ops,
-    alpha.map((a) => f32(Math.sqrt(a))),
-    rank,
-  );
-  const sqrtBeta = perRow(
-    ops,
-    alpha.map((a) => f32(Math.sqrt(f32(1 - a)))),
-    rank,
-  );
+  const sqrtAlpha = perRow(alpha.map((a) => f32(Math.sqrt(a))));
+  const sqrtBeta = perRow(alpha.map((a) => f32(Math.sqrt(f32(1 - a)))));
   let x0: T;
   let eps: T;
   switch (options.prediction) {
@@ -148,16 +138,11 @@ export function ddimTransitionMean<T>(
   coefficients: DdimTransitionCoefficients,
   rank = LATENT_RANK,
 ): T {
+  const perRow = rowConstants(ops, rank);
   const std = coefficients.stdDevT;
-  const sqrtAlphaPrev = perRow(
-    ops,
-    coefficients.alphaProdTPrev.map((a) => f32(Math.sqrt(a))),
-    rank,
-  );
+  const sqrtAlphaPrev = perRow(coefficients.alphaProdTPrev.map((a) => f32(Math.sqrt(a))));
   const direction = perRow(
-    ops,
     coefficients.alphaProdTPrev.map((a, r) => f32(Math.sqrt(f32(f32(1 - a) - f32(std[r] * std[r]))))),
-    rank,
   );
   return ops.add(ops.mul(sqrtAlphaPrev, x0), ops.mul(direction, eps));
 }
@@ -173,17 +158,10 @@ export function ddimTransitionLogProb<T>(
   coefficients: DdimTransitionCoefficients,
   rank = LATENT_RANK,
 ): T {
+  const perRow = rowConstants(ops, rank);
   const std = coefficients.stdDevT;
-  const twoVariance = perRow(
-    ops,
-    std.map((s) => f32(2 * f32(s * s))),
-    rank,
-  );
-  const logStd = perRow(
-    ops,
-    std.map((s) => f32(Math.log(s))),
-    rank,
-  );
+  const twoVariance = perRow(std.map((s) => f32(2 * f32(s * s))));
+  const logStd = perRow(std.map((s) => f32(Math.log(s))));
   const diff = ops.sub(prevSample, mean);
   const scaled = ops.div(ops.neg(ops.mul(diff, diff)), twoVariance);
   const logProb = ops.sub(ops.sub(scaled, logStd), ops.scalar(LOG_SQRT_TWO_PI));
