@@ -10,15 +10,16 @@
  * - Pinned names are never evicted. Eviction is by bytes, least recently used first.
  * - If the registry is unreachable, cached adapters keep serving; uncached ones fail with 503.
  * - A request resolves once, at its start: an alias moved while it runs does not affect it.
+ * - Combined feeds dropped from the cache are released from the engine's worker too.
  */
-import type { LoraAdapter, LoraSlotShape } from "../diffusion/lora/adapter.js";
-import { adapterParameterBytes, qualifySlots } from "../diffusion/lora/adapter.js";
-import { LoraValidationError } from "../diffusion/lora/errors.js";
-import { componentFactors, concatAdapters, scaledFactors } from "../diffusion/lora/feeds.js";
-import { validateAdapter } from "../diffusion/lora/validate.js";
+import type { LoraAdapter } from "../diffusion/lora/adapter.js";
+import { adapterParameterBytes } from "../diffusion/lora/adapter.js";
+import { LoraFamilyError, LoraValidationError } from "../diffusion/lora/errors.js";
+import { engineLoraFeeds } from "../diffusion/lora/feeds.js";
 import type { LoraFeeds } from "../diffusion/pipelines/pipeline-models.js";
 import { VersionDeletedError } from "../registry/errors.js";
-import type { AdapterResolver, LoraRef, ResolvedLora, ResolvedLoras } from "./adapters.js";
+import { DEFAULT_ALIAS, type LoraRef, type WeightedLoraRef } from "../registry/names.js";
+import type { AdapterResolver, ResolvedLora, ResolvedLoras } from "./adapters.js";
 import { Errors } from "./errors.js";
 import { checkCombinedRank, checkLoraRefs } from "./lora-limits.js";
 import type { Metrics } from "./metrics.js";
@@ -51,8 +52,6 @@ export interface AliasSnapshot {
   readonly deleted: ReadonlyMap<string, ReadonlyMap<number, string>>;
 }
 
-export const DEFAULT_ALIAS = "latest";
-
 interface Entry {
   readonly id: string;
   readonly name: string;
@@ -74,7 +73,7 @@ export class AdapterCache implements AdapterResolver {
   private readonly entries = new Map<string, Entry>();
   private readonly feedsCache = new Map<
     string,
-    { feeds: LoraFeeds; bytes: number; lastUsed: number; ids: readonly string[] }
+    { feeds: LoraFeeds; bytes: number; lastUsed: number; model: LoadedModel; ids: readonly string[] }
   >();
   private clock = 0;
   /** The snapshot whose tombstones were last swept from the cache. */
@@ -131,7 +130,7 @@ export class AdapterCache implements AdapterResolver {
       return snapshot.deleted.get(id.slice(0, at))?.has(Number(id.slice(at + 1))) === true;
     };
     for (const id of this.entries.keys()) if (isDeleted(id)) this.entries.delete(id);
-    for (const [key, f] of this.feedsCache) if (f.ids.some(isDeleted)) this.feedsCache.delete(key);
+    for (const [key, f] of this.feedsCache) if (f.ids.some(isDeleted)) this.dropFeeds(key);
     this.metrics?.adapterBytes.set(this.bytes);
   }
 
@@ -187,6 +186,15 @@ export class AdapterCache implements AdapterResolver {
     return entry;
   }
 
+  private dropFeeds(key: string): void {
+    const f = this.feedsCache.get(key);
+    if (f === undefined) return;
+    this.feedsCache.delete(key);
+    // The engine's worker holds a copy (resident feeds); a request still running with these
+    // feeds re-uploads them. Release fails only once the engine is closed, when it no longer matters.
+    f.model.engine.releaseLora(f.feeds).catch(() => undefined);
+  }
+
   /** Drop least recently used adapters (never pinned ones, never one still loading) until under the bound. */
   private evict(): void {
     const pinned = new Set(this.options.pinned);
@@ -196,7 +204,7 @@ export class AdapterCache implements AdapterResolver {
         .map((e) => ({ lastUsed: e.lastUsed, drop: () => this.entries.delete(e.id) })),
       ...[...this.feedsCache].map(([key, f]) => ({
         lastUsed: f.lastUsed,
-        drop: () => this.feedsCache.delete(key),
+        drop: () => this.dropFeeds(key),
       })),
     ].sort((a, b) => a.lastUsed - b.lastUsed);
     for (const v of victims) {
@@ -206,7 +214,7 @@ export class AdapterCache implements AdapterResolver {
     this.metrics?.adapterBytes.set(this.bytes);
   }
 
-  async resolve(model: LoadedModel, refs: readonly LoraRef[]): Promise<ResolvedLoras | undefined> {
+  async resolve(model: LoadedModel, refs: readonly WeightedLoraRef[]): Promise<ResolvedLoras | undefined> {
     if (refs.length === 0) return undefined;
     checkLoraRefs(refs);
     this.sweepDeleted();
@@ -230,38 +238,27 @@ export class AdapterCache implements AdapterResolver {
       cached.lastUsed = ++this.clock;
       return { key, feeds: cached.feeds, used };
     }
-    const slots: LoraSlotShape[] = qualifySlots("unet", model.engine.manifest.graphs.unet?.loraSlots ?? []);
-    for (const r of resolved) {
-      const family = model.engine.manifest.family;
-      if (r.manifest.base.family !== family) {
-        throw new Errors.LORA_INCOMPATIBLE(
-          `LoRA ${r.ref.name}@${r.manifest.version} was made for ${r.manifest.base.family}, model ${model.id} is ${family}`,
-        );
-      }
-      try {
-        validateAdapter(r.adapter, slots, {
-          maxRank: this.options.maxRank,
-          dtype: model.engine.manifest.dtype,
-        });
-      } catch (err) {
-        if (err instanceof LoraValidationError) {
-          throw new Errors.LORA_INCOMPATIBLE(
-            `LoRA ${r.ref.name}@${r.manifest.version} does not fit model ${model.id}: ${err.message}`,
-          );
-        }
-        throw err;
-      }
+    let feeds: LoraFeeds;
+    try {
+      ({ feeds } = engineLoraFeeds(
+        model.engine.manifest,
+        resolved.map((r) => ({
+          adapter: r.adapter,
+          weight: r.ref.weight,
+          source: `LoRA ${r.ref.name}@${r.manifest.version}`,
+          family: r.manifest.base.family,
+        })),
+        { maxRank: this.options.maxRank, dtype: model.engine.manifest.dtype },
+      ));
+    } catch (err) {
+      if (err instanceof LoraFamilyError || err instanceof LoraValidationError)
+        throw new Errors.LORA_INCOMPATIBLE(`model ${model.id}: ${err.message}`);
+      throw err;
     }
-    const combined =
-      resolved.length === 1
-        ? resolved[0].adapter
-        : concatAdapters(resolved.map((r) => ({ adapter: r.adapter, weight: r.ref.weight })));
-    const weight = resolved.length === 1 ? resolved[0].ref.weight : 1;
-    const feeds: LoraFeeds = componentFactors(scaledFactors(combined, weight), "unet");
     let bytes = 0;
     for (const f of feeds.values()) bytes += f.down.data.byteLength + f.up.data.byteLength;
     const ids = used.map((u) => `${u.name}@${u.version}`);
-    this.feedsCache.set(key, { feeds, bytes, lastUsed: ++this.clock, ids });
+    this.feedsCache.set(key, { feeds, bytes, lastUsed: ++this.clock, model, ids });
     this.evict();
     return { key, feeds, used };
   }

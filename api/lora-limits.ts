@@ -7,7 +7,7 @@
 import { type LoraAdapter, moduleRank } from "../diffusion/lora/adapter.js";
 import { summarizeNames } from "../diffusion/lora/errors.js";
 import { MAX_LORA_WEIGHT } from "../diffusion/lora/validate.js";
-import type { LoraRef } from "./adapters.js";
+import type { WeightedLoraRef } from "../registry/names.js";
 import { Errors } from "./errors.js";
 
 export { MAX_LORA_WEIGHT };
@@ -24,7 +24,7 @@ export const MAX_LORAS_PER_REQUEST = 8;
 export const MAX_COMBINED_LORA_RANK = 512;
 
 /** Count, weights and version-or-alias of what a request names; 400 naming the LoRA otherwise. */
-export function checkLoraRefs(refs: readonly LoraRef[]): void {
+export function checkLoraRefs(refs: readonly WeightedLoraRef[]): void {
   if (refs.length > MAX_LORAS_PER_REQUEST) {
     throw new Errors.BAD_REQUEST(
       `a request may apply at most ${MAX_LORAS_PER_REQUEST} LoRAs, got ${refs.length}`,

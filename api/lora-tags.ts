@@ -4,8 +4,9 @@
  * naming it, never left in the prompt as text (where it would silently apply nothing). The limits
  * are the OpenAI route's (lora-limits.ts).
  */
+
+import type { WeightedLoraRef } from "../registry/names.js";
 import { NAME_PATTERN, parseVersion } from "../registry/names.js";
-import type { LoraRef } from "./adapters.js";
 import { Errors } from "./errors.js";
 import { MAX_LORA_WEIGHT, MAX_LORAS_PER_REQUEST } from "./lora-limits.js";
 
@@ -15,8 +16,8 @@ const LORA_TAG = /<lora:([^<>]*)>/gi;
 const WEIGHT_PATTERN = /^[+-]?(?:\d+\.?\d*|\.\d+)(?:e[+-]?\d+)?$/i;
 const DEFAULT_TAG_WEIGHT = 1;
 
-/** One tag's body (`name`, `name:0.8`, `name@3:-1`) as a LoraRef; `tag` names it in errors. */
-function parseTag(body: string, tag: string, field: string): LoraRef {
+/** One tag's body (`name`, `name:0.8`, `name@3:-1`) as a WeightedLoraRef; `tag` names it in errors. */
+function parseTag(body: string, tag: string, field: string): WeightedLoraRef {
   const bad = (problem: string) => new Errors.BAD_REQUEST(`${field}: LoRA tag ${tag}: ${problem}`);
   const parts = body.split(":");
   if (parts.length > 2) throw bad("only <lora:name:weight> is supported (name@version pins a version)");
@@ -49,8 +50,11 @@ function parseTag(body: string, tag: string, field: string): LoraRef {
 }
 
 /** Tags out of `prompt` (the rest, whitespace tidied, is the prompt); 400 for a bad tag or too many. */
-export function extractLoraTags(prompt: string, field = "body.prompt"): { prompt: string; loras: LoraRef[] } {
-  const loras: LoraRef[] = [];
+export function extractLoraTags(
+  prompt: string,
+  field = "body.prompt",
+): { prompt: string; loras: WeightedLoraRef[] } {
+  const loras: WeightedLoraRef[] = [];
   const cleaned = prompt.replace(LORA_TAG, (tag: string, body: string) => {
     loras.push(parseTag(body, tag, field));
     return "";

@@ -20,13 +20,11 @@ import { basename, dirname, join } from "node:path";
 import { type ModelFamily, readManifest } from "../diffusion/engine/manifest.js";
 import {
   adapterComponents,
-  LORA_COMPONENTS,
   type LoraAdapter,
   type LoraComponent,
   type LoraSlot,
   type LoraSlotShape,
   loraAdapter,
-  qualifySlots,
   splitModulePath,
 } from "../diffusion/lora/adapter.js";
 import { LoraFormatError } from "../diffusion/lora/errors.js";
@@ -37,7 +35,7 @@ import {
   type LoraFormat,
 } from "../diffusion/lora/formats/index.js";
 import { DIFFUSERS_ADAPTER_METADATA_KEY } from "../diffusion/lora/formats/peft.js";
-import { unetLoraModules } from "../diffusion/lora/slots.js";
+import { engineLoraSlots, unetLoraModules } from "../diffusion/lora/slots.js";
 import { DEFAULT_MAX_LORA_RANK, type EngineDtype, validateAdapter } from "../diffusion/lora/validate.js";
 import { type RawConfig, readConfigFile } from "../diffusion/models/config-reader.js";
 import { resolveUNetConfig, type UNetConfig } from "../diffusion/models/unet2d-condition.js";
@@ -71,11 +69,6 @@ export interface EngineContext {
 
 export async function loadEngineContext(folder: string): Promise<EngineContext> {
   const manifest = await readManifest(folder);
-  const slots: LoraSlotShape[] = [];
-  for (const component of LORA_COMPONENTS) {
-    const graph = manifest.graphs[component];
-    if (graph !== undefined) slots.push(...qualifySlots(component, graph.loraSlots));
-  }
   const unetConfigPath = join(folder, "unet", "config.json");
   const unet = resolveUNetConfig(await readConfigFile(unetConfigPath), unetConfigPath);
   return {
@@ -83,7 +76,7 @@ export async function loadEngineContext(folder: string): Promise<EngineContext> 
     family: manifest.family,
     modelHash: manifest.source.modelHash,
     dtype: manifest.dtype,
-    slots,
+    slots: engineLoraSlots(manifest),
     unet,
     unetModules: unetLoraModules(unet),
   };

@@ -6,9 +6,9 @@
 import { join } from "node:path";
 import type { FastifyInstance, FastifyRequest } from "fastify";
 import { type Static, Type } from "typebox";
-import { qualifySlots } from "../../diffusion/lora/adapter.js";
 import { LoraFormatError, LoraValidationError } from "../../diffusion/lora/errors.js";
 import { importLora } from "../../diffusion/lora/formats/index.js";
+import { engineLoraSlots } from "../../diffusion/lora/slots.js";
 import { validateAdapter } from "../../diffusion/lora/validate.js";
 import { readConfigFile } from "../../diffusion/models/config-reader.js";
 import { resolveUNetConfig } from "../../diffusion/models/unet2d-condition.js";
@@ -177,7 +177,7 @@ export function loraRoutes(registry: LoraRegistryApi) {
             throw new Errors.BAD_REQUEST(`the adapter file: ${(err as Error).message}`);
           throw err;
         }
-        const slots = qualifySlots("unet", model.engine.manifest.graphs.unet?.loraSlots ?? []);
+        const slots = engineLoraSlots(model.engine.manifest, ["unet"]);
         let adapter = imported.adapter;
         try {
           adapter = validateAdapter(adapter, slots, {

@@ -34,7 +34,9 @@ import {
 } from "../../diffusion/tensor.js";
 import { decodeSafetensors } from "../../diffusion/weights/safetensors.js";
 import { SafetensorsError } from "../../diffusion/weights/safetensors-header.js";
-import type { LoraRef, ResolvedLora } from "../adapters.js";
+import { RegistryError } from "../../registry/errors.js";
+import { parseLoraRef, type WeightedLoraRef } from "../../registry/names.js";
+import type { ResolvedLora } from "../adapters.js";
 import type { ServerConfig } from "../config.js";
 import { Errors } from "../errors.js";
 import { MAX_LORAS_PER_REQUEST } from "../lora-limits.js";
@@ -183,7 +185,7 @@ interface ScoreInput {
   readonly model?: string;
   readonly spm?: string;
   readonly guidanceScale: number;
-  readonly loras: readonly LoraRef[];
+  readonly loras: readonly WeightedLoraRef[];
   readonly threshold?: number;
 }
 
@@ -226,15 +228,16 @@ export function inputFromJson(body: ScoreBodyT, query: ScoreQueryT): ScoreInput 
 }
 
 /** `name[@version|:alias][*weight]` (the pattern in ScoreQuery has already matched). */
-export function parseLoraQuery(value: string): LoraRef {
+export function parseLoraQuery(value: string): WeightedLoraRef {
   const [ref, weightText] = value.split("*");
   const weight = weightText === undefined ? 1 : Number(weightText);
   if (!(Math.abs(weight) <= 10)) throw bad(`lora ${value}: weight must be in [-10, 10], got ${weightText}`);
-  const at = ref.indexOf("@");
-  if (at >= 0) return { name: ref.slice(0, at), version: Number(ref.slice(at + 1)), weight };
-  const colon = ref.indexOf(":");
-  if (colon >= 0) return { name: ref.slice(0, colon), alias: ref.slice(colon + 1), weight };
-  return { name: ref, weight };
+  try {
+    return { ...parseLoraRef(ref), weight };
+  } catch (err) {
+    if (err instanceof RegistryError) throw bad(`lora ${value}: ${err.message}`);
+    throw err;
+  }
 }
 
 export function inputFromSafetensors(body: Buffer, query: ScoreQueryT): ScoreInput {

@@ -5,6 +5,7 @@
  *   - `LoraAdapterError`: an adapter built in code is inconsistent (ranks of down and up differ,
  *     two adapters disagree on a module's size when concatenated).
  *   - `LoraValidationError`: a well-formed adapter does not fit a base model's LoRA slots.
+ *   - `LoraFamilyError`: an adapter made for one model family (sd15, sdxl) was asked of another.
  * Every message names the keys or modules at fault, the first few of them plus a count.
  */
 
@@ -94,5 +95,17 @@ export class LoraValidationError extends Error {
       clauses.push(`${ofKind.length} ${ISSUE_TITLES[kind]}: ${named}`);
     }
     return `${source ? `${source}: ` : ""}LoRA does not fit the base model: ${clauses.join("; ")}`;
+  }
+}
+
+export class LoraFamilyError extends Error {
+  constructor(
+    /** What names the adapter: a file path or `name@version`. */
+    readonly source: string,
+    readonly adapterFamily: string,
+    readonly engineFamily: string,
+  ) {
+    super(`${source} was made for ${adapterFamily}, the engine is ${engineFamily}`);
+    this.name = "LoraFamilyError";
   }
 }

@@ -18,13 +18,14 @@
  *
  * The trainer scores its SPO pools with these same functions.
  */
-import { concat, slice } from "../ops/reference-layout.js";
+
 import { DDIMScheduler } from "../schedulers/ddim.js";
 import { ddimPredictX0 } from "../schedulers/ddim-logprob.js";
 import { compareCandidates, type PoolComparison, SPO_PAIR_THRESHOLD } from "../spm/pool.js";
 import type { PreferenceModel } from "../spm/preference-model.js";
 import { preprocessForSpm } from "../spm/preprocess.js";
 import { type Float32Tensor, float32, shapeString, Tensor } from "../tensor.js";
+import { concat, slice } from "../tensor-layout.js";
 import { classifierFreeGuidance, repeatRows } from "./denoise.js";
 import type { LoraFeeds, PipelineModels, UNetFeeds } from "./pipeline-models.js";
 import { type Conditioning, encodePrompts } from "./prompt-encoding.js";

@@ -9,10 +9,11 @@ import { CommanderError } from "commander";
 import sharp from "sharp";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { CliError } from "../../cli/cli-error.js";
-import { generateCommand, outputPaths, parseLoraSpec } from "../../cli/commands/generate.js";
+import { generateCommand, outputPaths } from "../../cli/commands/generate.js";
+import { parseLoraSpec } from "../../cli/lora-option.js";
 import type { TextSink } from "../../cli/progress.js";
 import type { DiffusionEngine } from "../../diffusion/engine/diffusion-engine.js";
-import { componentFactors, concatAdapters, scaledFactors } from "../../diffusion/lora/feeds.js";
+import { unetLoraFeeds } from "../../diffusion/lora/feeds.js";
 import { exportLora } from "../../diffusion/lora/formats/index.js";
 import { exportPeftLora } from "../../diffusion/lora/formats/peft.js";
 import { parseParameters } from "../../diffusion/pipelines/generation-parameters.js";
@@ -140,14 +141,11 @@ describe("stepwise generate", () => {
       ],
       { tty: true },
     );
-    const combined = concatAdapters([
+    const feeds = unetLoraFeeds([
       { adapter: a, weight: 0.5 },
       { adapter: b, weight: 1 },
     ]);
-    const library = await generateOne(engine, {
-      ...request,
-      lora: { key: "a+b", feeds: componentFactors(scaledFactors(combined), "unet") },
-    });
+    const library = await generateOne(engine, { ...request, lora: { key: "a+b", feeds } });
     expect((await rgbOf(out)).equals(rgbOfPixels(library.images[0].pixels))).toBe(true);
     const plain = await generateOne(engine, request);
     expect((await rgbOf(out)).equals(rgbOfPixels(plain.images[0].pixels))).toBe(false);
@@ -224,7 +222,7 @@ describe("stepwise generate", () => {
         (
           await generateOne(engine, {
             ...request,
-            lora: { key: `${weight}`, feeds: componentFactors(scaledFactors(adapter, weight), "unet") },
+            lora: { key: `${weight}`, feeds: unetLoraFeeds([{ adapter, weight }]) },
           })
         ).images[0].pixels,
       );
