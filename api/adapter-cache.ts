@@ -2,21 +2,26 @@
  * Hot-swappable LoRAs for the server: resolve what a request names through the registry, keep the
  * decoded adapters in an LRU bounded by bytes, and hand the engine immutable slot feeds.
  *
- * - Identity is `name@version`; a version is immutable, so its decoded tensors never go stale.
+ * - Identity is `name@version`; a version is immutable, so its decoded tensors never go stale, but
+ *   it can be deleted: the watcher's snapshot carries the tombstones, and a deleted version is
+ *   refused (404) and dropped from the cache within one poll, pinned or cached or not.
  *   Aliases are resolved from the watcher's snapshot, so an alias move is seen within one poll.
  * - Concurrent requests for one uncached adapter load it once (one promise per identity).
  * - Pinned names are never evicted. Eviction is by bytes, least recently used first.
  * - If the registry is unreachable, cached adapters keep serving; uncached ones fail with 503.
  * - A request resolves once, at its start: an alias moved while it runs does not affect it.
+ * - Combined feeds dropped from the cache are released from the engine's worker too.
  */
-import type { LoraAdapter, LoraSlotShape } from "../diffusion/lora/adapter.js";
-import { adapterParameterBytes, qualifySlots } from "../diffusion/lora/adapter.js";
-import { LoraValidationError } from "../diffusion/lora/errors.js";
-import { componentFactors, concatAdapters, scaledFactors } from "../diffusion/lora/feeds.js";
-import { validateAdapter } from "../diffusion/lora/validate.js";
+import type { LoraAdapter } from "../diffusion/lora/adapter.js";
+import { adapterParameterBytes } from "../diffusion/lora/adapter.js";
+import { LoraFamilyError, LoraValidationError } from "../diffusion/lora/errors.js";
+import { engineLoraFeeds } from "../diffusion/lora/feeds.js";
 import type { LoraFeeds } from "../diffusion/pipelines/pipeline-models.js";
-import type { AdapterResolver, LoraRef, ResolvedLora, ResolvedLoras } from "./adapters.js";
+import { VersionDeletedError } from "../registry/errors.js";
+import { DEFAULT_ALIAS, type LoraRef, type WeightedLoraRef } from "../registry/names.js";
+import type { AdapterResolver, ResolvedLora, ResolvedLoras } from "./adapters.js";
 import { Errors } from "./errors.js";
+import { checkCombinedRank, checkLoraRefs } from "./lora-limits.js";
 import type { Metrics } from "./metrics.js";
 import type { LoadedModel } from "./model-pool.js";
 import { httpErrorForRegistry } from "./registry-errors.js";
@@ -39,13 +44,13 @@ export interface AdapterRegistry {
   resolve(ref: { name: string; version?: number; alias?: string }): Promise<AdapterManifest>;
 }
 
-/** Alias and version snapshot kept current by the watcher. */
+/** Alias and tombstone snapshot kept current by the watcher. */
 export interface AliasSnapshot {
   /** name -> alias -> version. */
   readonly aliases: ReadonlyMap<string, ReadonlyMap<string, number>>;
+  /** name -> deleted version -> when (ISO 8601). */
+  readonly deleted: ReadonlyMap<string, ReadonlyMap<number, string>>;
 }
-
-export const DEFAULT_ALIAS = "latest";
 
 interface Entry {
   readonly id: string;
@@ -66,8 +71,13 @@ function isUnreachable(err: unknown): boolean {
 
 export class AdapterCache implements AdapterResolver {
   private readonly entries = new Map<string, Entry>();
-  private readonly feedsCache = new Map<string, { feeds: LoraFeeds; bytes: number; lastUsed: number }>();
+  private readonly feedsCache = new Map<
+    string,
+    { feeds: LoraFeeds; bytes: number; lastUsed: number; model: LoadedModel; ids: readonly string[] }
+  >();
   private clock = 0;
+  /** The snapshot whose tombstones were last swept from the cache. */
+  private swept: AliasSnapshot | undefined;
   reachable = true;
 
   constructor(
@@ -90,15 +100,38 @@ export class AdapterCache implements AdapterResolver {
 
   /** name + version or alias -> the exact version to use, from the snapshot when it knows the alias. */
   private async version(ref: LoraRef): Promise<number> {
-    if (ref.version !== undefined) return ref.version;
+    if (ref.version !== undefined) return this.notDeleted(ref.name, ref.version);
     const alias = ref.alias ?? DEFAULT_ALIAS;
     const known = this.snapshot()?.aliases.get(ref.name)?.get(alias);
-    if (known !== undefined) return known;
+    if (known !== undefined) return this.notDeleted(ref.name, known);
     try {
       return (await this.registry.resolve({ name: ref.name, alias })).version;
     } catch (err) {
       throw this.translate(err, ref.name);
     }
+  }
+
+  /** `version`, unless the snapshot has its tombstone (cached or not: a deleted version is never served). */
+  private notDeleted(name: string, version: number): number {
+    const deletedAt = this.snapshot()?.deleted.get(name)?.get(version);
+    if (deletedAt !== undefined) {
+      throw httpErrorForRegistry(new VersionDeletedError(name, version, deletedAt));
+    }
+    return version;
+  }
+
+  /** Drops cached adapters and feeds of versions the snapshot says are deleted (once per snapshot). */
+  private sweepDeleted(): void {
+    const snapshot = this.snapshot();
+    if (snapshot === undefined || snapshot === this.swept) return;
+    this.swept = snapshot;
+    const isDeleted = (id: string) => {
+      const at = id.lastIndexOf("@");
+      return snapshot.deleted.get(id.slice(0, at))?.has(Number(id.slice(at + 1))) === true;
+    };
+    for (const id of this.entries.keys()) if (isDeleted(id)) this.entries.delete(id);
+    for (const [key, f] of this.feedsCache) if (f.ids.some(isDeleted)) this.dropFeeds(key);
+    this.metrics?.adapterBytes.set(this.bytes);
   }
 
   private translate(err: unknown, name: string): Error {
@@ -156,6 +189,15 @@ export class AdapterCache implements AdapterResolver {
     return entry;
   }
 
+  private dropFeeds(key: string): void {
+    const f = this.feedsCache.get(key);
+    if (f === undefined) return;
+    this.feedsCache.delete(key);
+    // The engine's worker holds a copy (resident feeds); a request still running with these
+    // feeds re-uploads them. Release fails only once the engine is closed, when it no longer matters.
+    f.model.engine.releaseLora(f.feeds).catch(() => undefined);
+  }
+
   /** Drop least recently used adapters (never pinned ones, never one still loading) until under the bound. */
   private evict(): void {
     const pinned = new Set(this.options.pinned);
@@ -165,7 +207,7 @@ export class AdapterCache implements AdapterResolver {
         .map((e) => ({ lastUsed: e.lastUsed, drop: () => this.entries.delete(e.id) })),
       ...[...this.feedsCache].map(([key, f]) => ({
         lastUsed: f.lastUsed,
-        drop: () => this.feedsCache.delete(key),
+        drop: () => this.dropFeeds(key),
       })),
     ].sort((a, b) => a.lastUsed - b.lastUsed);
     for (const v of victims) {
@@ -175,8 +217,10 @@ export class AdapterCache implements AdapterResolver {
     this.metrics?.adapterBytes.set(this.bytes);
   }
 
-  async resolve(model: LoadedModel, refs: readonly LoraRef[]): Promise<ResolvedLoras | undefined> {
+  async resolve(model: LoadedModel, refs: readonly WeightedLoraRef[]): Promise<ResolvedLoras | undefined> {
     if (refs.length === 0) return undefined;
+    checkLoraRefs(refs);
+    this.sweepDeleted();
     const resolved = await Promise.all(
       refs.map(async (ref) => {
         const version = await this.version(ref);
@@ -190,40 +234,34 @@ export class AdapterCache implements AdapterResolver {
       weight: r.ref.weight,
       sha256: r.manifest.sha256,
     }));
+    checkCombinedRank(used.map((u, i) => ({ id: `${u.name}@${u.version}`, adapter: resolved[i].adapter })));
     const key = `${model.id}|${used.map((u) => `${u.name}@${u.version}*${u.weight}`).join("+")}`;
     const cached = this.feedsCache.get(key);
     if (cached) {
       cached.lastUsed = ++this.clock;
       return { key, feeds: cached.feeds, used };
     }
-    const slots: LoraSlotShape[] = qualifySlots("unet", model.engine.manifest.graphs.unet?.loraSlots ?? []);
-    for (const r of resolved) {
-      const family = model.engine.manifest.family;
-      if (r.manifest.base.family !== family) {
-        throw new Errors.LORA_INCOMPATIBLE(
-          `LoRA ${r.ref.name}@${r.manifest.version} was made for ${r.manifest.base.family}, model ${model.id} is ${family}`,
-        );
-      }
-      try {
-        validateAdapter(r.adapter, slots, { maxRank: this.options.maxRank });
-      } catch (err) {
-        if (err instanceof LoraValidationError) {
-          throw new Errors.LORA_INCOMPATIBLE(
-            `LoRA ${r.ref.name}@${r.manifest.version} does not fit model ${model.id}: ${err.message}`,
-          );
-        }
-        throw err;
-      }
+    let feeds: LoraFeeds;
+    try {
+      ({ feeds } = engineLoraFeeds(
+        model.engine.manifest,
+        resolved.map((r) => ({
+          adapter: r.adapter,
+          weight: r.ref.weight,
+          source: `LoRA ${r.ref.name}@${r.manifest.version}`,
+          family: r.manifest.base.family,
+        })),
+        { maxRank: this.options.maxRank, dtype: model.engine.manifest.dtype },
+      ));
+    } catch (err) {
+      if (err instanceof LoraFamilyError || err instanceof LoraValidationError)
+        throw new Errors.LORA_INCOMPATIBLE(`model ${model.id}: ${err.message}`);
+      throw err;
     }
-    const combined =
-      resolved.length === 1
-        ? resolved[0].adapter
-        : concatAdapters(resolved.map((r) => ({ adapter: r.adapter, weight: r.ref.weight })));
-    const weight = resolved.length === 1 ? resolved[0].ref.weight : 1;
-    const feeds: LoraFeeds = componentFactors(scaledFactors(combined, weight), "unet");
     let bytes = 0;
     for (const f of feeds.values()) bytes += f.down.data.byteLength + f.up.data.byteLength;
-    this.feedsCache.set(key, { feeds, bytes, lastUsed: ++this.clock });
+    const ids = used.map((u) => `${u.name}@${u.version}`);
+    this.feedsCache.set(key, { feeds, bytes, lastUsed: ++this.clock, model, ids });
     this.evict();
     return { key, feeds, used };
   }

@@ -3,15 +3,8 @@
  * (adapter cache + watcher) lives in adapter-cache.ts; this file holds the shared shapes.
  */
 import type { LoraFeeds } from "../diffusion/pipelines/pipeline-models.js";
+import type { WeightedLoraRef } from "../registry/names.js";
 import type { LoadedModel } from "./model-pool.js";
-
-/** A LoRA as a request names it: `name`, pinned to a version or an alias (default `latest`). */
-export interface LoraRef {
-  readonly name: string;
-  readonly version?: number;
-  readonly alias?: string;
-  readonly weight: number;
-}
 
 export interface ResolvedLora {
   readonly name: string;
@@ -29,5 +22,5 @@ export interface ResolvedLoras {
 
 export interface AdapterResolver {
   /** Resolve names to versions and decoded feeds for this model; throws the API's 404/422/503 errors. */
-  resolve(model: LoadedModel, refs: readonly LoraRef[]): Promise<ResolvedLoras | undefined>;
+  resolve(model: LoadedModel, refs: readonly WeightedLoraRef[]): Promise<ResolvedLoras | undefined>;
 }

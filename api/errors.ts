@@ -89,8 +89,6 @@ export const Errors = {
   ),
 } as const;
 
-export type ErrorCode = ReturnType<(typeof Errors)[keyof typeof Errors]>["code"];
-
 /** The body of every error answer: `{ error: { code, message, status } }` (docs/errors.md). */
 export function errorBody(code: string, message: string, status: number) {
   return { error: { code, message, status } };

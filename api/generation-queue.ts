@@ -31,8 +31,8 @@ export interface QueueOptions {
   readonly maxBatchRows: number;
 }
 
-/** Smoothing of the batch-duration estimate behind Retry-After. */
-const DURATION_EMA = 0.3;
+/** Smoothing of the step-time estimate behind Retry-After (a batch has tens of steps: follow them quickly). */
+const STEP_TIME_EMA = 0.2;
 
 export class QueueFullError extends Error {
   constructor(readonly retryAfterSeconds: number) {
@@ -44,7 +44,10 @@ export class GenerationQueue {
   private readonly waiting: Waiting[] = [];
   private running: Promise<void> | undefined;
   private closed = false;
-  private avgBatchMs = 0;
+  /** Mean time of one denoising step of a batch, measured as batches run (0 until the first step). */
+  private stepMs = 0;
+  /** Steps the running batch has left (0 when none runs). */
+  private stepsLeft = 0;
   /** Batches started (tests and metrics use it to see batching happen). */
   batches = 0;
 
@@ -63,10 +66,18 @@ export class GenerationQueue {
     return this.running !== undefined;
   }
 
-  /** Seconds a new request would likely wait: queued batches ahead times the mean batch time. */
+  /**
+   * Seconds a new request would likely wait: the steps left in the running batch and in the
+   * batches queued ahead (their requests packed maxBatchRows rows a batch), times the measured
+   * step time. At least 1 s; 1 s too before any step was measured.
+   */
   retryAfterSeconds(): number {
-    const batchesAhead = Math.ceil((this.waiting.length + 1) / this.options.maxBatchRows) + 1;
-    return Math.max(1, Math.ceil((batchesAhead * this.avgBatchMs) / 1000));
+    const rows = this.waiting.reduce((n, w) => n + w.rows, 0);
+    const batchesAhead = Math.ceil(rows / this.options.maxBatchRows);
+    const steps = this.waiting.map((w) => w.request.steps);
+    const meanSteps = steps.length === 0 ? 0 : steps.reduce((a, b) => a + b, 0) / steps.length;
+    const stepsAhead = this.stepsLeft + batchesAhead * meanSteps;
+    return Math.max(1, Math.ceil((stepsAhead * this.stepMs) / 1000));
   }
 
   /**
@@ -157,13 +168,17 @@ export class GenerationQueue {
         batch.reduce((n, w) => n + w.rows, 0),
       );
       let lastStep = started;
+      this.stepsLeft = batch[0].request.steps;
       const requests = batch.map((w, i) =>
         i === 0
           ? {
               ...w.request,
               onStep: (e: Parameters<NonNullable<GenerationRequest["onStep"]>>[0]) => {
                 const now = performance.now();
-                this.metrics?.stepSeconds.observe({ model: this.model }, (now - lastStep) / 1000);
+                const ms = now - lastStep;
+                this.metrics?.stepSeconds.observe({ model: this.model }, ms / 1000);
+                this.stepMs = this.stepMs === 0 ? ms : STEP_TIME_EMA * ms + (1 - STEP_TIME_EMA) * this.stepMs;
+                this.stepsLeft = e.total - e.step;
                 lastStep = now;
                 w.request.onStep?.(e);
               },
@@ -183,8 +198,7 @@ export class GenerationQueue {
       } catch (err) {
         for (const w of batch) w.reject(err as Error);
       }
-      const ms = performance.now() - started;
-      this.avgBatchMs = this.avgBatchMs === 0 ? ms : DURATION_EMA * ms + (1 - DURATION_EMA) * this.avgBatchMs;
+      this.stepsLeft = 0;
     }
   }
 }

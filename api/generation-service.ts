@@ -15,7 +15,8 @@ import {
 } from "../diffusion/pipelines/image-io.js";
 import { PipelineInputError } from "../diffusion/pipelines/text-to-image.js";
 import type { SchedulerName } from "../diffusion/schedulers/index.js";
-import type { LoraRef, ResolvedLora } from "./adapters.js";
+import type { WeightedLoraRef } from "../registry/names.js";
+import type { ResolvedLora } from "./adapters.js";
 import type { ServerConfig } from "./config.js";
 import { Errors } from "./errors.js";
 import { QueueFullError } from "./generation-queue.js";
@@ -34,7 +35,7 @@ export interface GenerationParams {
   readonly width?: number;
   readonly height?: number;
   readonly n: number;
-  readonly loras: readonly LoraRef[];
+  readonly loras: readonly WeightedLoraRef[];
   readonly outputFormat: ImageFormat;
   readonly initImage?: Uint8Array;
   readonly strength?: number;

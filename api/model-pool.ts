@@ -62,7 +62,10 @@ export class ModelPool {
     const loaded = new Map<string, LoadedModel>();
     try {
       for (const m of entries) {
-        const engine = await DiffusionEngine.open(resolve(m.engine), config.executionProvider);
+        // The worker keeps at most what the adapter cache may hold, so a cached adapter stays resident.
+        const engine = await DiffusionEngine.open(resolve(m.engine), config.executionProvider, {
+          residentFeedBytes: config.adapters.cacheBytes,
+        });
         if (engine.provider.fallbackReason) {
           log.warn(
             { model: m.id, reason: engine.provider.fallbackReason },

@@ -4,7 +4,14 @@ import type { LoraManifest } from "../registry/manifest.js";
 import type { AdapterManifest } from "./adapter-cache.js";
 
 export interface LoraRegistryApi {
-  list(): Promise<Array<{ name: string; versions: number[]; aliases: Record<string, number> }>>;
+  list(): Promise<
+    Array<{
+      name: string;
+      versions: number[];
+      aliases: Record<string, number>;
+      deleted: Record<string, string>;
+    }>
+  >;
   show(name: string): Promise<{ name: string; versions: LoraManifest[]; aliases: Record<string, number> }>;
   resolve(ref: { name: string; version?: number; alias?: string }): Promise<AdapterManifest>;
   pull(name: string, version: number): Promise<{ manifest: AdapterManifest; adapter: LoraAdapter }>;

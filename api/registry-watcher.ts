@@ -1,6 +1,6 @@
 /**
  * Keeps a server's view of the registry current: polls the registry's cheap change token (one HEAD
- * of its index) every interval, and re-reads the aliases only when it changed. `refresh()` does a
+ * of its index) every interval, and re-reads the aliases and tombstones only when it changed. `refresh()` does a
  * poll now (POST /v1/admin/registry/refresh). Every replica runs its own watcher against the shared
  * registry, so replicas converge within one interval with no coordination service.
  */
@@ -10,7 +10,12 @@ import type { Metrics } from "./metrics.js";
 export interface WatchedRegistry {
   changeToken(): Promise<string>;
   list(): Promise<
-    ReadonlyArray<{ readonly name: string; readonly aliases: Readonly<Record<string, number>> }>
+    ReadonlyArray<{
+      readonly name: string;
+      readonly aliases: Readonly<Record<string, number>>;
+      /** Tombstones: deleted version -> when. */
+      readonly deleted: Readonly<Record<string, string>>;
+    }>
   >;
 }
 
@@ -65,10 +70,16 @@ export class RegistryWatcher {
       let changed = false;
       if (token !== this.token || !this.current) {
         const names = await this.registry.list();
-        this.current = { aliases: new Map(names.map((n) => [n.name, new Map(Object.entries(n.aliases))])) };
+        this.current = {
+          aliases: new Map(names.map((n) => [n.name, new Map(Object.entries(n.aliases))])),
+          deleted: new Map(
+            names.map((n) => [n.name, new Map(Object.entries(n.deleted).map(([v, at]) => [Number(v), at]))]),
+          ),
+        };
         changed = this.token !== undefined;
         this.token = token;
-        if (changed) this.log?.info({ names: names.length }, "registry changed: aliases reloaded");
+        if (changed)
+          this.log?.info({ names: names.length }, "registry changed: aliases and tombstones reloaded");
       }
       if (!this.reachable) this.log?.info({}, "registry reachable");
       this.reachable = true;

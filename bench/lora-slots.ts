@@ -16,7 +16,6 @@
  */
 import { join } from "node:path";
 import type { InferenceSession } from "onnxruntime-node";
-import { qualifySlots } from "../diffusion/lora/adapter.js";
 import { slotFeeds } from "../diffusion/lora/feeds.js";
 import type { LoraTargetSetName } from "../diffusion/lora/targets.js";
 import { type ResolvedConfig, resolveComponent } from "../diffusion/models/components.js";
@@ -65,7 +64,7 @@ interface SlotModel {
 
 /** Rank-`rank` random factors for every slot of the session, as the engine feeds an adapter. */
 function adapterFeeds(session: InferenceSession, rank: number, seed: number): Feeds {
-  const slots = qualifySlots("unet", sessionLoraSlots(session));
+  const slots = sessionLoraSlots(session);
   const g = createGenerator("stepwise", seed);
   const factors = new Map<string, LoraFactors<Float32Tensor>>();
   for (const s of slots) {
@@ -74,7 +73,7 @@ function adapterFeeds(session: InferenceSession, rank: number, seed: number): Fe
     for (const t of [down, up]) for (let i = 0; i < t.data.length; i++) t.data[i] *= FACTOR_SCALE;
     factors.set(s.module, { down, up });
   }
-  return ortFeeds(slotFeeds("unet", slots, factors));
+  return ortFeeds(slotFeeds(slots, factors));
 }
 
 type VariantName = "none" | "rank0" | "rank4";
@@ -157,10 +156,10 @@ async function measure(ctx: BenchContext, model: SlotModel, reps: { warmup: numb
     rank0: await ctx.session(model.paths.spo, "rank0"),
     rank4: await ctx.session(model.paths.spo, "rank4"),
   };
-  const slots = qualifySlots("unet", sessionLoraSlots(sessions.rank0));
+  const slots = sessionLoraSlots(sessions.rank0);
   const feeds: Record<VariantName, Feeds> = {
     none: step.feeds,
-    rank0: { ...step.feeds, ...ortFeeds(slotFeeds("unet", slots, new Map())) },
+    rank0: { ...step.feeds, ...ortFeeds(slotFeeds(slots, new Map())) },
     rank4: { ...step.feeds, ...adapterFeeds(sessions.rank4, ADAPTER_RANK, 2) },
   };
   ctx.log(

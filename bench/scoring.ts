@@ -15,6 +15,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import * as ort from "onnxruntime-node";
 import { convertDiffusers } from "../diffusion/convert/convert.js";
+import { convertSpm } from "../diffusion/convert/convert-spm.js";
 import { DiffusionEngine } from "../diffusion/engine/diffusion-engine.js";
 import { SpmEngine } from "../diffusion/engine/spm-engine.js";
 import { type ClipModelConfig, resolveSpmConfig } from "../diffusion/models/clip-model.js";
@@ -22,7 +23,6 @@ import { writeOnnxModel } from "../diffusion/onnx/writer.js";
 import { type ScoringTimings, scorePool } from "../diffusion/pipelines/scoring.js";
 import { createGenerator } from "../diffusion/random/index.js";
 import { expectedClipParams } from "../diffusion/spm/checkpoint.js";
-import { convertSpm } from "../diffusion/spm/convert-spm.js";
 import { measureSpm, recordSpmGraphs, SPM_IO } from "../diffusion/spm/graphs.js";
 import { RandomParamSource } from "../diffusion/zoo/random-params.js";
 import { tinySpmConfig, writeTinySpm } from "../diffusion/zoo/tiny-spm.js";
@@ -33,7 +33,7 @@ import { type Feeds, openSession, ortFloat32, timedRun } from "./ort-session.js"
 import { type BenchResult, percent, type ReportRow, timeSummary } from "./report.js";
 import { median, repeat, summarize } from "./stats.js";
 
-/** SPO's SD1.5 pool size (docs/SPO.md section 3). */
+/** SPO's SD1.5 pool size (docs/spo.md section 3). */
 const POOL = 4;
 /** A mid-trajectory timestep: the UNet, the decoder and the SPM all run (t = 0 would skip the UNet). */
 const TIMESTEP = 501;

@@ -1,10 +1,9 @@
 /**
  * The real SD1.5 UNet architecture as one ONNX graph with random weights: RandomParamSource
  * streams them into model.onnx_data tensor by tensor (3.4 GB written, one tensor in memory). The
- * config is ../shared/data/configs/sd15/unet/config.json, or the copy in bench/ without ../shared.
+ * config is the public SD1.5 folder's unet/config.json, kept in test/fixtures/configs.
  */
-import { existsSync } from "node:fs";
-import { join, resolve } from "node:path";
+import { join } from "node:path";
 import type { LoraTargetSetName } from "../diffusion/lora/targets.js";
 import { measureComponent, type ResolvedConfig, resolveComponent } from "../diffusion/models/components.js";
 import { type RawConfig, readConfigFile } from "../diffusion/models/config-reader.js";
@@ -12,24 +11,21 @@ import { MODEL_FILE } from "../diffusion/onnx/writer.js";
 import { RandomParamSource } from "../diffusion/zoo/random-params.js";
 import { cachedModel, cacheKey, canonicalJson, type Log, REPO_ROOT, repoFile } from "./model-cache.js";
 import { writeUNetGraph } from "./record-unet.js";
-import { SD15_UNET_CONFIG } from "./sd15-unet-config.js";
 import { sourceDigest } from "./source-digest.js";
 
-/** The shared data folder, found as the tests find it (STEPWISE_SHARED_DATA overrides). */
-const SHARED_DATA = process.env.STEPWISE_SHARED_DATA ?? resolve(REPO_ROOT, "..", "shared", "data");
+/** The SD1.5 UNet config as the public diffusers folder ships it (relative to the repository). */
+const SD15_UNET_CONFIG_FILE = "test/fixtures/configs/sd15/unet/config.json";
 /** Seed of the random weights (any fixed value: the benchmark needs weights, not these ones). */
 export const SD15_RANDOM_SEED = 0;
 
 export interface UNetConfigSource {
   readonly raw: RawConfig;
-  /** Where it came from: the shared config file or the copy in bench/. */
+  /** The file it was read from, relative to the repository. */
   readonly origin: string;
 }
 
 export async function sd15UNetConfig(): Promise<UNetConfigSource> {
-  const shared = join(SHARED_DATA, "configs", "sd15", "unet", "config.json");
-  if (existsSync(shared)) return { raw: await readConfigFile(shared), origin: shared };
-  return { raw: SD15_UNET_CONFIG, origin: "bench/sd15-unet-config.ts (../shared not found)" };
+  return { raw: await readConfigFile(repoFile(SD15_UNET_CONFIG_FILE)), origin: SD15_UNET_CONFIG_FILE };
 }
 
 export interface RandomUNetGraph {

@@ -16,7 +16,7 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { convertDiffusers } from "../diffusion/convert/convert.js";
-import { convertSpm } from "../diffusion/spm/convert-spm.js";
+import { convertSpm } from "../diffusion/convert/convert-spm.js";
 import { writeTinySpm } from "../diffusion/zoo/tiny-spm.js";
 import { writeZooModel } from "../diffusion/zoo/zoo.js";
 import { parseTrainConfig } from "../trainer/config.js";

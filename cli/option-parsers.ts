@@ -16,3 +16,22 @@ export function nonNegativeInteger(text: string): number {
   }
   return n;
 }
+
+const DURATION_UNITS_MS: Readonly<Record<string, number>> = {
+  s: 1000,
+  m: 60_000,
+  h: 3_600_000,
+  d: 86_400_000,
+};
+
+/** `90s`, `30m`, `24h`, `7d` (a whole number and a unit) -> milliseconds. */
+export function duration(text: string): number {
+  const match = /^([0-9]+)([smhd])$/.exec(text);
+  const ms = match === null ? Number.NaN : Number(match[1]) * DURATION_UNITS_MS[match[2]];
+  if (!Number.isSafeInteger(ms)) {
+    throw new InvalidArgumentError(
+      `"${text}" is not a duration (a whole number and s, m, h or d: 30m, 24h, 7d)`,
+    );
+  }
+  return ms;
+}

@@ -12,13 +12,13 @@ import { ConfigError } from "../diffusion/models/config-reader.js";
 import { ParameterError } from "../diffusion/ops/ops.js";
 import { InvalidSeedError } from "../diffusion/random/index.js";
 import { SpmWeightsError } from "../diffusion/spm/checkpoint.js";
-import { SpmComponentError } from "../diffusion/spm/components.js";
 import { TfjsBackendError } from "../diffusion/tfjs/index.js";
 import { CheckpointError } from "../diffusion/weights/checkpoint-error.js";
 import { CheckpointSourceError } from "../diffusion/weights/checkpoint-source.js";
 import { SafetensorsError } from "../diffusion/weights/safetensors.js";
 import { ZooError } from "../diffusion/zoo/zoo.js";
 import { CliError } from "./cli-error.js";
+import { SpmComponentError } from "./spm-components.js";
 
 const USER_ERRORS = [
   CheckpointError,

@@ -47,6 +47,7 @@ import {
   assertValidRange,
   compareKeys,
   type GetOptions,
+  type IncompleteUpload,
   InvalidKeyError,
   isStreamSource,
   type ListOptions,
@@ -76,6 +77,8 @@ const MAX_SEGMENT_BYTES = 255;
  * then holds it at most the lock wait.
  */
 const TEMP_STALE_MS = 60 * 60 * 1000;
+/** `<machine>-<pid>-<random>.tmp`: a staging (or etag record) file being written. */
+const STAGING_FILE = /^([0-9a-f]+)-(\d+)-[0-9a-f]+\.tmp$/;
 const HASH_CHUNK_BYTES = 1 << 20;
 
 interface Staged {
@@ -203,7 +206,7 @@ export class FsStore implements ObjectStore {
     const machine = await machineTag();
     for (const dir of [this.tmpDir, this.etagDir]) {
       for (const name of await readdir(dir).catch(() => [] as string[])) {
-        const match = /^([0-9a-f]+)-(\d+)-[0-9a-f]+\.tmp$/.exec(name);
+        const match = STAGING_FILE.exec(name);
         if (match === null) continue;
         const path = join(dir, name);
         const modified = (await stat(path).catch(() => undefined))?.mtimeMs;
@@ -213,6 +216,27 @@ export class FsStore implements ObjectStore {
       }
     }
     await this.locks.sweep();
+  }
+
+  /** Staging files (writes in progress, or abandoned by a writer that died) older than `before`. */
+  async listIncompleteUploads(before: Date): Promise<IncompleteUpload[]> {
+    const uploads: IncompleteUpload[] = [];
+    for (const name of await readdir(this.tmpDir).catch(() => [] as string[])) {
+      if (!STAGING_FILE.test(name)) continue;
+      const modified = (await stat(join(this.tmpDir, name)).catch(() => undefined))?.mtime;
+      if (modified !== undefined && modified < before) uploads.push({ id: name, startedAt: modified });
+    }
+    return uploads.sort((a, b) => a.startedAt.getTime() - b.startedAt.getTime());
+  }
+
+  async abortIncompleteUpload(upload: IncompleteUpload): Promise<void> {
+    if (!STAGING_FILE.test(upload.id)) {
+      throw new ObjectStoreError(
+        `${JSON.stringify(upload.id)} is not a staging file of this store`,
+        this.location,
+      );
+    }
+    await unlinkQuietly(join(this.tmpDir, upload.id));
   }
 
   private async tempPath(dir: string): Promise<string> {

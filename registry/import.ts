@@ -4,9 +4,10 @@
  * Import reads any file the LoRA layer understands (diffusers / SPO, PEFT, kohya; see
  * diffusion/lora/formats) or a canonical file (canonical.ts), and checks it:
  *   - against a base engine's LoRA slots when one is given (unknown modules, wrong shapes,
- *     non-finite values, ranks above the maximum, text-encoder modules the engine has no slots for
+ *     non-finite values, values that overflow its dtype, rank 0 and ranks above the maximum, text-encoder modules the engine has no slots for
  *     unless `ignoreTextEncoder`), all listed by key in one LoraValidationError;
- *   - without an engine, only what needs no base model: finite values and the rank limit.
+ *   - without an engine, only what needs no base model: finite values within float32's range
+ *     and the rank limits.
  * It also records which modules are 1x1 convolutions (4-d factors in the file, or convs in the
  * engine's UNet), so that exports can write them 4-d again.
  *
@@ -19,13 +20,11 @@ import { basename, dirname, join } from "node:path";
 import { type ModelFamily, readManifest } from "../diffusion/engine/manifest.js";
 import {
   adapterComponents,
-  LORA_COMPONENTS,
   type LoraAdapter,
   type LoraComponent,
   type LoraSlot,
   type LoraSlotShape,
   loraAdapter,
-  qualifySlots,
   splitModulePath,
 } from "../diffusion/lora/adapter.js";
 import { LoraFormatError } from "../diffusion/lora/errors.js";
@@ -36,8 +35,8 @@ import {
   type LoraFormat,
 } from "../diffusion/lora/formats/index.js";
 import { DIFFUSERS_ADAPTER_METADATA_KEY } from "../diffusion/lora/formats/peft.js";
-import { unetLoraModules } from "../diffusion/lora/slots.js";
-import { DEFAULT_MAX_LORA_RANK, validateAdapter } from "../diffusion/lora/validate.js";
+import { engineLoraSlots, unetLoraModules } from "../diffusion/lora/slots.js";
+import { DEFAULT_MAX_LORA_RANK, type EngineDtype, validateAdapter } from "../diffusion/lora/validate.js";
 import { type RawConfig, readConfigFile } from "../diffusion/models/config-reader.js";
 import { resolveUNetConfig, type UNetConfig } from "../diffusion/models/unet2d-condition.js";
 import { writeFileAtomic } from "../diffusion/weights/file-io.js";
@@ -59,6 +58,8 @@ export interface EngineContext {
   readonly folder: string;
   readonly family: ModelFamily;
   readonly modelHash: string;
+  /** The engine's arithmetic: its range bounds an adapter's values. */
+  readonly dtype: EngineDtype;
   /** The engine's LoRA slots, component-qualified (its UNet's, and its text encoders' if any). */
   readonly slots: readonly LoraSlotShape[];
   readonly unet: UNetConfig;
@@ -68,18 +69,14 @@ export interface EngineContext {
 
 export async function loadEngineContext(folder: string): Promise<EngineContext> {
   const manifest = await readManifest(folder);
-  const slots: LoraSlotShape[] = [];
-  for (const component of LORA_COMPONENTS) {
-    const graph = manifest.graphs[component];
-    if (graph !== undefined) slots.push(...qualifySlots(component, graph.loraSlots));
-  }
   const unetConfigPath = join(folder, "unet", "config.json");
   const unet = resolveUNetConfig(await readConfigFile(unetConfigPath), unetConfigPath);
   return {
     folder,
     family: manifest.family,
     modelHash: manifest.source.modelHash,
-    slots,
+    dtype: manifest.dtype,
+    slots: engineLoraSlots(manifest),
     unet,
     unetModules: unetLoraModules(unet),
   };
@@ -131,6 +128,7 @@ export async function importLoraFile(file: string, options: ImportOptions = {}):
   const slots = options.engine?.slots ?? ownSlots(adapter, options.ignoreTextEncoder === true);
   const checked = validateAdapter(adapter, slots, {
     maxRank: options.maxRank ?? DEFAULT_MAX_LORA_RANK,
+    dtype: options.engine?.dtype,
     ignoreTextEncoder: options.ignoreTextEncoder,
     source: file,
   });

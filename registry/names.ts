@@ -48,10 +48,16 @@ export function parseVersion(text: string, ref = text): number {
   return version;
 }
 
+/** A LoRA as a person names it: `name`, pinned to a version or following an alias (default DEFAULT_ALIAS). */
 export interface LoraRef {
   readonly name: string;
   readonly version?: number;
   readonly alias?: string;
+}
+
+/** A reference with the strength a request applies it at (multiplies alpha / r). */
+export interface WeightedLoraRef extends LoraRef {
+  readonly weight: number;
 }
 
 /** `name`, `name@<version>` or `name:<alias>` (the form the CLI and the HTTP API take). */

@@ -79,6 +79,18 @@ export interface ObjectStream {
   readonly body: Readable;
 }
 
+/**
+ * An upload that began and never completed, holding storage no key shows: an S3 multipart upload
+ * (its parts are billed until it is aborted) or a filesystem store's staging file.
+ */
+export interface IncompleteUpload {
+  /** The store's id for it (S3's UploadId; the staging file's name). */
+  readonly id: string;
+  /** The key it was for, when the store knows it (S3 does). */
+  readonly key?: string;
+  readonly startedAt: Date;
+}
+
 export interface ObjectStore {
   /** Where the store lives (`file:///...` or `s3://bucket/prefix`), for messages. */
   readonly location: string;
@@ -90,6 +102,10 @@ export interface ObjectStore {
   head(key: string): Promise<ObjectInfo>;
   list(prefix: string, options?: ListOptions): Promise<ListPage>;
   delete(key: string): Promise<void>;
+  /** Incomplete uploads under this store begun before `before`, oldest first. */
+  listIncompleteUploads(before: Date): Promise<IncompleteUpload[]>;
+  /** Discards an incomplete upload and the storage it holds; one already gone is not an error. */
+  abortIncompleteUpload(upload: IncompleteUpload): Promise<void>;
 }
 
 /** S3's limits, kept by both stores so that a registry moves between them unchanged. */
@@ -248,4 +264,15 @@ export async function* listAll(
     yield* page.objects;
     continuationToken = page.nextToken;
   } while (continuationToken !== undefined);
+}
+
+/** Whether `key` holds a value now (one HEAD). */
+export async function exists(store: ObjectStore, key: string): Promise<boolean> {
+  try {
+    await store.head(key);
+    return true;
+  } catch (error) {
+    if (error instanceof NotFoundError) return false;
+    throw error;
+  }
 }

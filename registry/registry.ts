@@ -68,6 +68,7 @@ import {
   parseRegistryKey,
 } from "./names.js";
 import {
+  exists,
   listAll,
   NotFoundError,
   type ObjectStore,
@@ -103,6 +104,8 @@ export interface LoraListing {
   /** Published versions that are not deleted, ascending. */
   readonly versions: number[];
   readonly aliases: Record<string, number>;
+  /** Tombstones: deleted version -> when (ISO 8601). Replicas that cached one must stop serving it. */
+  readonly deleted: Record<string, string>;
 }
 
 export interface DeletedVersion {
@@ -111,7 +114,7 @@ export interface DeletedVersion {
   readonly manifest: LoraManifest;
 }
 
-export interface LoraDetails extends Omit<LoraListing, "versions"> {
+export interface LoraDetails extends Omit<LoraListing, "versions" | "deleted"> {
   /** Manifests of the published versions that are not deleted, ascending. */
   readonly versions: LoraManifest[];
   /** Earlier targets of each alias, oldest first (what rollback walks back through). */
@@ -296,7 +299,12 @@ export class Registry {
           .get(name)!
           .filter((v) => !table.deleted.has(v))
           .sort((a, b) => a - b);
-        return { name, versions, aliases: Object.fromEntries(table.aliases) };
+        return {
+          name,
+          versions,
+          aliases: Object.fromEntries(table.aliases),
+          deleted: Object.fromEntries([...table.deleted].map(([v, at]) => [String(v), at])),
+        };
       });
     });
   }
@@ -398,7 +406,7 @@ export class Registry {
       return parseManifest(new TextDecoder().decode(body), name, version, key);
     } catch (error) {
       if (!(error instanceof NotFoundError)) throw error;
-      const claimed = await this.exists(claimKey(name, version));
+      const claimed = await exists(this.store, claimKey(name, version));
       if (claimed) throw new LoraNotFoundError(name, { version }, "its publish never completed");
       throw await this.notFound(name, { version });
     }
@@ -411,16 +419,6 @@ export class Registry {
   ): Promise<LoraNotFoundError> {
     const page = await this.store.list(nameRoot(name), { maxKeys: 1 });
     return page.objects.length === 0 ? new LoraNotFoundError(name) : new LoraNotFoundError(name, what);
-  }
-
-  private async exists(key: string): Promise<boolean> {
-    try {
-      await this.store.head(key);
-      return true;
-    } catch (error) {
-      if (error instanceof NotFoundError) return false;
-      throw error;
-    }
   }
 
   /** Claims the lowest free version number above every number already used (claimed or not). */

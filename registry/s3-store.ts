@@ -27,10 +27,12 @@ import { join } from "node:path";
 import { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import {
+  AbortMultipartUploadCommand,
   DeleteObjectCommand,
   GetObjectCommand,
   type GetObjectCommandOutput,
   HeadObjectCommand,
+  ListMultipartUploadsCommand,
   ListObjectsV2Command,
   PutObjectCommand,
   type PutObjectCommandInput,
@@ -44,6 +46,7 @@ import {
   assertValidRange,
   type ByteRange,
   type GetOptions,
+  type IncompleteUpload,
   InvalidRangeError,
   isStreamSource,
   type ListOptions,
@@ -233,6 +236,52 @@ export class S3Store implements ObjectStore {
     await this.send("delete", key, () =>
       this.client.send(new DeleteObjectCommand({ Bucket: this.bucket, Key: this.fullKey(key) })),
     );
+  }
+
+  /** Multipart uploads under this store's prefix initiated before `before` (a publisher died mid-upload). */
+  async listIncompleteUploads(before: Date): Promise<IncompleteUpload[]> {
+    const uploads: IncompleteUpload[] = [];
+    let keyMarker: string | undefined;
+    let uploadIdMarker: string | undefined;
+    do {
+      const output = await this.send("list multipart uploads", "", () =>
+        this.client.send(
+          new ListMultipartUploadsCommand({
+            Bucket: this.bucket,
+            Prefix: this.fullKey(""),
+            KeyMarker: keyMarker,
+            UploadIdMarker: uploadIdMarker,
+          }),
+        ),
+      );
+      for (const upload of output.Uploads ?? []) {
+        const startedAt = upload.Initiated ?? new Date(0);
+        if (upload.UploadId === undefined || upload.Key === undefined || startedAt >= before) continue;
+        uploads.push({ id: upload.UploadId, key: upload.Key.slice(this.fullKey("").length), startedAt });
+      }
+      const more = output.IsTruncated === true;
+      keyMarker = more ? output.NextKeyMarker : undefined;
+      uploadIdMarker = more ? output.NextUploadIdMarker : undefined;
+    } while (keyMarker !== undefined);
+    return uploads.sort((a, b) => a.startedAt.getTime() - b.startedAt.getTime());
+  }
+
+  async abortIncompleteUpload(upload: IncompleteUpload): Promise<void> {
+    if (upload.key === undefined)
+      throw new ObjectStoreError("a multipart upload needs its key", this.location);
+    assertValidKey(this.location, upload.key);
+    try {
+      await this.client.send(
+        new AbortMultipartUploadCommand({
+          Bucket: this.bucket,
+          Key: this.fullKey(upload.key),
+          UploadId: upload.id,
+        }),
+      );
+    } catch (error) {
+      if ((error as S3Failure).name === "NoSuchUpload" || statusOf(error) === 404) return; // already gone
+      throw this.fail("abort multipart upload", upload.key, error);
+    }
   }
 
   // -------------------------------------------------------------------------------------------

@@ -7,11 +7,12 @@
  * A UNet batch lists its unconditional rows first, then its conditional rows (diffusers' and
  * SPO's `torch.cat([negative, positive])`); the guided prediction is uncond + g (cond - uncond).
  */
-import { concat, slice } from "../diffusion/ops/reference-layout.js";
+
 import { classifierFreeGuidance, repeatRows } from "../diffusion/pipelines/denoise.js";
 import type { LoraFeeds, PipelineModels, UNetFeeds } from "../diffusion/pipelines/pipeline-models.js";
 import { type Conditioning, encodePrompts } from "../diffusion/pipelines/prompt-encoding.js";
 import { type Float32Tensor, float32 } from "../diffusion/tensor.js";
+import { concat, slice } from "../diffusion/tensor-layout.js";
 import { TrainerStateError } from "./errors.js";
 
 export interface RoundConditioning {

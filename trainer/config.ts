@@ -1,7 +1,7 @@
 /**
  * The trainer's JSON config. Keys mirror SPO's own config (RockeyCoss/SPO, configs/basic_config.py
  * and the SDXL config), nested (`{"sample": {"num_steps": 20}}`) or dotted (`"sample.num_steps"`),
- * with SPO's defaults per model family (docs/SPO.md section 6), plus where the models, prompts and
+ * with SPO's defaults per model family (docs/spo.md section 6), plus where the models, prompts and
  * outputs are.
  *
  * Reading is two steps, because the defaults depend on the family and the family on the model:
@@ -174,7 +174,7 @@ const formatList: Check = (v, key) => {
 const family = (sd15: unknown, sdxl: unknown) => ({ sd15, sdxl });
 
 /**
- * Every key, with SPO's defaults. Family differences (docs/SPO.md section 6): rank 4 / 64, 10 / 2
+ * Every key, with SPO's defaults. Family differences (docs/spo.md section 6): rank 4 / 64, 10 / 2
  * prompts per round, pool 4 / 2, 10 / 2 pairs per micro-batch, accumulation 1 / 2, learning rate
  * 6e-5 / 1e-5, threshold 0.3 / 0.4, resolution 512 / 1024.
  */

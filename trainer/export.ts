@@ -1,6 +1,6 @@
 /**
  * The trained LoRA out of the trainer: files in the formats the config asks for (SPO's diffusers
- * key style always first, docs/SPO.md section 8), and publication to a registry with a manifest
+ * key style always first, docs/spo.md section 8), and publication to a registry with a manifest
  * that says how it was made (config, base model hash, metrics summary, run id).
  *
  * Files go through the registry's exporters (registry/import.ts), so a trained LoRA is written

@@ -1,5 +1,5 @@
 /**
- * The offline SPO trainer (docs/SPO.md; DESIGN.md "Training path"): open a session from a config
+ * The offline SPO trainer (docs/spo.md; DESIGN.md "Training path"): open a session from a config
  * (or a checkpoint), run it, export and publish the LoRA. The pieces are exported for tests,
  * benchmarks and other front ends.
  */

@@ -1,6 +1,6 @@
 /**
  * Training metrics: one JSON line per optimizer step in `<output_dir>/metrics.jsonl`, the summary
- * published with the LoRA, and SPO's failure symptom (docs/SPO.md section 5): a loss that stays at
+ * published with the LoRA, and SPO's failure symptom (docs/spo.md section 5): a loss that stays at
  * ln 2 means the ratios never left 1 (or all sit clamped), so nothing is learned.
  *
  * Round-level figures (pairs kept and offered, the candidates' score mean and std, time sampling

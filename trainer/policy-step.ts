@@ -9,25 +9,24 @@
  */
 import * as tf from "@tensorflow/tfjs-core";
 import type { LoraFactors } from "../diffusion/ops/ops.js";
-import { concat } from "../diffusion/ops/reference-layout.js";
 import type { PipelineModels } from "../diffusion/pipelines/pipeline-models.js";
+import type { DdimTransitionOptions } from "../diffusion/schedulers/ddim-logprob.js";
 import { type DDIMScheduler, ddimTransitionCoefficients } from "../diffusion/schedulers/index.js";
+import { concat } from "../diffusion/tensor-layout.js";
 import { toTf } from "../diffusion/tfjs/host.js";
 import { loraGradients } from "../diffusion/tfjs/lora.js";
 import { type RoundConditioning, unetFeeds } from "./conditioning.js";
 import { TrainerStateError } from "./errors.js";
 import type { SpoPolicy } from "./policy.js";
 import { parentRows, type TrainingPair } from "./reference.js";
-import { ddimLogProbTf, type PredictionType, spoLoss } from "./spo-loss.js";
+import { ddimLogProbTf, spoLoss } from "./spo-loss.js";
 
-export interface LossSettings {
+export interface LossSettings extends DdimTransitionOptions {
   readonly beta: number;
   readonly eps: number;
   /** The loss's guidance: sample.guidance_scale with train.cfg, else 1. */
   readonly guidanceScale: number;
   readonly eta: number;
-  readonly prediction: PredictionType;
-  readonly clipSampleRange?: number;
   readonly accumulationSteps: number;
 }
 
@@ -89,7 +88,6 @@ export function lossAndGradients(
     pairs.map((p) => p.timestep),
     settings.eta,
   );
-  const transition = { prediction: settings.prediction, clipSampleRange: settings.clipSampleRange };
   const side = {
     parentsWin: concat(
       pairs.map((p) => p.parentWin),
@@ -123,19 +121,13 @@ export function lossAndGradients(
     const epsWin = tf.slice(eps, 0, n);
     const epsLose = loseRow.every((r, i) => r === i) ? epsWin : takeRows(eps, loseRow);
     const terms = spoLoss({
-      logProbPolicyWin: ddimLogProbTf(
-        epsWin,
-        toTf(side.parentsWin),
-        toTf(side.wins),
-        coefficients,
-        transition,
-      ),
+      logProbPolicyWin: ddimLogProbTf(epsWin, toTf(side.parentsWin), toTf(side.wins), coefficients, settings),
       logProbPolicyLose: ddimLogProbTf(
         epsLose,
         toTf(side.parentsLose),
         toTf(side.loses),
         coefficients,
-        transition,
+        settings,
       ),
       logProbRefWin: pairs.map((p) => p.refLogProbWin),
       logProbRefLose: pairs.map((p) => p.refLogProbLose),

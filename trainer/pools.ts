@@ -7,9 +7,10 @@
  * `c * b + j` is candidate c of prompt j; SPO's `scores.reshape(k, -1)` then puts prompt j's pool in
  * column j.
  */
-import { concat, slice } from "../diffusion/ops/reference-layout.js";
+
 import { comparePool, type PoolComparison } from "../diffusion/spm/pool.js";
 import { type Float32Tensor, float32 } from "../diffusion/tensor.js";
+import { concat, slice } from "../diffusion/tensor-layout.js";
 import { TrainerStateError } from "./errors.js";
 
 /** One recorded transition pair (x_t, t) -> (x_w, x_l), before the reference pass. */

@@ -8,10 +8,10 @@
  * one UNet row; otherwise two.
  */
 
-import { concat } from "../diffusion/ops/reference-layout.js";
 import type { PipelineModels } from "../diffusion/pipelines/pipeline-models.js";
 import { type DDIMScheduler, ddimStepLogProb } from "../diffusion/schedulers/index.js";
 import type { Float32Tensor } from "../diffusion/tensor.js";
+import { concat } from "../diffusion/tensor-layout.js";
 import { predictNoise, type RoundConditioning } from "./conditioning.js";
 import { rows, type SpoPair, sharesParent } from "./pools.js";
 

@@ -1,5 +1,5 @@
 /**
- * One SPO sampling round on the engine (docs/SPO.md sections 2-4; SPO's multi_sample_pipeline and
+ * One SPO sampling round on the engine (docs/spo.md sections 2-4; SPO's multi_sample_pipeline and
  * multi_sample_pipeline_sdxl): DDIM with eta from the config over the model's scheduler schedule,
  * classifier-free guidance, and the current LoRA fed through the engine's slots, so the pools are
  * drawn from exactly what will be served.

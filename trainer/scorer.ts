@@ -1,6 +1,6 @@
 /**
  * How a sampling round scores its candidates: by what each predicts as the clean image, judged by
- * the step-aware preference model at the candidate's own timestep (docs/SPO.md sections 3 and 7;
+ * the step-aware preference model at the candidate's own timestep (docs/spo.md sections 3 and 7;
  * clean final candidates at t = 0).
  *
  * The sampler already ran the guided UNet pass that gives each candidate's x0_hat (the same pass

@@ -1,51 +1,42 @@
 /**
  * SPO's objective in TensorFlow.js, differentiable with respect to the policy's noise prediction
- * (docs/SPO.md section 5; SPO's train_spo.py lines 669-671 and `ddim_step_with_logprob`):
+ * (docs/spo.md section 5; SPO's train_spo.py lines 669-671 and `ddim_step_with_logprob`):
  *
  *   logp(x_prev | x_t) = mean over C,H,W of  -(x_prev - mu)^2 / (2 sigma^2) - log sigma - log sqrt(2 pi)
  *   ratio_w = clamp(exp(logp_theta(w) - logp_ref(w)), 1 - eps, 1 + eps)     (same for l)
  *   loss    = mean over pairs of  -log sigmoid(beta log ratio_w - beta log ratio_l)
  *
  * mu is DDIM's eq. (12) mean from the model output at x_t: x0 = (x_t - sqrt(1 - a_t) eps) / sqrt(a_t),
- * mu = sqrt(a_prev) x0 + sqrt(1 - a_prev - sigma^2) eps. The per-row scalars (sqrt a_t, sigma, ...)
- * come from `ddimTransitionCoefficients`, rounded to float32 as the host functions round them, so
- * the reference log-probabilities (host, ddim-logprob.ts) and the policy's (here) are one formula.
+ * mu = sqrt(a_prev) x0 + sqrt(1 - a_prev - sigma^2) eps. Both the mean and logp are the one
+ * definition in diffusion/schedulers/ddim-logprob.ts (`ddimTransitionX0`, `ddimTransitionMean`, `ddimTransitionLogProb`),
+ * which the host runs for the sampler and the reference log-probabilities and this file runs on
+ * TF.js for the policy's.
  *
  * The clamp is tf.clipByValue, whose gradient is zero outside [1 - eps, 1 + eps], as torch.clamp's:
  * a pair whose ratio left the band stops training (no min() as in PPO).
  */
 import * as tf from "@tensorflow/tfjs-core";
-import type { DdimTransitionCoefficients } from "../diffusion/schedulers/ddim-logprob.js";
+import {
+  type DdimTransitionCoefficients,
+  type DdimTransitionOptions,
+  ddimTransitionLogProb,
+  ddimTransitionMean,
+  ddimTransitionX0,
+} from "../diffusion/schedulers/ddim-logprob.js";
+import { TfjsOps } from "../diffusion/tfjs/tfjs-ops.js";
 import { TrainerStateError } from "./errors.js";
-
-const f32 = Math.fround;
-
-/** ln sqrt(2 pi) in float32, as torch computes `log(sqrt(2 * pi))`. */
-const LOG_SQRT_TWO_PI = f32(Math.log(f32(Math.sqrt(f32(2 * f32(Math.PI))))));
-
-export type PredictionType = "epsilon" | "v_prediction" | "sample";
-
-export interface TransitionOptions {
-  readonly prediction: PredictionType;
-  /** clip x0 to [-range, range] (the scheduler's clip_sample); SD's configs have it off. */
-  readonly clipSampleRange?: number;
-}
-
-/** Per-row float32 scalars as an [n, 1, 1, 1] tensor, to broadcast over C, H, W. */
-function perRow(values: ArrayLike<number>): tf.Tensor4D {
-  return tf.tensor4d(Float32Array.from(values), [values.length, 1, 1, 1]);
-}
 
 /**
  * The log-probability of `prevSample` under the DDIM transition from `sample` given the model
- * output, one value per row (a mean over its elements), differentiable in `modelOutput`.
+ * output, one value per row (a mean over its elements), differentiable in `modelOutput`: the
+ * definition the host sampler uses (diffusion/schedulers/ddim-logprob.ts), run on TF.js.
  */
 export function ddimLogProbTf(
   modelOutput: tf.Tensor,
   sample: tf.Tensor,
   prevSample: tf.Tensor,
   coefficients: DdimTransitionCoefficients,
-  options: TransitionOptions,
+  options: DdimTransitionOptions,
 ): tf.Tensor1D {
   const rows = sample.shape[0];
   if (
@@ -57,42 +48,12 @@ export function ddimLogProbTf(
       `log-probability rows disagree: ${coefficients.timesteps.length} timesteps, model output [${modelOutput.shape}], sample [${sample.shape}], previous sample [${prevSample.shape}]`,
     );
   }
+  // No parameters: the transition is arithmetic on its inputs and the coefficients.
+  const ops = new TfjsOps(new Map());
   return tf.tidy(() => {
-    const alpha = coefficients.alphaProdT;
-    const sqrtAlpha = perRow(Array.from(alpha, (a) => f32(Math.sqrt(a))));
-    const sqrtBeta = perRow(Array.from(alpha, (a) => f32(Math.sqrt(f32(1 - a)))));
-    let x0: tf.Tensor;
-    let eps: tf.Tensor;
-    switch (options.prediction) {
-      case "epsilon":
-        x0 = tf.div(tf.sub(sample, tf.mul(sqrtBeta, modelOutput)), sqrtAlpha);
-        eps = modelOutput;
-        break;
-      case "sample":
-        x0 = modelOutput;
-        eps = tf.div(tf.sub(sample, tf.mul(sqrtAlpha, modelOutput)), sqrtBeta);
-        break;
-      case "v_prediction":
-        x0 = tf.sub(tf.mul(sqrtAlpha, sample), tf.mul(sqrtBeta, modelOutput));
-        eps = tf.add(tf.mul(sqrtAlpha, modelOutput), tf.mul(sqrtBeta, sample));
-        break;
-    }
-    if (options.clipSampleRange !== undefined) {
-      x0 = tf.clipByValue(x0, -options.clipSampleRange, options.clipSampleRange);
-    }
-    const std = coefficients.stdDevT;
-    const sqrtAlphaPrev = perRow(Array.from(coefficients.alphaProdTPrev, (a) => f32(Math.sqrt(a))));
-    const direction = perRow(
-      Array.from(coefficients.alphaProdTPrev, (a, r) =>
-        f32(Math.sqrt(f32(f32(1 - a) - f32(std[r] * std[r])))),
-      ),
-    );
-    const mean = tf.add(tf.mul(sqrtAlphaPrev, x0), tf.mul(direction, eps));
-    const twoVariance = perRow(Array.from(std, (s) => f32(2 * f32(s * s))));
-    const logStd = perRow(Array.from(std, (s) => f32(Math.log(s))));
-    const diff = tf.sub(prevSample, mean);
-    const logProb = tf.sub(tf.sub(tf.div(tf.neg(tf.square(diff)), twoVariance), logStd), LOG_SQRT_TWO_PI);
-    return tf.mean(logProb, [1, 2, 3]) as tf.Tensor1D;
+    const prediction = ddimTransitionX0(ops, modelOutput, sample, coefficients, options, sample.rank);
+    const mean = ddimTransitionMean(ops, prediction, coefficients, sample.rank);
+    return ddimTransitionLogProb(ops, mean, prevSample, coefficients, sample.rank) as tf.Tensor1D;
   });
 }
 

@@ -1,5 +1,5 @@
 /**
- * The SPO training loop (docs/SPO.md section 6; DESIGN.md "Training path"), interleaved as SPO
+ * The SPO training loop (docs/spo.md section 6; DESIGN.md "Training path"), interleaved as SPO
  * runs it: each round samples pools for `sample_batch_size` prompts with the current LoRA, then
  * trains on all of that round's pairs in a shuffled order, so the next round samples with the
  * updated LoRA.
@@ -20,9 +20,9 @@ import { randomUUID } from "node:crypto";
 import { mkdir, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import type { LoraAdapter } from "../diffusion/lora/adapter.js";
-import { componentFactors, scaledFactors } from "../diffusion/lora/feeds.js";
+import { unetLoraFeeds } from "../diffusion/lora/feeds.js";
 import type { LoraFeeds, PipelineModels } from "../diffusion/pipelines/pipeline-models.js";
-import { DDIMScheduler } from "../diffusion/schedulers/index.js";
+import { DDIMScheduler, ddimTransitionOptions } from "../diffusion/schedulers/index.js";
 import type { EngineContext } from "../registry/import.js";
 import {
   CHECKPOINT_FORMAT,
@@ -64,7 +64,6 @@ import {
 import { writeSampleGrid } from "./sample-grid.js";
 import { type SamplingSettings, sampleRound } from "./sampling.js";
 import type { CandidateScorer } from "./scorer.js";
-import type { PredictionType } from "./spo-loss.js";
 
 /** pino's shape, so the CLI passes its logger and tests a recorder. */
 export interface TrainerLog {
@@ -153,10 +152,6 @@ function checkIdentity(resume: Checkpoint, identity: RunIdentity): void {
   }
 }
 
-function predictionType(scheduler: DDIMScheduler): PredictionType {
-  return scheduler.config.prediction_type as PredictionType;
-}
-
 /** Train (or continue) until every epoch is done or the options stop it; see the file comment. */
 export async function runSpoTraining(options: SpoRunOptions): Promise<SpoRunResult> {
   const run = await SpoRun.start(options);
@@ -205,8 +200,7 @@ class SpoRun {
       eps: config.train.eps,
       guidanceScale: config.train.cfg ? config.sample.guidance_scale : 1,
       eta: config.sample.eta,
-      prediction: predictionType(scheduler),
-      clipSampleRange: scheduler.config.clip_sample ? scheduler.config.clip_sample_range : undefined,
+      ...ddimTransitionOptions(scheduler),
       accumulationSteps: config.train.gradient_accumulation_steps,
     };
     await mkdir(config.output_dir, { recursive: true });
@@ -292,7 +286,7 @@ class SpoRun {
 
   /** The current LoRA as the engine's slot feeds. */
   private async loraFeeds(): Promise<LoraFeeds> {
-    return componentFactors(scaledFactors(await this.options.policy.adapter()), "unet");
+    return unetLoraFeeds([{ adapter: await this.options.policy.adapter(), weight: 1 }]);
   }
 
   /** One round: sample, reference, train; then counters, the epoch's end and a due checkpoint. */

@@ -9,6 +9,7 @@ import { IMAGE_MIME, type ImageFormat } from "../../diffusion/pipelines/image-io
 import { SCHEDULER_NAMES, type SchedulerName } from "../../diffusion/schedulers/index.js";
 import { Errors } from "../errors.js";
 import { type GenerationOutput, type GenerationParams, runGeneration } from "../generation-service.js";
+import { MAX_LORA_WEIGHT, MAX_LORAS_PER_REQUEST } from "../lora-limits.js";
 import { requestSignal } from "../request-signal.js";
 import { sseStream } from "../sse.js";
 import { base64ImageField } from "../validation.js";
@@ -26,7 +27,7 @@ export const LoraRefSchema = Type.Object(
         description: "Alias to follow (default latest)",
       }),
     ),
-    weight: Type.Number({ minimum: -10, maximum: 10, default: 1 }),
+    weight: Type.Number({ minimum: -MAX_LORA_WEIGHT, maximum: MAX_LORA_WEIGHT, default: 1 }),
   },
   { additionalProperties: false },
 );
@@ -53,7 +54,7 @@ export const GenerationBody = Type.Object(
       description:
         "torch: the same initial latents as diffusers with torch.Generator('cpu').manual_seed(seed)",
     }),
-    loras: Type.Array(LoraRefSchema, { maxItems: 8, default: [] }),
+    loras: Type.Array(LoraRefSchema, { maxItems: MAX_LORAS_PER_REQUEST, default: [] }),
     output_format: Type.Union([Type.Literal("png"), Type.Literal("jpeg"), Type.Literal("webp")], {
       default: "png",
     }),

@@ -6,9 +6,9 @@
 import { join } from "node:path";
 import type { FastifyPluginAsyncTypebox } from "@fastify/type-provider-typebox";
 import { Type } from "typebox";
-import { qualifySlots } from "../../diffusion/lora/adapter.js";
 import { LoraFormatError, LoraValidationError } from "../../diffusion/lora/errors.js";
 import { importLora } from "../../diffusion/lora/formats/index.js";
+import { engineLoraSlots } from "../../diffusion/lora/slots.js";
 import { validateAdapter } from "../../diffusion/lora/validate.js";
 import { readConfigFile } from "../../diffusion/models/config-reader.js";
 import { resolveUNetConfig } from "../../diffusion/models/unet2d-condition.js";
@@ -174,11 +174,12 @@ export function loraRoutes(registry: LoraRegistryApi): FastifyPluginAsyncTypebox
             throw new Errors.BAD_REQUEST(`the adapter file: ${(err as Error).message}`);
           throw err;
         }
-        const slots = qualifySlots("unet", model.engine.manifest.graphs.unet?.loraSlots ?? []);
+        const slots = engineLoraSlots(model.engine.manifest, ["unet"]);
         let adapter = imported.adapter;
         try {
           adapter = validateAdapter(adapter, slots, {
             maxRank: app.stepwise.config.adapters.maxRank,
+            dtype: model.engine.manifest.dtype,
             ignoreTextEncoder: request.query.ignore_text_encoder,
           }).adapter;
         } catch (err) {

@@ -20,9 +20,11 @@ import {
 } from "../../diffusion/tensor.js";
 import { decodeSafetensors } from "../../diffusion/weights/safetensors.js";
 import { SafetensorsError } from "../../diffusion/weights/safetensors-header.js";
-import type { LoraRef } from "../adapters.js";
+import { RegistryError } from "../../registry/errors.js";
+import { parseLoraRef, type WeightedLoraRef } from "../../registry/names.js";
 import type { ServerConfig } from "../config.js";
 import { Errors } from "../errors.js";
+import { MAX_LORAS_PER_REQUEST } from "../lora-limits.js";
 import { DECODED_IMAGE_BYTES_PER_PIXEL, formatBytes, generationBytes, overBudget } from "../memory-budget.js";
 import type { LoadedModel } from "../model-pool.js";
 import { base64Field, base64ImageField } from "../validation.js";
@@ -86,7 +88,7 @@ export const ScoreBody = Type.Object(
       description: "CFG of the UNet pass (SPO: 5)",
     }),
     loras: Type.Array(LoraRefSchema, {
-      maxItems: 8,
+      maxItems: MAX_LORAS_PER_REQUEST,
       default: [],
       description: "LoRAs on the UNet (latents only)",
     }),
@@ -126,7 +128,7 @@ export const ScoreQuery = Type.Object(
     ),
     threshold: Type.Optional(Type.String({ pattern: NUMBER })),
     lora: Type.Optional(
-      Type.Union([LoraQuery, Type.Array(LoraQuery, { maxItems: 8 })], {
+      Type.Union([LoraQuery, Type.Array(LoraQuery, { maxItems: MAX_LORAS_PER_REQUEST })], {
         description:
           "`name`, `name@version` or `name:alias`, optionally `*weight` (default 1); repeat for several",
       }),
@@ -147,7 +149,7 @@ export interface ScoreInput {
   readonly model?: string;
   readonly spm?: string;
   readonly guidanceScale: number;
-  readonly loras: readonly LoraRef[];
+  readonly loras: readonly WeightedLoraRef[];
   readonly threshold?: number;
 }
 
@@ -189,15 +191,16 @@ export function inputFromJson(body: ScoreBodyT, query: ScoreQueryT): ScoreInput 
 }
 
 /** `name[@version|:alias][*weight]` (the pattern in ScoreQuery has already matched). */
-export function parseLoraQuery(value: string): LoraRef {
+export function parseLoraQuery(value: string): WeightedLoraRef {
   const [ref, weightText] = value.split("*");
   const weight = weightText === undefined ? 1 : Number(weightText);
   if (!(Math.abs(weight) <= 10)) throw bad(`lora ${value}: weight must be in [-10, 10], got ${weightText}`);
-  const at = ref.indexOf("@");
-  if (at >= 0) return { name: ref.slice(0, at), version: Number(ref.slice(at + 1)), weight };
-  const colon = ref.indexOf(":");
-  if (colon >= 0) return { name: ref.slice(0, colon), alias: ref.slice(colon + 1), weight };
-  return { name: ref, weight };
+  try {
+    return { ...parseLoraRef(ref), weight };
+  } catch (err) {
+    if (err instanceof RegistryError) throw bad(`lora ${value}: ${err.message}`);
+    throw err;
+  }
 }
 
 export function inputFromSafetensors(body: Buffer, query: ScoreQueryT): ScoreInput {

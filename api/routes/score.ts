@@ -1,6 +1,6 @@
 /**
  * POST /v1/score: step-aware preference scores of noisy latents x_t at a timestep (UNet with CFG,
- * x̂0, VAE decode, SPO's preprocessing, the SPM at t; docs/SPO.md section 7) or of clean images
+ * x̂0, VAE decode, SPO's preprocessing, the SPM at t; docs/spo.md section 7) or of clean images
  * (at t = 0), with SPO's win / lose / valid decision when the rows are one prompt's candidates.
  * The request bodies and their checks are in score-request.ts; a body over the server's limit
  * answers 413. The SPMs are the scoring plugin's (`app.spms`).

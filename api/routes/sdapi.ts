@@ -8,28 +8,12 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import { type Static, Type } from "typebox";
 import { A1111_SAMPLER_NAMES, schedulerFromA1111 } from "../../diffusion/pipelines/generation-parameters.js";
 import { SCHEDULER_NAMES, type SchedulerName } from "../../diffusion/schedulers/index.js";
-import type { LoraRef } from "../adapters.js";
 import { Errors } from "../errors.js";
 import { runGeneration } from "../generation-service.js";
+import { extractLoraTags } from "../lora-tags.js";
 import { requestSignal } from "../request-signal.js";
 import { base64ImageField } from "../validation.js";
 import { MAX_PROMPT_CHARS } from "./images.js";
-
-/** `<lora:name:weight>` (weight optional, default 1; `name@3` pins a version). */
-const LORA_TAG = /<lora:([a-z0-9][a-z0-9._-]{0,63})(?:@(\d+))?(?::(-?\d+(?:\.\d+)?))?>/gi;
-
-export function extractLoraTags(prompt: string): { prompt: string; loras: LoraRef[] } {
-  const loras: LoraRef[] = [];
-  const cleaned = prompt.replace(LORA_TAG, (_m, name: string, version?: string, weight?: string) => {
-    loras.push({
-      name: name.toLowerCase(),
-      version: version ? Number(version) : undefined,
-      weight: weight ? Number(weight) : 1,
-    });
-    return "";
-  });
-  return { prompt: cleaned.replace(/\s{2,}/g, " ").trim(), loras };
-}
 
 const Txt2ImgBody = Type.Object(
   {
@@ -196,7 +180,8 @@ const sdapiRoutes: FastifyPluginAsyncTypebox = async (app) => {
           model_name: m.id,
           hash: sha.slice(0, 10),
           sha256: sha,
-          filename: m.engine.folder,
+          // A1111 gives a path here; a server's file system is none of a client's business.
+          filename: m.id,
         };
       }),
   );

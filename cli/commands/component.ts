@@ -4,7 +4,7 @@
  * [--backend onnx|reference|tfjs] [--dtype fp32|fp16]`: runs one component on given input tensors
  * and writes all of its outputs (intermediates included), for debugging a conversion against
  * upstream numbers. clip, spm and spm-preprocess are the preference model's pieces
- * (diffusion/spm/components.ts); tfjs runs the diffusion components on TensorFlow.js.
+ * (cli/spm-components.ts); tfjs runs the diffusion components on TensorFlow.js.
  *
  * Inputs are named as in the upstream reference io files (sample, timestep, encoder_hidden_states,
  * text_embeds, time_ids, image, latent, input_ids); other tensors in the file are ignored, so a
@@ -33,12 +33,6 @@ import { readConfigFile } from "../../diffusion/models/config-reader.js";
 import type { OnnxInputDType } from "../../diffusion/onnx/onnx-ops.js";
 import { writeOnnxModel } from "../../diffusion/onnx/writer.js";
 import { ReferenceOps } from "../../diffusion/ops/reference.js";
-import {
-  readSpmComponentFiles,
-  runSpmComponent,
-  SPM_COMPONENT_KINDS,
-  type SpmComponentKind,
-} from "../../diffusion/spm/components.js";
 import { int64, shapeString, Tensor, toFloat32 } from "../../diffusion/tensor.js";
 import {
   createTfjsOps,
@@ -50,6 +44,12 @@ import { CheckpointParamSource } from "../../diffusion/weights/checkpoint-source
 import { readSafetensors, writeSafetensors } from "../../diffusion/weights/safetensors.js";
 import { CliError } from "../cli-error.js";
 import { type CommandOutput, processOutput } from "../command-output.js";
+import {
+  readSpmComponentFiles,
+  runSpmComponent,
+  SPM_COMPONENT_KINDS,
+  type SpmComponentKind,
+} from "../spm-components.js";
 import { withUserErrors } from "../user-errors.js";
 
 export const COMPONENT_KINDS: readonly ComponentKind[] = ["unet", "vae-encode", "vae-decode", "clip-text"];
@@ -123,7 +123,7 @@ export function componentCommand(output: CommandOutput = processOutput): Command
   return component;
 }
 
-/** clip, spm and spm-preprocess: the preference model's reference cases (diffusion/spm/components.ts). */
+/** clip, spm and spm-preprocess: the preference model's reference cases (cli/spm-components.ts). */
 async function runSpmKind(o: RunOptions, output: CommandOutput): Promise<void> {
   const kind = o.kind as SpmComponentKind;
   if (o.backend === "tfjs") throw new CliError(`--backend tfjs runs the diffusion components, not ${kind}`);

@@ -4,8 +4,8 @@
  * safetensors conversion, or a plain CLIP / PickScore checkpoint) -> an SPM engine folder.
  */
 import { Command, Option } from "commander";
+import { convertSpm, SpmConvertError } from "../../diffusion/convert/convert-spm.js";
 import { SpmWeightsError } from "../../diffusion/spm/checkpoint.js";
-import { convertSpm, SpmConvertError } from "../../diffusion/spm/convert-spm.js";
 import { TokenizerLoadError } from "../../diffusion/tokenizer/index.js";
 import { CliError } from "../cli-error.js";
 import { type CommandOutput, processOutput } from "../command-output.js";

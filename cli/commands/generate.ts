@@ -4,27 +4,15 @@
  * this run only. Writes PNG (carrying the generation parameters in AUTOMATIC1111's format), JPEG
  * or WebP, chosen by the --out extension; a progress bar on stderr when it is a terminal.
  */
-import { createHash, randomInt } from "node:crypto";
+import { randomInt } from "node:crypto";
 import { existsSync } from "node:fs";
 import { readFile, writeFile } from "node:fs/promises";
-import { basename, dirname, extname, join } from "node:path";
+import { basename, dirname, extname } from "node:path";
 import { Command, InvalidArgumentError, Option } from "commander";
 import { STEPWISE_VERSION } from "../../diffusion/convert/convert.js";
 import { DiffusionEngine } from "../../diffusion/engine/diffusion-engine.js";
 import { ExecutionProviderError, type ProviderName } from "../../diffusion/engine/execution-provider.js";
 import { type EngineManifest, ManifestError, readManifest } from "../../diffusion/engine/manifest.js";
-import { qualifySlots } from "../../diffusion/lora/adapter.js";
-import { LoraAdapterError, LoraFormatError, LoraValidationError } from "../../diffusion/lora/errors.js";
-import {
-  componentFactors,
-  concatAdapters,
-  scaledFactors,
-  type WeightedAdapter,
-} from "../../diffusion/lora/feeds.js";
-import { importLora } from "../../diffusion/lora/formats/index.js";
-import { validateAdapter } from "../../diffusion/lora/validate.js";
-import { ConfigError, type RawConfig, readConfigFile } from "../../diffusion/models/config-reader.js";
-import { resolveUNetConfig } from "../../diffusion/models/unet2d-condition.js";
 import { CancelledError } from "../../diffusion/pipelines/denoise.js";
 import { formatParameters } from "../../diffusion/pipelines/generation-parameters.js";
 import {
@@ -42,12 +30,8 @@ import {
 } from "../../diffusion/pipelines/text-to-image.js";
 import { GENERATOR_KINDS, type GeneratorKind } from "../../diffusion/random/index.js";
 import { SCHEDULER_NAMES, type SchedulerName } from "../../diffusion/schedulers/index.js";
-import { readSafetensors, SafetensorsError } from "../../diffusion/weights/safetensors.js";
-import { LoraNotFoundError, RegistryError } from "../../registry/errors.js";
-import { parseLoraRef } from "../../registry/names.js";
-import { Registry } from "../../registry/registry.js";
-import { registryUrlFromEnv } from "../../registry/store-url.js";
 import { CliError } from "../cli-error.js";
+import { type LoraSpec, loadLoras, parseLoraSpec } from "../lora-option.js";
 import { nonNegativeInteger, positiveInteger } from "../option-parsers.js";
 import { type ProgressBar, startProgressBar, type TextSink } from "../progress.js";
 
@@ -69,8 +53,6 @@ const DEFAULT_STRENGTH = { sd15: 0.8, sdxl: 0.3 } as const;
 const RANDOM_SEED_LIMIT = 2 ** 32;
 /** Hex digits of sha256 shown as a hash in the parameters text (A1111 shows 10 for models). */
 const MODEL_HASH_DIGITS = 10;
-const LORA_HASH_DIGITS = 12;
-const PEFT_CONFIG_FILE = "adapter_config.json";
 /** The exit code of a command stopped by Ctrl-C (128 + SIGINT). */
 const EXIT_INTERRUPTED = 130;
 
@@ -95,11 +77,6 @@ const OPTION_OF_FIELD: Readonly<Record<string, string>> = {
   generator: "--generator",
   long_prompt: "--long-prompt",
 };
-
-export interface LoraSpec {
-  readonly path: string;
-  readonly weight: number;
-}
 
 interface GenerateOptions {
   model: string;
@@ -141,16 +118,6 @@ function sizeValue(value: string): { width: number; height: number } {
   return { width: Number(match[1]), height: Number(match[2]) };
 }
 
-/** `PATH[:weight]`: the part after the last colon is the weight when it is a number. */
-export function parseLoraSpec(value: string): LoraSpec {
-  const colon = value.lastIndexOf(":");
-  const tail = value.slice(colon + 1);
-  if (colon > 0 && /^[-+]?(\d+\.?\d*|\.\d+)(e[-+]?\d+)?$/i.test(tail)) {
-    return { path: value.slice(0, colon), weight: Number(tail) };
-  }
-  return { path: value, weight: 1 };
-}
-
 /** `out.png` for one image; `out-1.png`, `out-2.png`, ... for several. */
 export function outputPaths(out: string, count: number): string[] {
   if (count === 1) return [out];
@@ -167,129 +134,6 @@ function imageFormatOf(out: string): ImageFormat {
     );
   }
   return format;
-}
-
-async function sha256Hex(path: string): Promise<string> {
-  return createHash("sha256")
-    .update(await readFile(path))
-    .digest("hex");
-}
-
-/** PEFT's save_pretrained writes adapter_config.json beside adapter_model.safetensors: use it when present. */
-async function siblingPeftConfig(loraFile: string): Promise<RawConfig | undefined> {
-  const path = join(dirname(loraFile), PEFT_CONFIG_FILE);
-  return existsSync(path) ? readConfigFile(path) : undefined;
-}
-
-interface LoadedLoras {
-  readonly lora?: GenerationRequest["lora"];
-  /** For the parameters text: name and file hash of each. */
-  readonly entries: ReadonlyArray<{ readonly name: string; readonly hash: string }>;
-}
-
-/**
- * Read every --lora file (any format the LoRA layer imports), check it against the engine's UNet
- * slots, and fold them into one set of feeds: weights and alpha / rank applied, ranks
- * concatenated. Text-encoder modules are dropped with a warning: engines have no text-encoder slots.
- */
-async function loadLoras(
-  specs: readonly LoraSpec[],
-  folder: string,
-  manifest: EngineManifest,
-  stderr: TextSink,
-  registryUrl?: string,
-): Promise<LoadedLoras> {
-  if (specs.length === 0) return { entries: [] };
-  const slots = qualifySlots("unet", manifest.graphs.unet!.loraSlots);
-  const unetConfigPath = join(folder, "unet", "config.json");
-  const unet = resolveUNetConfig(await readConfigFile(unetConfigPath), unetConfigPath);
-  const parts: WeightedAdapter[] = [];
-  const entries: Array<{ name: string; hash: string }> = [];
-  let registry: Registry | undefined;
-  const known = [
-    LoraFormatError,
-    LoraValidationError,
-    LoraAdapterError,
-    ConfigError,
-    SafetensorsError,
-    RegistryError,
-  ];
-  try {
-    for (const spec of specs) {
-      try {
-        if (existsSync(spec.path)) {
-          parts.push(await readLoraFile(spec, unet, slots, stderr));
-          entries.push({
-            name: basename(spec.path, extname(spec.path)),
-            hash: (await sha256Hex(spec.path)).slice(0, LORA_HASH_DIGITS),
-          });
-          continue;
-        }
-        // Not a file: a registry name (name, name@version, name:alias).
-        const url = registryUrl ?? registryUrlFromEnv();
-        registry ??= await Registry.open(url);
-        const pulled = await pullRegistryLora(registry, spec, manifest, url);
-        parts.push({
-          adapter: validateAdapter(pulled.adapter, slots, { source: spec.path }).adapter,
-          weight: spec.weight,
-        });
-        entries.push({
-          name: `${pulled.manifest.name}@${pulled.manifest.version}`,
-          hash: pulled.manifest.sha256.slice(0, LORA_HASH_DIGITS),
-        });
-      } catch (err) {
-        // The messages name the problem; the prefix names the --lora value it came from.
-        if (known.some((kind) => err instanceof kind))
-          throw new CliError(`--lora ${spec.path}: ${(err as Error).message}`);
-        throw err;
-      }
-    }
-  } finally {
-    registry?.close();
-  }
-  const feeds = componentFactors(scaledFactors(concatAdapters(parts)), "unet");
-  // One run, one adapter set: the key only has to tell it from "no LoRA" within this process.
-  const key = specs.map((s) => `${s.path}:${s.weight}`).join("|");
-  return { lora: { key, feeds }, entries };
-}
-
-/** A registry LoRA named on the command line (`name`, `name@version`, `name:alias`), for this engine's family. */
-async function pullRegistryLora(registry: Registry, spec: LoraSpec, manifest: EngineManifest, url: string) {
-  const ref = parseLoraRef(spec.path);
-  let found: Awaited<ReturnType<Registry["resolve"]>>;
-  try {
-    found = await registry.resolve(ref);
-  } catch (err) {
-    if (err instanceof LoraNotFoundError)
-      throw new CliError(`--lora ${spec.path}: no such file, and ${err.message} in the registry ${url}`);
-    throw err;
-  }
-  if (found.base.family !== manifest.family) {
-    throw new CliError(
-      `--lora ${spec.path}: ${found.name}@${found.version} was made for ${found.base.family}, the engine is ${manifest.family}`,
-    );
-  }
-  return registry.pull(found.name, found.version);
-}
-
-/** One --lora file in any importable format, checked against the engine's UNet slots. */
-async function readLoraFile(
-  spec: LoraSpec,
-  unet: ReturnType<typeof resolveUNetConfig>,
-  slots: ReturnType<typeof qualifySlots>,
-  stderr: TextSink,
-): Promise<WeightedAdapter> {
-  const { tensors, metadata } = await readSafetensors(spec.path);
-  const peftConfig = await siblingPeftConfig(spec.path);
-  const { adapter } = importLora(tensors, { unet, metadata, peftConfig, file: spec.path });
-  const checked = validateAdapter(adapter, slots, { source: spec.path, ignoreTextEncoder: true });
-  if (checked.droppedTextEncoderModules.length > 0) {
-    stderr.write(
-      `stepwise: warning: ${spec.path}: ${checked.droppedTextEncoderModules.length} text-encoder module(s) ignored ` +
-        "(this engine takes LoRA on the UNet only)\n",
-    );
-  }
-  return { adapter: checked.adapter, weight: spec.weight };
 }
 
 async function openEngine(options: GenerateOptions, stderr: TextSink): Promise<DiffusionEngine> {

@@ -9,6 +9,7 @@
  *   lora promote NAME ALIAS VERSION [--expected V|none]
  *   lora rollback NAME ALIAS [--expected V]   lora delete NAME VERSION
  *   lora pull NAME[@VERSION|:ALIAS] --out FILE [--format spo|peft|kohya|canonical] [--model ENGINE] [--component C]
+ *   lora gc [--grace DURATION] [--dry-run]
  */
 import { existsSync } from "node:fs";
 import { readFile } from "node:fs/promises";
@@ -21,6 +22,7 @@ import { ConfigError } from "../../diffusion/models/config-reader.js";
 import { writeFileAtomic } from "../../diffusion/weights/file-io.js";
 import { SafetensorsError } from "../../diffusion/weights/safetensors.js";
 import { RegistryError } from "../../registry/errors.js";
+import { collectGarbage, DEFAULT_GC_GRACE_MS } from "../../registry/gc.js";
 import {
   type EngineContext,
   EXPORT_FORMATS,
@@ -37,7 +39,7 @@ import { Registry } from "../../registry/registry.js";
 import { registryUrlFromEnv } from "../../registry/store-url.js";
 import { CliError } from "../cli-error.js";
 import { type CommandOutput, processOutput } from "../command-output.js";
-import { positiveInteger } from "../option-parsers.js";
+import { duration, positiveInteger } from "../option-parsers.js";
 
 export interface LoraCommandOptions {
   readonly output?: CommandOutput;
@@ -269,6 +271,43 @@ export function loraCommand(options: LoraCommandOptions = {}): Command {
         });
       },
     );
+
+  addRegistryOption(
+    lora
+      .command("gc")
+      .description("Remove blobs no version owns and abort stale uploads (failed or interrupted publishes)"),
+  )
+    .addOption(
+      new Option(
+        "--grace <duration>",
+        "only what is older than this (30m, 24h, 7d): younger may be a publish in progress",
+      )
+        .argParser(duration)
+        .default(DEFAULT_GC_GRACE_MS, "24h"),
+    )
+    .option("--dry-run", "say what would be removed, remove nothing")
+    .action(async (flags: RegistryFlag & { grace: number; dryRun?: boolean }) => {
+      await withRegistry(flags, async (registry) => {
+        const report = await collectGarbage(registry, { graceMs: flags.grace, dryRun: flags.dryRun });
+        const verb = report.dryRun ? "would remove" : "removed";
+        for (const blob of report.blobs) {
+          print(
+            `${verb} ${blob.key} (${blob.bytes} bytes, ${blob.reason}, ${blob.lastModified.toISOString()})`,
+          );
+        }
+        for (const upload of report.uploads) {
+          const what = upload.key === undefined ? "staging file" : `upload of ${upload.key}`;
+          print(
+            `${report.dryRun ? "would abort" : "aborted"} ${what} ${upload.id} (started ${upload.startedAt.toISOString()})`,
+          );
+        }
+        for (const key of report.young) print(`kept ${key}: no manifest yet, inside the grace period`);
+        const bytes = report.blobs.reduce((n, b) => n + b.bytes, 0);
+        print(
+          `${report.dryRun ? "dry run: " : ""}${report.blobs.length} blob(s) (${bytes} bytes), ${report.uploads.length} upload(s) in ${registry.location}`,
+        );
+      });
+    });
 
   return lora;
 }

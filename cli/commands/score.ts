@@ -9,11 +9,7 @@ import { Command, Option } from "commander";
 import { DiffusionEngine } from "../../diffusion/engine/diffusion-engine.js";
 import { ManifestError } from "../../diffusion/engine/manifest.js";
 import { SpmEngine } from "../../diffusion/engine/spm-engine.js";
-import { LoraFormatError, LoraValidationError } from "../../diffusion/lora/errors.js";
-import { componentFactors, scaledFactors } from "../../diffusion/lora/feeds.js";
-import { importLora } from "../../diffusion/lora/formats/index.js";
 import { decodeImage, ImageDecodeError } from "../../diffusion/pipelines/image-io.js";
-import type { LoraFeeds } from "../../diffusion/pipelines/pipeline-models.js";
 import {
   comparePoolScores,
   defaultPairThreshold,
@@ -31,6 +27,7 @@ import { readSafetensors } from "../../diffusion/weights/safetensors.js";
 import { SafetensorsError } from "../../diffusion/weights/safetensors-header.js";
 import { CliError } from "../cli-error.js";
 import { type CommandOutput, processOutput } from "../command-output.js";
+import { type LoraSpec, loadLoras, parseLoraSpec } from "../lora-option.js";
 import { withUserErrors } from "../user-errors.js";
 
 /** The tensor a latents file holds (the same name the HTTP API's safetensors body uses). */
@@ -45,7 +42,7 @@ interface ScoreFlags {
   prompt: string[];
   cfg: number;
   threshold?: number;
-  lora?: string;
+  lora?: LoraSpec;
   json?: boolean;
   provider: "cpu" | "cuda" | "auto";
 }
@@ -94,27 +91,6 @@ async function readLatents(file: string): Promise<Float32Tensor> {
   return toFloat32(latents);
 }
 
-/** `FILE[:weight]`: a LoRA file in any supported format, as UNet slot feeds. */
-async function readLora(spec: string): Promise<LoraFeeds> {
-  const colon = spec.lastIndexOf(":");
-  const weightText = colon > 0 ? spec.slice(colon + 1) : "";
-  const hasWeight = weightText !== "" && Number.isFinite(Number(weightText));
-  const file = hasWeight ? spec.slice(0, colon) : spec;
-  try {
-    const { tensors, metadata } = await readSafetensors(file);
-    const { adapter } = importLora(tensors, { file, metadata });
-    return componentFactors(scaledFactors(adapter, hasWeight ? Number(weightText) : 1), "unet");
-  } catch (err) {
-    if (
-      err instanceof LoraFormatError ||
-      err instanceof SafetensorsError ||
-      (err as NodeJS.ErrnoException).code === "ENOENT"
-    )
-      throw new CliError(`--lora ${file}: ${(err as Error).message}`);
-    throw err;
-  }
-}
-
 async function readImages(files: readonly string[]): Promise<Float32Tensor[]> {
   const images: Float32Tensor[] = [];
   for (const file of files) {
@@ -130,13 +106,7 @@ async function readImages(files: readonly string[]): Promise<Float32Tensor[]> {
 }
 
 /** Errors about the user's files and values beyond the shared list (user-errors.ts). */
-const SCORING_USER_ERRORS = [
-  ScoringInputError,
-  SpmManifestError,
-  ManifestError,
-  LoraValidationError,
-  PreferenceInputError,
-];
+const SCORING_USER_ERRORS = [ScoringInputError, SpmManifestError, ManifestError, PreferenceInputError];
 
 async function scoringUserErrors<T>(action: () => Promise<T>): Promise<T> {
   try {
@@ -148,7 +118,7 @@ async function scoringUserErrors<T>(action: () => Promise<T>): Promise<T> {
 }
 
 /** Open the engines, score, and close them again. */
-async function runScore(flags: ScoreFlags): Promise<ScoreReport> {
+async function runScore(flags: ScoreFlags, output: CommandOutput): Promise<ScoreReport> {
   const provider = { provider: flags.provider };
   let spm: SpmEngine | undefined;
   let model: DiffusionEngine | undefined;
@@ -158,7 +128,10 @@ async function runScore(flags: ScoreFlags): Promise<ScoreReport> {
     let scores: Float32Tensor;
     let timings: ScoringTimings;
     if (flags.latents !== undefined && model) {
-      const lora = flags.lora === undefined ? undefined : await readLora(flags.lora);
+      const lora =
+        flags.lora === undefined
+          ? undefined
+          : (await loadLoras([flags.lora], model.folder, model.manifest, output.stderr)).lora?.feeds;
       ({ scores, timings } = await scoreLatents(model, spm, {
         latents: await readLatents(flags.latents),
         timesteps: flags.timestep as number,
@@ -221,7 +194,12 @@ export function scoreCommand(output: CommandOutput = processOutput): Command {
     .requiredOption("--prompt <text...>", "one prompt for every row, or one per row")
     .option("--cfg <scale>", "classifier-free guidance of the UNet pass", number("cfg"), SPO_GUIDANCE_SCALE)
     .option("--threshold <x>", "pair threshold (default: SPO's, 0.3 SD1.5 / 0.4 SDXL)", number("threshold"))
-    .option("--lora <file[:weight]>", "a LoRA file on the UNet (latents only)")
+    .option(
+      "--lora <file-or-name[:weight]>",
+      "a LoRA on the UNet (latents only): a file (diffusers, PEFT or kohya layout) or a registry name " +
+        "(name, name@version, name:alias; registry from STEPWISE_REGISTRY)",
+      parseLoraSpec,
+    )
     .option("--json", "print the HTTP API's JSON answer")
     .addOption(
       new Option("--provider <provider>", "onnxruntime execution provider")
@@ -238,7 +216,7 @@ export function scoreCommand(output: CommandOutput = processOutput): Command {
       if (flags.image !== undefined && flags.lora !== undefined)
         throw new CliError("--lora acts on the UNet: use it with --latents");
 
-      const report = await scoringUserErrors(() => withUserErrors(() => runScore(flags)));
+      const report = await scoringUserErrors(() => withUserErrors(() => runScore(flags, output)));
       output.stdout.write(flags.json ? `${JSON.stringify(report, null, 2)}\n` : render(report, flags.prompt));
     });
 }

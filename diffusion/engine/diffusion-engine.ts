@@ -4,9 +4,13 @@
  *
  * LoRA: every slot of the UNet graph is fed on every call, with the request's factors where it has
  * some and rank-0 tensors elsewhere, so one session serves every adapter and none (DESIGN.md).
- * Nothing about an adapter is kept between calls.
+ * The slot feeds of an adapter are resident in the worker: built and copied there on first use,
+ * then named by a key, so a UNet step sends only the latents, timestep and conditioning. The key is
+ * the identity of the `LoraFeeds` object (immutable by contract), so other feeds, even for the same
+ * adapter, are never mistaken for stale ones; `releaseLora` frees them when their owner drops them.
  */
 import { join } from "node:path";
+import { slotFeeds } from "../lora/feeds.js";
 import type {
   LoraFeeds,
   PipelineModels,
@@ -19,7 +23,12 @@ import { type Float32Tensor, Tensor, toFloat32 } from "../tensor.js";
 import { ClipTokenizer } from "../tokenizer/index.js";
 import type { ExecutionProviderConfig, ResolvedProvider } from "./execution-provider.js";
 import { type EngineManifest, type GraphComponent, ManifestError, readManifest } from "./manifest.js";
-import { InferenceError, OnnxRuntimeWorker } from "./onnx-runtime.js";
+import {
+  InferenceError,
+  OnnxRuntimeWorker,
+  type RuntimeOptions,
+  type TransferStats,
+} from "./onnx-runtime.js";
 
 export class EngineInputError extends Error {
   constructor(message: string) {
@@ -28,8 +37,13 @@ export class EngineInputError extends Error {
   }
 }
 
+/** The resident key of "no adapter": every slot at rank 0. */
+const NO_LORA_KEY = "lora:none";
+
 export class DiffusionEngine implements PipelineModels {
-  private readonly emptySlots = new Map<string, Tensor>();
+  /** Resident keys of the LoraFeeds objects seen, by identity (never by content: see the header). */
+  private readonly loraKeys = new WeakMap<LoraFeeds, string>();
+  private loraCount = 0;
 
   private constructor(
     readonly folder: string,
@@ -37,22 +51,12 @@ export class DiffusionEngine implements PipelineModels {
     readonly spec: PipelineSpec,
     readonly tokenizers: readonly ClipTokenizer[],
     private readonly runtime: OnnxRuntimeWorker,
-  ) {
-    for (const slot of manifest.graphs.unet!.loraSlots) {
-      this.emptySlots.set(
-        `${slot.module}.lora_down`,
-        new Tensor("float32", [0, slot.inFeatures], new Float32Array(0)),
-      );
-      this.emptySlots.set(
-        `${slot.module}.lora_up`,
-        new Tensor("float32", [slot.outFeatures, 0], new Float32Array(0)),
-      );
-    }
-  }
+  ) {}
 
   static async open(
     folder: string,
     provider: ExecutionProviderConfig = { provider: "cpu" },
+    options: RuntimeOptions = {},
   ): Promise<DiffusionEngine> {
     const manifest = await readManifest(folder);
     const tokenizers = await Promise.all(
@@ -75,12 +79,44 @@ export class DiffusionEngine implements PipelineModels {
       // A path, not a buffer: onnxruntime finds model.onnx_data relative to the model file.
       path: join(folder, manifest.graphs[name]!.file),
     }));
-    const runtime = await OnnxRuntimeWorker.start(sessions, provider);
+    const runtime = await OnnxRuntimeWorker.start(sessions, provider, options);
     return new DiffusionEngine(folder, manifest, spec, tokenizers, runtime);
   }
 
   get provider(): ResolvedProvider {
     return this.runtime.provider!;
+  }
+
+  /** What has been copied to the worker (resident LoRA uploads among it). */
+  get transfers(): Readonly<TransferStats> {
+    return this.runtime.transfers;
+  }
+
+  /** Bytes of LoRA slot feeds resident in the worker. */
+  get residentLoraBytes(): number {
+    return this.runtime.residentBytes;
+  }
+
+  private loraKey(lora: LoraFeeds | undefined): string {
+    if (lora === undefined) return NO_LORA_KEY;
+    let key = this.loraKeys.get(lora);
+    if (key === undefined) {
+      key = `lora:${++this.loraCount}`;
+      this.loraKeys.set(lora, key);
+    }
+    return key;
+  }
+
+  /** Whether the worker holds these feeds (tests and metrics). */
+  holdsLora(lora: LoraFeeds): boolean {
+    const key = this.loraKeys.get(lora);
+    return key !== undefined && this.runtime.holds(key);
+  }
+
+  /** Free the worker's copy of these feeds: their owner (the adapter cache) dropped them. */
+  async releaseLora(lora: LoraFeeds): Promise<void> {
+    const key = this.loraKeys.get(lora);
+    if (key !== undefined) await this.runtime.release(key);
   }
 
   /** The declared dtype of a graph input, read from the session (the timestep may be float or int64). */
@@ -108,27 +144,9 @@ export class DiffusionEngine implements PipelineModels {
     };
   }
 
-  /** The LoRA slot feeds for one call: the given factors, rank 0 for every other slot. */
-  loraInputs(lora?: LoraFeeds): Record<string, Tensor> {
-    const feeds: Record<string, Tensor> = Object.fromEntries(this.emptySlots);
-    if (!lora) return feeds;
-    const slots = new Map(this.manifest.graphs.unet!.loraSlots.map((s) => [s.module, s]));
-    for (const [module, f] of lora) {
-      const slot = slots.get(module);
-      if (!slot)
-        throw new EngineInputError(
-          `LoRA module ${module} has no slot in this engine (targets: ${this.manifest.loraTargets})`,
-        );
-      const [r, inF] = f.down.shape;
-      if (inF !== slot.inFeatures || f.up.shape[0] !== slot.outFeatures || f.up.shape[1] !== r) {
-        throw new EngineInputError(
-          `LoRA module ${module}: down [${f.down.shape}] / up [${f.up.shape}] do not fit the slot (in ${slot.inFeatures}, out ${slot.outFeatures})`,
-        );
-      }
-      feeds[`${module}.lora_down`] = f.down;
-      feeds[`${module}.lora_up`] = f.up;
-    }
-    return feeds;
+  /** The LoRA slot feeds for one call: the given factors, rank 0 for every other slot (LoraValidationError if they do not fit). */
+  loraInputs(lora: LoraFeeds = new Map()): Record<string, Tensor> {
+    return Object.fromEntries(slotFeeds(this.manifest.graphs.unet!.loraSlots, lora));
   }
 
   async unet(f: UNetFeeds, lora?: LoraFeeds): Promise<Float32Tensor> {
@@ -141,7 +159,6 @@ export class DiffusionEngine implements PipelineModels {
           )
         : f.timestep;
     const feeds: Record<string, Tensor> = {
-      ...this.loraInputs(lora),
       sample: f.sample,
       timestep,
       encoder_hidden_states: f.encoderHiddenStates,
@@ -152,7 +169,10 @@ export class DiffusionEngine implements PipelineModels {
       feeds.text_embeds = f.textEmbeds;
       feeds.time_ids = f.timeIds;
     }
-    const out = await this.runtime.run("unet", feeds, ["out"]);
+    const out = await this.runtime.run("unet", feeds, ["out"], {
+      key: this.loraKey(lora),
+      feeds: () => this.loraInputs(lora),
+    });
     return toFloat32(out.out);
   }
 

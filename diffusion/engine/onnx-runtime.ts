@@ -3,6 +3,11 @@
  *
  * Every `run` is a message round trip; the tensors' buffers are transferred (the caller's feed
  * arrays are copied first, so callers keep their data). The main thread never blocks on inference.
+ *
+ * Resident feeds: feeds that repeat across runs (an adapter's LoRA factors, on every UNet step) are
+ * given with a key; they are copied to the worker once, kept there, and later runs send only the key.
+ * The main thread keeps the books (an LRU bounded in bytes) and tells the worker what to drop, in
+ * the same ordered message stream, so both sides always agree on what the worker holds.
  */
 import { existsSync } from "node:fs";
 import { fileURLToPath } from "node:url";
@@ -33,6 +38,33 @@ export class InferenceError extends Error {
   }
 }
 
+/**
+ * The default bound on resident feed bytes: two SDXL rank-64 adapters on every SPO slot (~0.4 GB
+ * each in float32) with room to spare, small beside the UNet's own weights.
+ */
+export const DEFAULT_RESIDENT_FEED_BYTES = 1024 ** 3;
+
+/** Feeds to keep in the worker under `key`; `feeds()` is called only when the worker lacks them. */
+export interface ResidentFeeds {
+  /** Identifies the feeds' content: the same key must always mean the same tensors. */
+  readonly key: string;
+  feeds(): Readonly<Record<string, Tensor>>;
+}
+
+export interface RuntimeOptions {
+  /** Most bytes of resident feeds the worker keeps (LRU); feeds larger than this are sent per run. */
+  readonly residentFeedBytes?: number;
+}
+
+/** What crossed to the worker since it started: for tests, metrics and benchmarks. */
+export interface TransferStats {
+  /** Bytes of feed data posted to the worker: per-run feeds and resident uploads. */
+  feedBytes: number;
+  /** Of those, the bytes of resident uploads. */
+  residentUploadBytes: number;
+  residentUploads: number;
+}
+
 type Pending = { resolve: (r: WorkerResponse) => void; reject: (e: Error) => void };
 
 /**
@@ -53,6 +85,26 @@ function toWire(t: Tensor): WireTensor {
   const data = t.data as AnyTypedArray;
   const copy = new Uint8Array(data.buffer, data.byteOffset, data.byteLength).slice();
   return { dtype: t.dtype, shape: t.shape, buffer: copy.buffer as ArrayBuffer };
+}
+
+function wireFeeds(
+  feeds: Readonly<Record<string, Tensor>>,
+  transfer: ArrayBuffer[],
+): { wire: Record<string, WireTensor>; bytes: number } {
+  const wire: Record<string, WireTensor> = {};
+  let bytes = 0;
+  for (const [name, t] of Object.entries(feeds)) {
+    wire[name] = toWire(t);
+    transfer.push(wire[name].buffer);
+    bytes += wire[name].buffer.byteLength;
+  }
+  return { wire, bytes };
+}
+
+function feedBytes(feeds: Readonly<Record<string, Tensor>>): number {
+  let bytes = 0;
+  for (const t of Object.values(feeds)) bytes += (t.data as AnyTypedArray).byteLength;
+  return bytes;
 }
 
 function fromWire(w: WireTensor): Tensor {
@@ -76,8 +128,15 @@ export class OnnxRuntimeWorker {
   private closed = false;
   provider: ResolvedProvider | undefined;
   readonly sessions = new Map<string, SessionInfo>();
+  readonly transfers: TransferStats = { feedBytes: 0, residentUploadBytes: 0, residentUploads: 0 };
+  /** What the worker holds: key -> bytes, least recently used first. */
+  private readonly resident = new Map<string, number>();
+  /** Keys the worker may hold but the books gave up on (a failed run): dropped with the next message. */
+  private readonly unsure = new Set<string>();
+  private readonly residentLimit: number;
 
-  private constructor() {
+  private constructor(options: RuntimeOptions) {
+    this.residentLimit = options.residentFeedBytes ?? DEFAULT_RESIDENT_FEED_BYTES;
     this.worker = spawnWorker();
     this.worker.on("message", (res: WorkerResponse) => {
       const p = this.pending.get(res.id);
@@ -103,9 +162,10 @@ export class OnnxRuntimeWorker {
   static async start(
     sessions: readonly SessionSpec[],
     config: ExecutionProviderConfig,
+    options: RuntimeOptions = {},
   ): Promise<OnnxRuntimeWorker> {
     validateProviderConfig(config);
-    const rt = new OnnxRuntimeWorker();
+    const rt = new OnnxRuntimeWorker(options);
     try {
       const res = await rt.request({
         type: "load",
@@ -146,23 +206,78 @@ export class OnnxRuntimeWorker {
     return result;
   }
 
-  /** Run one session; outputs default to all of the session's outputs. */
+  /** Bytes of resident feeds the worker holds now. */
+  get residentBytes(): number {
+    let bytes = 0;
+    for (const b of this.resident.values()) bytes += b;
+    return bytes;
+  }
+
+  /** Whether the worker holds the feeds of `key`. */
+  holds(key: string): boolean {
+    return this.resident.has(key);
+  }
+
+  /** Keys to drop so that `bytes` more fit under the bound, least recently used first. */
+  private makeRoom(bytes: number): string[] {
+    const drop = [...this.unsure];
+    this.unsure.clear();
+    let held = this.residentBytes;
+    for (const [key, b] of this.resident) {
+      if (held + bytes <= this.residentLimit) break;
+      this.resident.delete(key);
+      drop.push(key);
+      held -= b;
+    }
+    return drop;
+  }
+
+  /**
+   * Run one session; outputs default to all of the session's outputs. `resident` feeds are added to
+   * `feeds`, sent only if the worker does not hold them yet.
+   */
   async run(
     session: string,
     feeds: Readonly<Record<string, Tensor>>,
     outputs?: readonly string[],
+    resident?: ResidentFeeds,
   ): Promise<Record<string, Tensor>> {
     if (!this.sessions.has(session)) throw new InferenceError("no such session is loaded", session);
-    const wire: Record<string, WireTensor> = {};
     const transfer: ArrayBuffer[] = [];
-    for (const [name, t] of Object.entries(feeds)) {
-      wire[name] = toWire(t);
-      transfer.push(wire[name].buffer);
+    let perRun = feeds;
+    let keep: { key: string; feeds?: Record<string, WireTensor> } | undefined;
+    let drop: string[] = [];
+    if (resident && this.resident.has(resident.key)) {
+      const bytes = this.resident.get(resident.key)!;
+      this.resident.delete(resident.key);
+      this.resident.set(resident.key, bytes); // most recently used
+      keep = { key: resident.key };
+    } else if (resident) {
+      const extra = resident.feeds();
+      const bytes = feedBytes(extra);
+      if (bytes > this.residentLimit) {
+        perRun = { ...extra, ...feeds }; // too large to keep: sent with this run only
+      } else {
+        drop = this.makeRoom(bytes);
+        const upload = wireFeeds(extra, transfer);
+        keep = { key: resident.key, feeds: upload.wire };
+        this.resident.set(resident.key, bytes);
+        this.transfers.residentUploads++;
+        this.transfers.residentUploadBytes += upload.bytes;
+        this.transfers.feedBytes += upload.bytes;
+      }
     }
+    const wire = wireFeeds(perRun, transfer);
+    this.transfers.feedBytes += wire.bytes;
     let res: WorkerResponse;
     try {
-      res = await this.request({ type: "run", id: 0, session, feeds: wire, outputs }, transfer);
+      res = await this.request(
+        { type: "run", id: 0, session, feeds: wire.wire, outputs, resident: keep, drop },
+        transfer,
+      );
     } catch (err) {
+      // The worker may or may not hold the key now: re-upload on next use, and drop it meanwhile.
+      if (keep && this.resident.delete(keep.key)) this.unsure.add(keep.key);
       if (err instanceof InferenceError && !err.session) throw new InferenceError(err.message, session);
       throw err;
     }
@@ -170,6 +285,14 @@ export class OnnxRuntimeWorker {
     const out: Record<string, Tensor> = {};
     for (const [name, w] of Object.entries(res.outputs)) out[name] = fromWire(w);
     return out;
+  }
+
+  /** Forget resident feeds (their owner dropped them); a later run with the key uploads them again. */
+  async release(key: string): Promise<void> {
+    if (!this.resident.delete(key) || this.closed) return;
+    const keys = [key, ...this.unsure];
+    this.unsure.clear();
+    await this.request({ type: "release", id: 0, keys });
   }
 
   async close(): Promise<void> {

@@ -12,6 +12,8 @@ import { CUDA_INSTALL_HINT, type ResolvedProvider, sessionProviderOptions } from
 import type { SessionInfo, ValueInfo, WireTensor, WorkerRequest, WorkerResponse } from "./worker-protocol.js";
 
 const sessions = new Map<string, ort.InferenceSession>();
+/** Feeds the main thread asked to keep (worker-protocol.ts), by key, already as onnxruntime tensors. */
+const resident = new Map<string, Readonly<Record<string, ort.Tensor>>>();
 
 const ORT_TYPES: Partial<Record<DType, ort.Tensor.Type>> = {
   float32: "float32",
@@ -47,6 +49,12 @@ function toOrt(name: string, t: WireTensor): ort.Tensor {
   const type = ORT_TYPES[t.dtype];
   if (!type) throw new Error(`feed ${name}: dtype ${t.dtype} is not supported by onnxruntime`);
   return new ort.Tensor(type, typedArray(t) as Float32Array, [...t.shape]);
+}
+
+function toOrtFeeds(wire: Readonly<Record<string, WireTensor>>): Record<string, ort.Tensor> {
+  const feeds: Record<string, ort.Tensor> = {};
+  for (const [name, t] of Object.entries(wire)) feeds[name] = toOrt(name, t);
+  return feeds;
 }
 
 function fromOrt(t: ort.Tensor): { wire: WireTensor; transfer: ArrayBuffer } {
@@ -114,8 +122,17 @@ async function run(
 ): Promise<{ res: WorkerResponse; transfer: ArrayBuffer[] }> {
   const session = sessions.get(req.session);
   if (!session) throw new Error(`no session named ${req.session} is loaded`);
-  const feeds: Record<string, ort.Tensor> = {};
-  for (const [name, t] of Object.entries(req.feeds)) feeds[name] = toOrt(name, t);
+  for (const key of req.drop ?? []) resident.delete(key);
+  let kept: Readonly<Record<string, ort.Tensor>> = {};
+  if (req.resident) {
+    const { key, feeds: upload } = req.resident;
+    // Stored before the run, so a failed run does not lose an upload the main thread counts on.
+    if (upload) resident.set(key, toOrtFeeds(upload));
+    const held = resident.get(key);
+    if (!held) throw new Error(`resident feeds ${key} are not loaded in the worker`);
+    kept = held;
+  }
+  const feeds: Record<string, ort.Tensor> = { ...kept, ...toOrtFeeds(req.feeds) };
   const results = req.outputs ? await session.run(feeds, [...req.outputs]) : await session.run(feeds);
   const outputs: Record<string, WireTensor> = {};
   const transfer: ArrayBuffer[] = [];
@@ -138,7 +155,11 @@ port.on("message", async (req: WorkerRequest) => {
     } else if (req.type === "run") {
       const { res, transfer } = await run(req);
       port.postMessage(res, transfer);
+    } else if (req.type === "release") {
+      for (const key of req.keys) resident.delete(key);
+      port.postMessage({ type: "released", id: req.id } satisfies WorkerResponse);
     } else {
+      resident.clear();
       for (const s of sessions.values()) await s.release();
       sessions.clear();
       port.postMessage({ type: "closed", id: req.id } satisfies WorkerResponse);

@@ -1,6 +1,10 @@
 /**
  * Messages between the main thread and the onnxruntime worker. Tensors travel as a dtype, a shape
  * and an ArrayBuffer that is transferred, not copied.
+ *
+ * Resident feeds (LoRA factors) are sent once under a key and kept in the worker; later runs name
+ * the key. The main thread decides what is resident (onnx-runtime.ts): it sends `feeds` when the
+ * worker does not hold the key, and `drop`s what it evicts, in the same ordered stream of messages.
  */
 import type { DType } from "../tensor.js";
 import type { ResolvedProvider } from "./execution-provider.js";
@@ -42,7 +46,15 @@ export type WorkerRequest =
       readonly session: string;
       readonly feeds: Readonly<Record<string, WireTensor>>;
       readonly outputs?: readonly string[];
+      /** Feeds kept between runs, added to `feeds`: `feeds` present to (re)load them under `key`. */
+      readonly resident?: {
+        readonly key: string;
+        readonly feeds?: Readonly<Record<string, WireTensor>>;
+      };
+      /** Resident keys to forget before this run. */
+      readonly drop?: readonly string[];
     }
+  | { readonly type: "release"; readonly id: number; readonly keys: readonly string[] }
   | { readonly type: "close"; readonly id: number };
 
 export type WorkerResponse =
@@ -53,5 +65,6 @@ export type WorkerResponse =
       readonly sessions: Readonly<Record<string, SessionInfo>>;
     }
   | { readonly type: "result"; readonly id: number; readonly outputs: Readonly<Record<string, WireTensor>> }
+  | { readonly type: "released"; readonly id: number }
   | { readonly type: "closed"; readonly id: number }
   | { readonly type: "error"; readonly id: number; readonly message: string; readonly kind?: string };

@@ -5,6 +5,7 @@
  *   - `LoraAdapterError`: an adapter built in code is inconsistent (ranks of down and up differ,
  *     two adapters disagree on a module's size when concatenated).
  *   - `LoraValidationError`: a well-formed adapter does not fit a base model's LoRA slots.
+ *   - `LoraFamilyError`: an adapter made for one model family (sd15, sdxl) was asked of another.
  * Every message names the keys or modules at fault, the first few of them plus a count.
  */
 
@@ -47,8 +48,12 @@ export type LoraIssueKind =
   | "shape"
   /** NaN or infinity in a factor or in alpha. */
   | "non-finite"
+  /** Finite values whose arithmetic overflows the engine dtype (at the heaviest request weight). */
+  | "overflow"
   /** Rank above the configured maximum. */
   | "rank"
+  /** Rank 0: empty factors, which change nothing (a damaged or mis-exported file). */
+  | "rank-zero"
   /** A text-encoder module while the base model has no slots for that text encoder. */
   | "text-encoder";
 
@@ -65,7 +70,9 @@ const ISSUE_TITLES: Readonly<Record<LoraIssueKind, string>> = {
   "unknown-module": "not a LoRA slot of the base model",
   shape: "shape does not fit the slot",
   "non-finite": "non-finite values",
+  overflow: "values that overflow the engine dtype",
   rank: "rank above the maximum",
+  "rank-zero": "rank 0 (empty factors)",
   "text-encoder": "text-encoder modules the base model has no slots for (set ignoreTextEncoder to drop them)",
 };
 
@@ -88,5 +95,17 @@ export class LoraValidationError extends Error {
       clauses.push(`${ofKind.length} ${ISSUE_TITLES[kind]}: ${named}`);
     }
     return `${source ? `${source}: ` : ""}LoRA does not fit the base model: ${clauses.join("; ")}`;
+  }
+}
+
+export class LoraFamilyError extends Error {
+  constructor(
+    /** What names the adapter: a file path or `name@version`. */
+    readonly source: string,
+    readonly adapterFamily: string,
+    readonly engineFamily: string,
+  ) {
+    super(`${source} was made for ${adapterFamily}, the engine is ${engineFamily}`);
+    this.name = "LoraFamilyError";
   }
 }

@@ -3,6 +3,9 @@
  * two graph inputs `<module>.lora_down` [r, in] and `<module>.lora_up` [out, r], the graph adds
  * up (down x), so the scale weight * alpha / r is folded into `up`. Several adapters on one
  * request are concatenated along r, and a slot no adapter touches is fed at rank 0.
+ *
+ * `engineLoraFeeds` is the whole path a caller takes (family check, validation against the
+ * engine's slots, scaling, concatenation); `slotFeeds` is what the engine makes of its result.
  */
 import type { LoraFactors } from "../ops/ops.js";
 import { type Float32Tensor, float32, shapeString } from "../tensor.js";
@@ -17,7 +20,9 @@ import {
   moduleScale,
   splitModulePath,
 } from "./adapter.js";
-import { LoraAdapterError, LoraValidationError } from "./errors.js";
+import { LoraAdapterError, LoraFamilyError, type LoraIssue, LoraValidationError } from "./errors.js";
+import { type EngineSlotLists, engineLoraSlots } from "./slots.js";
+import { type LoraValidationOptions, validateAdapter } from "./validate.js";
 
 /** Graph input names of a slot, relative to its component's graph. */
 export const LORA_DOWN_INPUT_SUFFIX = ".lora_down";
@@ -113,43 +118,99 @@ export function componentFactors(
 }
 
 /**
- * The graph inputs of one component: for every slot of that component, `<path>.lora_down` and
- * `<path>.lora_up` from `factors` (see `scaledFactors`), or rank-0 tensors where the adapter has no
- * such module. A factor for a module without a slot, or of the wrong size, is an error: feeding
- * would silently drop it.
+ * The graph inputs of one component's graph: for every slot (module paths inside the component, as
+ * the engine manifest lists them), `<path>.lora_down` and `<path>.lora_up` from `factors` (keyed the
+ * same way: `componentFactors`, `unetLoraFeeds`), or rank-0 tensors where there is no factor. A
+ * factor for a module without a slot, or of the wrong size, is an error: feeding would silently
+ * drop it.
  */
 export function slotFeeds(
-  component: LoraComponent,
   slots: readonly LoraSlotShape[],
   factors: ReadonlyMap<string, LoraFactors<Float32Tensor>>,
 ): Map<string, Float32Tensor> {
   const feeds = new Map<string, Float32Tensor>();
-  const used = new Set<string>();
+  const issues: LoraIssue[] = [];
   for (const slot of slots) {
-    const { component: c, path } = splitModulePath(slot.module);
-    if (c !== component) continue;
     const f = factors.get(slot.module);
     const down = f?.down ?? float32([0, slot.inFeatures]);
     const up = f?.up ?? float32([slot.outFeatures, 0]);
-    if (down.shape[1] !== slot.inFeatures || up.shape[0] !== slot.outFeatures) {
-      throw new LoraValidationError([
-        {
-          kind: "shape",
-          module: slot.module,
-          key: slot.module,
-          detail: `down ${shapeString(down.shape)} / up ${shapeString(up.shape)}, slot in ${slot.inFeatures} out ${slot.outFeatures}`,
-        },
-      ]);
+    if (
+      down.shape[1] !== slot.inFeatures ||
+      up.shape[0] !== slot.outFeatures ||
+      up.shape[1] !== down.shape[0]
+    ) {
+      issues.push({
+        kind: "shape",
+        module: slot.module,
+        key: slot.module,
+        detail: `down ${shapeString(down.shape)} / up ${shapeString(up.shape)}, slot in ${slot.inFeatures} out ${slot.outFeatures}`,
+      });
     }
-    if (f) used.add(slot.module);
-    feeds.set(`${path}${LORA_DOWN_INPUT_SUFFIX}`, down);
-    feeds.set(`${path}${LORA_UP_INPUT_SUFFIX}`, up);
+    feeds.set(`${slot.module}${LORA_DOWN_INPUT_SUFFIX}`, down);
+    feeds.set(`${slot.module}${LORA_UP_INPUT_SUFFIX}`, up);
   }
-  const unfed = [...factors.keys()].filter((m) => splitModulePath(m).component === component && !used.has(m));
-  if (unfed.length > 0) {
-    throw new LoraValidationError(
-      unfed.map((m) => ({ kind: "unknown-module" as const, module: m, key: m, detail: "" })),
-    );
+  const slotted = new Set(slots.map((s) => s.module));
+  for (const m of factors.keys()) {
+    if (!slotted.has(m)) issues.push({ kind: "unknown-module", module: m, key: m, detail: "" });
   }
+  if (issues.length > 0) throw new LoraValidationError(issues);
   return feeds;
+}
+
+/** The graph LoRA reaches: pipelines feed the UNet only (engines give text encoders no slots). */
+export const FED_COMPONENT: LoraComponent = "unet";
+
+/**
+ * A request's UNet feeds from its adapters, keyed by module path inside the UNet: weight * alpha / r
+ * folded into `up`, several adapters concatenated along r. One adapter at scale 1 shares its
+ * tensors (no copy).
+ */
+export function unetLoraFeeds(parts: readonly WeightedAdapter[]): Map<string, LoraFactors<Float32Tensor>> {
+  if (parts.length === 0) return new Map();
+  const [adapter, weight] =
+    parts.length === 1 ? [parts[0].adapter, parts[0].weight] : [concatAdapters(parts), 1];
+  return componentFactors(scaledFactors(adapter, weight), FED_COMPONENT);
+}
+
+/** An adapter a caller asks an engine to apply. */
+export interface RequestedAdapter extends WeightedAdapter {
+  /** Names it in messages: a file path, `name@version`. */
+  readonly source: string;
+  /** The model family it was made for, when known (registry manifests record it; files do not). */
+  readonly family?: string;
+}
+
+/** What the feeds are checked against: an engine manifest (diffusion/engine/manifest.ts) has it. */
+export interface LoraFeedTarget extends EngineSlotLists {
+  readonly family: string;
+}
+
+export interface CheckedLoraFeeds {
+  /** Keyed by module path inside the UNet, as `PipelineModels.unet` takes them. */
+  readonly feeds: Map<string, LoraFactors<Float32Tensor>>;
+  /** Text-encoder modules dropped under `ignoreTextEncoder`, per adapter that had some. */
+  readonly dropped: ReadonlyArray<{ readonly source: string; readonly modules: readonly string[] }>;
+}
+
+/**
+ * The one path from adapters to an engine's feeds (server, CLI, trainer): each adapter must be of
+ * the engine's family (LoraFamilyError) and fit its UNet slots (LoraValidationError naming the
+ * source), then `unetLoraFeeds` weights, scales and concatenates them.
+ */
+export function engineLoraFeeds(
+  engine: LoraFeedTarget,
+  parts: readonly RequestedAdapter[],
+  options: Omit<LoraValidationOptions, "source"> = {},
+): CheckedLoraFeeds {
+  const slots = engineLoraSlots(engine, [FED_COMPONENT]);
+  const dropped: { source: string; modules: readonly string[] }[] = [];
+  const checked = parts.map((part): WeightedAdapter => {
+    if (part.family !== undefined && part.family !== engine.family)
+      throw new LoraFamilyError(part.source, part.family, engine.family);
+    const result = validateAdapter(part.adapter, slots, { ...options, source: part.source });
+    if (result.droppedTextEncoderModules.length > 0)
+      dropped.push({ source: part.source, modules: result.droppedTextEncoderModules });
+    return { adapter: result.adapter, weight: part.weight };
+  });
+  return { feeds: unetLoraFeeds(checked), dropped };
 }

@@ -5,7 +5,7 @@
  * and can never drift from the definition. No weights are needed.
  *
  * The converter (manifest slot list), kohya name resolution and adapter validation all read these
- * lists, so they share one source.
+ * lists, so they share one source. `engineLoraSlots` reads them back from an engine's manifest.
  */
 import { type ClipTextConfig, clipTextModel } from "../models/clip-text.js";
 import {
@@ -16,7 +16,15 @@ import {
 } from "../models/unet2d-condition.js";
 import { MetaOps, type MetaTensor } from "../ops/meta.js";
 import type { LoraFactors } from "../ops/ops.js";
-import { type LoraComponent, type LoraModuleKind, type LoraSlot, qualifiedModulePath } from "./adapter.js";
+import {
+  LORA_COMPONENTS,
+  type LoraComponent,
+  type LoraModuleKind,
+  type LoraSlot,
+  type LoraSlotShape,
+  qualifiedModulePath,
+  qualifySlots,
+} from "./adapter.js";
 import { isLoraTarget, isTextEncoderLoraTarget, type LoraTargetSetName } from "./targets.js";
 
 /** Shape-only backend that records every `loraFactors` request and never returns factors. */
@@ -91,4 +99,26 @@ export function clipTextLoraSlots(config: ClipTextConfig, component: LoraCompone
   return clipTextLoraModules(config, component).filter((slot) =>
     isTextEncoderLoraTarget(slot.module.slice(prefix.length)),
   );
+}
+
+/** What `engineLoraSlots` reads of an engine manifest (diffusion/engine/manifest.ts). */
+export interface EngineSlotLists {
+  readonly graphs: Partial<Record<string, { readonly loraSlots: readonly LoraSlotShape[] }>>;
+}
+
+/**
+ * The slots an engine was converted with, component-qualified, from its manifest (which lists
+ * them per graph, with module paths inside the component): every component's, or only those of
+ * `components`. The one place that turns a manifest into the slot list validation reads.
+ */
+export function engineLoraSlots(
+  manifest: EngineSlotLists,
+  components: readonly LoraComponent[] = LORA_COMPONENTS,
+): LoraSlotShape[] {
+  const slots: LoraSlotShape[] = [];
+  for (const component of components) {
+    const graph = manifest.graphs[component];
+    if (graph !== undefined) slots.push(...qualifySlots(component, graph.loraSlots));
+  }
+  return slots;
 }

@@ -16,7 +16,7 @@ export interface LoraTargetSet {
   readonly transformerLeaves: readonly string[];
 }
 
-/** The attention projections of self- (attn1) and cross-attention (attn2): what SPO trains (docs/SPO.md). */
+/** The attention projections of self- (attn1) and cross-attention (attn2): what SPO trains (docs/spo.md). */
 const SPO_LEAVES = ["attn1", "attn2"].flatMap((attn) =>
   ["to_q", "to_k", "to_v", "to_out.0"].map((proj) => `${attn}.${proj}`),
 );

@@ -10,6 +10,7 @@ import {
   type LoraSlotShape,
   loraAdapter,
   moduleRank,
+  moduleScale,
   splitModulePath,
 } from "./adapter.js";
 import { type LoraIssue, LoraValidationError } from "./errors.js";
@@ -21,9 +22,24 @@ import { type LoraIssue, LoraValidationError } from "./errors.js";
  */
 export const DEFAULT_MAX_LORA_RANK = 256;
 
+/**
+ * The largest |weight| a request may give a LoRA (the HTTP API refuses more). Validation checks
+ * the adapter's arithmetic at this weight, so no weight a request can ask for overflows.
+ */
+export const MAX_LORA_WEIGHT = 10;
+
+/** The engine dtypes an adapter may be fed to, with their largest finite values. */
+export type EngineDtype = "float32" | "float16";
+export const DTYPE_MAX: Readonly<Record<EngineDtype, number>> = {
+  float32: 3.4028234663852886e38,
+  float16: 65504,
+};
+
 export interface LoraValidationOptions {
   /** Highest accepted rank (default DEFAULT_MAX_LORA_RANK). */
   readonly maxRank?: number;
+  /** The dtype of the engine the adapter is for: its range bounds the values (default float32). */
+  readonly dtype?: EngineDtype;
   /** Drop (and report) text-encoder modules the base model has no slots for, instead of failing. */
   readonly ignoreTextEncoder?: boolean;
   /** The file being validated, for the message. */
@@ -42,12 +58,55 @@ function firstNonFinite(data: Float32Array): number {
   return -1;
 }
 
+/** Index of the largest |value| (-1 when empty). */
+function largestAt(data: Float32Array): number {
+  let at = -1;
+  let largest = -1;
+  for (let i = 0; i < data.length; i++) {
+    const v = Math.abs(data[i]);
+    if (v > largest) {
+      largest = v;
+      at = i;
+    }
+  }
+  return at;
+}
+
+/**
+ * Finite values can still overflow the engine's arithmetic (3e38 is a finite float32; beyond 65504
+ * is infinite in float16). Two bounds, both at the heaviest request weight w = MAX_LORA_WEIGHT:
+ * the feeds themselves (down as is, up with w * alpha / r folded in) must be representable, and so
+ * must every element of the weight delta they add, |(w alpha / r) sum_r up down| <=
+ * w |alpha| max|up| max|down|. A module past either bound gives infinities, then NaN images.
+ */
+function overflowIssue(m: LoraModuleWeights, dtype: EngineDtype): string | undefined {
+  const limit = DTYPE_MAX[dtype];
+  const downAt = largestAt(m.down.data);
+  const upAt = largestAt(m.up.data);
+  if (downAt < 0 || upAt < 0) return undefined;
+  const down = Math.abs(m.down.data[downAt]);
+  const up = Math.abs(m.up.data[upAt]);
+  const scale = MAX_LORA_WEIGHT * Math.abs(moduleScale(m));
+  const where = (role: "down" | "up") =>
+    role === "down" ? `down[${downAt}] = ${m.down.data[downAt]}` : `up[${upAt}] = ${m.up.data[upAt]}`;
+  if (down > limit) return `${where("down")} is beyond ${dtype}'s largest value ${limit}`;
+  if (up * scale > limit) {
+    return `${where("up")} times the scale ${scale} (weight ${MAX_LORA_WEIGHT}, alpha / rank) is beyond ${dtype}'s largest value ${limit}`;
+  }
+  const delta = MAX_LORA_WEIGHT * Math.abs(m.alpha) * up * down;
+  if (delta > limit) {
+    return `${where(up >= down ? "up" : "down")}: the weight delta can reach ${delta.toPrecision(3)} at weight ${MAX_LORA_WEIGHT}, beyond ${dtype}'s largest value ${limit}`;
+  }
+  return undefined;
+}
+
 function moduleIssues(
   name: string,
   key: string,
   m: LoraModuleWeights,
   slot: LoraSlotShape,
   maxRank: number,
+  dtype: EngineDtype,
 ): LoraIssue[] {
   const issues: LoraIssue[] = [];
   const issue = (kind: LoraIssue["kind"], detail: string) => issues.push({ kind, module: name, key, detail });
@@ -60,17 +119,22 @@ function moduleIssues(
     );
   }
   if (r > maxRank) issue("rank", `rank ${r} > ${maxRank}`);
+  if (r === 0) issue("rank-zero", "");
   if (!Number.isFinite(m.alpha)) issue("non-finite", `alpha ${m.alpha}`);
+  let finite = Number.isFinite(m.alpha);
   for (const [role, t] of [["down", m.down] as const, ["up", m.up] as const]) {
     const at = firstNonFinite(t.data);
     if (at >= 0) issue("non-finite", `${role}[${at}] = ${t.data[at]}`);
+    finite &&= at < 0;
   }
+  const overflow = finite ? overflowIssue(m, dtype) : undefined;
+  if (overflow !== undefined) issue("overflow", overflow);
   return issues;
 }
 
 /**
- * Check every module of `adapter` against `slots`. Unknown modules, wrong shapes, non-finite values
- * and ranks above the maximum are errors; so are text-encoder modules the model has no slots for
+ * Check every module of `adapter` against `slots`. Unknown modules, wrong shapes, non-finite values,
+ * values that overflow the engine dtype, rank 0 and ranks above the maximum are errors; so are text-encoder modules the model has no slots for
  * (most engines give text encoders none), unless `ignoreTextEncoder` drops them (they are returned
  * so the caller can say so).
  */
@@ -80,6 +144,7 @@ export function validateAdapter(
   options: LoraValidationOptions = {},
 ): LoraValidationResult {
   const maxRank = options.maxRank ?? DEFAULT_MAX_LORA_RANK;
+  const dtype = options.dtype ?? "float32";
   const byModule = new Map(slots.map((s) => [s.module, s]));
   const issues: LoraIssue[] = [];
   const dropped: string[] = [];
@@ -97,7 +162,7 @@ export function validateAdapter(
       }
       continue;
     }
-    issues.push(...moduleIssues(name, key, m, slot, maxRank));
+    issues.push(...moduleIssues(name, key, m, slot, maxRank, dtype));
     kept.push([name, m]);
   }
   if (issues.length > 0) throw new LoraValidationError(issues, options.source);

@@ -1,6 +1,6 @@
 /**
  * transformers `CLIPModel` and SPO's `HFTimeConditionedCLIPModel` (the step-aware preference model,
- * SPM; docs/SPO.md sections 7 and 10), written once: the time-conditioned model is CLIP with a
+ * SPM; docs/spo.md sections 7 and 10), written once: the time-conditioned model is CLIP with a
  * DiT-style timestep embedder whose output modulates the vision tower (clip-vision.ts). The text
  * tower never sees the timestep.
  *

@@ -1,7 +1,7 @@
 /**
  * transformers `CLIPVisionTransformer` (the image tower of CLIP and PickScore), and with a time
  * condition SPO's `TimeConditionedCLIPVisionTransformer` (the step-aware preference model's image
- * tower, docs/SPO.md section 7): adaLN modulation in every encoder layer and on the pooled output.
+ * tower, docs/spo.md section 7): adaLN modulation in every encoder layer and on the pooled output.
  *
  * Keys, under `vision_model`:
  *   embeddings.class_embedding [D], embeddings.patch_embedding.weight [D, C, p, p] (no bias),

@@ -4,8 +4,9 @@
  * initializer instead of a runtime node, a cast folded away), makes constants, and checks operand
  * dtypes and axes.
  */
-import { normalizeAxis, OpError } from "../ops/checks.js";
+import { OpError } from "../ops/checks.js";
 import { float32, int64, Tensor, toFloat16 } from "../tensor.js";
+import { normalizeAxis } from "../tensor-layout.js";
 import { GraphRecorder, type OnnxValue } from "./graph.js";
 import { type AttributeSpec, attr, isFloat, ONNX_DATA_TYPE, type OnnxDType } from "./proto.js";
 import * as S from "./shapes.js";

@@ -3,6 +3,7 @@
  * for an op called on tensors it cannot take, parameter shape checks, and axis normalisation.
  */
 import { shapeString } from "../tensor.js";
+import { normalizeAxis } from "../tensor-layout.js";
 import type { Conv2dOptions } from "./ops.js";
 import { ParameterError } from "./ops.js";
 
@@ -37,19 +38,6 @@ export function expectParamShape(
       name,
     );
   }
-}
-
-/** A possibly negative axis as an index in [0, rank); undefined when out of range. */
-export function normalizeAxis(axis: number, rank: number): number | undefined {
-  const a = axis < 0 ? axis + rank : axis;
-  return Number.isInteger(a) && a >= 0 && a < rank ? a : undefined;
-}
-
-/** Python slice bounds for a dimension of size `dim`: negatives count from the end, then clamp. */
-export function sliceBounds(start: number, end: number, dim: number): [number, number] {
-  const clamp = (i: number) => Math.min(Math.max(i < 0 ? i + dim : i, 0), dim);
-  const s = clamp(start);
-  return [s, Math.max(clamp(end), s)];
 }
 
 /** [top, left, bottom, right] zero padding (ONNX `pads` order) from the Conv2dOptions form. */

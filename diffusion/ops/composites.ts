@@ -24,8 +24,6 @@ export function quickGelu<T>(ops: Ops<T>, x: T): T {
   return ops.mul(x, ops.sigmoid(ops.mul(x, ops.scalar(QUICK_GELU_ALPHA))));
 }
 
-export type ActivationName = "silu" | "swish" | "gelu" | "quick_gelu";
-
 export function activation<T>(ops: Ops<T>, name: string, x: T): T {
   switch (name) {
     case "silu":

@@ -7,7 +7,7 @@
  * is memory-bound and a few percent of the MACs of a UNet.
  */
 import { numel, shapeString } from "../tensor.js";
-import { normalizeAxis, sliceBounds } from "./checks.js";
+import { normalizeAxis, sliceBounds } from "../tensor-layout.js";
 import type { Conv2dOptions, LoraFactors, Ops, ReshapeSpec } from "./ops.js";
 import { ParameterError } from "./ops.js";
 import { resolveReshape } from "./reference-layout.js";

@@ -1,9 +1,10 @@
 /**
- * Reference kernels that move data without arithmetic (reshape, transpose, concat, slice, nearest
- * upsampling) and the integer-index ops (gather, gatherRows, argMax, equalScalar).
+ * Reference kernels that move data without arithmetic (reshape, transpose, nearest upsampling) and
+ * the integer-index ops (gather, gatherRows, argMax, equalScalar). `concat` and `slice` are the host
+ * tensor helpers of diffusion/tensor-layout.ts.
  */
-import { allocate, type Float32Tensor, int64, numel, shapeString, Tensor } from "../tensor.js";
-import { sliceBounds } from "./checks.js";
+import { type Float32Tensor, int64, numel, shapeString, Tensor } from "../tensor.js";
+import { flatData as flat, sameDtypeLike as like } from "../tensor-layout.js";
 import type { ReshapeSpec } from "./ops.js";
 import { axisOf, fail } from "./reference-math.js";
 
@@ -26,21 +27,6 @@ export function resolveReshape(input: readonly number[], spec: ReshapeSpec): num
   }
   if (numel(out) !== total) bad(`element counts differ (${total} vs ${numel(out)})`);
   return out;
-}
-
-/**
- * Layout ops keep the dtype (ids may be reshaped or sliced). Source and destination always share
- * it, so viewing both as Float32Array below only unifies the typed-array union for TypeScript.
- */
-type Flat = Float32Array;
-
-function flat(t: Tensor): Flat {
-  return t.data as unknown as Flat;
-}
-
-function like<D extends Tensor["dtype"]>(x: Tensor<D>, shape: readonly number[]): [Tensor<D>, Flat] {
-  const data = allocate(x.dtype, numel(shape));
-  return [new Tensor(x.dtype, shape, data), data as unknown as Flat];
 }
 
 export function transpose<D extends Tensor["dtype"]>(x: Tensor<D>, perm: readonly number[]): Tensor<D> {
@@ -70,54 +56,6 @@ export function transpose<D extends Tensor["dtype"]>(x: Tensor<D>, perm: readonl
       offset -= steps[d] * shape[d];
       index[d] = 0;
     }
-  }
-  return result;
-}
-
-export function concat<D extends Tensor["dtype"]>(xs: readonly Tensor<D>[], axis: number): Tensor<D> {
-  if (xs.length === 0) fail("concat", "needs at least one tensor");
-  const first = xs[0].shape;
-  const a = axisOf("concat", axis, first);
-  for (const t of xs) {
-    if (t.dtype !== xs[0].dtype) fail("concat", `dtypes differ: ${xs.map((u) => u.dtype).join(", ")}`);
-    if (t.shape.length !== first.length || t.shape.some((d, i) => i !== a && d !== first[i])) {
-      fail("concat", `shapes ${xs.map((s) => shapeString(s.shape)).join(", ")} differ off axis ${a}`);
-    }
-  }
-  const shape = [...first];
-  shape[a] = xs.reduce((n, t) => n + t.shape[a], 0);
-  const outer = numel(first.slice(0, a));
-  const inner = numel(first.slice(a + 1));
-  const [result, out] = like(xs[0], shape);
-  let p = 0;
-  for (let o = 0; o < outer; o++) {
-    for (const t of xs) {
-      const block = t.shape[a] * inner;
-      out.set(flat(t).subarray(o * block, (o + 1) * block), p);
-      p += block;
-    }
-  }
-  return result;
-}
-
-/** x[..., start:end, ...] along `axis`, with Python's negative indices and clamping. */
-export function slice<D extends Tensor["dtype"]>(
-  x: Tensor<D>,
-  axis: number,
-  start: number,
-  end: number,
-): Tensor<D> {
-  const a = axisOf("slice", axis, x.shape);
-  const [s, e] = sliceBounds(start, end, x.shape[a]);
-  const shape = [...x.shape];
-  shape[a] = e - s;
-  const outer = numel(x.shape.slice(0, a));
-  const inner = numel(x.shape.slice(a + 1));
-  const [result, out] = like(x, shape);
-  const src = flat(x);
-  for (let o = 0; o < outer; o++) {
-    const from = (o * x.shape[a] + s) * inner;
-    out.set(src.subarray(from, from + (e - s) * inner), o * (e - s) * inner);
   }
   return result;
 }

@@ -12,9 +12,11 @@
  * (reshape, transpose, concat, slice), which keep the dtype; arithmetic widens them to float32.
  *
  * Kernels: reference-math.ts (elementwise, erf, reductions, norms), reference-linalg.ts (matmul,
- * linear, conv2d), reference-layout.ts (shape ops and integer indexing).
+ * linear, conv2d), reference-layout.ts (shape ops and integer indexing), and the host tensor helpers
+ * concat and slice (diffusion/tensor-layout.ts).
  */
 import { type Float32Tensor, float32, shapeString, type Tensor, toFloat32 } from "../tensor.js";
+import { concat, slice } from "../tensor-layout.js";
 import { expectParamShape } from "./checks.js";
 import type { Conv2dOptions, LoraFactors, Ops, ReshapeSpec } from "./ops.js";
 import { ParameterError } from "./ops.js";
@@ -187,10 +189,10 @@ export class ReferenceOps implements Ops<RefTensor> {
     return layout.transpose(x, perm);
   }
   concat(xs: readonly RefTensor[], axis: number): RefTensor {
-    return layout.concat(xs, axis);
+    return concat(xs, axis);
   }
   slice(x: RefTensor, axis: number, start: number, end: number): RefTensor {
-    return layout.slice(x, axis, start, end);
+    return slice(x, axis, start, end);
   }
   upsampleNearest2x(x: RefTensor, like?: RefTensor): RefTensor {
     if (like && like.shape.length !== 4) {

@@ -7,10 +7,11 @@
  * unconditional rows for classifier-free guidance in the same batch). A job whose signal aborts is
  * dropped at the next step boundary; the others go on.
  */
-import { concat, slice } from "../ops/reference-layout.js";
+
 import type { RandomGenerator } from "../random/generator.js";
 import type { NoiseSource, Scheduler } from "../schedulers/scheduler.js";
 import { type Float32Tensor, float32, Tensor } from "../tensor.js";
+import { concat, slice } from "../tensor-layout.js";
 import type { LoraFeeds, PipelineModels } from "./pipeline-models.js";
 import type { Conditioning } from "./prompt-encoding.js";
 

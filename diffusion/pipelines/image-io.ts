@@ -10,7 +10,6 @@ import sharp from "sharp";
 import { type Float32Tensor, Tensor } from "../tensor.js";
 
 export type ImageFormat = "png" | "jpeg" | "webp";
-export const IMAGE_FORMATS: readonly ImageFormat[] = ["png", "jpeg", "webp"];
 export const IMAGE_MIME: Readonly<Record<ImageFormat, string>> = {
   png: "image/png",
   jpeg: "image/jpeg",

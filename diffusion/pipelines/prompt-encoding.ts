@@ -7,8 +7,9 @@
  * "windows" mode they are split into 75-token windows whose hidden states are concatenated along
  * the sequence, as AUTOMATIC1111 does, with the negative prompt padded to the same window count.
  */
-import { concat, slice } from "../ops/reference-layout.js";
+
 import { type Float32Tensor, int64, zeros } from "../tensor.js";
+import { concat, slice } from "../tensor-layout.js";
 import type { PipelineModels } from "./pipeline-models.js";
 
 export const LONG_PROMPT_MODES = ["truncate", "windows"] as const;

@@ -1,5 +1,5 @@
 /**
- * Scoring with a step-aware preference model (SPM), as SPO scores its candidates (docs/SPO.md
+ * Scoring with a step-aware preference model (SPM), as SPO scores its candidates (docs/spo.md
  * sections 3 and 7): a noisy latent x_t at integer timestep t is judged by what it would denoise
  * to, so
  *
@@ -18,18 +18,19 @@
  *
  * The trainer scores its SPO pools with these same functions.
  */
-import { concat, slice } from "../ops/reference-layout.js";
+
 import { DDIMScheduler } from "../schedulers/ddim.js";
 import { ddimPredictX0 } from "../schedulers/ddim-logprob.js";
 import { compareCandidates, type PoolComparison, SPO_PAIR_THRESHOLD } from "../spm/pool.js";
 import type { PreferenceModel } from "../spm/preference-model.js";
 import { preprocessForSpm } from "../spm/preprocess.js";
 import { type Float32Tensor, float32, shapeString, Tensor } from "../tensor.js";
+import { concat, slice } from "../tensor-layout.js";
 import { classifierFreeGuidance, repeatRows } from "./denoise.js";
 import type { LoraFeeds, PipelineModels, UNetFeeds } from "./pipeline-models.js";
 import { type Conditioning, encodePrompts } from "./prompt-encoding.js";
 
-/** SPO's classifier-free guidance scale, in sampling and in scoring (docs/SPO.md section 2). */
+/** SPO's classifier-free guidance scale, in sampling and in scoring (docs/spo.md section 2). */
 export const SPO_GUIDANCE_SCALE = 5;
 /**
  * SPO's sampler runs 20 DDIM steps. x̂0 does not depend on the step count, but the DDIM helpers

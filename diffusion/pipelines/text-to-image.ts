@@ -5,9 +5,12 @@
  * Reproducibility: image i of a request with seed s is drawn from its own generator seeded s + i,
  * so n images equal n single requests with seeds s, s+1, ...; the same request gives the same
  * pixels.
+ *
+ * `generate` reads like diffusers' `__call__`: 1. check inputs, 2. encode the prompt, 3. timesteps,
+ * 4. initial latents, 5. SDXL size conditioning, 6. the denoising loop (denoise.ts), 7. decode;
+ * each stage is a function of its own below.
  */
 
-import { concat } from "../ops/reference-layout.js";
 import type { RandomGenerator } from "../random/generator.js";
 import {
   createGenerator,
@@ -23,9 +26,11 @@ import {
   type SchedulerName,
   schedulerNameForClass,
 } from "../schedulers/index.js";
+import type { Scheduler } from "../schedulers/scheduler.js";
 import { type Float32Tensor, float32, Tensor } from "../tensor.js";
-import { CancelledError, type DenoiseJob, denoise, type StepEvent } from "./denoise.js";
-import type { LoraFeeds, PipelineModels } from "./pipeline-models.js";
+import { concat } from "../tensor-layout.js";
+import { CancelledError, type DenoiseJob, type DenoiseTimings, denoise, type StepEvent } from "./denoise.js";
+import type { LoraFeeds, PipelineModels, PipelineSpec } from "./pipeline-models.js";
 import { encodePrompts, LONG_PROMPT_MODES, type LongPromptMode } from "./prompt-encoding.js";
 
 export class PipelineInputError extends Error {
@@ -201,6 +206,158 @@ export async function generateOne(
   return outcome;
 }
 
+/** A request made ready for the denoising loop (or, at strength 0, for returning its init image). */
+interface PreparedRequest {
+  readonly input: GenerationRequest;
+  /** Absent when there is nothing to denoise (img2img at strength 0). */
+  readonly job?: DenoiseJob;
+  readonly droppedTokens: number;
+  readonly timings: GenerationTimings;
+  readonly scheduler: SchedulerName;
+  readonly seeds: readonly bigint[];
+}
+
+/** 1. Check inputs: every request, and that they can share UNet batches. */
+function checkBatch(models: PipelineModels, requests: readonly GenerationRequest[]): void {
+  const key = batchKey(models, requests[0]);
+  for (const r of requests) {
+    checkRequest(models, r);
+    if (batchKey(models, r) !== key) throw new Error("requests of one batch must share size and step count");
+  }
+}
+
+/** 3. The timesteps a request runs: all of them, or img2img's tail from its strength. */
+function prepareTimesteps(
+  scheduler: Scheduler,
+  r: GenerationRequest,
+): { timesteps: readonly number[]; startTimestep: number } {
+  if (r.initImage) return img2imgTimesteps(scheduler, r.steps, r.strength!);
+  scheduler.setTimesteps(r.steps);
+  return { timesteps: scheduler.timesteps, startTimestep: 0 };
+}
+
+/**
+ * 4. The initial latents, one row per image from its own generator: noise at the scheduler's
+ * initial sigma, or (img2img) the init image's latents noised to the first timestep.
+ */
+async function prepareLatents(
+  models: PipelineModels,
+  r: GenerationRequest,
+  scheduler: Scheduler,
+  generators: readonly RandomGenerator[],
+  startTimestep: number,
+  timings: GenerationTimings,
+): Promise<Float32Tensor> {
+  const spec = models.spec;
+  const latentShape = [1, spec.latentChannels, r.height / spec.vaeScaleFactor, r.width / spec.vaeScaleFactor];
+  if (!r.initImage) {
+    return scaled(
+      concat(
+        generators.map((g) => g.randn(latentShape)),
+        0,
+      ),
+      scheduler.initNoiseSigma,
+    );
+  }
+  const t0 = performance.now();
+  const posterior = await models.vaeEncode(r.initImage);
+  timings.vaeEncodeMs = performance.now() - t0;
+  // diffusers: latent_dist.sample(generator) * scaling_factor, then noise to the first timestep
+  const rows = generators.map((g) => {
+    const eps = g.randn(latentShape);
+    const z = new Float32Array(eps.size);
+    for (let i = 0; i < z.length; i++) {
+      const std = Math.fround(Math.exp(Math.fround(0.5 * posterior.logvar.data[i])));
+      z[i] = Math.fround(posterior.mean.data[i] + Math.fround(std * eps.data[i]));
+    }
+    const init = scaled(new Tensor("float32", latentShape, z), spec.vaeScalingFactor);
+    return scheduler.addNoise(init, g.randn(latentShape), startTimestep);
+  });
+  return concat(rows, 0);
+}
+
+/** 5. SDXL size conditioning: original size, crop top-left (0, 0), target size. */
+function sizeConditioning(spec: PipelineSpec, r: GenerationRequest): Float32Tensor | undefined {
+  return spec.addTimeIds ? float32([1, 6], [r.height, r.width, 0, 0, r.height, r.width]) : undefined;
+}
+
+/** Stages 2 to 5 of one request: its prompt encoded, timesteps, initial latents and conditioning. */
+async function prepareRequest(models: PipelineModels, r: GenerationRequest): Promise<PreparedRequest> {
+  const timings: GenerationTimings = {
+    textEncodingMs: 0,
+    unetMs: 0,
+    schedulerMs: 0,
+    vaeDecodeMs: 0,
+    vaeEncodeMs: 0,
+  };
+  const seeds = Array.from({ length: r.n ?? 1 }, (_, i) => BigInt(r.seed) + BigInt(i));
+  const schedulerName = r.scheduler ?? defaultScheduler(models);
+  const passthrough = { input: r, droppedTokens: 0, timings, scheduler: schedulerName, seeds };
+  // strength 0 leaves the init image untouched: return it without a VAE round trip.
+  if (r.initImage && runSteps(r) === 0) return passthrough;
+
+  // 2. encode the prompt (and the negative prompt when guiding)
+  const t0 = performance.now();
+  const prompts = await encodePrompts(models, r.prompt, {
+    negativePrompt: r.negativePrompt,
+    guidance: r.guidanceScale > 1,
+    longPrompt: r.longPrompt,
+  });
+  timings.textEncodingMs = performance.now() - t0;
+  // 3. timesteps
+  const scheduler = createScheduler(schedulerName, models.spec.schedulerConfig);
+  const { timesteps, startTimestep } = prepareTimesteps(scheduler, r);
+  // 4. initial latents, one generator per image
+  const generators = seeds.map((s) => createGenerator(r.generator ?? "stepwise", s));
+  const latents = await prepareLatents(models, r, scheduler, generators, startTimestep, timings);
+  // 5. SDXL size conditioning
+  const timeIds = sizeConditioning(models.spec, r);
+  const job: DenoiseJob = {
+    latents,
+    scheduler,
+    timesteps,
+    positive: prompts.positive,
+    negative: prompts.negative,
+    guidanceScale: r.guidanceScale,
+    timeIds,
+    lora: r.lora,
+    generators,
+    eta: r.eta,
+    signal: r.signal,
+    onStep: r.onStep,
+  };
+  return { ...passthrough, job, droppedTokens: prompts.droppedTokens };
+}
+
+/** 7. Decode one request's latents into its images (or return its init image at strength 0). */
+async function decodeRequest(
+  models: PipelineModels,
+  p: PreparedRequest,
+  loop: DenoiseTimings,
+  jobCount: number,
+): Promise<GenerationOutcome> {
+  if (p.job?.signal?.aborted) return new CancelledError();
+  let images: GeneratedImage[];
+  if (!p.job) {
+    images = p.seeds.map((seed) => ({ pixels: toUnitRange(p.input.initImage!), seed }));
+  } else {
+    const t0 = performance.now();
+    const decoded = await models.vaeDecode(scaled(p.job.latents, 1 / models.spec.vaeScalingFactor));
+    p.timings.vaeDecodeMs = performance.now() - t0;
+    const [, c, h, w] = decoded.shape;
+    images = p.seeds.map((seed, i) => ({
+      pixels: toUnitRange(
+        new Tensor("float32", [1, c, h, w], decoded.data.slice(i * c * h * w, (i + 1) * c * h * w)),
+      ),
+      seed,
+    }));
+    // The loop ran every job together: each gets an equal share of its time.
+    p.timings.unetMs = loop.unetMs / jobCount;
+    p.timings.schedulerMs = loop.schedulerMs / jobCount;
+  }
+  return { images, droppedTokens: p.droppedTokens, scheduler: p.scheduler, timings: p.timings };
+}
+
 /**
  * Run compatible requests together (see `batchKey`); outcomes come back in request order. A
  * request whose signal aborts is dropped at the next step (its outcome is a CancelledError); the
@@ -211,152 +368,21 @@ export async function generate(
   requests: readonly GenerationRequest[],
 ): Promise<GenerationOutcome[]> {
   if (requests.length === 0) return [];
-  const key = batchKey(models, requests[0]);
-  for (const r of requests) {
-    checkRequest(models, r);
-    if (batchKey(models, r) !== key) throw new Error("requests of one batch must share size and step count");
-  }
-  const spec = models.spec;
-  const results: Array<{
-    job?: DenoiseJob;
-    input?: GenerationRequest;
-    droppedTokens: number;
-    timings: GenerationTimings;
-    scheduler: SchedulerName;
-    seeds: bigint[];
-  }> = [];
-  const jobs: DenoiseJob[] = [];
-
-  for (const r of requests) {
-    const timings: GenerationTimings = {
-      textEncodingMs: 0,
-      unetMs: 0,
-      schedulerMs: 0,
-      vaeDecodeMs: 0,
-      vaeEncodeMs: 0,
-    };
-    const n = r.n ?? 1;
-    const seeds = Array.from({ length: n }, (_, i) => BigInt(r.seed) + BigInt(i));
-    const schedulerName = r.scheduler ?? defaultScheduler(models);
-    // strength 0 leaves the init image untouched: return it without a VAE round trip.
-    if (r.initImage && runSteps(r) === 0) {
-      results.push({ input: r, droppedTokens: 0, timings, scheduler: schedulerName, seeds });
-      continue;
-    }
-    // 2. encode the prompt (and the negative prompt when guiding)
-    const guidance = r.guidanceScale > 1;
-    let t0 = performance.now();
-    const prompts = await encodePrompts(models, r.prompt, {
-      negativePrompt: r.negativePrompt,
-      guidance,
-      longPrompt: r.longPrompt,
-    });
-    timings.textEncodingMs = performance.now() - t0;
-
-    // 3. timesteps
-    const scheduler = createScheduler(schedulerName, spec.schedulerConfig);
-    let timesteps: readonly number[];
-    let startTimestep = 0;
-    if (r.initImage) {
-      const s = img2imgTimesteps(scheduler, r.steps, r.strength!);
-      timesteps = s.timesteps;
-      startTimestep = s.startTimestep;
-    } else {
-      scheduler.setTimesteps(r.steps);
-      timesteps = scheduler.timesteps;
-    }
-
-    // 4. initial latents, one generator per image
-    const generators: RandomGenerator[] = seeds.map((s) => createGenerator(r.generator ?? "stepwise", s));
-    const latentShape = [
-      1,
-      spec.latentChannels,
-      r.height / spec.vaeScaleFactor,
-      r.width / spec.vaeScaleFactor,
-    ];
-    let latents: Float32Tensor;
-    if (r.initImage) {
-      t0 = performance.now();
-      const posterior = await models.vaeEncode(r.initImage);
-      timings.vaeEncodeMs = performance.now() - t0;
-      // diffusers: latent_dist.sample(generator) * scaling_factor, then noise to the first timestep
-      const rows = generators.map((g) => {
-        const eps = g.randn(latentShape);
-        const z = new Float32Array(eps.size);
-        for (let i = 0; i < z.length; i++) {
-          const std = Math.fround(Math.exp(Math.fround(0.5 * posterior.logvar.data[i])));
-          z[i] = Math.fround(posterior.mean.data[i] + Math.fround(std * eps.data[i]));
-        }
-        const init = scaled(new Tensor("float32", latentShape, z), spec.vaeScalingFactor);
-        return scheduler.addNoise(init, g.randn(latentShape), startTimestep);
-      });
-      latents = concat(rows, 0);
-    } else {
-      latents = scaled(
-        concat(
-          generators.map((g) => g.randn(latentShape)),
-          0,
-        ),
-        scheduler.initNoiseSigma,
-      );
-    }
-
-    // 5. SDXL size conditioning: original size, crop top-left (0, 0), target size
-    const timeIds = spec.addTimeIds
-      ? float32([1, 6], [r.height, r.width, 0, 0, r.height, r.width])
-      : undefined;
-    const job: DenoiseJob = {
-      latents,
-      scheduler,
-      timesteps,
-      positive: prompts.positive,
-      negative: prompts.negative,
-      guidanceScale: r.guidanceScale,
-      timeIds,
-      lora: r.lora,
-      generators,
-      eta: r.eta,
-      signal: r.signal,
-      onStep: r.onStep,
-    };
-    jobs.push(job);
-    results.push({ job, droppedTokens: prompts.droppedTokens, timings, scheduler: schedulerName, seeds });
-  }
-
+  // 1. check inputs
+  checkBatch(models, requests);
+  // 2.-5. per request: encode the prompt, timesteps, initial latents, size conditioning
+  const prepared: PreparedRequest[] = [];
+  for (const r of requests) prepared.push(await prepareRequest(models, r));
   // 6. the denoising loop, all jobs together
-  let loop = { unetMs: 0, schedulerMs: 0 };
+  const jobs = prepared.flatMap((p) => (p.job ? [p.job] : []));
+  let loop: DenoiseTimings = { unetMs: 0, schedulerMs: 0 };
   try {
     if (jobs.length > 0) loop = await denoise(models, jobs);
   } catch (err) {
     if (!(err instanceof CancelledError)) throw err;
   }
-
   // 7. decode
   const out: GenerationOutcome[] = [];
-  for (const r of results) {
-    if (r.job?.signal?.aborted) {
-      out.push(new CancelledError());
-      continue;
-    }
-    let images: GeneratedImage[];
-    if (!r.job) {
-      images = r.seeds.map((seed) => ({ pixels: toUnitRange(r.input!.initImage!), seed }));
-    } else {
-      const t0 = performance.now();
-      const decoded = await models.vaeDecode(scaled(r.job.latents, 1 / spec.vaeScalingFactor));
-      r.timings.vaeDecodeMs = performance.now() - t0;
-      const [, c, h, w] = decoded.shape;
-      images = r.seeds.map((seed, i) => ({
-        pixels: toUnitRange(
-          new Tensor("float32", [1, c, h, w], decoded.data.slice(i * c * h * w, (i + 1) * c * h * w)),
-        ),
-        seed,
-      }));
-      const share = jobs.length;
-      r.timings.unetMs = loop.unetMs / share;
-      r.timings.schedulerMs = loop.schedulerMs / share;
-    }
-    out.push({ images, droppedTokens: r.droppedTokens, scheduler: r.scheduler, timings: r.timings });
-  }
+  for (const p of prepared) out.push(await decodeRequest(models, p, loop, jobs.length));
   return out;
 }

@@ -3,7 +3,7 @@
  * (DDPM, Ho et al. 2020, eq. 4).
  *
  * Reproduces diffusers on torch's CPU float32 to the bit (checked against
- * shared/data/reference/schedulers: `ddim/betas` and `ddim/alphas_cumprod`):
+ * test/fixtures/reference/schedulers: `ddim/betas` and `ddim/alphas_cumprod`):
  * - "linear" and "scaled_linear" come from `torch.linspace(..., dtype=float32)`, whose CPU kernel
  *   we emulate (see `torchLinspaceFloat32`); "scaled_linear" squares a linspace of √β.
  * - `torch.cumprod` on CPU accumulates float32 inputs in double and rounds each output to

@@ -6,7 +6,7 @@
  * `XScheduler.from_config(other.config)` does: each scheduler reads the keys it knows, ignores
  * the rest, and fills what is missing with ITS OWN defaults (DDIM defaults to "leading" spacing,
  * Euler and DPM-Solver to "linspace"). Defaults and accepted keys are those of diffusers 0.25.1,
- * the version the reference numbers in shared/data/reference/schedulers come from.
+ * the version the reference numbers in test/fixtures/reference/schedulers come from.
  *
  * What a scheduler here cannot honour is refused with a `SchedulerConfigError` naming the key,
  * never silently replaced: thresholding, DPM-Solver's third order, SDE and non-"++" variants, Lu
@@ -89,12 +89,6 @@ export interface DpmSolverMultistepConfig extends BaseSchedulerConfig {
   readonly lambda_min_clipped: number;
   readonly variance_type: null;
 }
-
-export type AnySchedulerConfig =
-  | DdimConfig
-  | EulerDiscreteConfig
-  | EulerAncestralConfig
-  | DpmSolverMultistepConfig;
 
 // --- defaults (diffusers 0.25.1 constructor defaults, scheduler by scheduler) ----------------------
 

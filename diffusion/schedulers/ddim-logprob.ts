@@ -1,5 +1,5 @@
 /**
- * The DDIM transition as a Gaussian policy, for Step-aware Preference Optimization (docs/SPO.md
+ * The DDIM transition as a Gaussian policy, for Step-aware Preference Optimization (docs/spo.md
  * §2, §5, §10): SPO samples candidates x_{t−1} ~ N(μ_θ(x_t, t), σ_t² I) and scores them with the
  * log-probability of that Gaussian. Reproduces SPO's own functions (RockeyCoss/SPO,
  * spo/custom_diffusers/): `ddim_step_fetch_x0` -> `ddimPredictX0`, `ddim_step_fetch_x_t_1` ->
@@ -11,8 +11,16 @@
  *   lookup, so at t = 1 (20 steps) α_{t−1} = ᾱ_0 and `set_alpha_to_one` has no effect;
  * - the log-probability is a MEAN over the C·H·W elements of a row, not a sum.
  * Float32 arithmetic in torch's order, like the schedulers.
+ *
+ * x̂₀, ε̂, the mean and the log-probability are written once, over `Ops` (`ddimTransitionX0`,
+ * `ddimTransitionMean`, `ddimTransitionLogProb`): the host functions here run them on the reference backend (the sampler,
+ * the scorer and the reference log-probabilities), the trainer runs them on TF.js to differentiate
+ * the policy's log-probability. Each op rounds to float32, so both give the host loops' bits.
  */
-import { type Float32Tensor, Tensor } from "../tensor.js";
+import type { Ops } from "../ops/ops.js";
+import { ReferenceOps, type RefTensor } from "../ops/reference.js";
+import { type Float32Tensor, Tensor, toFloat32 } from "../tensor.js";
+import type { PredictionType } from "./config.js";
 import type { DDIMScheduler } from "./ddim.js";
 import { SchedulerUsageError } from "./errors.js";
 import { assertSameShape, type NoiseSource, rowsOf } from "./scheduler.js";
@@ -58,6 +66,108 @@ export function ddimTransitionCoefficients(
   return { timesteps, prevTimesteps, alphaProdT, alphaProdTPrev, variance, stdDevT };
 }
 
+/** What the transition reads of a scheduler config beyond the coefficients. */
+export interface DdimTransitionOptions {
+  readonly prediction: PredictionType;
+  /** Clip x̂₀ to [−range, range] (the config's clip_sample); SD's configs have it off. */
+  readonly clipSampleRange?: number;
+}
+
+/** The options of a scheduler's own config. */
+export function ddimTransitionOptions(scheduler: DDIMScheduler): DdimTransitionOptions {
+  const { prediction_type, clip_sample, clip_sample_range } = scheduler.config;
+  return { prediction: prediction_type, clipSampleRange: clip_sample ? clip_sample_range : undefined };
+}
+
+/** Latents are NCHW. */
+const LATENT_RANK = 4;
+
+/** Per-row scalars as [rows, 1, ...] constants, to broadcast over tensors of `rank` dimensions. */
+function rowConstants<T>(ops: Ops<T>, rank: number): (values: ArrayLike<number>) => T {
+  const ones = new Array<number>(rank - 1).fill(1);
+  return (values) => ops.constant(Float32Array.from(values), [values.length, ...ones], true);
+}
+
+/** x̂₀ and the ε̂ matching it, on any backend. */
+export interface DdimX0Tensors<T> {
+  /** x̂₀ (clipped if the options clip). */
+  readonly x0: T;
+  readonly eps: T;
+}
+
+/** x̂₀ and ε̂ from the model output at x_t, on any backend; each row at its own timestep. */
+export function ddimTransitionX0<T>(
+  ops: Ops<T>,
+  modelOutput: T,
+  sample: T,
+  coefficients: DdimTransitionCoefficients,
+  options: DdimTransitionOptions,
+  rank = LATENT_RANK,
+): DdimX0Tensors<T> {
+  const perRow = rowConstants(ops, rank);
+  const alpha = coefficients.alphaProdT;
+  const sqrtAlpha = perRow(alpha.map((a) => f32(Math.sqrt(a))));
+  const sqrtBeta = perRow(alpha.map((a) => f32(Math.sqrt(f32(1 - a)))));
+  let x0: T;
+  let eps: T;
+  switch (options.prediction) {
+    case "epsilon":
+      x0 = ops.div(ops.sub(sample, ops.mul(sqrtBeta, modelOutput)), sqrtAlpha);
+      eps = modelOutput;
+      break;
+    case "sample":
+      x0 = modelOutput;
+      eps = ops.div(ops.sub(sample, ops.mul(sqrtAlpha, modelOutput)), sqrtBeta);
+      break;
+    case "v_prediction":
+      x0 = ops.sub(ops.mul(sqrtAlpha, sample), ops.mul(sqrtBeta, modelOutput));
+      eps = ops.add(ops.mul(sqrtAlpha, modelOutput), ops.mul(sqrtBeta, sample));
+      break;
+  }
+  if (options.clipSampleRange !== undefined) {
+    const range = f32(options.clipSampleRange);
+    x0 = ops.clip(x0, -range, range);
+  }
+  return { x0, eps };
+}
+
+/** μ = √α_{t−1}·x̂₀ + √(1 − α_{t−1} − σ_t²)·ε̂ per row (DDIM eq. (12) without the noise), on any backend. */
+export function ddimTransitionMean<T>(
+  ops: Ops<T>,
+  { x0, eps }: DdimX0Tensors<T>,
+  coefficients: DdimTransitionCoefficients,
+  rank = LATENT_RANK,
+): T {
+  const perRow = rowConstants(ops, rank);
+  const std = coefficients.stdDevT;
+  const sqrtAlphaPrev = perRow(coefficients.alphaProdTPrev.map((a) => f32(Math.sqrt(a))));
+  const direction = perRow(
+    coefficients.alphaProdTPrev.map((a, r) => f32(Math.sqrt(f32(f32(1 - a) - f32(std[r] * std[r]))))),
+  );
+  return ops.add(ops.mul(sqrtAlphaPrev, x0), ops.mul(direction, eps));
+}
+
+/**
+ * Per row, the mean over its elements of ln N(x_prev; μ, σ_t²) = −(x_prev − μ)²/(2σ_t²) − ln σ_t −
+ * ln √(2π), on any backend: [rows]. Needs σ_t > 0.
+ */
+export function ddimTransitionLogProb<T>(
+  ops: Ops<T>,
+  mean: T,
+  prevSample: T,
+  coefficients: DdimTransitionCoefficients,
+  rank = LATENT_RANK,
+): T {
+  const perRow = rowConstants(ops, rank);
+  const std = coefficients.stdDevT;
+  const twoVariance = perRow(std.map((s) => f32(2 * f32(s * s))));
+  const logStd = perRow(std.map((s) => f32(Math.log(s))));
+  const diff = ops.sub(prevSample, mean);
+  const scaled = ops.div(ops.neg(ops.mul(diff, diff)), twoVariance);
+  const logProb = ops.sub(ops.sub(scaled, logStd), ops.scalar(LOG_SQRT_TWO_PI));
+  return ops.reduceMean(ops.reshape(logProb, [0, -1]), 1, false);
+}
+
 export interface DdimX0Prediction {
   /** x̂₀ (clipped if the config clips), [B, ...]. */
   readonly predOriginalSample: Float32Tensor;
@@ -67,9 +177,16 @@ export interface DdimX0Prediction {
   readonly coefficients: DdimTransitionCoefficients;
 }
 
+/** The host tensors' backend: the reference ops round every operation to float32. */
+const HOST_OPS = new ReferenceOps(new Map());
+
+function host(t: RefTensor): Float32Tensor {
+  return toFloat32(t);
+}
+
 /**
  * SPO's `ddim_step_fetch_x0`: x̂₀ and ε̂ from the model output, each row at its own timestep.
- * `eta` (SPO: 1) only sets the σ_t that `ddimPrevSampleMean` and `ddimSampleCandidates` will use.
+ * `eta` (SPO: 1) only sets the σ_t of the mean and of `ddimSampleCandidates`.
  */
 export function ddimPredictX0(
   scheduler: DDIMScheduler,
@@ -79,60 +196,26 @@ export function ddimPredictX0(
   eta = 1,
 ): DdimX0Prediction {
   assertSameShape(modelOutput, sample, "model output and sample", NAME);
-  const { rows, rowSize } = rowsOf(sample.shape);
+  const { rows } = rowsOf(sample.shape);
   if (timesteps.length !== rows) {
     throw new SchedulerUsageError(`got ${timesteps.length} timesteps for a batch of ${rows} rows`, NAME);
   }
   const coefficients = ddimTransitionCoefficients(scheduler, timesteps, eta);
-  const x = sample.data;
-  const m = modelOutput.data;
-  const x0 = new Float32Array(x.length);
-  const eps = new Float32Array(x.length);
-  const prediction = scheduler.config.prediction_type;
-  for (let r = 0; r < rows; r++) {
-    const sqrtAlphaT = f32(Math.sqrt(coefficients.alphaProdT[r]));
-    const sqrtBetaT = f32(Math.sqrt(f32(1 - coefficients.alphaProdT[r])));
-    for (let i = r * rowSize; i < (r + 1) * rowSize; i++) {
-      if (prediction === "epsilon") {
-        x0[i] = f32(x[i] - f32(sqrtBetaT * m[i])) / sqrtAlphaT;
-        eps[i] = m[i];
-      } else if (prediction === "sample") {
-        x0[i] = m[i];
-        eps[i] = f32(x[i] - f32(sqrtAlphaT * m[i])) / sqrtBetaT;
-      } else {
-        x0[i] = f32(sqrtAlphaT * x[i]) - f32(sqrtBetaT * m[i]);
-        eps[i] = f32(sqrtAlphaT * m[i]) + f32(sqrtBetaT * x[i]);
-      }
-    }
-  }
-  if (scheduler.config.clip_sample) {
-    const range = f32(scheduler.config.clip_sample_range);
-    for (let i = 0; i < x0.length; i++) x0[i] = Math.min(Math.max(x0[i], -range), range);
-  }
-  return {
-    predOriginalSample: new Tensor("float32", sample.shape, x0),
-    predEpsilon: new Tensor("float32", sample.shape, eps),
+  const { x0, eps } = ddimTransitionX0(
+    HOST_OPS,
+    modelOutput,
+    sample,
     coefficients,
-  };
+    ddimTransitionOptions(scheduler),
+    sample.shape.length,
+  );
+  return { predOriginalSample: host(x0), predEpsilon: host(eps), coefficients };
 }
 
 /** μ = √α_{t−1}·x̂₀ + √(1 − α_{t−1} − σ_t²)·ε̂ per row: DDIM eq. (12) without the noise term. */
 export function ddimPrevSampleMean(prediction: DdimX0Prediction): Float32Tensor {
-  const { predOriginalSample, predEpsilon, coefficients } = prediction;
-  const { rows, rowSize } = rowsOf(predOriginalSample.shape);
-  const x0 = predOriginalSample.data;
-  const eps = predEpsilon.data;
-  const mean = new Float32Array(x0.length);
-  for (let r = 0; r < rows; r++) {
-    const aPrev = coefficients.alphaProdTPrev[r];
-    const std = coefficients.stdDevT[r];
-    const sqrtAlphaPrev = f32(Math.sqrt(aPrev));
-    const directionCoef = f32(Math.sqrt(f32(f32(1 - aPrev) - f32(std * std))));
-    for (let i = r * rowSize; i < (r + 1) * rowSize; i++) {
-      mean[i] = f32(sqrtAlphaPrev * x0[i]) + f32(directionCoef * eps[i]);
-    }
-  }
-  return new Tensor("float32", predOriginalSample.shape, mean);
+  const { predOriginalSample: x0, predEpsilon: eps, coefficients } = prediction;
+  return host(ddimTransitionMean(HOST_OPS, { x0, eps }, coefficients, x0.shape.length));
 }
 
 /** Where candidate noise comes from: explicit [k, B, ...] standard normals, or a generator (one draw of that shape). */
@@ -193,20 +276,12 @@ export function ddimStepLogProb(
   }
   assertSameShape(prevSample, sample, "previous sample and sample", NAME);
   const prediction = ddimPredictX0(scheduler, modelOutput, timesteps, sample, eta);
-  const mean = ddimPrevSampleMean(prediction).data;
-  const { rows, rowSize } = rowsOf(sample.shape);
-  const logProb = new Float32Array(rows);
-  for (let r = 0; r < rows; r++) {
-    const std = prediction.coefficients.stdDevT[r];
-    const twoVariance = f32(2 * f32(std * std));
-    const logStd = f32(Math.log(std));
-    let sum = 0;
-    for (let i = r * rowSize; i < (r + 1) * rowSize; i++) {
-      const diff = f32(prevSample.data[i] - mean[i]);
-      const scaled = f32(-f32(diff * diff) / twoVariance);
-      sum += f32(f32(scaled - logStd) - LOG_SQRT_TWO_PI);
-    }
-    logProb[r] = sum / rowSize;
-  }
-  return logProb;
+  const logProb = ddimTransitionLogProb(
+    HOST_OPS,
+    ddimPrevSampleMean(prediction),
+    prevSample,
+    prediction.coefficients,
+    sample.shape.length,
+  );
+  return host(logProb).data;
 }

@@ -2,16 +2,16 @@
  * The step-aware preference model (SPM) as the scoring service and the trainer use it: config,
  * weights, image preprocessing, the model definition and SPO's win/lose pool comparison.
  *
- * Scoring k decoded candidates of one prompt at timestep t (docs/SPO.md section 7):
+ * Scoring k decoded candidates of one prompt at timestep t (docs/spo.md section 7):
  *   const config = resolveSpmConfig(await readConfigFile(".../config.json"));
  *   const { tensors } = await loadSpmWeights(".../sd-v1-5_step-aware_preference_model.bin", config);
  *   const pixelValues = preprocessForSpm(decoded, config.vision.imageSize);
  *   const { scores } = clipModel(new ReferenceOps(tensors), config, { pixelValues, inputIds, timesteps });
  *   const [pair] = comparePool(scores.reshape([k, 1]), SPO_PAIR_THRESHOLD.sd15);
  *
- * Served and trained, the model runs as an SPM engine folder (`convertSpm`, loaded by
- * diffusion/engine/spm-engine.ts) behind the `PreferenceModel` interface that
- * diffusion/pipelines/scoring.ts scores with.
+ * Served and trained, the model runs as an SPM engine folder (written by `convertSpm` in
+ * diffusion/convert/convert-spm.ts, loaded by diffusion/engine/spm-engine.ts) behind the
+ * `PreferenceModel` interface that diffusion/pipelines/scoring.ts scores with.
  */
 export {
   ClipInputError,
@@ -40,28 +40,6 @@ export {
   SpmWeightsError,
   type SpmWeightsReport,
 } from "./checkpoint.js";
-export {
-  loadSpmComponentCase,
-  readSpmComponentFiles,
-  runSpmComponent,
-  SPM_COMPONENT_CASES,
-  SPM_COMPONENT_KINDS,
-  type SpmComponentBackend,
-  type SpmComponentCase,
-  SpmComponentError,
-  type SpmComponentFiles,
-  type SpmComponentKind,
-} from "./components.js";
-export {
-  type ConvertSpmOptions,
-  checkTokenizerFits,
-  convertSpm,
-  planSpmConversion,
-  resolveSpmSource,
-  type SpmConversionPlan,
-  SpmConvertError,
-  type SpmConvertProgress,
-} from "./convert-spm.js";
 export {
   measureSpm,
   recordSpmGraphs,

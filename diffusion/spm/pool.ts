@@ -1,5 +1,5 @@
 /**
- * SPO's win/lose selection over a pool of k candidates (`preference_score_compare`, docs/SPO.md
+ * SPO's win/lose selection over a pool of k candidates (`preference_score_compare`, docs/spo.md
  * sections 3 and 10): win = the best score, lose = the worst, and the pair is kept only when
  * softmax([best, worst])[0] - softmax([best, worst])[1] > threshold.
  *
@@ -10,7 +10,7 @@
  */
 import { type Float32Tensor, shapeString, type Tensor, toFloat32 } from "../tensor.js";
 
-/** SPO's defaults: 0.3 for SD1.5 (k = 4), 0.4 for SDXL (k = 2); see docs/SPO.md sections 3 and 4. */
+/** SPO's defaults: 0.3 for SD1.5 (k = 4), 0.4 for SDXL (k = 2); see docs/spo.md sections 3 and 4. */
 export const SPO_PAIR_THRESHOLD = { sd15: 0.3, sdxl: 0.4 } as const;
 
 export class PoolError extends Error {

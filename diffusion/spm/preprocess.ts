@@ -1,6 +1,6 @@
 /**
  * The image preprocessing in front of the step-aware preference model, as SPO's
- * `StepAwarePreferenceModel.get_preference_score` does it on decoded images (docs/SPO.md section 7):
+ * `StepAwarePreferenceModel.get_preference_score` does it on decoded images (docs/spo.md section 7):
  *
  *   1. resize so the shortest edge is `size`: new = int(edge · size/shortest + 0.5), with torch's
  *      `F.interpolate(mode="bicubic", align_corners=False)`, which does NOT antialias even when

@@ -23,7 +23,7 @@
  * UnsortedSegmentSum); neither is a LoRA factor.
  */
 import * as tf from "@tensorflow/tfjs-core";
-import { expectParamShape, OpError, sliceBounds } from "../ops/checks.js";
+import { expectParamShape, OpError } from "../ops/checks.js";
 import {
   type Conv2dOptions,
   type LoraFactors,
@@ -34,6 +34,7 @@ import {
 import { MapParamSource } from "../ops/params.js";
 import { resolveReshape } from "../ops/reference-layout.js";
 import { shapeString, type Tensor } from "../tensor.js";
+import { sliceBounds } from "../tensor-layout.js";
 import { conv2d as convolve } from "./conv.js";
 import * as k from "./kernels.js";
 import { TfjsParameters } from "./parameters.js";

@@ -1,6 +1,6 @@
 /**
  * Deterministic random weights for a model definition's parameter list, with the recipe of the
- * upstream reference cases (shared/data/reference/README.md) so tiny models have lively
+ * upstream reference cases (test/fixtures/README.md) so tiny models have lively
  * activations: tensors of rank >= 2 get randn / sqrt(fan_in), norm weights 1 + 0.1 randn, and every
  * other 1-d tensor (biases) 0.05 randn. Layers that upstream initialises to zero (conv_out,
  * proj_out, ...) come out non-zero too, so a tiny UNet's output depends on every block.

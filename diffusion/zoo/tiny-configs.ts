@@ -1,7 +1,7 @@
 /**
  * Configurations of the tiny zoo models: the real architecture families (SD1.5 and SDXL layouts,
  * the same block types, attention layouts and conditioning paths) at widths that run in
- * milliseconds on a CPU. The UNets are the upstream reference cases' (shared/data/reference); the
+ * milliseconds on a CPU. The UNets are the upstream reference cases' (test/fixtures/reference); the
  * VAE keeps the real four-level layout so that pixel sizes relate to latents by 8, as in real SD.
  */
 

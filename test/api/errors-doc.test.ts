@@ -7,7 +7,7 @@ import { join } from "node:path";
 import type { FastifyError } from "@fastify/error";
 import { describe, expect, it } from "vitest";
 import { Errors } from "../../api/errors.js";
-import { REPO_ROOT } from "../shared-data.js";
+import { REPO_ROOT } from "../paths.js";
 
 const DOC = join(REPO_ROOT, "docs", "errors.md");
 

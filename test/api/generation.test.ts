@@ -7,6 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { RunningServer } from "../../api/server.js";
 import { A1111_SAMPLER_NAMES, parseParameters } from "../../diffusion/pipelines/generation-parameters.js";
 import { SCHEDULER_NAMES } from "../../diffusion/schedulers/index.js";
+import { tinyEngineFolder } from "../helpers/tiny-engines.js";
 import {
   type ApiErrorBody,
   inspectPng,
@@ -292,16 +293,23 @@ describe("POST /sdapi/v1/txt2img and img2img", () => {
     expect((await sd("img2img", { ...body, init_images: [other] })).images).not.toEqual(plain.images);
   });
 
-  it("GET /sdapi/v1/sd-models lists every model with its hash", async () => {
+  it("GET /sdapi/v1/sd-models lists every model with its hash, and no server path", async () => {
     const res = await fetch(`${server.url}/sdapi/v1/sd-models`);
-    const models = (await res.json()) as Array<{
+    const text = await res.text();
+    const models = JSON.parse(text) as Array<{
       title: string;
       model_name: string;
       hash: string;
       sha256: string;
+      filename: string;
     }>;
     expect(models.map((m) => m.model_name)).toEqual(["tiny-sd15", "tiny-sdxl"]);
+    for (const id of ["tiny-sd15", "tiny-sdxl"] as const) {
+      expect(text).not.toContain(await tinyEngineFolder(id));
+    }
+    expect(text).not.toMatch(/"\//);
     for (const m of models) {
+      expect(m.filename).toBe(m.model_name);
       expect(m.sha256).toMatch(/^[0-9a-f]{64}$/);
       expect(m.hash).toBe(m.sha256.slice(0, 10));
       expect(m.title).toBe(`${m.model_name} [${m.hash}]`);

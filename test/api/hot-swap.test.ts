@@ -7,9 +7,11 @@
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import type { ServerConfig } from "../../api/config.js";
+import { MAX_COMBINED_LORA_RANK } from "../../api/lora-limits.js";
 import { type RunningServer, startServer } from "../../api/server.js";
+import { loraCommand } from "../../cli/commands/lora.js";
 import { type LoraSlotEntry, readManifest } from "../../diffusion/engine/manifest.js";
-import type { LoraAdapter } from "../../diffusion/lora/adapter.js";
+import { type LoraAdapter, loraAdapter, loraModule, qualifySlots } from "../../diffusion/lora/adapter.js";
 import { exportLora } from "../../diffusion/lora/formats/index.js";
 import { float32 } from "../../diffusion/tensor.js";
 import { encodeSafetensors } from "../../diffusion/weights/safetensors.js";
@@ -226,6 +228,135 @@ describe("LoRA hot swap on the filesystem registry", () => {
     );
   });
 });
+
+/** An adapter of `rank` on every slot, with small values (the rank is what is under test). */
+function rankAdapter(slots: readonly LoraSlotEntry[], rank: number): LoraAdapter {
+  const small = (rows: number, cols: number) =>
+    float32(
+      [rows, cols],
+      Float32Array.from({ length: rows * cols }, (_, i) => ((i % 7) - 3) * 1e-3),
+    );
+  return loraAdapter(
+    qualifySlots("unet", slots).map((s) => [
+      s.module,
+      loraModule(s.module, small(rank, s.inFeatures), small(s.outFeatures, rank), rank),
+    ]),
+  );
+}
+
+describe("what a request may ask of the LoRAs, on both generation routes", () => {
+  let server: RunningServer;
+  /** Six of these pass MAX_COMBINED_LORA_RANK; five do not. */
+  const HEAVY_RANK = Math.floor(MAX_COMBINED_LORA_RANK / 5.5);
+
+  beforeAll(async () => {
+    const config = await configWithWatcher();
+    const registry = await Registry.open(join(config.dataDir, "registry"));
+    const slots = (await readManifest(await tinyEngineFolder("tiny-sd15"))).graphs.unet!.loraSlots;
+    await registry.publish("heavy", rankAdapter(slots, HEAVY_RANK), {
+      base: { family: "sd15" },
+      sourceFormat: "test",
+    });
+    await registry.promote("heavy", "prod", 1);
+    registry.close();
+    server = await startServer(config);
+  });
+  afterAll(async () => {
+    await server?.close();
+  });
+
+  it("refuses LoRAs whose ranks add up past MAX_COMBINED_LORA_RANK with a 400 naming the limit", async () => {
+    const sd = (tags: number) =>
+      postJson(`${server.url}/sdapi/v1/txt2img`, {
+        prompt: `a cat ${"<lora:heavy:0.1>".repeat(tags)}`,
+        steps: 1,
+        width: 64,
+        height: 64,
+      });
+    expect((await sd(5)).status).toBe(200);
+    const refused = await sd(6);
+    expect(refused.status).toBe(400);
+    const message = ((await refused.json()) as ApiErrorBody).error.message;
+    expect(message).toContain(`heavy@1) add up to rank ${6 * HEAVY_RANK}`);
+    expect(message).toContain(`limited to ${MAX_COMBINED_LORA_RANK}`);
+    const openai = await postJson(
+      `${server.url}/v1/images/generations`,
+      tinyBody({ loras: Array.from({ length: 6 }, () => ({ name: "heavy", weight: 0.1 })) }),
+    );
+    expect(openai.status).toBe(400);
+    expect(((await openai.json()) as ApiErrorBody).error.message).toContain(`rank ${6 * HEAVY_RANK}`);
+  });
+
+  it("refuses a LoRA that names both a version and an alias, instead of preferring the version", async () => {
+    const res = await postJson(
+      `${server.url}/v1/images/generations`,
+      tinyBody({ loras: [{ name: "heavy", version: 1, alias: "prod" }] }),
+    );
+    expect(res.status).toBe(400);
+    expect(((await res.json()) as ApiErrorBody).error.message).toBe(
+      "LoRA heavy names both version 1 and alias prod: give one or the other",
+    );
+  });
+});
+
+describe("two replicas on one filesystem registry", () => {
+  const servers: RunningServer[] = [];
+  let registryDir: string;
+
+  beforeAll(async () => {
+    const first = await configWithWatcher();
+    registryDir = join(first.dataDir, "shared-registry");
+    const registry = await Registry.open(registryDir);
+    const slots = (await readManifest(await tinyEngineFolder("tiny-sd15"))).graphs.unet!.loraSlots;
+    for (const seed of [21, 22]) {
+      await registry.publish("gone", randomUnetAdapter(slots, seed), {
+        base: { family: "sd15" },
+        sourceFormat: "test",
+      });
+    }
+    registry.close();
+    servers.push(await startServer({ ...first, registry: registryDir }));
+    servers.push(await startServer({ ...(await configWithWatcher()), registry: registryDir }));
+  });
+  afterAll(async () => {
+    for (const s of servers) await s.close();
+  });
+
+  it("stop serving a deleted version they had cached: 404 naming the deletion, on both", async () => {
+    for (const s of servers) {
+      expect((await generate(s, { loras: [{ name: "gone", version: 1 }] })).loras[0].version).toBe(1);
+    }
+    const deleted = await lora(["delete", "gone", "1", "--registry", registryDir]);
+    expect(deleted).toBe("gone@1 deleted\n");
+    for (const s of servers) {
+      await fetch(`${s.url}/v1/admin/registry/refresh`, { method: "POST" });
+      const res = await postJson(
+        `${s.url}/v1/images/generations`,
+        tinyBody({ loras: [{ name: "gone", version: 1 }] }),
+      );
+      expect(res.status, s.url).toBe(404);
+      const error = ((await res.json()) as ApiErrorBody).error;
+      expect(error.message).toMatch(/^version 1 of LoRA "gone" was deleted at \d{4}-/);
+      const sd = await postJson(`${s.url}/sdapi/v1/txt2img`, { prompt: "x <lora:gone@1>", steps: 1 });
+      expect(sd.status).toBe(404);
+      // The version that was not deleted still serves.
+      expect((await generate(s, { loras: [{ name: "gone", version: 2 }] })).loras[0].version).toBe(2);
+    }
+  });
+});
+
+/** `stepwise lora ARGS` in-process; its stdout. */
+async function lora(args: string[]): Promise<string> {
+  let stdout = "";
+  const sink = {
+    write: (text: string) => {
+      stdout += text;
+      return true;
+    },
+  };
+  await loraCommand({ output: { stdout: sink, stderr: sink } }).parseAsync(args, { from: "user" });
+  return stdout;
+}
 
 describe("an unreachable registry", () => {
   let server: RunningServer;

@@ -68,24 +68,64 @@ describe("a queue of 8 under 30 concurrent requests", () => {
   });
 
   it("a streaming request to a full queue gets 429 + Retry-After too, not a 200 stream", async () => {
-    const clients = Array.from({ length: QUEUE_SIZE + 1 }, () => new AbortController());
-    // one long job runs (seconds at 128x128); eight more wait behind it (another size: none joins its batch)
-    const pending = clients.map((c, i) =>
-      postJson(url, tinyBody({ steps: LONG_STEPS, seed: i, size: i === 0 ? "128x128" : "32x32" }), {
-        signal: c.signal,
-      }).catch(() => "aborted"),
-    );
-    try {
-      await waitFor("the queue to fill", () => queue().busy && queue().depth === QUEUE_SIZE);
+    await withFullQueue(async () => {
       const res = await postJson(url, tinyBody({ stream: true }));
       expect(res.status).toBe(429);
       expect(res.headers.get("content-type")).toMatch(/^application\/json/);
       expect(res.headers.get("retry-after")).toMatch(/^[1-9][0-9]*$/);
       expect(((await res.json()) as ApiErrorBody).error.code).toBe("STEPWISE_QUEUE_FULL");
-    } finally {
-      for (const c of clients) c.abort();
-      await Promise.all(pending);
-    }
-    await waitFor("the queue to empty", () => !queue().busy && queue().depth === 0);
+    });
+  });
+
+  it("Retry-After is the work ahead times the measured step time, not a fixed second", async () => {
+    const before = await stepTimes();
+    await withFullQueue(async () => {
+      await waitFor(
+        "ten steps of the running job",
+        async () => (await stepTimes()).count - before.count >= 10,
+      );
+      const res = await postJson(url, tinyBody());
+      const now = await stepTimes();
+      expect(res.status).toBe(429);
+      // The running job's steps left, then the eight waiting ones in one batch of LONG_STEPS.
+      const done = now.count - before.count;
+      const stepSeconds = (now.sum - before.sum) / done;
+      const expected = stepSeconds * (LONG_STEPS - done + LONG_STEPS);
+      expect(expected, "the work ahead must be long enough to tell an estimate from 1 s").toBeGreaterThan(2);
+      const retryAfter = Number(res.headers.get("retry-after"));
+      expect(retryAfter).toBeGreaterThanOrEqual(Math.floor(expected * 0.5));
+      expect(retryAfter).toBeLessThanOrEqual(Math.ceil(expected * 2));
+    });
   });
 });
+
+/**
+ * Runs `action` while one long job runs (seconds at 128x128) and QUEUE_SIZE more wait behind it
+ * (another size: none joins its batch, and all of them share one batch), then cancels them all.
+ */
+async function withFullQueue(action: () => Promise<void>): Promise<void> {
+  const clients = Array.from({ length: QUEUE_SIZE + 1 }, () => new AbortController());
+  const pending = clients.map((c, i) =>
+    postJson(url, tinyBody({ steps: LONG_STEPS, seed: i, size: i === 0 ? "128x128" : "32x32" }), {
+      signal: c.signal,
+    }).catch(() => "aborted"),
+  );
+  try {
+    await waitFor("the queue to fill", () => queue().busy && queue().depth === QUEUE_SIZE);
+    await action();
+  } finally {
+    for (const c of clients) c.abort();
+    await Promise.all(pending);
+  }
+  await waitFor("the queue to empty", () => !queue().busy && queue().depth === 0);
+}
+
+/** Count and sum (seconds) of the denoising steps the model has run. */
+async function stepTimes(): Promise<{ count: number; sum: number }> {
+  const { values } = await server.app.stepwise.metrics.stepSeconds.get();
+  const of = (name: string) =>
+    values.find(
+      (v) => v.metricName === `stepwise_denoise_step_seconds_${name}` && v.labels.model === "tiny-sd15",
+    )?.value ?? 0;
+  return { count: of("count"), sum: of("sum") };
+}

@@ -15,7 +15,7 @@ import { ModelPool } from "../../api/model-pool.js";
 import { openApiDocument, openApiText } from "../../api/openapi-document.js";
 import { openapiCommand } from "../../cli/commands/openapi.js";
 import { scratchDir } from "../helpers/tiny-engines.js";
-import { REPO_ROOT } from "../shared-data.js";
+import { REPO_ROOT } from "../paths.js";
 
 const CHECKED_IN = join(REPO_ROOT, "openapi", "openapi.json");
 

@@ -145,6 +145,25 @@ const CASES: readonly Case[] = [
   bad("A1111 cfg_scale > 30", { prompt: "x", cfg_scale: 31 }, ["body.cfg_scale must be <= 30"], TXT2IMG),
   bad("A1111 empty prompt", { prompt: "<lora:a:1>" }, ["body.prompt must not be empty"], TXT2IMG),
   bad(
+    "A1111 LoRA tag with a path for a name",
+    { prompt: "a cat <lora:../../etc:1>" },
+    ["body.prompt: LoRA tag <lora:../../etc:1>", "is not a LoRA name"],
+    TXT2IMG,
+  ),
+  bad(
+    "A1111 LoRA tag weight of 400 digits",
+    { prompt: `a cat <lora:a:${"9".repeat(400)}>` },
+    ["body.prompt: LoRA tag <lora:a:999", "a number in [-10, 10]"],
+    TXT2IMG,
+  ),
+  bad("A1111 LoRA tag weight 11", { prompt: "a cat <lora:a:11>" }, ['got "11"'], TXT2IMG),
+  bad(
+    "A1111 181 LoRA tags",
+    { prompt: `a cat ${"<lora:a:1>".repeat(181)}` },
+    ["body.prompt has 181 <lora:...> tags; at most 8"],
+    TXT2IMG,
+  ),
+  bad(
     "A1111 too many images",
     { prompt: "x", batch_size: 4, n_iter: 2 },
     ["batch_size x n_iter", "got 8"],

@@ -9,7 +9,7 @@ import { join } from "node:path";
 import { Command } from "commander";
 import { describe, expect, it } from "vitest";
 import { buildProgram } from "../../cli/program.js";
-import { REPO_ROOT } from "../shared-data.js";
+import { REPO_ROOT } from "../paths.js";
 import { checkCliArgs, PENDING_COMMANDS } from "./cli-args.js";
 import { readText, STEPWISE_IMAGES } from "./deploy-files.js";
 import { execForm, finalStage, onlyInstruction, readDockerfile } from "./dockerfile.js";

@@ -5,7 +5,7 @@
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { parseAllDocuments } from "yaml";
-import { REPO_ROOT } from "../shared-data.js";
+import { REPO_ROOT } from "../paths.js";
 
 export const DEPLOY_DIR = join(REPO_ROOT, "deploy");
 export const K8S_DIR = join(DEPLOY_DIR, "k8s");

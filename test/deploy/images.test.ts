@@ -15,7 +15,7 @@ import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { resolveConfig } from "../../api/config.js";
 import { TFJS_BACKENDS } from "../../diffusion/tfjs/backend.js";
-import { REPO_ROOT } from "../shared-data.js";
+import { REPO_ROOT } from "../paths.js";
 import { IMAGE_UID, readText, STEPWISE_IMAGES, splitImage } from "./deploy-files.js";
 import {
   copyOperands,

@@ -5,9 +5,10 @@
 import { mkdir } from "node:fs/promises";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { DiffusionEngine, EngineInputError } from "../../diffusion/engine/diffusion-engine.js";
+import { DiffusionEngine } from "../../diffusion/engine/diffusion-engine.js";
 import { ManifestError } from "../../diffusion/engine/manifest.js";
 import { InferenceError } from "../../diffusion/engine/onnx-runtime.js";
+import { LoraValidationError } from "../../diffusion/lora/errors.js";
 import { generateOne } from "../../diffusion/pipelines/text-to-image.js";
 import { float32, maxAbsDiff, zeros } from "../../diffusion/tensor.js";
 import { openTinyEngine, scratchDir, TEST_PROVIDER } from "../helpers/tiny-engines.js";
@@ -74,9 +75,9 @@ describe("DiffusionEngine on tiny-sd15", () => {
       ],
     ]);
     const error = await engine.unet(unetFeeds(1, 8), lora).catch((e: unknown) => e);
-    expect(error).toBeInstanceOf(EngineInputError);
+    expect(error).toBeInstanceOf(LoraValidationError);
     expect((error as Error).message).toMatch(
-      /LoRA module down_blocks\.7\.attentions\.0\.proj_in has no slot in this engine \(targets: spo\)/,
+      /not a LoRA slot of the base model: down_blocks\.7\.attentions\.0\.proj_in/,
     );
   });
 
@@ -89,8 +90,8 @@ describe("DiffusionEngine on tiny-sd15", () => {
       ],
     ]);
     const error = await engine.unet(unetFeeds(1, 8), lora).catch((e: unknown) => e);
-    expect(error).toBeInstanceOf(EngineInputError);
-    expect((error as Error).message).toContain(`LoRA module ${slot.module}: down [2,${slot.inFeatures + 1}]`);
+    expect(error).toBeInstanceOf(LoraValidationError);
+    expect((error as Error).message).toContain(`${slot.module} (down [2, ${slot.inFeatures + 1}] / up`);
   });
 
   it("runs concurrent requests with different LoRAs as if each ran alone", async () => {

@@ -12,6 +12,7 @@ import { join } from "node:path";
 import { convertDiffusers } from "../../diffusion/convert/convert.js";
 import { DiffusionEngine } from "../../diffusion/engine/diffusion-engine.js";
 import type { ExecutionProviderConfig } from "../../diffusion/engine/execution-provider.js";
+import type { RuntimeOptions } from "../../diffusion/engine/onnx-runtime.js";
 import { writeZooModel, type ZooModelName } from "../../diffusion/zoo/zoo.js";
 
 /**
@@ -59,6 +60,7 @@ export function tinyEngineFolder(name: ZooModelName): Promise<string> {
 export async function openTinyEngine(
   name: ZooModelName,
   provider: ExecutionProviderConfig = TEST_PROVIDER,
+  options: RuntimeOptions = {},
 ): Promise<DiffusionEngine> {
-  return DiffusionEngine.open(await tinyEngineFolder(name), provider);
+  return DiffusionEngine.open(await tinyEngineFolder(name), provider, options);
 }

@@ -8,8 +8,16 @@ import {
   qualifySlots,
   splitModulePath,
 } from "../../diffusion/lora/adapter.js";
-import { LoraAdapterError, LoraValidationError } from "../../diffusion/lora/errors.js";
-import { componentFactors, concatAdapters, scaledFactors, slotFeeds } from "../../diffusion/lora/feeds.js";
+import { LoraAdapterError, LoraFamilyError, LoraValidationError } from "../../diffusion/lora/errors.js";
+import {
+  componentFactors,
+  concatAdapters,
+  engineLoraFeeds,
+  scaledFactors,
+  slotFeeds,
+  unetLoraFeeds,
+} from "../../diffusion/lora/feeds.js";
+import { engineLoraSlots } from "../../diffusion/lora/slots.js";
 import { float32 } from "../../diffusion/tensor.js";
 import { known, matmul, maxAbsDiffArrays } from "./fixtures.js";
 
@@ -110,20 +118,15 @@ describe("concatAdapters", () => {
 });
 
 describe("slotFeeds", () => {
+  // As an engine manifest lists them: module paths inside the UNet.
   const slots = [
-    { module: Q, inFeatures: 6, outFeatures: 4, kind: "linear" as const },
-    { module: K, inFeatures: 5, outFeatures: 4, kind: "linear" as const },
-    {
-      module: "text_encoder.text_model.encoder.layers.0.self_attn.q_proj",
-      inFeatures: 8,
-      outFeatures: 8,
-      kind: "linear" as const,
-    },
+    { module: "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q", inFeatures: 6, outFeatures: 4 },
+    { module: "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_k", inFeatures: 5, outFeatures: 4 },
   ];
 
   it("names inputs after the module inside the component and feeds rank 0 where the adapter has nothing", () => {
     const adapter = loraAdapter([[Q, loraModule(Q, known([2, 6]), known([4, 2]), 2)]]);
-    const feeds = slotFeeds("unet", slots, scaledFactors(adapter));
+    const feeds = slotFeeds(slots, unetLoraFeeds([{ adapter, weight: 1 }]));
     expect([...feeds.keys()]).toEqual([
       "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora_down",
       "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora_up",
@@ -141,9 +144,101 @@ describe("slotFeeds", () => {
   it("refuses factors for modules without a slot and of the wrong size", () => {
     const stray = "unet.mid_block.attentions.0.transformer_blocks.0.attn1.to_q";
     const adapter = loraAdapter([[stray, loraModule(stray, known([1, 6]), known([4, 1]), 1)]]);
-    expect(() => slotFeeds("unet", slots, scaledFactors(adapter))).toThrow(LoraValidationError);
+    expect(() => slotFeeds(slots, unetLoraFeeds([{ adapter, weight: 1 }]))).toThrow(LoraValidationError);
+    expect(() => slotFeeds(slots, unetLoraFeeds([{ adapter, weight: 1 }]))).toThrow(
+      /not a LoRA slot of the base model: mid_block\.attentions\.0/,
+    );
     const wrong = loraAdapter([[Q, loraModule(Q, known([1, 7]), known([4, 1]), 1)]]);
-    expect(() => slotFeeds("unet", slots, scaledFactors(wrong))).toThrow(/slot in 6 out 4/);
+    expect(() => slotFeeds(slots, unetLoraFeeds([{ adapter: wrong, weight: 1 }]))).toThrow(/slot in 6 out 4/);
+  });
+});
+
+describe("engineLoraFeeds: the one path from adapters to an engine's feeds", () => {
+  const TE = "text_encoder.text_model.encoder.layers.0.self_attn.q_proj";
+  const engine = {
+    family: "sd15",
+    graphs: {
+      unet: {
+        loraSlots: [
+          {
+            module: "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q",
+            inFeatures: 6,
+            outFeatures: 4,
+          },
+          {
+            module: "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_k",
+            inFeatures: 5,
+            outFeatures: 4,
+          },
+        ],
+      },
+      // A text-encoder slot in the manifest: pipelines still feed the UNet only.
+      text_encoder: {
+        loraSlots: [
+          { module: "text_model.encoder.layers.0.self_attn.q_proj", inFeatures: 8, outFeatures: 8 },
+        ],
+      },
+    },
+  };
+  const a = loraAdapter([
+    [Q, loraModule(Q, known([2, 6], 1), known([4, 2], 2), 4)],
+    [TE, loraModule(TE, known([1, 8], 3), known([8, 1], 4), 1)],
+  ]);
+  const b = loraAdapter([[Q, loraModule(Q, known([1, 6], 5), known([4, 1], 6), 0.5)]]);
+
+  it("reads the engine's slots from its manifest, qualified, for every component or the ones asked", () => {
+    expect(engineLoraSlots(engine).map((s) => s.module)).toEqual([Q, K, TE]);
+    expect(engineLoraSlots(engine, ["unet"]).map((s) => s.module)).toEqual([Q, K]);
+  });
+
+  it("weights, scales and concatenates, keyed by the path inside the UNet", () => {
+    const { feeds, dropped } = engineLoraFeeds(
+      engine,
+      [
+        { adapter: a, weight: 0.75, source: "a.safetensors" },
+        { adapter: b, weight: -2, source: "b@3", family: "sd15" },
+      ],
+      { ignoreTextEncoder: true },
+    );
+    expect(dropped).toEqual([{ source: "a.safetensors", modules: [TE] }]);
+    const q = feeds.get("down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q")!;
+    expect(q.down.shape).toEqual([3, 6]);
+    const aq = a.modules.get(Q)!;
+    const bq = b.modules.get(Q)!;
+    const da = matmul(aq.up, aq.down);
+    const db = matmul(bq.up, bq.down);
+    const want = da.map((v, i) => 0.75 * (4 / 2) * v + -2 * (0.5 / 1) * db[i]);
+    expect(maxAbsDiffArrays(matmul(q.up, q.down), want)).toBeLessThan(1e-6);
+    expect([...feeds.keys()]).toEqual(["down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"]);
+  });
+
+  it("refuses an adapter of another family and one that does not fit, naming its source", () => {
+    expect(() =>
+      engineLoraFeeds(engine, [{ adapter: b, weight: 1, source: "xl@1", family: "sdxl" }]),
+    ).toThrow(LoraFamilyError);
+    expect(() =>
+      engineLoraFeeds(engine, [{ adapter: b, weight: 1, source: "xl@1", family: "sdxl" }]),
+    ).toThrow("xl@1 was made for sdxl, the engine is sd15");
+    // Without ignoreTextEncoder a text-encoder module is an error: the UNet feeds would drop it.
+    const error = (() => {
+      try {
+        engineLoraFeeds(engine, [{ adapter: a, weight: 1, source: "a.safetensors" }]);
+      } catch (err) {
+        return err;
+      }
+    })();
+    expect(error).toBeInstanceOf(LoraValidationError);
+    expect((error as LoraValidationError).source).toBe("a.safetensors");
+    expect((error as Error).message).toMatch(/^a\.safetensors: .*text-encoder modules/);
+  });
+
+  it("shares one adapter's tensors at scale 1 and feeds nothing for no adapter", () => {
+    const one = loraAdapter([[Q, loraModule(Q, known([2, 6]), known([4, 2]), 2)]]);
+    const { feeds } = engineLoraFeeds(engine, [{ adapter: one, weight: 1, source: "one" }]);
+    expect(feeds.get("down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q")!.up).toBe(
+      one.modules.get(Q)!.up,
+    );
+    expect(engineLoraFeeds(engine, []).feeds.size).toBe(0);
   });
 });
 
@@ -168,6 +263,5 @@ describe("per-component views", () => {
     ];
     const slots = qualifySlots("unet", engineSlots);
     expect(slots).toEqual([{ module: Q, inFeatures: 6, outFeatures: 4 }]);
-    expect(slotFeeds("unet", slots, scaledFactors(loraAdapter([[Q, adapter.modules.get(Q)!]]))).size).toBe(2);
   });
 });

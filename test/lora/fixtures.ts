@@ -1,5 +1,5 @@
 /**
- * Tiny UNet configs shaped like SD1.5 and SDXL (so the LoRA tests run without ../shared), tensors
+ * Tiny UNet configs shaped like SD1.5 and SDXL (small enough to build in milliseconds), tensors
  * with values we know, and an in-memory safetensors round trip so every test reads a real "file".
  */
 import { readFileSync } from "node:fs";
@@ -8,7 +8,7 @@ import type { RawConfig } from "../../diffusion/models/config-reader.js";
 import { resolveUNetConfig, type UNetConfig } from "../../diffusion/models/unet2d-condition.js";
 import { type Float32Tensor, float32, type Tensor } from "../../diffusion/tensor.js";
 import { decodeSafetensors, encodeSafetensors } from "../../diffusion/weights/safetensors.js";
-import { sharedPath } from "../shared-data.js";
+import { fixturePath } from "../paths.js";
 
 /** SD1.5 layout: conv proj_in/out, cross-attention in the first two of three levels, 2 resnets per block. */
 export const TINY_SD15_UNET: RawConfig = {
@@ -51,7 +51,7 @@ export const tinySdxl = (): UNetConfig => resolveUNetConfig(TINY_SDXL_UNET, "tin
 export const tinyClip = (): ClipTextConfig => resolveClipTextConfig(TINY_CLIP_TEXT, "tiny-clip");
 
 function readJson(...parts: string[]): RawConfig {
-  return JSON.parse(readFileSync(sharedPath(...parts), "utf8")) as RawConfig;
+  return JSON.parse(readFileSync(fixturePath(...parts), "utf8")) as RawConfig;
 }
 
 export function realUNetConfig(family: "sd15" | "sdxl"): UNetConfig {

@@ -10,7 +10,7 @@ import {
 import { unetLoraSlots } from "../../diffusion/lora/slots.js";
 import type { UNetConfig } from "../../diffusion/models/unet2d-condition.js";
 import { float32, type Tensor, toBfloat16, toFloat16 } from "../../diffusion/tensor.js";
-import { describeWithShared } from "../shared-data.js";
+
 import { known, realUNetConfig, throughFile, tinySd15, tinySdxl } from "./fixtures.js";
 
 const half = (value: number) => toFloat16(float32([], [value]));
@@ -242,7 +242,7 @@ describe("CLIP names from kohya", () => {
   });
 });
 
-describeWithShared(["configs"], "kohya names of the real configs", () => {
+describe("kohya names of the real configs", () => {
   it("no underscore name is ambiguous", () => {
     expect(new KohyaUNetNames(realUNetConfig("sd15")).ambiguous.size).toBe(0);
     expect(new KohyaUNetNames(realUNetConfig("sdxl")).ambiguous.size).toBe(0);

@@ -2,7 +2,7 @@ import { describe, expect, it } from "vitest";
 import { UNetLdmNaming } from "../../diffusion/lora/ldm-names.js";
 import { unetLoraModules } from "../../diffusion/lora/slots.js";
 import type { UNetConfig } from "../../diffusion/models/unet2d-condition.js";
-import { describeWithShared } from "../shared-data.js";
+
 import { realUNetConfig, tinySd15, tinySdxl } from "./fixtures.js";
 
 /** [LDM, diffusers] pairs that hold for any 3-level, 2-resnet SDXL-layout UNet (the real one included). */
@@ -94,7 +94,7 @@ describe("LDM <-> diffusers UNet names", () => {
   });
 });
 
-describeWithShared(["configs"], "LDM names of the real configs", () => {
+describe("LDM names of the real configs", () => {
   it("SDXL base: known pairs, also deep inside the 10-layer transformers", () => {
     checkPairs(realUNetConfig("sdxl"), [
       ...SDXL_PAIRS,

@@ -2,10 +2,10 @@ import { describe, expect, it } from "vitest";
 import { loraAdapter, loraModule } from "../../diffusion/lora/adapter.js";
 import { LoraAdapterError } from "../../diffusion/lora/errors.js";
 import { scaledFactors } from "../../diffusion/lora/feeds.js";
-import { mergeAdapter, mergeLoraIntoWeight } from "../../diffusion/lora/merge.js";
 import { unetLoraSlots } from "../../diffusion/lora/slots.js";
 import { type Float32Tensor, float32, type Tensor, toFloat16 } from "../../diffusion/tensor.js";
 import { known, matmul, maxAbsDiffArrays, tinySdxl } from "./fixtures.js";
+import { mergeAdapter, mergeLoraIntoWeight } from "./merge.js";
 
 const Q = "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q";
 

@@ -6,7 +6,7 @@ import {
   unetLoraSlots,
 } from "../../diffusion/lora/slots.js";
 import { isLoraTarget, isTextEncoderLoraTarget, LORA_TARGET_SETS } from "../../diffusion/lora/targets.js";
-import { describeWithShared } from "../shared-data.js";
+
 import { realClipConfig, realUNetConfig, tinyClip, tinySd15, tinySdxl } from "./fixtures.js";
 
 const BLOCK = "down_blocks.1.attentions.0.transformer_blocks.0";
@@ -117,8 +117,8 @@ describe("slots of tiny configs (from the model definition on the meta backend)"
   });
 });
 
-describeWithShared(["configs"], "slots of the real SD1.5 and SDXL configs", () => {
-  // docs/SPO.md section 8: published SPO LoRAs are ~3.2 MB (SD1.5, rank 4) and ~372 MB (SDXL, rank 64) in float32.
+describe("slots of the real SD1.5 and SDXL configs", () => {
+  // docs/spo.md section 8: published SPO LoRAs are ~3.2 MB (SD1.5, rank 4) and ~372 MB (SDXL, rank 64) in float32.
   it("the spo set gives the sizes of the published SPO LoRAs", () => {
     const bytes = (family: "sd15" | "sdxl", rank: number) =>
       unetLoraSlots(realUNetConfig(family), "spo").reduce(

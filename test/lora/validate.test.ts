@@ -96,6 +96,42 @@ describe("validateAdapter", () => {
     expect(() => validateAdapter(inf, slots)).toThrow(/non-finite values: .*\(alpha Infinity\)/);
   });
 
+  it("refuses rank-0 modules: empty factors change nothing", () => {
+    const empty = loraAdapter([mod(Q, 0, 32, 32, 0), mod(K2, 4, 24, 32)]);
+    expect(validationError(() => validateAdapter(empty, slots)).message).toContain(
+      `1 rank 0 (empty factors): ${Q}`,
+    );
+  });
+
+  it("refuses finite values that overflow the engine dtype, naming the tensor and the bound", () => {
+    const withValue = (role: "down" | "up", value: number, alpha = 4) => {
+      const down = known([4, 32]);
+      const up = known([32, 4]);
+      (role === "down" ? down : up).data[5] = value;
+      return loraAdapter([[Q, loraModule(Q, down, up, alpha)]]);
+    };
+    // 3e38 is a finite float32, but any arithmetic on it leaves float32.
+    expect(() => validateAdapter(withValue("down", 3e38), slots)).toThrow(
+      new RegExp(`values that overflow the engine dtype: ${Q} \\(down\\[5\\] = 3\\.0\\d*e\\+38: `),
+    );
+    expect(() => validateAdapter(withValue("up", 3e38), slots)).toThrow(
+      /\(up\[5\] = 3\.0\d*e\+38 times the scale 10 /,
+    );
+    // float16 ends at 65504: fine for a float32 engine, refused for a float16 one.
+    const big = withValue("down", 70_000, 1e-3);
+    expect(validateAdapter(big, slots).adapter).toBe(big);
+    expect(() => validateAdapter(big, slots, { dtype: "float16" })).toThrow(
+      /down\[5\] = 70000 is beyond float16's largest value 65504/,
+    );
+    // Each factor fits float16, but their product (at weight 10) does not.
+    const product = withValue("up", 6000, 4);
+    product.modules.get(Q)!.down.data[0] = 6000;
+    expect(() => validateAdapter(product, slots, { dtype: "float16" })).toThrow(
+      /the weight delta can reach 1\.44e\+9/,
+    );
+    expect(validateAdapter(product, slots).adapter).toBe(product);
+  });
+
   it("text-encoder modules without slots: an error, or dropped and reported with ignoreTextEncoder", () => {
     const adapter = loraAdapter([mod(Q, 4, 32, 32), mod(TE, 4, 16, 16)]);
     const error = validationError(() => validateAdapter(adapter, slots));

@@ -4,11 +4,11 @@
  * float32 and fp16 graphs and through the reference backend. Row 0 pads with the end token, row 1
  * with id 0, so pooling must pick the first end token, not the last.
  */
-import { beforeAll, expect, it } from "vitest";
+import { beforeAll, describe, expect, it } from "vitest";
 import { type ResolvedConfig, resolveComponent, runComponent } from "../../diffusion/models/components.js";
 import { ReferenceOps } from "../../diffusion/ops/reference.js";
 import type { Tensor } from "../../diffusion/tensor.js";
-import { describeWithShared } from "../shared-data.js";
+
 import {
   FP16_REFERENCE_TOLERANCE,
   ioTensor,
@@ -31,7 +31,7 @@ const CASES = [
 ] as const;
 
 for (const spec of CASES) {
-  describeWithShared(["reference", spec.name], `${spec.name} (CLIP text)`, () => {
+  describe(`${spec.name} (CLIP text)`, () => {
     let c: ReferenceCase;
     let resolved: ResolvedConfig;
     let feeds: Record<string, Tensor>;

@@ -9,8 +9,7 @@ import type { InferenceSession } from "onnxruntime-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { recordComponentGraph } from "../../diffusion/convert/component-graph.js";
 import { type LoraAdapter, loraAdapter, loraModule, qualifySlots } from "../../diffusion/lora/adapter.js";
-import { scaledFactors, slotFeeds } from "../../diffusion/lora/feeds.js";
-import { mergeAdapter } from "../../diffusion/lora/merge.js";
+import { slotFeeds, unetLoraFeeds } from "../../diffusion/lora/feeds.js";
 import { unetLoraSlots } from "../../diffusion/lora/slots.js";
 import { isLoraTarget, type LoraTargetSetName } from "../../diffusion/lora/targets.js";
 import { measureComponent, type ResolvedConfig } from "../../diffusion/models/components.js";
@@ -22,6 +21,7 @@ import { createGenerator } from "../../diffusion/random/index.js";
 import { float32, maxAbs, maxAbsDiff, type Tensor } from "../../diffusion/tensor.js";
 import { randomWeights } from "../../diffusion/zoo/random-weights.js";
 import { TINY_SD15_UNET } from "../../diffusion/zoo/tiny-configs.js";
+import { mergeAdapter } from "../lora/merge.js";
 import { cpuSession, run } from "../onnx/ort.js";
 import { Rng, randn } from "../ops/random.js";
 
@@ -118,7 +118,7 @@ describe("LoRA slots on the tiny SD1.5 UNet", () => {
       });
 
       it("rank-0 feeds give the plain graph's output", async () => {
-        const feeds = slotFeeds("unet", qualifySlots("unet", slotted.report.loraSlots), new Map());
+        const feeds = slotFeeds(slotted.report.loraSlots, new Map());
         const out = (await run(slotted.session, { ...inputs, ...Object.fromEntries(feeds) })).out;
         // Adding a zero-size product adds exact zeros, so not even rounding may differ.
         expect(maxAbsDiff(out, plainOut)).toBe(0);
@@ -126,11 +126,7 @@ describe("LoRA slots on the tiny SD1.5 UNet", () => {
 
       it("an adapter fed through the slots equals the adapter merged into the weights", async () => {
         const adapter = randomAdapter(slotted.report, rng);
-        const feeds = slotFeeds(
-          "unet",
-          qualifySlots("unet", slotted.report.loraSlots),
-          scaledFactors(adapter),
-        );
+        const feeds = slotFeeds(slotted.report.loraSlots, unetLoraFeeds([{ adapter, weight: 1 }]));
         const fed = (await run(slotted.session, { ...inputs, ...Object.fromEntries(feeds) })).out;
 
         const merged = await unetGraph(resolved, mergeAdapter(weights, adapter, "unet"), "none");

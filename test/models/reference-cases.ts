@@ -1,5 +1,5 @@
 /**
- * The upstream reference cases (shared/data/reference, see its README): loading a case, building
+ * The upstream reference cases (test/fixtures/reference, see test/fixtures/README.md): loading a case, building
  * a component's ONNX graph from its weights, running it on onnxruntime's CPU EP, and the
  * tolerances the comparisons use.
  */
@@ -14,7 +14,7 @@ import { MapParamSource } from "../../diffusion/ops/params.js";
 import { maxAbs, maxAbsDiff, type Tensor } from "../../diffusion/tensor.js";
 import { readSafetensors } from "../../diffusion/weights/safetensors.js";
 import { cpuSession, run } from "../onnx/ort.js";
-import { sharedPath } from "../shared-data.js";
+import { fixturePath } from "../paths.js";
 
 /**
  * The README's bound, max|a - b| <= 1e-4 * max|ref|: float32 rounding noise is ~1e-6 of max|x|
@@ -51,7 +51,7 @@ export interface ReferenceCase {
 }
 
 export async function loadReferenceCase(name: ReferenceCaseName): Promise<ReferenceCase> {
-  const dir = sharedPath("reference", name);
+  const dir = fixturePath("reference", name);
   const caseJson = JSON.parse(await readFile(join(dir, "case.json"), "utf8")) as {
     resolved_config: Record<string, unknown>;
     model_class: string;

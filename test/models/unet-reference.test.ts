@@ -3,10 +3,10 @@
  * the output and the time / added-condition embeddings within the README's tolerance, in float32
  * graphs with a float32 and an int64 timestep, and in an fp16 graph.
  */
-import { beforeAll, expect, it } from "vitest";
+import { beforeAll, describe, expect, it } from "vitest";
 import { type ResolvedConfig, resolveComponent } from "../../diffusion/models/components.js";
 import { int64, type Tensor } from "../../diffusion/tensor.js";
-import { describeWithShared } from "../shared-data.js";
+
 import {
   FP16_REFERENCE_TOLERANCE,
   ioTensor,
@@ -31,7 +31,7 @@ const CASES = [
 ] as const;
 
 for (const spec of CASES) {
-  describeWithShared(["reference", spec.name], `${spec.name} through the ONNX backend`, () => {
+  describe(`${spec.name} through the ONNX backend`, () => {
     let c: ReferenceCase;
     let resolved: ResolvedConfig;
     let feeds: Record<string, Tensor>;

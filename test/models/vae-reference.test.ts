@@ -8,7 +8,7 @@ import { LOGVAR_MAX, LOGVAR_MIN } from "../../diffusion/models/autoencoder-kl.js
 import { type ResolvedConfig, resolveComponent, runComponent } from "../../diffusion/models/components.js";
 import { ReferenceOps } from "../../diffusion/ops/reference.js";
 import { float32, type Tensor, toFloat32 } from "../../diffusion/tensor.js";
-import { describeWithShared } from "../shared-data.js";
+
 import {
   FP16_REFERENCE_TOLERANCE,
   ioTensor,
@@ -30,7 +30,7 @@ function posteriorStd(logvar: Tensor): Tensor {
   );
 }
 
-describeWithShared(["reference", "vae-tiny"], "vae-tiny (AutoencoderKL)", () => {
+describe("vae-tiny (AutoencoderKL)", () => {
   let c: ReferenceCase;
   let encode: ResolvedConfig;
   let decode: ResolvedConfig;

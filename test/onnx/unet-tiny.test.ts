@@ -4,7 +4,7 @@
  * float32 and float16 builds, and the reference backend at a second size through the same graph.
  */
 import { readFileSync } from "node:fs";
-import { beforeAll, expect, it } from "vitest";
+import { beforeAll, describe, expect, it } from "vitest";
 import {
   resolveUNetConfig,
   type UNetConfig,
@@ -17,7 +17,7 @@ import { ReferenceOps } from "../../diffusion/ops/reference.js";
 import { float32, maxAbs, maxAbsDiff, type Tensor } from "../../diffusion/tensor.js";
 import { readSafetensors } from "../../diffusion/weights/safetensors.js";
 import { Rng, randn } from "../ops/random.js";
-import { describeWithShared, sharedPath } from "../shared-data.js";
+import { fixturePath } from "../paths.js";
 import { cpuSession, run } from "./ort.js";
 
 /** The reference README's bound for float32 ports (measured here: 1.1e-6). */
@@ -26,13 +26,13 @@ const FP32_TOLERANCE = 1e-4;
 const FP16_TOLERANCE = 5e-3;
 const ATTENTION_PROJECTION = /\.attn[12]\.to_(q|k|v|out\.0)$/;
 
-describeWithShared(["reference", "unet-tiny-sd15"], "onnx backend on the tiny SD1.5 UNet", () => {
+describe("onnx backend on the tiny SD1.5 UNet", () => {
   let config: UNetConfig;
   let weights: ReadonlyMap<string, Tensor>;
   let io: ReadonlyMap<string, Tensor>;
 
   beforeAll(async () => {
-    const dir = sharedPath("reference", "unet-tiny-sd15");
+    const dir = fixturePath("reference", "unet-tiny-sd15");
     config = resolveUNetConfig(JSON.parse(readFileSync(`${dir}/case.json`, "utf8")).resolved_config);
     weights = (await readSafetensors(`${dir}/weights.safetensors`)).tensors;
     io = (await readSafetensors(`${dir}/io.safetensors`)).tensors;

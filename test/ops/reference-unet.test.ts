@@ -3,21 +3,21 @@
  * matches diffusers' output: a check of every op at model scale, and of its speed.
  */
 import { readFileSync } from "node:fs";
-import { expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { resolveUNetConfig, unet2DConditionModel } from "../../diffusion/models/unet2d-condition.js";
 import { ReferenceOps } from "../../diffusion/ops/reference.js";
 import { maxAbs, maxAbsDiff } from "../../diffusion/tensor.js";
 import { readSafetensors } from "../../diffusion/weights/safetensors.js";
-import { describeWithShared, sharedPath } from "../shared-data.js";
+import { fixturePath } from "../paths.js";
 
 /** The reference README's bound: catches every plausible mistake it lists (the smallest is 5e-4). */
 const UNET_TOLERANCE = 1e-4;
 /** The brief asks for "well under a minute"; it takes ~5 s on the 2-core dev machine. */
 const UNET_TIME_LIMIT_MS = 30_000;
 
-describeWithShared(["reference", "unet-tiny-sd15"], "reference backend on the tiny SD1.5 UNet", () => {
+describe("reference backend on the tiny SD1.5 UNet", () => {
   it("matches diffusers 0.25.1 within 1e-4 of max |out|, in well under a minute", async () => {
-    const dir = sharedPath("reference", "unet-tiny-sd15");
+    const dir = fixturePath("reference", "unet-tiny-sd15");
     const config = resolveUNetConfig(JSON.parse(readFileSync(`${dir}/case.json`, "utf8")).resolved_config);
     const weights = await readSafetensors(`${dir}/weights.safetensors`);
     const io = (await readSafetensors(`${dir}/io.safetensors`)).tensors;

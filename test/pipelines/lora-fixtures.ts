@@ -3,7 +3,7 @@
  */
 import type { LoraSlotEntry } from "../../diffusion/engine/manifest.js";
 import { type LoraAdapter, loraAdapter, loraModule, qualifySlots } from "../../diffusion/lora/adapter.js";
-import { componentFactors, scaledFactors } from "../../diffusion/lora/feeds.js";
+import { unetLoraFeeds } from "../../diffusion/lora/feeds.js";
 import type { LoraFeeds } from "../../diffusion/pipelines/pipeline-models.js";
 import { createGenerator } from "../../diffusion/random/index.js";
 import { float32 } from "../../diffusion/tensor.js";
@@ -49,5 +49,5 @@ export function requestLora(
   key: string,
   weight = 1,
 ): { readonly key: string; readonly feeds: LoraFeeds } {
-  return { key: `${key}:${weight}`, feeds: componentFactors(scaledFactors(adapter, weight), "unet") };
+  return { key: `${key}:${weight}`, feeds: unetLoraFeeds([{ adapter, weight }]) };
 }

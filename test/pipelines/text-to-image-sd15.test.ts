@@ -2,12 +2,12 @@
  * Text-to-image and image-to-image on the tiny SD1.5 engine: the shared generation behaviours, and
  * the torch-compatible generator against torch's own initial latents for a 512x512 request.
  */
-import { beforeAll, expect, it } from "vitest";
+import { beforeAll, describe, expect, it } from "vitest";
 import { CancelledError } from "../../diffusion/pipelines/denoise.js";
 import { generateOne } from "../../diffusion/pipelines/text-to-image.js";
 import type { Tensor } from "../../diffusion/tensor.js";
 import { readSafetensors } from "../../diffusion/weights/safetensors.js";
-import { describeWithShared, sharedPath } from "../shared-data.js";
+import { fixturePath } from "../paths.js";
 import { baseRequest, describeGenerationSuite, sameBits, useTinyEngine } from "./generation-suite.js";
 import { SpyModels } from "./spy-models.js";
 
@@ -17,11 +17,11 @@ const TORCH_RNG = ["reference", "torch-rng", "io.safetensors"];
 /** Seeds the torch-rng reference holds `seed<S>_gen_latents_1x4x64x64` for. */
 const REFERENCE_SEEDS = [0, 1, 42, 12345];
 
-describeWithShared(TORCH_RNG, "tiny-sd15: torch generator initial latents vs torch.randn", () => {
+describe("tiny-sd15: torch generator initial latents vs torch.randn", () => {
   const engine = useTinyEngine("tiny-sd15");
   let reference: Map<string, Tensor>;
   beforeAll(async () => {
-    reference = (await readSafetensors(sharedPath(...TORCH_RNG))).tensors;
+    reference = (await readSafetensors(fixturePath(...TORCH_RNG))).tensors;
   });
 
   it.each(REFERENCE_SEEDS)(

@@ -5,9 +5,9 @@
  * prompt (force_zeros_for_empty_prompt), and size conditioning from the requested size.
  */
 import { describe, expect, it } from "vitest";
-import { concat, slice } from "../../diffusion/ops/reference-layout.js";
 import { generateOne } from "../../diffusion/pipelines/text-to-image.js";
 import { type Float32Tensor, int64, maxAbs } from "../../diffusion/tensor.js";
+import { concat, slice } from "../../diffusion/tensor-layout.js";
 import { baseRequest, describeGenerationSuite, sameBits, useTinyEngine } from "./generation-suite.js";
 import { SpyModels } from "./spy-models.js";
 

@@ -1,18 +1,18 @@
 /**
- * The torch generator against torch's own streams (shared/data/reference/torch-rng, torch 1.13.1 on
+ * The torch generator against torch's own streams (test/fixtures/reference/torch-rng, torch 1.13.1 on
  * an AVX2 CPU). Every key of the reference is checked, bit for bit.
  *
- * The reference README allows a tolerance of about 1e-6 from 16 values on, because a binary64
+ * test/fixtures/README.md allows a tolerance of about 1e-6 from 16 values on, because a binary64
  * re-implementation of the float32 path differs in the last bit for ~17% of values. We emulate the
  * AVX2 kernel exactly (Cephes polynomials with GCC's fused multiply-adds), so no tolerance is used:
  * a single differing bit is a regression.
  */
 import { readFileSync } from "node:fs";
-import { beforeAll, expect, it } from "vitest";
+import { beforeAll, describe, expect, it } from "vitest";
 import { TorchCpuGenerator } from "../../diffusion/random/torch-generator.js";
 import type { Tensor } from "../../diffusion/tensor.js";
 import { readSafetensors } from "../../diffusion/weights/safetensors.js";
-import { describeWithShared, sharedPath } from "../shared-data.js";
+import { fixturePath } from "../paths.js";
 
 const CASE_DIR = ["reference", "torch-rng"];
 /** `seed<S>_seq`: after one manual_seed, randn of these sizes drawn one after another. */
@@ -51,13 +51,13 @@ function bitMismatches(actual: Float32Array, expected: Float32Array): number[] {
   return bad;
 }
 
-describeWithShared([...CASE_DIR, "io.safetensors"], "torch generator vs torch-rng reference", () => {
+describe("torch generator vs torch-rng reference", () => {
   let caseJson: CaseJson;
   let reference: Map<string, Tensor>;
 
   beforeAll(async () => {
-    caseJson = JSON.parse(readFileSync(sharedPath(...CASE_DIR, "case.json"), "utf8")) as CaseJson;
-    reference = (await readSafetensors(sharedPath(...CASE_DIR, "io.safetensors"))).tensors;
+    caseJson = JSON.parse(readFileSync(fixturePath(...CASE_DIR, "case.json"), "utf8")) as CaseJson;
+    reference = (await readSafetensors(fixturePath(...CASE_DIR, "io.safetensors"))).tensors;
   });
 
   it("covers every key listed in case.json", () => {

@@ -14,7 +14,7 @@ import { fileURLToPath } from "node:url";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { FsStore, STORE_DIR } from "../../registry/fs-store.js";
 import { InvalidKeyError, NotFoundError } from "../../registry/object-store.js";
-import { REPO_ROOT } from "../shared-data.js";
+import { REPO_ROOT } from "../paths.js";
 
 const CHILD_SCRIPT = join(dirname(fileURLToPath(import.meta.url)), "object-store-fs-child.ts");
 /** Child processes start through tsx: allow for a loaded 2-core machine. */

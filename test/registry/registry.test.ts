@@ -131,8 +131,8 @@ function registrySuite(factory: StoreFactory): void {
     expect(Date.parse(m1.createdAt)).not.toBeNaN();
 
     expect(await registry.list()).toEqual([
-      { name: "other.lora_v-2", versions: [1], aliases: { latest: 1 } },
-      { name: "style", versions: [1, 2], aliases: { latest: 2, prod: 2 } },
+      { name: "other.lora_v-2", versions: [1], aliases: { latest: 1 }, deleted: {} },
+      { name: "style", versions: [1, 2], aliases: { latest: 2, prod: 2 }, deleted: {} },
     ]);
     const shown = await registry.show("style");
     expect(shown.versions).toEqual([m1, m2]);
@@ -160,7 +160,9 @@ function registrySuite(factory: StoreFactory): void {
       const adapter = bigAdapter(BIG_ADAPTER_BYTES);
       const manifest = await registry.publish("big", adapter, SD15);
       expect(manifest.bytes).toBeGreaterThan(BIG_ADAPTER_BYTES);
-      expect(await registry.list()).toEqual([{ name: "big", versions: [1], aliases: { latest: 1 } }]);
+      expect(await registry.list()).toEqual([
+        { name: "big", versions: [1], aliases: { latest: 1 }, deleted: {} },
+      ]);
       expect((await registry.show("big")).versions).toEqual([manifest]);
       const pulled = await registry.pull("big", 1);
       expect(pulled.bytes.byteLength).toBe(manifest.bytes);
@@ -187,7 +189,7 @@ function registrySuite(factory: StoreFactory): void {
         true,
       );
     }
-    expect(await registry.list()).toEqual([{ name: "race", versions, aliases: { latest: 8 } }]);
+    expect(await registry.list()).toEqual([{ name: "race", versions, aliases: { latest: 8 }, deleted: {} }]);
     // Every publish was signalled.
     expect(await generation(store)).toBe(CONCURRENT);
   });
@@ -284,7 +286,12 @@ function registrySuite(factory: StoreFactory): void {
     );
     await expect(store.head(blobKey("del", 2))).rejects.toThrow("no such object");
     expect(await registry.list()).toEqual([
-      { name: "del", versions: [1, 3], aliases: { latest: 3, prod: 1 } },
+      {
+        name: "del",
+        versions: [1, 3],
+        aliases: { latest: 3, prod: 1 },
+        deleted: { 2: (await registry.show("del")).deleted[0].deletedAt },
+      },
     ]);
     const shown = await registry.show("del");
     expect(shown.versions.map((m) => m.version)).toEqual([1, 3]);
@@ -421,7 +428,9 @@ function registrySuite(factory: StoreFactory): void {
       } finally {
         await child.kill();
       }
-      expect(await registry.list()).toEqual([{ name: "crash", versions: [1], aliases: { latest: 1 } }]);
+      expect(await registry.list()).toEqual([
+        { name: "crash", versions: [1], aliases: { latest: 1 }, deleted: {} },
+      ]);
       expect((await registry.resolve({ name: "crash" })).version).toBe(1);
       await expect(registry.pull("crash", 2)).rejects.toThrow(
         'version 2 of LoRA "crash" does not exist (its publish never completed)',
@@ -430,7 +439,9 @@ function registrySuite(factory: StoreFactory): void {
       // The dead claim blocks nothing; its number stays a gap.
       const next = await registry.publish("crash", smallAdapter(3), SD15);
       expect(next.version).toBe(3);
-      expect(await registry.list()).toEqual([{ name: "crash", versions: [1, 3], aliases: { latest: 3 } }]);
+      expect(await registry.list()).toEqual([
+        { name: "crash", versions: [1, 3], aliases: { latest: 3 }, deleted: {} },
+      ]);
       expect(sameAdapter((await registry.pull("crash", 3)).adapter, smallAdapter(3))).toBe(true);
     },
     BIG_TEST_TIMEOUT_MS,

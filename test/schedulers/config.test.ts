@@ -21,7 +21,7 @@ import {
   SchedulerConfigError,
   schedulerNameForClass,
 } from "../../diffusion/schedulers/index.js";
-import { describeWithShared, sharedPath } from "../shared-data.js";
+import { fixturePath } from "../paths.js";
 
 /** Stable Diffusion's schedule: 1000 steps, scaled_linear 0.00085 .. 0.012, steps_offset 1. */
 const SD_TRAINING_KEYS = {
@@ -32,13 +32,13 @@ const SD_TRAINING_KEYS = {
   steps_offset: 1,
 };
 
-describeWithShared(["configs"], "real model scheduler configs", () => {
+describe("real model scheduler configs", () => {
   let sd15: LoadedSchedulerConfig;
   let sdxl: LoadedSchedulerConfig;
 
   beforeAll(async () => {
-    sd15 = await loadSchedulerConfig(sharedPath("configs", "sd15", "scheduler"));
-    sdxl = await loadSchedulerConfig(sharedPath("configs", "sdxl", "scheduler", "scheduler_config.json"));
+    sd15 = await loadSchedulerConfig(fixturePath("configs", "sd15", "scheduler"));
+    sdxl = await loadSchedulerConfig(fixturePath("configs", "sdxl", "scheduler", "scheduler_config.json"));
   });
 
   it("reads the file and its class name", () => {

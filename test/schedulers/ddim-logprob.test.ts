@@ -3,7 +3,7 @@
  * ddim_seperate.py on diffusers' DDIMScheduler): coefficients, x̂₀, the mean, the k candidates and
  * the log-probabilities, per batch row.
  */
-import { beforeAll, expect, it } from "vitest";
+import { beforeAll, describe, expect, it } from "vitest";
 import { createGenerator } from "../../diffusion/random/index.js";
 import {
   DDIMScheduler,
@@ -15,7 +15,7 @@ import {
   SchedulerUsageError,
 } from "../../diffusion/schedulers/index.js";
 import type { Float32Tensor } from "../../diffusion/tensor.js";
-import { describeWithShared } from "../shared-data.js";
+
 import {
   absoluteError,
   entry,
@@ -59,16 +59,16 @@ interface SpoCase {
 
 const CASE = ["reference", "spo-loss"];
 const caseJson = readCaseJson<SpoCase>(...CASE);
-const runs = Object.entries(caseJson?.runs ?? {});
+const runs = Object.entries(caseJson.runs);
 const sampledRuns = runs.filter(([, run]) => run.x_prev_sampled_from !== "random");
 
-describeWithShared(CASE, "DDIM transition log-probability reproduces SPO (reference/spo-loss)", () => {
+describe("DDIM transition log-probability reproduces SPO (reference/spo-loss)", () => {
   let io: ReferenceTensors;
   let scheduler: DDIMScheduler;
 
   beforeAll(async () => {
     io = await readReferenceTensors(...CASE);
-    const config = (caseJson as SpoCase).scheduler_config;
+    const config = caseJson.scheduler_config;
     // SD's config as SPO turns it into a DDIMScheduler; "num_inference_steps" is not a config key and is ignored.
     scheduler = new DDIMScheduler(config);
     scheduler.setTimesteps(config.num_inference_steps as number);
@@ -160,7 +160,7 @@ describeWithShared(CASE, "DDIM transition log-probability reproduces SPO (refere
 
   it("clamps prev_t before the lookup, so set_alpha_to_one changes nothing at t = 1", () => {
     const [name, run] = runs.find(([key]) => key === "t1") as [string, SpoRun];
-    const withOne = new DDIMScheduler({ ...(caseJson as SpoCase).scheduler_config, set_alpha_to_one: true });
+    const withOne = new DDIMScheduler({ ...caseJson.scheduler_config, set_alpha_to_one: true });
     withOne.setTimesteps(20);
     const args = [io.float(`${name}/eps_policy`), run.timesteps, io.float(`${name}/x_t`)] as const;
     const xPrev = io.float(`${name}/x_prev_w`);

@@ -5,12 +5,11 @@
 import { readFileSync } from "node:fs";
 import { type Float32Tensor, float32, type Tensor, toFloat32 } from "../../diffusion/tensor.js";
 import { readSafetensors } from "../../diffusion/weights/safetensors.js";
-import { hasShared, sharedPath } from "../shared-data.js";
+import { fixturePath } from "../paths.js";
 
-/** case.json of a reference folder, or undefined when ../shared is absent (the suite is then skipped). */
-export function readCaseJson<T>(...parts: string[]): T | undefined {
-  if (!hasShared(...parts, "case.json")) return undefined;
-  return JSON.parse(readFileSync(sharedPath(...parts, "case.json"), "utf8")) as T;
+/** case.json of a reference folder under test/fixtures. */
+export function readCaseJson<T>(...parts: string[]): T {
+  return JSON.parse(readFileSync(fixturePath(...parts, "case.json"), "utf8")) as T;
 }
 
 export interface ReferenceTensors {
@@ -20,7 +19,7 @@ export interface ReferenceTensors {
 }
 
 export async function readReferenceTensors(...parts: string[]): Promise<ReferenceTensors> {
-  const { tensors } = await readSafetensors(sharedPath(...parts, "io.safetensors"));
+  const { tensors } = await readSafetensors(fixturePath(...parts, "io.safetensors"));
   const get = (key: string): Tensor => {
     const t = tensors.get(key);
     if (!t) throw new Error(`reference ${parts.join("/")} has no tensor ${key}`);

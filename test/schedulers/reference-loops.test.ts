@@ -1,9 +1,9 @@
 /**
- * Every case of shared/data/reference/schedulers (diffusers 0.25.1, torch 1.13 on CPU): the noise
+ * Every case of test/fixtures/reference/schedulers (diffusers 0.25.1, torch 1.13 on CPU): the noise
  * schedule, DDIM's variance, and for each scheduler × spacing the timesteps, σ, init_noise_sigma,
  * the first model input, every step of a 20-step loop and the final sample.
  */
-import { beforeAll, expect, it } from "vitest";
+import { beforeAll, describe, expect, it } from "vitest";
 import { createGenerator } from "../../diffusion/random/index.js";
 import {
   createScheduler,
@@ -20,7 +20,7 @@ import {
   type StepOptions,
 } from "../../diffusion/schedulers/index.js";
 import { float32 } from "../../diffusion/tensor.js";
-import { describeWithShared } from "../shared-data.js";
+
 import {
   absSumMean,
   entry,
@@ -79,7 +79,7 @@ interface SchedulerCase {
 
 const CASE = ["reference", "schedulers"];
 const caseJson = readCaseJson<SchedulerCase>(...CASE);
-const runs = Object.entries(caseJson?.runs ?? {});
+const runs = Object.entries(caseJson.runs);
 
 const NAME_OF_CLASS: Record<string, SchedulerName> = {
   DDIMScheduler: "ddim",
@@ -102,9 +102,9 @@ function sigmasOf(scheduler: Scheduler): Float32Array {
   throw new Error("DDIM has no sigmas");
 }
 
-describeWithShared(CASE, "schedulers reproduce diffusers 0.25.1 (reference/schedulers)", () => {
+describe("schedulers reproduce diffusers 0.25.1 (reference/schedulers)", () => {
   let io: ReferenceTensors;
-  const c = caseJson as SchedulerCase;
+  const c = caseJson;
 
   beforeAll(async () => {
     io = await readReferenceTensors(...CASE);

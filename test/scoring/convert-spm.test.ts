@@ -7,19 +7,19 @@ import { existsSync } from "node:fs";
 import { cp, mkdir, readdir, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { beforeAll, describe, expect, it } from "vitest";
+import { convertSpm, planSpmConversion, SpmConvertError } from "../../diffusion/convert/convert-spm.js";
 import { SpmEngine } from "../../diffusion/engine/spm-engine.js";
 import { resolveSpmConfig } from "../../diffusion/models/clip-model.js";
 import { readConfigFile } from "../../diffusion/models/config-reader.js";
 import type { ParamInfo, ParamSource } from "../../diffusion/ops/params.js";
 import { createGenerator } from "../../diffusion/random/index.js";
 import { expectedClipParams, SpmWeightsError } from "../../diffusion/spm/checkpoint.js";
-import { convertSpm, planSpmConversion, SpmConvertError } from "../../diffusion/spm/convert-spm.js";
 import { measureSpm } from "../../diffusion/spm/graphs.js";
 import { float32, int64, type Tensor } from "../../diffusion/tensor.js";
 import { writeSafetensors } from "../../diffusion/weights/safetensors.js";
 import { tinySpmConfig, tinySpmWeights } from "../../diffusion/zoo/tiny-spm.js";
 import { scratchDir, TEST_PROVIDER } from "../helpers/tiny-engines.js";
-import { describeWithShared, sharedPath } from "../shared-data.js";
+import { fixturePath } from "../paths.js";
 import { stateDict, storageOf, tensorNode, torchSave } from "../weights/helpers/torch-save.js";
 import { writeZipFile } from "../weights/helpers/zip-writer.js";
 import { openTinySpm, tinySpmFolders } from "./tiny-spm.js";
@@ -198,9 +198,9 @@ function encoderLayer(d: number, mlp: number): number {
   return 4 * (d * d + d) + 2 * 2 * d + (d * mlp + mlp) + (mlp * d + d);
 }
 
-describeWithShared(["configs", "spm-vit-h14"], "convert-spm on the real ViT-H/14 shape", () => {
+describe("convert-spm on the real ViT-H/14 shape", () => {
   it("validates the whole model from shapes alone: ~1.3 B parameters, counted independently", async () => {
-    const raw = await readConfigFile(sharedPath("configs", "spm-vit-h14", "config.json"));
+    const raw = await readConfigFile(fixturePath("configs", "spm-vit-h14", "config.json"));
     const source = new ShapeOnlySource(expectedClipParams(resolveSpmConfig(raw)));
     const plan = planSpmConversion(raw, source, { label: "synthetic ViT-H/14" });
     // CLIP ViT-H/14 (PickScore_v1), from the published architecture:

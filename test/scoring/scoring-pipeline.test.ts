@@ -8,7 +8,6 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { DiffusionEngine } from "../../diffusion/engine/diffusion-engine.js";
 import type { SpmEngine } from "../../diffusion/engine/spm-engine.js";
-import { concat, slice } from "../../diffusion/ops/reference-layout.js";
 import { classifierFreeGuidance } from "../../diffusion/pipelines/denoise.js";
 import { decodeImage, encodeImage } from "../../diffusion/pipelines/image-io.js";
 import type { PipelineSpec } from "../../diffusion/pipelines/pipeline-models.js";
@@ -28,6 +27,7 @@ import { createGenerator } from "../../diffusion/random/index.js";
 import { ddimPredictX0 } from "../../diffusion/schedulers/ddim-logprob.js";
 import { preprocessForSpm } from "../../diffusion/spm/preprocess.js";
 import { type Float32Tensor, float32, maxAbs, maxAbsDiff, type Tensor } from "../../diffusion/tensor.js";
+import { concat, slice } from "../../diffusion/tensor-layout.js";
 import { openTinyEngine } from "../helpers/tiny-engines.js";
 import { SpyModels } from "../pipelines/spy-models.js";
 import { openTinySpm, referenceTinySpm } from "./tiny-spm.js";

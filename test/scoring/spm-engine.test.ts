@@ -6,12 +6,12 @@
 import { cp, mkdir, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { convertSpm } from "../../diffusion/convert/convert-spm.js";
 import { SpmEngine } from "../../diffusion/engine/spm-engine.js";
 import { clipModel, resolveClipModelConfig, resolveSpmConfig } from "../../diffusion/models/clip-model.js";
 import { ReferenceOps } from "../../diffusion/ops/reference.js";
 import { createGenerator } from "../../diffusion/random/index.js";
 import { isTimeConditioningParam } from "../../diffusion/spm/checkpoint.js";
-import { convertSpm } from "../../diffusion/spm/convert-spm.js";
 import { measureSpm, SPM_IO } from "../../diffusion/spm/graphs.js";
 import { promptIds } from "../../diffusion/spm/preference-model.js";
 import { type Float32Tensor, maxAbs, maxAbsDiff, type Tensor } from "../../diffusion/tensor.js";

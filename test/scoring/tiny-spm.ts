@@ -4,11 +4,11 @@
  * the same weights on the reference backend for comparisons.
  */
 import { join } from "node:path";
+import { convertSpm } from "../../diffusion/convert/convert-spm.js";
 import { SpmEngine } from "../../diffusion/engine/spm-engine.js";
 import { resolveSpmConfig } from "../../diffusion/models/clip-model.js";
 import { MapParamSource } from "../../diffusion/ops/params.js";
 import { bindSpmWeights, readAllParams } from "../../diffusion/spm/checkpoint.js";
-import { convertSpm } from "../../diffusion/spm/convert-spm.js";
 import { ReferencePreferenceModel } from "../../diffusion/spm/preference-model.js";
 import { CLIP_IMAGE_MEAN, CLIP_IMAGE_STD } from "../../diffusion/spm/preprocess.js";
 import type { Tensor } from "../../diffusion/tensor.js";

@@ -3,7 +3,7 @@
  * The README's tolerance, 1e-5 of max|ref|, catches quick_gelu for gelu (2.6e-3) and even a
  * LayerNorm eps of 1e-6 for 1e-5 (2.6e-5); float32 rounding noise is 6e-7.
  */
-import { beforeAll, expect, it } from "vitest";
+import { beforeAll, describe, expect, it } from "vitest";
 import {
   type ClipModelConfig,
   type ClipModelOutputs,
@@ -14,14 +14,14 @@ import { MapParamSource } from "../../diffusion/ops/params.js";
 import { ReferenceOps } from "../../diffusion/ops/reference.js";
 import { bindSpmWeights, readAllParams } from "../../diffusion/spm/checkpoint.js";
 import type { Tensor } from "../../diffusion/tensor.js";
-import { describeWithShared } from "../shared-data.js";
+
 import { expectClose, ioTensor, loadReferenceCase, type ReferenceCase, stack } from "./reference-case.js";
 
 const CLIP_TINY_TOLERANCE = 1e-5;
 /** Scores and logits take different float32 paths to the same value (~70): a few ulps (7.6e-6 each). */
 const SCORE_VS_LOGIT_ABS = 1e-4;
 
-describeWithShared(["reference", "clip-tiny"], "CLIPModel against transformers (clip-tiny)", () => {
+describe("CLIPModel against transformers (clip-tiny)", () => {
   let c: ReferenceCase;
   let config: ClipModelConfig;
   let out: ClipModelOutputs<Tensor>;

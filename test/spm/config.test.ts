@@ -16,75 +16,71 @@ import { ConfigError } from "../../diffusion/models/config-reader.js";
 import { MetaOps } from "../../diffusion/ops/meta.js";
 import { expectedClipParams, isTimeConditioningParam } from "../../diffusion/spm/checkpoint.js";
 import { numel } from "../../diffusion/tensor.js";
-import { describeWithShared, sharedPath } from "../shared-data.js";
+import { fixturePath } from "../paths.js";
 
 /** Parameters of one CLIP encoder layer: q/k/v/out projections, two LayerNorms, the MLP. */
 function encoderLayerParams(d: number, intermediate: number): number {
   return 4 * (d * d + d) + 2 * 2 * d + (intermediate * d + intermediate) + (d * intermediate + d);
 }
 
-describeWithShared(
-  ["configs", "spm-vit-h14", "config.json"],
-  "the SPM at PickScore's size (ViT-H/14)",
-  () => {
-    const raw = JSON.parse(readFileSync(sharedPath("configs", "spm-vit-h14", "config.json"), "utf8"));
-    const config = resolveSpmConfig(raw, "spm-vit-h14/config.json");
+describe("the SPM at PickScore's size (ViT-H/14)", () => {
+  const raw = JSON.parse(readFileSync(fixturePath("configs", "spm-vit-h14", "config.json"), "utf8"));
+  const config = resolveSpmConfig(raw, "spm-vit-h14/config.json");
 
-    it("resolves both towers, the projection and the legacy eos (pooling at argmax of the ids)", () => {
-      expect(config.vision).toMatchObject({
-        hiddenSize: 1280,
-        numHiddenLayers: 32,
-        numAttentionHeads: 16,
-        intermediateSize: 5120,
-        imageSize: 224,
-        patchSize: 14,
-        hiddenAct: "gelu",
-      });
-      expect(config.text).toMatchObject({ hiddenSize: 1024, numHiddenLayers: 24, projectionDim: 1024 });
-      expect(config.text.eosTokenId).toBe(LEGACY_EOS_TOKEN_ID);
-      expect(config.projectionDim).toBe(1024);
+  it("resolves both towers, the projection and the legacy eos (pooling at argmax of the ids)", () => {
+    expect(config.vision).toMatchObject({
+      hiddenSize: 1280,
+      numHiddenLayers: 32,
+      numAttentionHeads: 16,
+      intermediateSize: 5120,
+      imageSize: 224,
+      patchSize: 14,
+      hiddenAct: "gelu",
     });
+    expect(config.text).toMatchObject({ hiddenSize: 1024, numHiddenLayers: 24, projectionDim: 1024 });
+    expect(config.text.eosTokenId).toBe(LEGACY_EOS_TOKEN_ID);
+    expect(config.projectionDim).toBe(1024);
+  });
 
-    it("asks for every CLIP and SPO parameter: about 1.3 B, as SPO's checkpoints hold", () => {
-      const params = expectedClipParams(config);
-      const count = params.reduce((n, p) => n + numel(p.shape), 0);
-      const t = { d: 1024, i: 4096, l: 24, vocab: 49408, positions: 77 };
-      const v = { d: 1280, i: 5120, l: 32, patch: 14, grid: 16, channels: 3 };
-      const text = t.vocab * t.d + t.positions * t.d + t.l * encoderLayerParams(t.d, t.i) + 2 * t.d;
-      const vision =
-        v.d +
-        v.channels * v.patch ** 2 * v.d +
-        (v.grid ** 2 + 1) * v.d +
-        2 * v.d +
-        v.l * encoderLayerParams(v.d, v.i) +
-        2 * v.d;
-      const heads = 1024 * v.d + 1024 * t.d + 1; // projections and logit_scale
-      const timeConditioning =
-        v.l * (6 * v.d * v.d + 6 * v.d) +
-        (2 * v.d * v.d + 2 * v.d) +
-        (TIMESTEP_FREQUENCY_DIM * v.d + v.d) +
-        (v.d * v.d + v.d);
-      expect(count).toBe(text + vision + heads + timeConditioning);
-      expect(text + vision + heads).toBeGreaterThan(0.98e9); // CLIP ViT-H/14: 986 M
-      expect(count).toBeGreaterThan(1.29e9);
-      expect(count).toBeLessThan(1.31e9);
-      expect(params.filter((p) => isTimeConditioningParam(p.name))).toHaveLength(2 * v.l + 2 + 4);
-    });
+  it("asks for every CLIP and SPO parameter: about 1.3 B, as SPO's checkpoints hold", () => {
+    const params = expectedClipParams(config);
+    const count = params.reduce((n, p) => n + numel(p.shape), 0);
+    const t = { d: 1024, i: 4096, l: 24, vocab: 49408, positions: 77 };
+    const v = { d: 1280, i: 5120, l: 32, patch: 14, grid: 16, channels: 3 };
+    const text = t.vocab * t.d + t.positions * t.d + t.l * encoderLayerParams(t.d, t.i) + 2 * t.d;
+    const vision =
+      v.d +
+      v.channels * v.patch ** 2 * v.d +
+      (v.grid ** 2 + 1) * v.d +
+      2 * v.d +
+      v.l * encoderLayerParams(v.d, v.i) +
+      2 * v.d;
+    const heads = 1024 * v.d + 1024 * t.d + 1; // projections and logit_scale
+    const timeConditioning =
+      v.l * (6 * v.d * v.d + 6 * v.d) +
+      (2 * v.d * v.d + 2 * v.d) +
+      (TIMESTEP_FREQUENCY_DIM * v.d + v.d) +
+      (v.d * v.d + v.d);
+    expect(count).toBe(text + vision + heads + timeConditioning);
+    expect(text + vision + heads).toBeGreaterThan(0.98e9); // CLIP ViT-H/14: 986 M
+    expect(count).toBeGreaterThan(1.29e9);
+    expect(count).toBeLessThan(1.31e9);
+    expect(params.filter((p) => isTimeConditioningParam(p.name))).toHaveLength(2 * v.l + 2 + 4);
+  });
 
-    it("uses SPO's key names and shapes for the time conditioning", () => {
-      const shapes = new Map(expectedClipParams(config).map((p) => [p.name, p.shape]));
-      expect(shapes.get("t_embedder.mlp.0.weight")).toEqual([1280, 256]);
-      expect(shapes.get("t_embedder.mlp.2.weight")).toEqual([1280, 1280]);
-      expect(shapes.get("vision_model.encoder.layers.31.adaLN_modulation.1.weight")).toEqual([7680, 1280]);
-      expect(shapes.get("vision_model.adaLN_modulation.1.bias")).toEqual([2560]);
-      expect(shapes.get("vision_model.embeddings.patch_embedding.weight")).toEqual([1280, 3, 14, 14]);
-      expect(shapes.get("vision_model.embeddings.position_embedding.weight")).toEqual([257, 1280]);
-      expect(shapes.get("vision_model.pre_layrnorm.weight")).toEqual([1280]);
-      expect(shapes.get("logit_scale")).toEqual([]);
-      expect(shapes.has("vision_model.embeddings.patch_embedding.bias")).toBe(false);
-    });
-  },
-);
+  it("uses SPO's key names and shapes for the time conditioning", () => {
+    const shapes = new Map(expectedClipParams(config).map((p) => [p.name, p.shape]));
+    expect(shapes.get("t_embedder.mlp.0.weight")).toEqual([1280, 256]);
+    expect(shapes.get("t_embedder.mlp.2.weight")).toEqual([1280, 1280]);
+    expect(shapes.get("vision_model.encoder.layers.31.adaLN_modulation.1.weight")).toEqual([7680, 1280]);
+    expect(shapes.get("vision_model.adaLN_modulation.1.bias")).toEqual([2560]);
+    expect(shapes.get("vision_model.embeddings.patch_embedding.weight")).toEqual([1280, 3, 14, 14]);
+    expect(shapes.get("vision_model.embeddings.position_embedding.weight")).toEqual([257, 1280]);
+    expect(shapes.get("vision_model.pre_layrnorm.weight")).toEqual([1280]);
+    expect(shapes.get("logit_scale")).toEqual([]);
+    expect(shapes.has("vision_model.embeddings.patch_embedding.bias")).toBe(false);
+  });
+});
 
 describe("config and input checks", () => {
   it("applies transformers' defaults (ViT-B/32) and prefers the legacy *_config_dict fields", () => {

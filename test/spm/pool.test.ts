@@ -5,10 +5,10 @@
 import { beforeAll, describe, expect, it } from "vitest";
 import { compareCandidates, comparePool, PoolError, SPO_PAIR_THRESHOLD } from "../../diffusion/spm/pool.js";
 import { float32, type Tensor } from "../../diffusion/tensor.js";
-import { describeWithShared } from "../shared-data.js";
+
 import { ioTensor, loadReferenceCase, type ReferenceCase } from "./reference-case.js";
 
-describeWithShared(["reference", "spo-loss"], "pool comparison against SPO (spo-loss compare/*)", () => {
+describe("pool comparison against SPO (spo-loss compare/*)", () => {
   let c: ReferenceCase;
   let columns: readonly string[];
 

@@ -19,7 +19,7 @@ import {
   toUnitRange,
 } from "../../diffusion/spm/preprocess.js";
 import { float32, maxAbsDiff, type Tensor } from "../../diffusion/tensor.js";
-import { describeWithShared } from "../shared-data.js";
+
 import { expectClose, ioTensor, loadReferenceCase, type ReferenceCase } from "./reference-case.js";
 
 /** The README's bound; a float64 resize is off by 1.1e-5, antialiasing by 16%, half-up cropping by 54%. */
@@ -153,7 +153,7 @@ describe("resize size, crop offsets and normalisation", () => {
   });
 });
 
-describeWithShared(["reference", "spm-preprocess"], "SPM preprocessing against SPO (spm-preprocess)", () => {
+describe("SPM preprocessing against SPO (spm-preprocess)", () => {
   let c: ReferenceCase;
   interface Run {
     readonly resized_shape: readonly number[];

@@ -4,7 +4,7 @@ import { expect } from "vitest";
 import type { RawConfig } from "../../diffusion/models/config-reader.js";
 import { float32, maxAbs, maxAbsDiff, shapeString, type Tensor } from "../../diffusion/tensor.js";
 import { readSafetensors } from "../../diffusion/weights/safetensors.js";
-import { sharedPath } from "../shared-data.js";
+import { fixturePath } from "../paths.js";
 
 export interface ReferenceCase {
   readonly json: { readonly resolved_config: RawConfig } & Readonly<Record<string, unknown>>;
@@ -13,7 +13,7 @@ export interface ReferenceCase {
 }
 
 export async function loadReferenceCase(name: string, withWeights = true): Promise<ReferenceCase> {
-  const dir = (file: string) => sharedPath("reference", name, file);
+  const dir = (file: string) => fixturePath("reference", name, file);
   const json = JSON.parse(readFileSync(dir("case.json"), "utf8")) as ReferenceCase["json"];
   const io = (await readSafetensors(dir("io.safetensors"))).tensors;
   const weights = withWeights ? (await readSafetensors(dir("weights.safetensors"))).tensors : undefined;

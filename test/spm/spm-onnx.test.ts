@@ -2,14 +2,14 @@
  * The same SPM definition recorded by the ONNX backend and run by onnxruntime-node (CPU EP), in
  * float32 and float16 graphs with a dynamic batch, against SPO's numbers (spm-tiny).
  */
-import { beforeAll, expect, it } from "vitest";
+import { beforeAll, describe, expect, it } from "vitest";
 import { type ClipModelConfig, clipModel, resolveSpmConfig } from "../../diffusion/models/clip-model.js";
 import { OnnxOps } from "../../diffusion/onnx/onnx-ops.js";
 import { MapParamSource } from "../../diffusion/ops/params.js";
 import { bindSpmWeights } from "../../diffusion/spm/checkpoint.js";
 import { float32, int64, type Tensor } from "../../diffusion/tensor.js";
 import { run, sessionOf } from "../onnx/ort.js";
-import { describeWithShared } from "../shared-data.js";
+
 import { expectClose, ioTensor, loadReferenceCase, type ReferenceCase } from "./reference-case.js";
 
 /** As the reference-backend test: 1e-4 of max|ref| (README); measured 1e-6 in float32. */
@@ -20,7 +20,7 @@ const FP32_TOLERANCE = 1e-4;
  */
 const FP16_TOLERANCE = 5e-3;
 
-describeWithShared(["reference", "spm-tiny"], "the SPM as an ONNX graph (spm-tiny)", () => {
+describe("the SPM as an ONNX graph (spm-tiny)", () => {
   let c: ReferenceCase;
   let config: ClipModelConfig;
 

@@ -4,7 +4,7 @@
  * same weights. Tolerance 1e-4 of max|ref| (the README's): the smallest plausible mistake it lists
  * (shift and scale swapped) moves the scores by 2.7%; float32 noise is below 4e-7.
  */
-import { beforeAll, expect, it } from "vitest";
+import { beforeAll, describe, expect, it } from "vitest";
 import {
   type ClipModelConfig,
   type ClipModelOutputs,
@@ -22,7 +22,7 @@ import {
 } from "../../diffusion/spm/checkpoint.js";
 import { preprocessForSpm } from "../../diffusion/spm/preprocess.js";
 import { int64, maxAbsDiff, type Tensor } from "../../diffusion/tensor.js";
-import { describeWithShared } from "../shared-data.js";
+
 import { expectClose, ioTensor, loadReferenceCase, type ReferenceCase } from "./reference-case.js";
 
 const SPM_TOLERANCE = 1e-4;
@@ -46,7 +46,7 @@ function relativeChange(a: Tensor, b: Tensor): number {
   return maxAbsDiff(a, b) / reference;
 }
 
-describeWithShared(["reference", "spm-tiny"], "step-aware preference model against SPO (spm-tiny)", () => {
+describe("step-aware preference model against SPO (spm-tiny)", () => {
   let c: ReferenceCase;
   let config: ClipModelConfig;
   let weights: Map<string, Tensor>;

@@ -1,18 +1,18 @@
 /**
  * The TensorFlow.js backend (WebAssembly) reproduces every upstream model case in
- * shared/data/reference: the SD1.5 and SDXL UNets, the VAE encoder and decoder, and both CLIP text
+ * test/fixtures/reference: the SD1.5 and SDXL UNets, the VAE encoder and decoder, and both CLIP text
  * encoders, through `runTfjsComponent` (the path `stepwise component run --backend tfjs` takes).
  */
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import * as tf from "@tensorflow/tfjs-core";
-import { afterAll, beforeAll, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type ComponentKind, resolveComponent } from "../../diffusion/models/components.js";
 import { maxAbs, maxAbsDiff, type Tensor } from "../../diffusion/tensor.js";
 import { runTfjsComponent } from "../../diffusion/tfjs/component.js";
 import { TfjsOps } from "../../diffusion/tfjs/tfjs-ops.js";
 import { readSafetensors } from "../../diffusion/weights/safetensors.js";
-import { describeWithShared, sharedPath } from "../shared-data.js";
+import { fixturePath } from "../paths.js";
 import { useWasmBackend } from "./wasm.js";
 
 /**
@@ -29,7 +29,7 @@ interface Case {
 }
 
 async function loadCase(name: string): Promise<Case> {
-  const dir = sharedPath("reference", name);
+  const dir = fixturePath("reference", name);
   const json = JSON.parse(await readFile(join(dir, "case.json"), "utf8")) as {
     resolved_config: Record<string, unknown>;
     model_class: string;
@@ -80,7 +80,7 @@ async function expectCase(
 
 const cases = ["unet-tiny-sd15", "unet-tiny-sdxl", "vae-tiny", "clip-text-tiny", "clip-text-tiny-proj-gelu"];
 
-describeWithShared(["reference"], "tfjs backend (wasm) on the upstream reference cases", () => {
+describe("tfjs backend (wasm) on the upstream reference cases", () => {
   const loaded = new Map<string, Case>();
 
   beforeAll(async () => {

@@ -1,5 +1,5 @@
 /**
- * The CLIP tokenizer on the real SD1.5 / SDXL tokenizer folders in ../shared/data.
+ * The CLIP tokenizer on the real SD1.5 / SDXL tokenizer folders in test/fixtures/configs.
  *
  * Expected ids come from three independent sources:
  * - published: transformers' CLIP tokenizer test (its integration string and emoji case), the
@@ -12,7 +12,7 @@
 import { readFileSync } from "node:fs";
 import { beforeAll, describe, expect, it } from "vitest";
 import { ClipTokenizer } from "../../diffusion/tokenizer/index.js";
-import { describeWithShared, sharedPath } from "../shared-data.js";
+import { fixturePath } from "../paths.js";
 
 const BOS = 49406;
 const EOS = 49407;
@@ -56,13 +56,13 @@ function asciiWordId(char: string): number {
   return 256 + asciiId(char);
 }
 
-describeWithShared(["configs"], "CLIP tokenizer on the SD1.5 and SDXL folders", () => {
+describe("CLIP tokenizer on the SD1.5 and SDXL folders", () => {
   let sd15: ClipTokenizer;
   let xl2: ClipTokenizer;
   beforeAll(async () => {
     [sd15, xl2] = await Promise.all([
-      ClipTokenizer.fromFolder(sharedPath("configs", "sd15", "tokenizer")),
-      ClipTokenizer.fromFolder(sharedPath("configs", "sdxl", "tokenizer_2")),
+      ClipTokenizer.fromFolder(fixturePath("configs", "sd15", "tokenizer")),
+      ClipTokenizer.fromFolder(fixturePath("configs", "sdxl", "tokenizer_2")),
     ]);
   });
 
@@ -215,15 +215,11 @@ describeWithShared(["configs"], "CLIP tokenizer on the SD1.5 and SDXL folders", 
   });
 });
 
-describeWithShared(
-  ["clip"],
-  "CLIP tokenizer on the bare vocabulary folder (no tokenizer_config.json)",
-  () => {
-    it("uses CLIPTokenizer's defaults: pads with <|endoftext|>, 77 ids", async () => {
-      const tokenizer = await ClipTokenizer.fromFolder(sharedPath("clip"));
-      expect(tokenizer.padTokenId).toBe(EOS);
-      expect(tokenizer.modelMaxLength).toBe(MAX_LENGTH);
-      expect(tokenizer.encode("a photo of a cat").ids).toEqual([BOS, 320, 1125, 539, 320, 2368, EOS]);
-    });
-  },
-);
+describe("CLIP tokenizer on the bare vocabulary folder (no tokenizer_config.json)", () => {
+  it("uses CLIPTokenizer's defaults: pads with <|endoftext|>, 77 ids", async () => {
+    const tokenizer = await ClipTokenizer.fromFolder(fixturePath("clip"));
+    expect(tokenizer.padTokenId).toBe(EOS);
+    expect(tokenizer.modelMaxLength).toBe(MAX_LENGTH);
+    expect(tokenizer.encode("a photo of a cat").ids).toEqual([BOS, 320, 1125, 539, 320, 2368, EOS]);
+  });
+});

@@ -1,6 +1,6 @@
 /**
- * Tiny CLIP tokenizer folders written to a temporary directory, so loader and tokenizer tests run
- * without ../shared. The vocabulary and merges are those of transformers' own CLIP tokenizer test
+ * Tiny CLIP tokenizer folders written to a temporary directory, so loader and tokenizer tests
+ * run on a vocabulary small enough to read by eye. The vocabulary and merges are those of transformers' own CLIP tokenizer test
  * (tests/models/clip/test_tokenization_clip.py), whose "lower newer" -> [10, 2, 16, 9, 3, 2, 16] is
  * published there; the other expected ids in the tests were computed by transformers 5.17.0 on
  * these same folders.

@@ -1,5 +1,5 @@
 /**
- * Loading tokenizer folders and tokenizing with a tiny vocabulary: runs without ../shared.
+ * Loading tokenizer folders and tokenizing with a tiny vocabulary.
  * Expected ids come from transformers' CLIP test (the "lower newer" case) and from transformers
  * 5.17.0 run on the same tiny folders (see tiny-folder.ts).
  */

@@ -1,5 +1,5 @@
 /**
- * The training config: SPO's defaults per family (docs/SPO.md section 6), nested and dotted keys,
+ * The training config: SPO's defaults per family (docs/spo.md section 6), nested and dotted keys,
  * unknown keys named with the closest known one, values checked against their constraints with the
  * key named, paths resolved against the config's folder, and prompt files in SPO's formats.
  */

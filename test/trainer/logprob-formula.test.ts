@@ -1,6 +1,6 @@
 /**
  * The trainer's differentiable DDIM log-probability against the formula written out directly in
- * float64 (docs/SPO.md section 5), for every prediction type a scheduler config can name, rows at
+ * float64 (docs/spo.md section 5), for every prediction type a scheduler config can name, rows at
  * different timesteps (including t = 1, where sigma is smallest), and its gradient against central
  * finite differences of that direct formula.
  *
@@ -11,6 +11,7 @@
 import * as tf from "@tensorflow/tfjs-core";
 import { beforeAll, describe, expect, it } from "vitest";
 import { createGenerator } from "../../diffusion/random/index.js";
+import type { PredictionType } from "../../diffusion/schedulers/config.js";
 import {
   DDIMScheduler,
   ddimPredictX0,
@@ -20,7 +21,7 @@ import {
 } from "../../diffusion/schedulers/index.js";
 import type { Float32Tensor } from "../../diffusion/tensor.js";
 import { SD15_SCHEDULER } from "../../diffusion/zoo/tiny-configs.js";
-import { ddimLogProbTf, type PredictionType } from "../../trainer/spo-loss.js";
+import { ddimLogProbTf } from "../../trainer/spo-loss.js";
 import { useWasmBackend } from "../tfjs/wasm.js";
 
 const SHAPE = [3, 4, 4, 4];

@@ -6,7 +6,7 @@
  * Plus the pair selection as the sampler applies it (candidate-major scores) against compare/*.
  */
 import * as tf from "@tensorflow/tfjs-core";
-import { beforeAll, expect, it } from "vitest";
+import { beforeAll, describe, expect, it } from "vitest";
 import {
   DDIMScheduler,
   ddimStepLogProb,
@@ -22,7 +22,7 @@ import {
   readCaseJson,
   readReferenceTensors,
 } from "../schedulers/reference-data.js";
-import { describeWithShared } from "../shared-data.js";
+
 import { useWasmBackend } from "../tfjs/wasm.js";
 
 /** README: 5e-5 absolute on log-probs and log-ratios (float64 noise reaches 2.6e-5 at t = 1; measured <= 1.9e-6). */
@@ -52,8 +52,8 @@ interface SpoCase {
 }
 
 const CASE = ["reference", "spo-loss"];
-const caseJson = readCaseJson<SpoCase>(...CASE);
-const runs = Object.keys(caseJson?.runs ?? {});
+const spo = readCaseJson<SpoCase>(...CASE);
+const runs = Object.keys(spo.runs);
 
 function maxAbs(values: ArrayLike<number>): number {
   let m = 0;
@@ -61,15 +61,13 @@ function maxAbs(values: ArrayLike<number>): number {
   return m;
 }
 
-describeWithShared(CASE, "SPO loss in TF.js reproduces SPO's own (reference/spo-loss)", () => {
+describe("SPO loss in TF.js reproduces SPO's own (reference/spo-loss)", () => {
   let io: ReferenceTensors;
   let scheduler: DDIMScheduler;
-  let spo: SpoCase;
 
   beforeAll(async () => {
     await useWasmBackend({ gradients: true });
     io = await readReferenceTensors(...CASE);
-    spo = caseJson as SpoCase;
     scheduler = new DDIMScheduler(spo.scheduler_config);
     scheduler.setTimesteps(spo.scheduler_config.num_inference_steps as number);
   });

@@ -11,7 +11,7 @@ import sharp from "sharp";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { DiffusionEngine } from "../../diffusion/engine/diffusion-engine.js";
 import { qualifySlots } from "../../diffusion/lora/adapter.js";
-import { componentFactors, scaledFactors } from "../../diffusion/lora/feeds.js";
+import { unetLoraFeeds } from "../../diffusion/lora/feeds.js";
 import { importLora } from "../../diffusion/lora/formats/index.js";
 import { validateAdapter } from "../../diffusion/lora/validate.js";
 import { readPngText } from "../../diffusion/pipelines/image-io.js";
@@ -188,7 +188,7 @@ describe("SPO training on tiny-sd15", () => {
 
     const request = { prompt: "a red cat", steps: 4, guidanceScale: 5, seed: 3, width: 64, height: 64 };
     const plain = await generateOne(engine, request);
-    const feeds = componentFactors(scaledFactors(pulled.adapter), "unet");
+    const feeds = unetLoraFeeds([{ adapter: pulled.adapter, weight: 1 }]);
     const withLora = await generateOne(engine, { ...request, lora: { key: "trained", feeds } });
     expect(maxAbsDiff(withLora.images[0].pixels, plain.images[0].pixels)).toBeGreaterThan(1e-3);
   });

@@ -15,7 +15,7 @@ import {
   SafetensorsFile,
   writeSafetensors,
 } from "../../diffusion/weights/safetensors.js";
-import { describeWithShared, sharedPath } from "../shared-data.js";
+import { fixturePath } from "../paths.js";
 import { useTempDir } from "./helpers/temp-dir.js";
 import { ALL_DTYPES, patternTensor, sameTensor } from "./helpers/tensors.js";
 
@@ -169,13 +169,13 @@ describe("writeSafetensors", () => {
   });
 });
 
-describeWithShared(["reference", "clip-text-tiny"], "safetensors reference files", () => {
+describe("safetensors reference files", () => {
   it("reads the upstream reference io file and matches case.json statistics", async () => {
     const caseJson = JSON.parse(
-      await readFile(sharedPath("reference", "clip-text-tiny", "case.json"), "utf8"),
+      await readFile(fixturePath("reference", "clip-text-tiny", "case.json"), "utf8"),
     );
     const stats = caseJson.io_stats as Record<string, { shape: number[]; dtype: string; first: number[] }>;
-    const file = await SafetensorsFile.open(sharedPath("reference", "clip-text-tiny", "io.safetensors"));
+    const file = await SafetensorsFile.open(fixturePath("reference", "clip-text-tiny", "io.safetensors"));
     try {
       expect(new Set(file.names())).toEqual(new Set(Object.keys(stats)));
       for (const [name, s] of Object.entries(stats)) {
@@ -190,7 +190,7 @@ describeWithShared(["reference", "clip-text-tiny"], "safetensors reference files
   });
 
   it("validates the reference weights file: spans tile the file, metadata is strings", async () => {
-    const path = sharedPath("reference", "clip-text-tiny", "weights.safetensors");
+    const path = fixturePath("reference", "clip-text-tiny", "weights.safetensors");
     const file = await SafetensorsFile.open(path);
     try {
       expect(file.header.dataStart + file.header.dataBytes).toBe((await stat(path)).size);

@@ -1,5 +1,5 @@
 /**
- * The diffusers LoRA format, in the key style SPO's reference implementation writes (docs/SPO.md
+ * The diffusers LoRA format, in the key style SPO's reference implementation writes (docs/spo.md
  * section 8): `unet.<module>.lora.down.weight` [r, in] and `unet.<module>.lora.up.weight` [out, r],
  * no alpha (alpha = r, scale 1).
  *
