@@ -61,7 +61,7 @@ export async function buildApp(
     requestIdHeader: "x-request-id",
     ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: true } },
     schemaErrorFormatter: formatValidationErrors,
-    maxParamLength: MAX_PARAM_LENGTH,
+    routerOptions: { maxParamLength: MAX_PARAM_LENGTH },
     frameworkErrors,
     clientErrorHandler,
   });
