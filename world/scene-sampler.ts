@@ -1,0 +1,90 @@
+/**
+ * Random scenes for a split. Training scenes never contain a held-out colour-shape pair; held-out
+ * scenes contain at least one (the other object, if any, is free). Two objects never overlap: their
+ * bounding squares keep MIN_OBJECT_GAP apart along x or y.
+ */
+import type { RandomGenerator } from "../diffusion/random/index.js";
+import { uniformIntegers } from "../trainer/rng.js";
+import { type ColourShape, HELD_OUT_PAIRS, isHeldOut } from "./held-out.js";
+import {
+  BACKGROUND_COLOUR_NAMES,
+  OBJECT_COLOUR_NAMES,
+  objectBox,
+  POSITION_JITTER,
+  POSITIONS,
+  type Scene,
+  SHAPES,
+  SIZE_JITTER,
+  SIZES,
+  type WorldObject,
+} from "./vocabulary.js";
+
+export const SPLITS = ["train", "held-out"] as const;
+export type Split = (typeof SPLITS)[number];
+
+/** Share of scenes with two objects (the rest have one). */
+export const TWO_OBJECT_PROBABILITY = 0.4;
+/** Least clearance between two objects' bounding squares, fraction of the canvas (about 2.5 px at 64). */
+export const MIN_OBJECT_GAP = 0.04;
+/** Rejection sampling of the second object gives up after this many tries (never reached: left/right always fits). */
+const MAX_PLACEMENT_TRIES = 1000;
+
+const ALL_PAIRS: readonly ColourShape[] = OBJECT_COLOUR_NAMES.flatMap((colour) =>
+  SHAPES.map((shape) => ({ colour, shape })),
+);
+const TRAIN_PAIRS = ALL_PAIRS.filter((pair) => !isHeldOut(pair));
+
+function pick<T>(generator: RandomGenerator, options: readonly T[]): T {
+  return options[uniformIntegers(generator, 1, options.length)[0]];
+}
+
+/** Uniform in [-half, half). */
+function symmetric(generator: RandomGenerator, half: number): number {
+  return (generator.rand([1]).data[0] * 2 - 1) * half;
+}
+
+function placeObject(generator: RandomGenerator, pair: ColourShape): WorldObject {
+  return {
+    ...pair,
+    size: pick(generator, SIZES),
+    position: pick(generator, POSITIONS),
+    offset: { x: symmetric(generator, POSITION_JITTER), y: symmetric(generator, POSITION_JITTER) },
+    scale: 1 + symmetric(generator, SIZE_JITTER),
+  };
+}
+
+/** Whether the two objects' bounding squares keep MIN_OBJECT_GAP apart. */
+export function objectsApart(a: WorldObject, b: WorldObject): boolean {
+  const boxA = objectBox(a);
+  const boxB = objectBox(b);
+  const reach = (boxA.side + boxB.side) / 2 + MIN_OBJECT_GAP;
+  return Math.abs(boxA.x - boxB.x) >= reach || Math.abs(boxA.y - boxB.y) >= reach;
+}
+
+/** One random scene of `split`, drawn from `generator`. */
+export function sampleScene(generator: RandomGenerator, split: Split): Scene {
+  const background = pick(generator, BACKGROUND_COLOUR_NAMES);
+  const count = generator.rand([1]).data[0] < TWO_OBJECT_PROBABILITY ? 2 : 1;
+  // In a held-out scene, this slot holds the held-out pair.
+  const heldOutSlot = uniformIntegers(generator, 1, count)[0];
+  const objects: WorldObject[] = [];
+  for (let slot = 0; slot < count; slot++) {
+    const pairs = split === "train" ? TRAIN_PAIRS : slot === heldOutSlot ? HELD_OUT_PAIRS : ALL_PAIRS;
+    for (let tries = 0; ; tries++) {
+      if (tries === MAX_PLACEMENT_TRIES)
+        throw new Error(`could not place object ${slot + 1} apart from the others after ${tries} tries`);
+      const object = placeObject(generator, pick(generator, pairs));
+      const clashes = objects.some(
+        (other) =>
+          other.position === object.position ||
+          (other.colour === object.colour && other.shape === object.shape) ||
+          !objectsApart(other, object),
+      );
+      if (!clashes) {
+        objects.push(object);
+        break;
+      }
+    }
+  }
+  return { background, objects };
+}
