@@ -26,7 +26,7 @@ export type Split = (typeof SPLITS)[number];
 export const TWO_OBJECT_PROBABILITY = 0.4;
 /** Least clearance between two objects' bounding squares, fraction of the canvas (about 2.5 px at 64). */
 export const MIN_OBJECT_GAP = 0.04;
-/** Rejection sampling of the second object gives up after this many tries (never reached: left/right always fits). */
+/** Rejection sampling gives up after this many tries (never reached: about half of all placements fit). */
 const MAX_PLACEMENT_TRIES = 1000;
 
 const ALL_PAIRS: readonly ColourShape[] = OBJECT_COLOUR_NAMES.flatMap((colour) =>
@@ -67,24 +67,21 @@ export function sampleScene(generator: RandomGenerator, split: Split): Scene {
   const count = generator.rand([1]).data[0] < TWO_OBJECT_PROBABILITY ? 2 : 1;
   // In a held-out scene, this slot holds the held-out pair.
   const heldOutSlot = uniformIntegers(generator, 1, count)[0];
-  const objects: WorldObject[] = [];
-  for (let slot = 0; slot < count; slot++) {
-    const pairs = split === "train" ? TRAIN_PAIRS : slot === heldOutSlot ? HELD_OUT_PAIRS : ALL_PAIRS;
-    for (let tries = 0; ; tries++) {
-      if (tries === MAX_PLACEMENT_TRIES)
-        throw new Error(`could not place object ${slot + 1} apart from the others after ${tries} tries`);
-      const object = placeObject(generator, pick(generator, pairs));
-      const clashes = objects.some(
-        (other) =>
-          other.position === object.position ||
-          (other.colour === object.colour && other.shape === object.shape) ||
-          !objectsApart(other, object),
-      );
-      if (!clashes) {
-        objects.push(object);
-        break;
-      }
+  // Placed together and redrawn together: a large object in the centre leaves no room for a
+  // second one, so redrawing only the second could never end.
+  for (let tries = 0; tries < MAX_PLACEMENT_TRIES; tries++) {
+    const objects: WorldObject[] = [];
+    for (let slot = 0; slot < count; slot++) {
+      const pairs = split === "train" ? TRAIN_PAIRS : slot === heldOutSlot ? HELD_OUT_PAIRS : ALL_PAIRS;
+      objects.push(placeObject(generator, pick(generator, pairs)));
     }
+    const [first, second] = objects;
+    const clash =
+      second !== undefined &&
+      (first.position === second.position ||
+        (first.colour === second.colour && first.shape === second.shape) ||
+        !objectsApart(first, second));
+    if (!clash) return { background, objects };
   }
-  return { background, objects };
+  throw new Error(`could not place ${count} objects apart after ${MAX_PLACEMENT_TRIES} tries`);
 }
