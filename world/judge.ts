@@ -46,6 +46,8 @@ export interface JudgedObject {
 
 export interface Judgement {
   readonly background: Judged<BackgroundColour>;
+  /** Median Lab distance of the border pixels from the background colour (0 when flat). */
+  readonly backgroundNoise: number;
   /** Largest first. */
   readonly objects: readonly JudgedObject[];
 }
@@ -111,6 +113,7 @@ export function judge(image: RgbImage): Judgement {
   });
   return {
     background: backgroundName.distance <= BACKGROUND_TOLERANCE ? backgroundName.name : "unknown",
+    backgroundNoise: background.noise,
     objects,
   };
 }

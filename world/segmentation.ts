@@ -4,7 +4,7 @@
  * (alpha). Alpha undoes the anti-aliasing: a rendered edge pixel is a blend c = a o + (1 - a) b of
  * the object colour o and the background b (librsvg blends in sRGB), so a = (c - b).(o - b) / |o - b|^2.
  */
-import { deltaE, type Lab, type LabCache, type Rgb, rgbToLab } from "./colour.js";
+import { deltaE, type Lab, LabCache, type Rgb, rgbToLab } from "./colour.js";
 import type { RgbImage } from "./rgb-image.js";
 
 /** Width of the border ring the background is read from, pixels. */
@@ -29,6 +29,11 @@ const ALPHA_MARGIN = 1;
 export interface BackgroundEstimate {
   readonly rgb: Rgb;
   readonly lab: Lab;
+  /**
+   * Median Lab distance of the border pixels from `rgb`: 0 for a flat background (also when an
+   * object touches the border), a few units for noise.
+   */
+  readonly noise: number;
 }
 
 export interface Component {
@@ -50,22 +55,23 @@ export interface Component {
 /** Per-channel median of the border ring: objects touching the border do not move it. */
 export function estimateBackground(image: RgbImage): BackgroundEstimate {
   const { width, height, data } = image;
-  const channels: number[][] = [[], [], []];
+  const border: number[] = [];
   for (let y = 0; y < height; y++) {
     for (let x = 0; x < width; x++) {
       const onBorder =
         x < BORDER_WIDTH || y < BORDER_WIDTH || x >= width - BORDER_WIDTH || y >= height - BORDER_WIDTH;
-      if (!onBorder) continue;
-      const i = (y * width + x) * 3;
-      for (let c = 0; c < 3; c++) channels[c].push(data[i + c]);
+      if (onBorder) border.push((y * width + x) * 3);
     }
   }
-  const median = (values: number[]) => {
-    values.sort((a, b) => a - b);
+  const median = (channel: number) => {
+    const values = border.map((i) => data[i + channel]).sort((a, b) => a - b);
     return values[values.length >> 1];
   };
-  const rgb: Rgb = [median(channels[0]), median(channels[1]), median(channels[2])];
-  return { rgb, lab: rgbToLab(rgb) };
+  const rgb: Rgb = [median(0), median(1), median(2)];
+  const lab = rgbToLab(rgb);
+  const labs = new LabCache();
+  const deviations = border.map((i) => deltaE(labs.lab(data[i], data[i + 1], data[i + 2]), lab)).sort((a, b) => a - b);
+  return { rgb, lab, noise: deviations[deviations.length >> 1] };
 }
 
 /** Distance of every pixel from the background, CIE76. */

@@ -15,6 +15,9 @@
  *             greatest value this many times upwards: circle 0 (when its relief is under
  *             FLAT_RELIEF), triangle 3, square and cross 4, star 5
  *   relief    1 - least / greatest radius of that profile: circle 0, square 0.29, star and cross ~0.5
+ *   edgeWidth pixels of partial coverage (EDGE_COVERAGE) per pixel of outline: how many pixels an
+ *             edge takes to go from background to object; anti-aliased renders measure under 1,
+ *             a blur widens it
  */
 import type { Component } from "./segmentation.js";
 
@@ -30,7 +33,11 @@ export interface ShapeFeatures {
   readonly aspect: number;
   readonly lobes: number;
   readonly relief: number;
+  readonly edgeWidth: number;
 }
+
+/** Coverage counted as a partly covered edge pixel (the margins keep noise in flat areas out). */
+const EDGE_COVERAGE = { min: 0.15, max: 0.85 } as const;
 
 /** Rays of the radial profile: 5 degrees apart, several per lobe of the star even at 64 px. */
 const RAYS = 72;
@@ -157,6 +164,23 @@ function lobes(raw: Float64Array): { lobes: number; relief: number } {
   return { lobes: count, relief };
 }
 
+/** Inside pixels (coverage >= 1/2) with a 4-neighbour outside: the outline's length in pixels. */
+function outlinePixels(alpha: Component["alpha"]): number {
+  let count = 0;
+  for (let y = 0; y < alpha.h; y++) {
+    for (let x = 0; x < alpha.w; x++) {
+      if (pixelCoverage(alpha, x, y) < INSIDE) continue;
+      const edge =
+        pixelCoverage(alpha, x - 1, y) < INSIDE ||
+        pixelCoverage(alpha, x + 1, y) < INSIDE ||
+        pixelCoverage(alpha, x, y - 1) < INSIDE ||
+        pixelCoverage(alpha, x, y + 1) < INSIDE;
+      if (edge) count++;
+    }
+  }
+  return count;
+}
+
 export function shapeFeatures(component: Component): ShapeFeatures {
   const { x0, y0, w, h, data } = component.alpha;
   const columns = new Float32Array(w);
@@ -185,6 +209,9 @@ export function shapeFeatures(component: Component): ShapeFeatures {
     // Only the outer corners of each row's first and last inside pixel can be on the hull.
     if (rowStart >= 0) corners.push([rowStart, y], [rowStart, y + 1], [rowEnd + 1, y], [rowEnd + 1, y + 1]);
   }
+  const outline = outlinePixels(component.alpha);
+  let partial = 0;
+  for (const a of data) if (a > EDGE_COVERAGE.min && a < EDGE_COVERAGE.max) partial++;
   const xs = extent(columns, x0);
   const ys = extent(rows, y0);
   const width = xs.end - xs.start;
@@ -207,5 +234,6 @@ export function shapeFeatures(component: Component): ShapeFeatures {
         ? Math.max(width, height) / Math.min(width, height)
         : Number.POSITIVE_INFINITY,
     ...profile,
+    edgeWidth: outline > 0 ? partial / outline : Number.POSITIVE_INFINITY,
   };
 }
