@@ -70,7 +70,9 @@ export function estimateBackground(image: RgbImage): BackgroundEstimate {
   const rgb: Rgb = [median(0), median(1), median(2)];
   const lab = rgbToLab(rgb);
   const labs = new LabCache();
-  const deviations = border.map((i) => deltaE(labs.lab(data[i], data[i + 1], data[i + 2]), lab)).sort((a, b) => a - b);
+  const deviations = border
+    .map((i) => deltaE(labs.lab(data[i], data[i + 1], data[i + 2]), lab))
+    .sort((a, b) => a - b);
   return { rgb, lab, noise: deviations[deviations.length >> 1] };
 }
 
