@@ -46,7 +46,7 @@ export interface JudgedObject {
 
 export interface Judgement {
   readonly background: Judged<BackgroundColour>;
-  /** Median Lab distance of the border pixels from the background colour (0 when flat). */
+  /** Median RGB distance (0-255 units) of the border pixels from the background colour (0 when flat). */
   readonly backgroundNoise: number;
   /** Largest first. */
   readonly objects: readonly JudgedObject[];

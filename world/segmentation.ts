@@ -4,7 +4,7 @@
  * (alpha). Alpha undoes the anti-aliasing: a rendered edge pixel is a blend c = a o + (1 - a) b of
  * the object colour o and the background b (librsvg blends in sRGB), so a = (c - b).(o - b) / |o - b|^2.
  */
-import { deltaE, type Lab, LabCache, type Rgb, rgbToLab } from "./colour.js";
+import { deltaE, type Lab, type LabCache, type Rgb, rgbToLab } from "./colour.js";
 import type { RgbImage } from "./rgb-image.js";
 
 /** Width of the border ring the background is read from, pixels. */
@@ -30,8 +30,9 @@ export interface BackgroundEstimate {
   readonly rgb: Rgb;
   readonly lab: Lab;
   /**
-   * Median Lab distance of the border pixels from `rgb`: 0 for a flat background (also when an
-   * object touches the border), a few units for noise.
+   * Median RGB distance (0-255 units) of the border pixels from `rgb`: 0 for a flat background
+   * (also when an object touches the border), about 1.5 sigma for Gaussian noise of sigma per
+   * channel. RGB, not Lab: Lab shrinks noise on dark backgrounds that a viewer still sees.
    */
   readonly noise: number;
 }
@@ -69,9 +70,8 @@ export function estimateBackground(image: RgbImage): BackgroundEstimate {
   };
   const rgb: Rgb = [median(0), median(1), median(2)];
   const lab = rgbToLab(rgb);
-  const labs = new LabCache();
   const deviations = border
-    .map((i) => deltaE(labs.lab(data[i], data[i + 1], data[i + 2]), lab))
+    .map((i) => Math.hypot(data[i] - rgb[0], data[i + 1] - rgb[1], data[i + 2] - rgb[2]))
     .sort((a, b) => a - b);
   return { rgb, lab, noise: deviations[deviations.length >> 1] };
 }

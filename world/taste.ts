@@ -37,8 +37,8 @@ export const SIZE_SCALE = 0.3;
 export const FULL_CONTRAST = 90;
 /** Edge width (partial pixels per outline pixel) of a sharp edge; clean renders measure 0.5-0.9. */
 export const CRISP_EDGE_WIDTH = 1;
-/** Median Lab deviation of the border at which the clean term falls to 1/e. */
-export const NOISE_SCALE = 5;
+/** Median RGB deviation of the border at which the clean term falls to 1/e (Gaussian noise of sigma 5 per channel). */
+export const NOISE_SCALE = 8;
 
 export interface AestheticTerms {
   readonly placement: number;
