@@ -4,7 +4,7 @@
  * relation. Every caption is true of its scene; what it leaves out is free.
  */
 import type { RandomGenerator } from "../diffusion/random/index.js";
-import { uniformIntegers } from "../trainer/rng.js";
+import { chance, pick } from "./draws.js";
 import {
   article,
   BACKGROUND_FORMS,
@@ -30,14 +30,6 @@ export const CAPTION_ODDS = {
   relation: 0.5,
   background: 0.5,
 } as const;
-
-function pick<T>(generator: RandomGenerator, options: readonly T[]): T {
-  return options[uniformIntegers(generator, 1, options.length)[0]];
-}
-
-function chance(generator: RandomGenerator, probability: number): boolean {
-  return generator.rand([1]).data[0] < probability;
-}
 
 function objectPhrase(
   generator: RandomGenerator,

@@ -4,7 +4,7 @@
  * bounding squares keep MIN_OBJECT_GAP apart along x or y.
  */
 import type { RandomGenerator } from "../diffusion/random/index.js";
-import { uniformIntegers } from "../trainer/rng.js";
+import { chance, pick, symmetric } from "./draws.js";
 import { type ColourShape, HELD_OUT_PAIRS, isHeldOut } from "./held-out.js";
 import {
   BACKGROUND_COLOUR_NAMES,
@@ -34,15 +34,6 @@ const ALL_PAIRS: readonly ColourShape[] = OBJECT_COLOUR_NAMES.flatMap((colour) =
 );
 const TRAIN_PAIRS = ALL_PAIRS.filter((pair) => !isHeldOut(pair));
 
-function pick<T>(generator: RandomGenerator, options: readonly T[]): T {
-  return options[uniformIntegers(generator, 1, options.length)[0]];
-}
-
-/** Uniform in [-half, half). */
-function symmetric(generator: RandomGenerator, half: number): number {
-  return (generator.rand([1]).data[0] * 2 - 1) * half;
-}
-
 function placeObject(generator: RandomGenerator, pair: ColourShape): WorldObject {
   return {
     ...pair,
@@ -64,9 +55,9 @@ export function objectsApart(a: WorldObject, b: WorldObject): boolean {
 /** One random scene of `split`, drawn from `generator`. */
 export function sampleScene(generator: RandomGenerator, split: Split): Scene {
   const background = pick(generator, BACKGROUND_COLOUR_NAMES);
-  const count = generator.rand([1]).data[0] < TWO_OBJECT_PROBABILITY ? 2 : 1;
+  const count = chance(generator, TWO_OBJECT_PROBABILITY) ? 2 : 1;
   // In a held-out scene, this slot holds the held-out pair.
-  const heldOutSlot = uniformIntegers(generator, 1, count)[0];
+  const heldOutSlot = pick(generator, count === 2 ? [0, 1] : [0]);
   // Placed together and redrawn together: a large object in the centre leaves no room for a
   // second one, so redrawing only the second could never end.
   for (let tries = 0; tries < MAX_PLACEMENT_TRIES; tries++) {
