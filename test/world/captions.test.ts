@@ -2,12 +2,7 @@ import { describe, expect, it } from "vitest";
 import { CaptionParseError, parseCaption } from "../../world/caption-parser.js";
 import { worldCaptions } from "../../world/dataset.js";
 import { relationBetween } from "../../world/grammar.js";
-
-function take<T>(iterator: Iterator<T>, count: number): T[] {
-  const out: T[] = [];
-  for (let i = 0; i < count; i++) out.push(iterator.next().value as T);
-  return out;
-}
+import { take } from "./take.js";
 
 describe("world captions", () => {
   it("parses the issue's examples", () => {

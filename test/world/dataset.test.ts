@@ -13,16 +13,11 @@ import {
   SHAPES,
   SIZES,
 } from "../../world/vocabulary.js";
+import { take } from "./take.js";
 
 async function collect(stream: AsyncIterable<{ caption: string; image: { data: Uint8Array } }>) {
   const out: { caption: string; data: Uint8Array }[] = [];
   for await (const sample of stream) out.push({ caption: sample.caption, data: sample.image.data });
-  return out;
-}
-
-function take<T>(iterator: Iterator<T>, count: number): T[] {
-  const out: T[] = [];
-  for (let i = 0; i < count; i++) out.push(iterator.next().value as T);
   return out;
 }
 
