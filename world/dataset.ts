@@ -36,7 +36,7 @@ export const RENDER_BATCH = 16;
 
 /**
  * Offsets of the generator seeds from the user's seed, one per split and purpose; fixed forever (a
- * change would change every dataset). Far apart so seeds 0, 1, 2, ... never share a stream.
+ * change would change every dataset). 2^40 apart, so no two seeds under 2^40 share a stream.
  */
 const STREAM_OFFSETS: Readonly<Record<Split, { readonly scenes: bigint; readonly captions: bigint }>> = {
   train: { scenes: 0n, captions: 1n << 40n },

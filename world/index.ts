@@ -32,6 +32,7 @@ export { renderScene, sceneSvg } from "./render.js";
 export {
   decodeRgbImage,
   encodePng,
+  pixelsFromRgbImage,
   type RgbImage,
   rgbImage,
   rgbImageFromPixels,

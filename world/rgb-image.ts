@@ -1,11 +1,11 @@
 /**
  * The world's image type: interleaved 8-bit RGB, row-major, what sharp's raw output and a PNG hold.
- * The judge reads it; `readRgbImage` turns encoded bytes (PNG, JPEG, WebP) or a pipeline's pixel
- * tensor into one.
+ * The judge reads it; `decodeRgbImage` and `rgbImageFromPixels` make one from encoded bytes (PNG,
+ * JPEG, WebP) or a pipeline's output tensor, `pixelsFromRgbImage` turns one into a model input.
  */
 import sharp from "sharp";
 import { MAX_INPUT_PIXELS, toRgbBytes } from "../diffusion/pipelines/image-io.js";
-import type { Float32Tensor } from "../diffusion/tensor.js";
+import { type Float32Tensor, Tensor } from "../diffusion/tensor.js";
 
 export interface RgbImage {
   readonly width: number;
@@ -51,6 +51,19 @@ export async function decodeRgbImage(bytes: Uint8Array): Promise<RgbImage> {
 export function rgbImageFromPixels(pixels: Float32Tensor): RgbImage {
   const { data, width, height } = toRgbBytes(pixels);
   return rgbImage(width, height, data);
+}
+
+/**
+ * The image as a model input, [1, 3, H, W] in [-1, 1] (x / 255 * 2 - 1, as `decodeImage` in
+ * diffusion/pipelines/image-io.ts gives for a PNG), for training on the world's samples.
+ */
+export function pixelsFromRgbImage(image: RgbImage): Float32Tensor {
+  const plane = image.width * image.height;
+  const out = new Float32Array(3 * plane);
+  for (let p = 0; p < plane; p++) {
+    for (let c = 0; c < 3; c++) out[c * plane + p] = Math.fround(image.data[p * 3 + c] / 255) * 2 - 1;
+  }
+  return new Tensor("float32", [1, 3, image.height, image.width], out);
 }
 
 /** Encode as PNG (for writing samples to disk). */
