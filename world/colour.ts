@@ -62,20 +62,24 @@ export class LabCache {
   }
 }
 
-/** The entry of `palette` nearest to `lab`, with its distance. */
+/** The entry of `palette` nearest to `lab`, its distance, and the distance of the next nearest. */
 export function nearestColour<Name extends string>(
   lab: Lab,
   palette: Readonly<Record<Name, Rgb>>,
-): { readonly name: Name; readonly distance: number } {
+): { readonly name: Name; readonly distance: number; readonly runnerUp: number } {
   let best: Name | undefined;
   let bestDistance = Number.POSITIVE_INFINITY;
+  let runnerUp = Number.POSITIVE_INFINITY;
   for (const name of Object.keys(palette) as Name[]) {
     const distance = deltaE(lab, rgbToLab(palette[name]));
     if (distance < bestDistance) {
+      runnerUp = bestDistance;
       best = name;
       bestDistance = distance;
+    } else if (distance < runnerUp) {
+      runnerUp = distance;
     }
   }
   if (best === undefined) throw new RangeError("nearestColour needs a non-empty palette");
-  return { name: best, distance: bestDistance };
+  return { name: best, distance: bestDistance, runnerUp };
 }

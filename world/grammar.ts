@@ -41,7 +41,7 @@ export const BACKGROUND_WORDS: Readonly<Record<BackgroundColour, readonly string
   black: ["black"],
   grey: ["grey", "gray"],
   navy: ["navy"],
-  beige: ["beige"],
+  maroon: ["maroon"],
 };
 
 export const POSITION_PHRASES: Readonly<Record<Position, readonly string[]>> = {

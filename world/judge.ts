@@ -6,7 +6,7 @@
  *     colour in Lab (unknown beyond BACKGROUND_TOLERANCE).
  *  2. Objects: connected components of the pixels far from the background (segmentation.ts); each
  *     component's colour is the mean of its core, named by the nearest object colour in Lab
- *     (unknown beyond COLOUR_TOLERANCE).
+ *     (unknown when far from every palette colour or about as near to two: COLOUR_TOLERANCE).
  *  3. Shape from geometric features of the component's coverage map (shape-classifier.ts).
  *  4. Size from the longer side of its box against the canvas, position from its box centre against
  *     the five anchors; unknown when outside the ranges below.
@@ -52,10 +52,16 @@ export interface Judgement {
   readonly objects: readonly JudgedObject[];
 }
 
-/** A measured background farther than this (CIE76) from every background colour is unknown. */
+/** A measured background farther than this (CIE76) from every background colour is unknown; backgrounds are >= 41 apart. */
 export const BACKGROUND_TOLERANCE = 20;
-/** An object colour farther than this from every palette colour is unknown (palette entries are >= 44 apart). */
-export const COLOUR_TOLERANCE = 22;
+/**
+ * An object colour is named when it is within this distance of its nearest palette colour and
+ * clearly nearer to it than to the next (at most COLOUR_AMBIGUITY times the runner-up's distance);
+ * otherwise it is unknown. Palette entries are at least 44 apart, so a colour that drifted up to
+ * about 20 units is still named, one halfway between two is not.
+ */
+export const COLOUR_TOLERANCE = 30;
+export const COLOUR_AMBIGUITY = 0.7;
 /**
  * Extents (longer side / canvas side) read as each size. Renders measure 0.18-0.24 (small) and
  * 0.31-0.40 (large); the boundary is their geometric mean, and anything far outside is unknown.
@@ -89,6 +95,11 @@ function judgePosition(x: number, y: number): Judged<Position> {
   return bestDistance <= POSITION_TOLERANCE ? best : "unknown";
 }
 
+function colourName(nearest: ReturnType<typeof nearestColour<ObjectColour>>): Judged<ObjectColour> {
+  const clear = nearest.distance <= COLOUR_AMBIGUITY * nearest.runnerUp;
+  return nearest.distance <= COLOUR_TOLERANCE && clear ? nearest.name : "unknown";
+}
+
 /** Describe the scene in `image` (see the file comment). */
 export function judge(image: RgbImage): Judgement {
   const labs = new LabCache();
@@ -102,7 +113,7 @@ export function judge(image: RgbImage): Judgement {
     const centre = { x: features.centreX / image.width, y: features.centreY / image.height };
     return {
       shape: classifyShape(features),
-      colour: colour.distance <= COLOUR_TOLERANCE ? colour.name : "unknown",
+      colour: colourName(colour),
       size: judgeSize(extent),
       position: judgePosition(centre.x, centre.y),
       centre,

@@ -1,6 +1,6 @@
 /**
  * Shape names from features (shape-features.ts). The lobe count of the radial profile tells the
- * shapes apart on its own (circle 0, triangle 3, square and cross 4, star 5), solidity splits the
+ * shapes apart on its own (circle 0, triangle 3, square and cross 4, star 5), relief splits the
  * square from the cross; the other features must also fall in each shape's plausible range, or the
  * answer is "unknown": a blob, a smear or a half-drawn shape is not called a circle.
  *
@@ -17,17 +17,48 @@ interface Range {
 
 interface ShapeRule {
   readonly lobes: number;
+  readonly relief: Range;
   readonly fill: Range;
   readonly solidity: Range;
 }
 
-/** Clean renders measure: circle fill 0.78-0.80, square 1.0, triangle 0.52-0.57, star 0.41-0.49, cross 0.55-0.56. */
+/**
+ * Clean renders at 64 px measure: fill circle 0.78-0.80, square 1.0, triangle 0.52-0.57, star
+ * 0.41-0.49, cross 0.55-0.56; relief square 0.25-0.30, the others 0.46-0.56, circle under 0.04.
+ * Relief (rotation-invariant: 1 - 1/sqrt 2 for any square) splits the square from the cross; the
+ * fill ranges also admit shapes turned by up to about 20 degrees, which a generator may draw.
+ */
 export const SHAPE_RULES: Readonly<Record<Shape, ShapeRule>> = {
-  circle: { lobes: 0, fill: { min: 0.55, max: 0.9 }, solidity: { min: 0.8, max: 1.05 } },
-  square: { lobes: 4, fill: { min: 0.7, max: 1.05 }, solidity: { min: 0.9, max: 1.05 } },
-  triangle: { lobes: 3, fill: { min: 0.35, max: 0.68 }, solidity: { min: 0.8, max: 1.05 } },
-  star: { lobes: 5, fill: { min: 0.25, max: 0.6 }, solidity: { min: 0.45, max: 0.92 } },
-  cross: { lobes: 4, fill: { min: 0.35, max: 0.68 }, solidity: { min: 0.6, max: 0.89 } },
+  circle: {
+    lobes: 0,
+    relief: { min: 0, max: 0.12 },
+    fill: { min: 0.55, max: 0.9 },
+    solidity: { min: 0.8, max: 1.05 },
+  },
+  square: {
+    lobes: 4,
+    relief: { min: 0.15, max: 0.37 },
+    fill: { min: 0.45, max: 1.05 },
+    solidity: { min: 0.82, max: 1.05 },
+  },
+  triangle: {
+    lobes: 3,
+    relief: { min: 0.3, max: 0.7 },
+    fill: { min: 0.35, max: 0.68 },
+    solidity: { min: 0.8, max: 1.05 },
+  },
+  star: {
+    lobes: 5,
+    relief: { min: 0.25, max: 0.7 },
+    fill: { min: 0.25, max: 0.6 },
+    solidity: { min: 0.45, max: 0.92 },
+  },
+  cross: {
+    lobes: 4,
+    relief: { min: 0.37, max: 0.7 },
+    fill: { min: 0.3, max: 0.68 },
+    solidity: { min: 0.55, max: 0.89 },
+  },
 };
 
 /** Longer over shorter side beyond which nothing is a shape of the world (all are about 1). */
@@ -45,7 +76,7 @@ export function classifyShape(features: ShapeFeatures): Shape | "unknown" {
       within(features.solidity, rule.solidity)
     );
   });
-  // The square and cross ranges are disjoint in solidity where their fills overlap, so at most one
-  // matches; two would be a contradiction, and is reported as unknown.
+  // The square and cross relief ranges only touch at 0.37, so at most one matches; two would be a
+  // contradiction, and is reported as unknown.
   return matches.length === 1 ? matches[0] : "unknown";
 }

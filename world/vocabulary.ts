@@ -26,16 +26,17 @@ export type ObjectColour = keyof typeof OBJECT_COLOURS;
 export const OBJECT_COLOUR_NAMES = Object.keys(OBJECT_COLOURS) as ObjectColour[];
 
 /**
- * Background colours, sRGB. None is an object colour, and every object colour is at least
- * MIN_BACKGROUND_CONTRAST from every background (the closest: cyan on white or grey, 44-46), so
- * every combination may be drawn; a test checks it.
+ * Background colours, sRGB. None is an object colour; every pair is at least 41 CIE76 units apart
+ * (black and navy), so the judge names a background even when a generator's colours drift; and every
+ * object colour is at least MIN_BACKGROUND_CONTRAST from every background (the closest: cyan on grey,
+ * 44), so every combination may be drawn. A test checks both.
  */
 export const BACKGROUND_COLOURS = {
   white: [255, 255, 255],
   black: [0, 0, 0],
   grey: [128, 128, 128],
   navy: [25, 35, 90],
-  beige: [235, 225, 200],
+  maroon: [100, 20, 40],
 } as const satisfies Record<string, Rgb>;
 export type BackgroundColour = keyof typeof BACKGROUND_COLOURS;
 export const BACKGROUND_COLOUR_NAMES = Object.keys(BACKGROUND_COLOURS) as BackgroundColour[];

@@ -35,6 +35,16 @@ describe("world palette", () => {
     }
   });
 
+  it("keeps backgrounds apart from each other", () => {
+    for (const a of BACKGROUND_COLOUR_NAMES)
+      for (const b of BACKGROUND_COLOUR_NAMES)
+        if (a !== b)
+          expect(
+            deltaE(rgbToLab(BACKGROUND_COLOURS[a]), rgbToLab(BACKGROUND_COLOURS[b])),
+            `${a}, ${b}`,
+          ).toBeGreaterThan(40);
+  });
+
   it("holds out one colour-shape pair per shape, each in another colour", () => {
     expect(HELD_OUT_PAIRS.map((pair) => pair.shape).sort()).toEqual([...SHAPES].sort());
     expect(new Set(HELD_OUT_PAIRS.map((pair) => pair.colour)).size).toBe(HELD_OUT_PAIRS.length);

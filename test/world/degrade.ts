@@ -18,3 +18,34 @@ export function noisy(image: RgbImage, sigma: number, seed: number): RgbImage {
   const data = image.data.map((value, i) => Math.max(0, Math.min(255, Math.round(value + sigma * noise[i]))));
   return rgbImage(image.width, image.height, data);
 }
+
+/** Turned by `degrees` about the canvas centre, the corners filled with `fill` (sharp's rotate, then the centre cut back out). */
+export async function rotated(
+  image: RgbImage,
+  degrees: number,
+  fill: readonly [number, number, number],
+): Promise<RgbImage> {
+  const raw = { width: image.width, height: image.height, channels: 3 } as const;
+  const turned = await sharp(image.data, { raw })
+    .rotate(degrees, { background: { r: fill[0], g: fill[1], b: fill[2] } })
+    .raw()
+    .toBuffer({ resolveWithObject: true });
+  const { width, height } = turned.info;
+  const data = await sharp(turned.data, { raw: { width, height, channels: 3 } })
+    .extract({
+      left: (width - image.width) >> 1,
+      top: (height - image.height) >> 1,
+      width: image.width,
+      height: image.height,
+    })
+    .raw()
+    .toBuffer();
+  return rgbImage(image.width, image.height, new Uint8Array(data));
+}
+
+/** Every pixel's colour drifted by `shift` (0-255 units): red up, green down, blue up by half, clamped. */
+export function tinted(image: RgbImage, shift: number): RgbImage {
+  const drift = [shift, -shift, shift / 2];
+  const data = image.data.map((value, i) => Math.max(0, Math.min(255, Math.round(value + drift[i % 3]))));
+  return rgbImage(image.width, image.height, data);
+}

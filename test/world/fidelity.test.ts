@@ -54,7 +54,7 @@ describe("world fidelity", () => {
   });
 
   it("matches objects in any order, checks relations, and dilutes extra objects", async () => {
-    const two = await renderScene({ background: "beige", objects: [redCircleLeft, blueStarRight] }, 64);
+    const two = await renderScene({ background: "maroon", objects: [redCircleLeft, blueStarRight] }, 64);
     expect(fidelity("a blue star on the right and a red circle on the left", two).score).toBe(1);
     expect(fidelity("a red circle to the left of a blue star", two).score).toBe(1);
     const wrongWay = fidelity("a red circle to the right of a blue star", two);
@@ -63,7 +63,7 @@ describe("world fidelity", () => {
     // One object asked, two found: all points met, halved by the extra object.
     expect(fidelity("a red circle on the left", two).score).toBeCloseTo(1 / 2, 12);
     // Two asked, one found: the missing object's two points are lost.
-    const one = await renderScene({ background: "beige", objects: [greenSquareTop] }, 64);
+    const one = await renderScene({ background: "maroon", objects: [greenSquareTop] }, 64);
     const missing = fidelity("a green square at the top and a red circle on the left", one);
     expect(missing.score).toBeCloseTo(3 / 6, 12);
     expect(missing.objects).toEqual({ asked: 2, found: 1 });

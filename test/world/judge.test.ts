@@ -5,8 +5,8 @@ import { type Judgement, judge, judgeImage } from "../../world/judge.js";
 import { renderScene } from "../../world/render.js";
 import { encodePng, type RgbImage, rgbImage } from "../../world/rgb-image.js";
 import type { Split } from "../../world/scene-sampler.js";
-import type { Scene } from "../../world/vocabulary.js";
-import { blurred, noisy } from "./degrade.js";
+import { BACKGROUND_COLOURS, type Scene } from "../../world/vocabulary.js";
+import { blurred, noisy, rotated, tinted } from "./degrade.js";
 
 /** Every object's shape, colour, size and position, and the background, in a canonical order. */
 function describeScene(scene: Scene): string {
@@ -55,6 +55,24 @@ describe("world judge", () => {
     expect(blur.share, blur.misses.join("\n")).toBeGreaterThanOrEqual(0.97);
     expect(noise.share, noise.misses.join("\n")).toBeGreaterThanOrEqual(0.97);
     expect(both.share, both.misses.join("\n")).toBeGreaterThanOrEqual(0.97);
+  });
+
+  it("reads shapes turned by 10 degrees and colours drifted by 15 levels, as a generator may draw them", async () => {
+    const shapesAndColours = (judgement: Judgement, scene: Scene) =>
+      judgement.objects.length === scene.objects.length &&
+      scene.objects.every((o) =>
+        judgement.objects.some((seen) => seen.shape === o.shape && seen.colour === o.colour),
+      );
+    let turnedRight = 0;
+    let tintedRight = 0;
+    const count = 150;
+    for await (const sample of worldSamples({ seed: 107, split: "train", count })) {
+      const turned = await rotated(sample.image, 10, BACKGROUND_COLOURS[sample.scene.background]);
+      if (shapesAndColours(judge(turned), sample.scene)) turnedRight++;
+      if (shapesAndColours(judge(tinted(sample.image, 15)), sample.scene)) tintedRight++;
+    }
+    expect(turnedRight / count).toBeGreaterThanOrEqual(0.97);
+    expect(tintedRight / count).toBeGreaterThanOrEqual(0.97);
   });
 
   it("reads other canvas sizes", async () => {

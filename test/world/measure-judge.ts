@@ -8,10 +8,10 @@ import { worldSamples } from "../../world/dataset.js";
 import { judge } from "../../world/judge.js";
 import type { RgbImage } from "../../world/rgb-image.js";
 import type { Split } from "../../world/scene-sampler.js";
-import type { Scene } from "../../world/vocabulary.js";
-import { blurred, noisy } from "./degrade.js";
+import { BACKGROUND_COLOURS, type Scene } from "../../world/vocabulary.js";
+import { blurred, noisy, rotated, tinted } from "./degrade.js";
 
-type Degrade = (image: RgbImage, index: number) => Promise<RgbImage> | RgbImage;
+type Degrade = (image: RgbImage, index: number, scene: Scene) => Promise<RgbImage> | RgbImage;
 
 function key(
   objects: readonly { size: string; colour: string; shape: string; position: string }[],
@@ -33,7 +33,7 @@ async function measure(
   let exact = 0;
   const attributeMisses = { shape: 0, colour: 0, size: 0, position: 0, count: 0, background: 0 };
   for await (const sample of worldSamples({ seed: 1000, split, count, size })) {
-    const judgement = judge(await degrade(sample.image, sample.index));
+    const judgement = judge(await degrade(sample.image, sample.index, sample.scene));
     const scene: Scene = sample.scene;
     if (key(judgement.objects, judgement.background) === key(scene.objects, scene.background)) {
       exact++;
@@ -79,3 +79,11 @@ await measure("noise sigma 10", "train", count / 5, 64, (image, i) => noisy(imag
 await measure("blur 0.8 + noise 4", "train", count / 5, 64, async (image, i) =>
   noisy(await blurred(image, 0.8), 4, i),
 );
+await measure("turned 10 degrees", "train", count / 5, 64, (image, _i, scene) =>
+  rotated(image, 10, BACKGROUND_COLOURS[scene.background]),
+);
+await measure("turned 20 degrees", "train", count / 5, 64, (image, _i, scene) =>
+  rotated(image, 20, BACKGROUND_COLOURS[scene.background]),
+);
+await measure("colours drifted 15", "train", count / 5, 64, (image) => tinted(image, 15));
+await measure("colours drifted 25", "train", count / 5, 64, (image) => tinted(image, 25));

@@ -74,16 +74,17 @@ describe("world taste", () => {
     expect(offCentre.reward).toBeGreaterThan(left.reward);
     const small = taste(caption, await render({ background: "white", objects: [object({ size: "small" })] }));
     expect(small.terms.size).toBeLessThan(centred.terms.size);
-    // Pink on beige (Lab distance 60) has less contrast than pink on black (86).
-    const pinkOnBeige = taste(
-      "a pink circle",
-      await render({ background: "beige", objects: [object({ colour: "pink" })] }),
+    // Cyan on white (Lab distance 46) has less contrast than cyan on black (83).
+    const onWhite = taste(
+      "a cyan circle",
+      await render({ background: "white", objects: [object({ colour: "cyan" })] }),
     );
-    const pinkOnBlack = taste(
-      "a pink circle",
-      await render({ background: "black", objects: [object({ colour: "pink" })] }),
+    const onBlack = taste(
+      "a cyan circle",
+      await render({ background: "black", objects: [object({ colour: "cyan" })] }),
     );
-    expect(pinkOnBeige.terms.contrast).toBeLessThan(pinkOnBlack.terms.contrast);
+    expect(onWhite.terms.contrast).toBeCloseTo(46 / 90, 1);
+    expect(onBlack.terms.contrast).toBeCloseTo(83 / 90, 1);
     // An asked position moves the ideal spot there.
     const asked = taste(
       "a red circle on the left",
