@@ -3,9 +3,9 @@
  * with random weights, each stage timed on its own session, interleaved with matmul bursts:
  * - each stage's MAC rate as a fraction of the matmul rate, round by round (the VAE decode's
  *   target: at least 40%);
- * - each stage's share of a text-to-image generation of STEPS steps with guidance (text encoding
- *   of 2 prompts, STEPS UNet steps at batch 2, one VAE decode, the host work after it), and the
- *   VAE encode an image-to-image request adds;
+ * - each stage's share of a text-to-image generation of GENERATION_STEPS steps with guidance
+ *   (text encoding of 2 prompts, that many UNet steps at batch 2, one VAE decode, the host work
+ *   after it), and the VAE encode an image-to-image request adds;
  * - the speed against diffusers. diffusers cannot be installed here, so it is estimated from the
  *   one ratio issue 17 measured on the same kind of machine: PyTorch ran the UNet step
  *   DIFFUSERS_UNET_SLOWDOWN times slower. Assuming PyTorch runs every stage at its UNet's MAC rate,
@@ -48,12 +48,12 @@ const SIZE = 512;
 const SDXL_SIZE = 1024;
 const VAE_SCALE = 8;
 /** Steps the shares are taken over: a usual count for the fast samplers (as engine-e2e). */
-const STEPS = 20;
+export const GENERATION_STEPS = 20;
 /** The issue's targets. */
 export const VAE_DECODE_TARGET_FRACTION = 0.4;
 export const DIFFUSERS_SPEEDUP_TARGET = 1.5;
 /** Issue 17: one SD1.5 UNet step (batch 2, 64x64, fp32) took 2.3-2.4x longer in PyTorch. */
-const DIFFUSERS_UNET_SLOWDOWN = 2.35;
+export const DIFFUSERS_UNET_SLOWDOWN = 2.35;
 /**
  * A 512 px decode is ~1.3 TMAC and the whole round ~2.7 TMAC: one untimed round (arena growth,
  * prepacking), then few timed ones, so that a run stays within minutes on a busy 2-core machine.
@@ -68,7 +68,7 @@ const PROFILE_WARMUP = 1;
 const BOS = 49406;
 const EOS = 49407;
 
-type Stage = "text" | "unet" | "decode" | "host" | "encode";
+export type Stage = "text" | "unet" | "decode" | "host" | "encode";
 const STAGES: readonly Stage[] = ["text", "unet", "decode", "host", "encode"];
 const STAGE_NAMES: Readonly<Record<Stage, string>> = {
   text: `text encoding (batch ${CFG_BATCH})`,
@@ -78,7 +78,12 @@ const STAGE_NAMES: Readonly<Record<Stage, string>> = {
   encode: `VAE encode (${SIZE} px, image-to-image only)`,
 };
 /** Stages of a text-to-image generation and how many times each runs in one. */
-const GENERATION: Readonly<Partial<Record<Stage, number>>> = { text: 1, unet: STEPS, decode: 1, host: 1 };
+const GENERATION: Readonly<Partial<Record<Stage, number>>> = {
+  text: 1,
+  unet: GENERATION_STEPS,
+  decode: 1,
+  host: 1,
+};
 
 /** A session of a benchmark graph with its feeds, the MACs of one run and its load time. */
 interface StageSession {
@@ -155,7 +160,7 @@ async function hostWork(decoded: Float32Array, shape: readonly number[]): Promis
   const pixels = toUnitRange(new Tensor("float32", [...shape], copy));
   const parameters = formatParameters({
     prompt: "a benchmark",
-    steps: STEPS,
+    steps: GENERATION_STEPS,
     guidanceScale: 7.5,
     width: SIZE,
     height: SIZE,
@@ -176,6 +181,60 @@ interface StageFigures {
   readonly macs: Readonly<Record<Stage, number>>;
   readonly loadMs: Readonly<Record<Exclude<Stage, "host">, number>>;
   readonly peakRssBytes: number;
+}
+
+export type GenerationFigures = Pick<StageFigures, "times" | "fractions" | "shares" | "speedup">;
+
+/**
+ * The figures of interleaved rounds: `times` holds each stage's and the matmul bursts'
+ * milliseconds in round order, `macs` each stage's work per run (0: no MACs, the host work).
+ */
+export function generationFigures(
+  times: ReadonlyMap<string, readonly number[]>,
+  macs: Readonly<Record<Stage, number>>,
+  matmulMacs: number,
+): GenerationFigures {
+  const stageTimes = (s: Stage | "matmul") => {
+    const t = times.get(s);
+    if (!t) throw new BenchError(`generation: no times for ${s}`);
+    return t;
+  };
+  const matmul = stageTimes("matmul");
+  const fractions: Partial<Record<Stage, Summary>> = {};
+  for (const s of STAGES) {
+    if (macs[s] === 0) continue;
+    fractions[s] = summarize(
+      stageTimes(s).map((t, i) => macs[s] / t / (matmulMacs / matmul[i])),
+      `${s} fraction of matmul rate`,
+    );
+  }
+  const inGeneration = Object.entries(GENERATION) as Array<[Stage, number]>;
+  const generationMs = matmul.map((_, i) => inGeneration.reduce((a, [s, n]) => a + n * stageTimes(s)[i], 0));
+  const shares = Object.fromEntries(
+    STAGES.map((s) => {
+      const perRound = stageTimes(s).map((t, i) => {
+        // The encode is what an image-to-image request adds to the generation.
+        const total = s === "encode" ? generationMs[i] + t : generationMs[i];
+        return ((GENERATION[s] ?? 1) * t) / total;
+      });
+      return [s, summarize(perRound, `${s} share`)];
+    }),
+  ) as Record<Stage, Summary>;
+  // diffusers estimated at its UNet's rate on every stage; the host work taken as equal.
+  const generationMacs = inGeneration.reduce((a, [s, n]) => a + n * macs[s], 0);
+  const speedup = summarize(
+    generationMs.map((total, i) => {
+      const diffusersRate = macs.unet / stageTimes("unet")[i] / DIFFUSERS_UNET_SLOWDOWN;
+      return (generationMacs / diffusersRate + stageTimes("host")[i]) / total;
+    }),
+    "estimated speed-up over diffusers",
+  );
+  return {
+    times: Object.fromEntries(STAGES.map((s) => [s, summarize(stageTimes(s), s)])) as Record<Stage, Summary>,
+    fractions,
+    shares,
+    speedup,
+  };
 }
 
 async function measureStages(ctx: BenchContext): Promise<StageFigures> {
@@ -209,8 +268,6 @@ async function measureStages(ctx: BenchContext): Promise<StageFigures> {
   const peakRssBytes = process.resourceUsage().maxRSS * 1024;
   // Free the 4.5 GB of sessions before anything else big is loaded (the profile, SDXL's VAE).
   for (const s of [text, unet, decode, encode]) await ctx.release(s.modelPath);
-  const stageTimes = (s: Stage) => times.get(s)!;
-  const matmul = times.get("matmul")!;
   const macs: Record<Stage, number> = {
     text: text.macs,
     unet: unet.macs,
@@ -218,41 +275,8 @@ async function measureStages(ctx: BenchContext): Promise<StageFigures> {
     host: 0,
     encode: encode.macs,
   };
-  const fractions: Partial<Record<Stage, Summary>> = {};
-  for (const s of STAGES) {
-    if (macs[s] === 0) continue;
-    fractions[s] = summarize(
-      stageTimes(s).map((t, i) => macs[s] / t / (probe.macs / matmul[i])),
-      `${s} fraction of matmul rate`,
-    );
-  }
-  const rounds = matmul.length;
-  const generationMs = Array.from({ length: rounds }, (_, i) =>
-    Object.entries(GENERATION).reduce((a, [s, n]) => a + n * stageTimes(s as Stage)[i], 0),
-  );
-  const shares = Object.fromEntries(
-    STAGES.map((s) => {
-      const perRound = stageTimes(s).map((t, i) => {
-        const total = s === "encode" ? generationMs[i] + t : generationMs[i];
-        return ((GENERATION[s] ?? 1) * t) / total;
-      });
-      return [s, summarize(perRound, `${s} share`)];
-    }),
-  ) as Record<Stage, Summary>;
-  // diffusers estimated at its UNet's rate for every stage; the host work taken as equal.
-  const generationMacs = Object.entries(GENERATION).reduce((a, [s, n]) => a + n * macs[s as Stage], 0);
-  const speedup = summarize(
-    generationMs.map((total, i) => {
-      const diffusersRate = unet.macs / stageTimes("unet")[i] / DIFFUSERS_UNET_SLOWDOWN;
-      return (generationMacs / diffusersRate + stageTimes("host")[i]) / total;
-    }),
-    "estimated speed-up over diffusers",
-  );
   return {
-    times: Object.fromEntries(STAGES.map((s) => [s, summarize(stageTimes(s), s)])) as Record<Stage, Summary>,
-    fractions,
-    shares,
-    speedup,
+    ...generationFigures(times, macs, probe.macs),
     macs,
     loadMs: { text: text.loadMs, unet: unet.loadMs, decode: decode.loadMs, encode: encode.loadMs },
     peakRssBytes,
@@ -294,13 +318,13 @@ export async function generationBench(ctx: BenchContext): Promise<BenchResult> {
         : `${percent(f.shares[s].median)} of a generation`,
       target: isDecode ? `>= ${percent(VAE_DECODE_TARGET_FRACTION, 0)}` : undefined,
       verdict: isDecode && fraction ? verdictAtLeast(fraction, VAE_DECODE_TARGET_FRACTION) : undefined,
-      context: `${timeSummary(f.times[s])}; ${percent(f.shares[s].median)} of a ${STEPS}-step ${SIZE} px generation${f.macs[s] > 0 ? `; ${(f.macs[s] / 1e9).toFixed(1)} GMAC` : ""}`,
+      context: `${timeSummary(f.times[s])}; ${percent(f.shares[s].median)} of a ${GENERATION_STEPS}-step ${SIZE} px generation${f.macs[s] > 0 ? `; ${(f.macs[s] / 1e9).toFixed(1)} GMAC` : ""}`,
     });
   }
   const unetShare = f.shares.unet.median;
   rows.push({
     bench: "generation",
-    measure: `SD1.5 ${SIZE} px, ${STEPS} steps, guidance: speed against diffusers (estimated: PyTorch at 1/${DIFFUSERS_UNET_SLOWDOWN} of our UNet rate on every stage, issue 17)`,
+    measure: `SD1.5 ${SIZE} px, ${GENERATION_STEPS} steps, guidance: speed against diffusers (estimated: PyTorch at 1/${DIFFUSERS_UNET_SLOWDOWN} of our UNet rate on every stage, issue 17)`,
     value: ratioSummary(f.speedup),
     target: `>= ${DIFFUSERS_SPEEDUP_TARGET}x`,
     verdict: verdictAtLeast(f.speedup, DIFFUSERS_SPEEDUP_TARGET),
@@ -310,7 +334,7 @@ export async function generationBench(ctx: BenchContext): Promise<BenchResult> {
       .map(([s, t]) => `${s} ${ms(t)}`)
       .join(", ")}`,
   });
-  const data: Record<string, unknown> = { steps: STEPS, size: SIZE, ...f };
+  const data: Record<string, unknown> = { steps: GENERATION_STEPS, size: SIZE, ...f };
   const decodeFraction = f.fractions.decode;
   if ((decodeFraction && decodeFraction.median < VAE_DECODE_TARGET_FRACTION) || ctx.options.profile) {
     const profile = await profileDecode(ctx, "sd15-vae-decoder", SIZE, `SD1.5 VAE decode, ${SIZE} px`);
