@@ -64,9 +64,10 @@ const SDXL_REPS = { warmup: 1, rounds: 1 };
 const MATMUL_BURST = 9;
 /** Untimed decodes before the profiled one. */
 const PROFILE_WARMUP = 1;
-/** CLIP's token ids: start and end of text, and the vocabulary size of SD1.5's tokenizer. */
+/** CLIP's start- and end-of-text token ids; the ids between are any in-vocabulary ids from FIRST_ID. */
 const BOS = 49406;
 const EOS = 49407;
+const FIRST_ID = 1000;
 
 export type Stage = "text" | "unet" | "decode" | "host" | "encode";
 const STAGES: readonly Stage[] = ["text", "unet", "decode", "host", "encode"];
@@ -110,7 +111,7 @@ function textFeeds(resolved: ResolvedConfig): { feeds: Feeds; macs: number } {
   const ids = new BigInt64Array(CFG_BATCH * TEXT_TOKENS);
   for (let row = 0; row < CFG_BATCH; row++) {
     for (let i = 0; i < TEXT_TOKENS; i++) {
-      const id = i === 0 ? BOS : i === TEXT_TOKENS - 1 ? EOS : 1000 + row * TEXT_TOKENS + i;
+      const id = i === 0 ? BOS : i === TEXT_TOKENS - 1 ? EOS : FIRST_ID + row * TEXT_TOKENS + i;
       ids[row * TEXT_TOKENS + i] = BigInt(id);
     }
   }
