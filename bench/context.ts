@@ -8,7 +8,7 @@ import type { LoraTargetSetName } from "../diffusion/lora/targets.js";
 import type { ZooModelName } from "../diffusion/zoo/zoo.js";
 import { type MatmulMeasurement, MatmulProbe, measureMatmul } from "./matmul.js";
 import { openSession } from "./ort-session.js";
-import { type RandomUNetGraph, randomUNetGraph, sd15UNetConfig } from "./sd15-unet.js";
+import { type BenchGraphName, type RandomGraph, randomComponentGraph } from "./random-graphs.js";
 import { tinyEngine } from "./tiny-engines.js";
 
 export interface BenchOptions {
@@ -32,7 +32,7 @@ export class BenchContext {
   private probeSession: Promise<MatmulProbe> | undefined;
   private matmul: Promise<MatmulMeasurement> | undefined;
   private readonly sessions = new Map<string, Promise<InferenceSession>>();
-  private readonly graphs = new Map<LoraTargetSetName, Promise<RandomUNetGraph>>();
+  private readonly graphs = new Map<string, Promise<RandomGraph>>();
   private readonly engines = new Map<string, Promise<string>>();
 
   constructor(
@@ -96,11 +96,17 @@ export class BenchContext {
   }
 
   /** The SD1.5 UNet graph with the given LoRA targets (written on first use, cached across runs; once per run). */
-  sd15UNet(targets: LoraTargetSetName): Promise<RandomUNetGraph> {
-    let g = this.graphs.get(targets);
+  sd15UNet(targets: LoraTargetSetName): Promise<RandomGraph> {
+    return this.graph("sd15-unet", targets);
+  }
+
+  /** A full-size benchmark graph with random weights (written on first use, cached across runs; once per run). */
+  graph(name: BenchGraphName, targets: LoraTargetSetName = "none"): Promise<RandomGraph> {
+    const key = `${name}|${targets}`;
+    let g = this.graphs.get(key);
     if (!g) {
-      g = sd15UNetConfig().then((config) => randomUNetGraph(config, targets, this.log));
-      this.graphs.set(targets, g);
+      g = randomComponentGraph(name, targets, this.log);
+      this.graphs.set(key, g);
     }
     return g;
   }

@@ -3,7 +3,8 @@
  *
  *   npm run bench [-- --quick] [-- --only <name>[,<name>...]] [-- --profile] [-- --threads N]
  *
- * matmul (the reference rate), unet-step, lora-slots, engine-e2e. Figures are ratios measured in
+ * matmul (the reference rate), unet-step, lora-slots, engine-e2e, generation (a 512 px SD1.5
+ * generation at full size, stage by stage), sdxl-vae, api-server, scoring, registry, trainer. Figures are ratios measured in
  * this run; the markdown report goes to stdout and the JSON beside it under
  * .stepwise/bench/results/. Benchmarks never gate CI and are not part of `npm test`; a benchmark
  * that fails is listed in the report and makes the exit code 1, the others still run.
@@ -15,6 +16,7 @@ import { defaultIntraOpThreads } from "../diffusion/engine/execution-provider.js
 import { benchApiServer } from "./api-server.js";
 import { BenchContext } from "./context.js";
 import { engineE2eBench } from "./engine-e2e.js";
+import { generationBench, sdxlVaeBench } from "./generation.js";
 import { loraSlotsBench } from "./lora-slots.js";
 import { BENCH_DIR } from "./model-cache.js";
 import { benchRegistry } from "./registry.js";
@@ -29,6 +31,8 @@ const BENCHMARKS = [
   "unet-step",
   "lora-slots",
   "engine-e2e",
+  "generation",
+  "sdxl-vae",
   "api-server",
   "scoring",
   "registry",
@@ -101,6 +105,8 @@ async function main(): Promise<number> {
     "unet-step": unetStepBench,
     "lora-slots": loraSlotsBench,
     "engine-e2e": engineE2eBench,
+    generation: generationBench,
+    "sdxl-vae": sdxlVaeBench,
     "api-server": (c) => benchApiServer({ quick: c.options.quick, threads: c.options.threads, log }),
     scoring: benchScoring,
     registry: () => benchRegistry({ quick: cli.quick, log }),
@@ -110,7 +116,7 @@ async function main(): Promise<number> {
   const failures: string[] = [];
   try {
     // The reference rate first, so every ratio after it divides by a number of this run.
-    if (cli.only.includes("matmul") || cli.only.includes("unet-step")) {
+    if (["matmul", "unet-step", "generation", "sdxl-vae"].some((b) => cli.only.includes(b as BenchName))) {
       try {
         results.push((await ctx.matmulMeasurement()).result);
       } catch (err) {

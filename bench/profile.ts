@@ -152,11 +152,15 @@ export function unmatchedKernels(run: readonly KernelTime[], reference: readonly
   return unmatched;
 }
 
-/** "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q/MatMul" -> "down_blocks.1". */
+/**
+ * "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q/MatMul" -> "down_blocks.1";
+ * "decoder.up_blocks.3.resnets.0.conv1/Conv_nchwc" -> "decoder.up_blocks.3" (VAE).
+ */
 export function blockOf(node: string): string {
-  const m = /^(down_blocks\.\d+|up_blocks\.\d+|mid_block|conv_in|conv_out|conv_norm_out|time_embedding)/.exec(
-    node,
-  );
+  const m =
+    /^((?:encoder\.|decoder\.)?(?:down_blocks\.\d+|up_blocks\.\d+|mid_block|conv_in|conv_out|conv_norm_out)|time_embedding|post_quant_conv|quant_conv)/.exec(
+      node,
+    );
   return m ? m[1] : "other";
 }
 
@@ -184,6 +188,8 @@ export function layerKindOf(k: Pick<KernelTime, "node" | "op" | "inputShapes">):
     [/\.resnets\.\d+\.norm[12]\b/, "resnet group norms (+ SiLU)"],
     [/\.resnets\.\d+/, "resnet other (time projection, adds)"],
     [/\.attentions\.\d+\.norm\b/, "transformer group norm"],
+    [/\.attentions\.\d+\.group_norm\b/, "VAE attention group norm"],
+    [/\.attentions\.\d+\.to_/, "VAE attention (q/k/v, QK^T, softmax, AV, output)"],
     [/\.transformer_blocks\.\d+\.norm\d\b/, "transformer layer norms"],
     [/samplers\./, "down/upsamplers"],
   ];
@@ -260,7 +266,7 @@ export function summarizeProfile(
         rows: rows(groupBy(kernels, layerKindOf)),
       },
       {
-        title: `${label}: time by UNet block`,
+        title: `${label}: time by block`,
         header: ["block", ...header.slice(1)],
         rows: rows(groupBy(kernels, (k) => blockOf(k.node))),
       },

@@ -71,6 +71,23 @@ describe("onnxruntime profile summary", () => {
     expect(blockOf("ReorderInput_token_57")).toBe("other");
   });
 
+  it("sorts the VAE's kernels into its encoder and decoder blocks and its mid-block attention", () => {
+    const k = (node: string, op: string) => ({ node, op, inputShapes: [] });
+    expect(blockOf("decoder.up_blocks.3.resnets.0.conv1/Conv_nchwc")).toBe("decoder.up_blocks.3");
+    expect(blockOf("encoder.down_blocks.0.downsamplers.0.conv/Conv")).toBe("encoder.down_blocks.0");
+    expect(blockOf("decoder.mid_block.attentions.0.to_v/Softmax")).toBe("decoder.mid_block");
+    expect(blockOf("post_quant_conv/Conv")).toBe("post_quant_conv");
+    expect(layerKindOf(k("decoder.mid_block.attentions.0.to_v/Softmax", "Softmax"))).toBe(
+      "VAE attention (q/k/v, QK^T, softmax, AV, output)",
+    );
+    expect(layerKindOf(k("decoder.mid_block.attentions.0.group_norm/InstanceNormalization", "X"))).toBe(
+      "VAE attention group norm",
+    );
+    expect(layerKindOf(k("decoder.up_blocks.2.upsamplers.0.conv/Conv_nchwc", "Conv"))).toBe(
+      "down/upsamplers",
+    );
+  });
+
   it("keeps only the last run's kernels and summarises time and rate against the peak", () => {
     const node = (
       name: string,

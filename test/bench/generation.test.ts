@@ -1,0 +1,56 @@
+import { describe, expect, it } from "vitest";
+import {
+  DIFFUSERS_UNET_SLOWDOWN,
+  GENERATION_STEPS,
+  generationFigures,
+  type Stage,
+} from "../../bench/generation.js";
+
+const MATMUL_MACS = 1e9;
+const MACS: Record<Stage, number> = { text: 1e9, unet: 8e11, decode: 1.2e12, host: 0, encode: 5e11 };
+
+/** Times of two rounds in which every stage runs at `rates` (MAC/ms), matmul bursts at 1e8 MAC/ms. */
+function rounds(rates: Partial<Record<Stage, number>>, hostMs: number): Map<string, number[]> {
+  const times = new Map<string, number[]>([
+    ["matmul", [MATMUL_MACS / 1e8, MATMUL_MACS / 1e8]],
+    ["host", [hostMs, hostMs]],
+  ]);
+  for (const s of ["text", "unet", "decode", "encode"] as const) {
+    const ms = MACS[s] / (rates[s] ?? 1e8);
+    times.set(s, [ms, ms]);
+  }
+  return times;
+}
+
+describe("generation figures", () => {
+  it("divides each stage's MAC rate by the matmul rate of the same round", () => {
+    const f = generationFigures(rounds({ decode: 4e7, unet: 9e7 }, 10), MACS, MATMUL_MACS);
+    expect(f.fractions.decode?.median).toBeCloseTo(0.4, 9);
+    expect(f.fractions.unet?.median).toBeCloseTo(0.9, 9);
+    expect(f.fractions.host).toBeUndefined();
+  });
+
+  it("takes shares of a generation of GENERATION_STEPS UNet steps, one text encoding and one decode", () => {
+    const f = generationFigures(rounds({}, 0), MACS, MATMUL_MACS);
+    const total = MACS.text + GENERATION_STEPS * MACS.unet + MACS.decode;
+    expect(f.shares.unet.median).toBeCloseTo((GENERATION_STEPS * MACS.unet) / total, 9);
+    expect(f.shares.decode.median).toBeCloseTo(MACS.decode / total, 9);
+    const sum = (["text", "unet", "decode", "host"] as const).reduce((a, s) => a + f.shares[s].median, 0);
+    expect(sum).toBeCloseTo(1, 9);
+    // The encode is a share of the image-to-image generation it is added to.
+    expect(f.shares.encode.median).toBeCloseTo(MACS.encode / (total + MACS.encode), 9);
+  });
+
+  it("estimates diffusers' time with every stage at its UNet's rate", () => {
+    // Every stage at our UNet's rate and no host work: diffusers is slower by exactly its UNet slowdown.
+    expect(generationFigures(rounds({}, 0), MACS, MATMUL_MACS).speedup.median).toBeCloseTo(
+      DIFFUSERS_UNET_SLOWDOWN,
+      9,
+    );
+    // A decode 4x slower than the UNet per MAC takes the speed-up below the slowdown.
+    const slowDecode = generationFigures(rounds({ decode: 2.5e7 }, 0), MACS, MATMUL_MACS).speedup.median;
+    const total = MACS.text + GENERATION_STEPS * MACS.unet + MACS.decode;
+    const ours = (total - MACS.decode) / 1e8 + MACS.decode / 2.5e7;
+    expect(slowDecode).toBeCloseTo((DIFFUSERS_UNET_SLOWDOWN * total) / 1e8 / ours, 9);
+  });
+});
