@@ -17,6 +17,8 @@
  *   A Cast back to the dtype a value was cast from returns the original value.
  * - LoRA: for each module `isLoraTarget` accepts, `loraFactors` adds float32 graph inputs
  *   `<module>.lora_down` [lora_rank, in] and `<module>.lora_up` [out, lora_rank] (rank 0 runs).
+ * - Training graphs: parameters that `paramsAsInputs` picks are float32 graph inputs named after
+ *   the parameter, and `builder` lends the plumbing to the gradient rules (diffusion/autodiff/).
  * - Names: a node and its output value share one name. Nodes that use a parameter are named after
  *   its module (`down_blocks.0.resnets.0.conv1/Conv`); others after the module whose parameters
  *   were read last, plus op type and a counter (`down_blocks.0.resnets.0.norm1/Sigmoid_3`).
@@ -64,6 +66,16 @@ export interface OnnxOpsOptions {
   readonly isLoraTarget?: (module: string) => boolean;
   /** Where the parameters come from, for error messages (e.g. a checkpoint path). */
   readonly paramsLabel?: string;
+  /**
+   * Parameters to declare as float32 graph inputs named after themselves (full-weight training
+   * graphs) instead of initializers (default: none). Their shape is the source's, fixed.
+   */
+  readonly paramsAsInputs?: (param: string) => boolean;
+  /**
+   * A fixed rank for the LoRA slot inputs instead of the symbolic `lora_rank` (gradient graphs
+   * have static shapes).
+   */
+  readonly loraRank?: number;
 }
 
 export interface OnnxInputOptions {
@@ -89,6 +101,9 @@ export class OnnxOps implements Ops<OnnxValue> {
   private readonly isLoraTarget: (module: string) => boolean;
   private readonly paramsLabel: string;
   private readonly slots = new Map<string, { slot: LoraSlot; factors: LoraFactors<OnnxValue> }>();
+  private readonly paramsAsInputs: (param: string) => boolean;
+  private readonly paramInputs = new Map<string, OnnxValue>();
+  private readonly loraRank: number | string;
 
   constructor(options: OnnxOpsOptions) {
     this.params = options.params;
@@ -96,11 +111,26 @@ export class OnnxOps implements Ops<OnnxValue> {
     this.b = new GraphBuilder(this.dtype);
     this.isLoraTarget = options.isLoraTarget ?? (() => false);
     this.paramsLabel = options.paramsLabel ?? "the parameter source";
+    this.paramsAsInputs = options.paramsAsInputs ?? (() => false);
+    this.loraRank = options.loraRank ?? LORA_RANK_DIM;
   }
 
   /** The recorded graph (the writer reads it). */
   get graph(): GraphRecorder {
     return this.b.graph;
+  }
+
+  /**
+   * The node-emission plumbing, for ONNX ops outside the `Ops` interface that gradient rules need
+   * (diffusion/onnx/adjoint-ops.ts).
+   */
+  get builder(): GraphBuilder {
+    return this.b;
+  }
+
+  /** Parameters declared as graph inputs (`paramsAsInputs`), in first-use order. */
+  get parameterInputs(): ReadonlyMap<string, OnnxValue> {
+    return this.paramInputs;
   }
 
   /** LoRA slots in creation order. */
@@ -138,7 +168,12 @@ export class OnnxOps implements Ops<OnnxValue> {
 
   param(name: string, shape: readonly number[]): OnnxValue {
     expectParamShape(name, shape, this.params.info(name)?.shape, this.paramsLabel);
-    return this.b.param(name, shape);
+    if (!this.paramsAsInputs(name)) return this.b.param(name, shape);
+    const existing = this.paramInputs.get(name);
+    if (existing) return existing;
+    const value = this.input(name, "float32", shape);
+    this.paramInputs.set(name, value);
+    return value;
   }
 
   constant(values: Float32Array | readonly number[], shape: readonly number[], float32?: boolean): OnnxValue {
@@ -165,8 +200,8 @@ export class OnnxOps implements Ops<OnnxValue> {
       }
       return existing.factors;
     }
-    const down = this.input(`${module}.lora_down`, "float32", [LORA_RANK_DIM, inFeatures]);
-    const up = this.input(`${module}.lora_up`, "float32", [outFeatures, LORA_RANK_DIM]);
+    const down = this.input(`${module}.lora_down`, "float32", [this.loraRank, inFeatures]);
+    const up = this.input(`${module}.lora_up`, "float32", [outFeatures, this.loraRank]);
     const factors = { down, up };
     this.slots.set(module, { slot: { module, inFeatures, outFeatures }, factors });
     return factors;
