@@ -5,7 +5,6 @@
  * execution provider (diffusion/training/training-program.ts), one graph per micro-batch layout.
  * The LoRA factors stay in the worker between optimizer steps.
  */
-import { LOSS_OUTPUT, recordGradientGraph } from "../diffusion/autodiff/gradient-graph.js";
 import type { ExecutionProviderConfig } from "../diffusion/engine/execution-provider.js";
 import { type UNetConfig, unet2DConditionModel } from "../diffusion/models/unet2d-condition.js";
 import type { OnnxValue } from "../diffusion/onnx/graph.js";
@@ -13,7 +12,11 @@ import type { ParamSource } from "../diffusion/ops/params.js";
 import type { PipelineModels } from "../diffusion/pipelines/pipeline-models.js";
 import type { DDIMScheduler } from "../diffusion/schedulers/index.js";
 import type { Float32Tensor, Tensor } from "../diffusion/tensor.js";
-import { type TrainingGraph, TrainingProgram } from "../diffusion/training/training-program.js";
+import {
+  recordTrainingGraph,
+  type TrainingGraph,
+  TrainingProgram,
+} from "../diffusion/training/training-program.js";
 import type { RoundConditioning } from "./conditioning.js";
 import type { GradBackendName, PolicyGradients } from "./gradient-backend.js";
 import type { LoraModuleShape } from "./lora-parameters.js";
@@ -113,7 +116,7 @@ export class OnnxPolicy implements PolicyGradients {
     settings: LossSettings,
   ): TrainingGraph {
     const { unet, weights, label, rank } = this.options;
-    const graph = recordGradientGraph({
+    return recordTrainingGraph({
       params: weights,
       paramsLabel: label,
       inputs: Object.entries(feeds).map(([name, t]) => ({
@@ -144,11 +147,6 @@ export class OnnxPolicy implements PolicyGradients {
         };
       },
     });
-    return {
-      ops: graph.ops,
-      loss: LOSS_OUTPUT,
-      gradients: new Map(graph.gradients.map((g) => [g.input, g.output])),
-    };
   }
 
   async close(): Promise<void> {

@@ -15,6 +15,7 @@
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { type GradientGraphOptions, LOSS_OUTPUT, recordGradientGraph } from "../autodiff/gradient-graph.js";
 import type { ExecutionProviderConfig, ResolvedProvider } from "../engine/execution-provider.js";
 import { OnnxRuntimeWorker } from "../engine/onnx-runtime.js";
 import type { SessionSpec } from "../engine/worker-protocol.js";
@@ -38,6 +39,20 @@ export interface TrainingGraph {
   readonly loss: string;
   /** The gradient output of each trained parameter, keyed by the parameter's graph input name. */
   readonly gradients: ReadonlyMap<string, string>;
+}
+
+/**
+ * Record a gradient graph (diffusion/autodiff/: the model and loss over `Ops`, LoRA factors or
+ * parameters as differentiated inputs) as the program runs it. Its gradients are keyed by the
+ * differentiated input's name: `<module>.lora_down`, or the parameter's name.
+ */
+export function recordTrainingGraph(options: GradientGraphOptions): TrainingGraph {
+  const graph = recordGradientGraph(options);
+  return {
+    ops: graph.ops,
+    loss: LOSS_OUTPUT,
+    gradients: new Map(graph.gradients.map((g) => [g.input, g.output])),
+  };
 }
 
 export interface TrainingStepResult {
