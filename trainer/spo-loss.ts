@@ -1,6 +1,8 @@
 /**
- * SPO's objective in TensorFlow.js, differentiable with respect to the policy's noise prediction
- * (docs/SPO.md section 5; SPO's train_spo.py lines 669-671 and `ddim_step_with_logprob`):
+ * SPO's objective, written once over `Ops` so that both gradient backends differentiate the same
+ * definition: TF.js runs it eagerly (TfjsOps), the ONNX backend records it into the training graph
+ * (OnnxOps). Differentiable with respect to the policy's noise prediction (docs/SPO.md section 5;
+ * SPO's train_spo.py lines 669-671 and `ddim_step_with_logprob`):
  *
  *   logp(x_prev | x_t) = mean over C,H,W of  -(x_prev - mu)^2 / (2 sigma^2) - log sigma - log sqrt(2 pi)
  *   ratio_w = clamp(exp(logp_theta(w) - logp_ref(w)), 1 - eps, 1 + eps)     (same for l)
@@ -10,13 +12,14 @@
  * mu = sqrt(a_prev) x0 + sqrt(1 - a_prev - sigma^2) eps. The per-row scalars (sqrt a_t, sigma, ...)
  * come from `ddimTransitionCoefficients`, rounded to float32 as the host functions round them, so
  * the reference log-probabilities (host, ddim-logprob.ts) and the policy's (here) are one formula.
+ * They reach the objective as [n, 1, 1, 1] tensors: constants on TF.js, graph inputs in ONNX (so
+ * one recorded graph serves every timestep).
  *
- * The clamp is tf.clipByValue, whose gradient is zero outside [1 - eps, 1 + eps], as torch.clamp's:
+ * The clamp is `ops.clip`, whose gradient is zero outside [1 - eps, 1 + eps], as torch.clamp's:
  * a pair whose ratio left the band stops training (no min() as in PPO).
  */
-import * as tf from "@tensorflow/tfjs-core";
+import type { Ops } from "../diffusion/ops/ops.js";
 import type { DdimTransitionCoefficients } from "../diffusion/schedulers/ddim-logprob.js";
-import { TrainerStateError } from "./errors.js";
 
 const f32 = Math.fround;
 
@@ -31,121 +34,119 @@ export interface TransitionOptions {
   readonly clipSampleRange?: number;
 }
 
-/** Per-row float32 scalars as an [n, 1, 1, 1] tensor, to broadcast over C, H, W. */
-function perRow(values: ArrayLike<number>): tf.Tensor4D {
-  return tf.tensor4d(Float32Array.from(values), [values.length, 1, 1, 1]);
+/** The per-row scalars of a DDIM transition, by name. */
+export const TRANSITION_TERMS = [
+  "sqrt_alpha",
+  "sqrt_beta",
+  "sqrt_alpha_prev",
+  "direction",
+  "two_variance",
+  "log_std",
+] as const;
+export type TransitionTerm = (typeof TRANSITION_TERMS)[number];
+
+/** Each term as a backend tensor of shape [n, 1, 1, 1], to broadcast over C, H, W. */
+export type TransitionTensors<T> = Readonly<Record<TransitionTerm, T>>;
+
+/** The transition's per-row scalars in float32, computed on the host once for every backend. */
+export function transitionTerms(c: DdimTransitionCoefficients): Record<TransitionTerm, Float32Array> {
+  const std = c.stdDevT;
+  const rows = (f: (r: number) => number) => Float32Array.from(c.timesteps, (_, r) => f(r));
+  return {
+    sqrt_alpha: rows((r) => Math.sqrt(c.alphaProdT[r])),
+    sqrt_beta: rows((r) => Math.sqrt(f32(1 - c.alphaProdT[r]))),
+    sqrt_alpha_prev: rows((r) => Math.sqrt(c.alphaProdTPrev[r])),
+    direction: rows((r) => Math.sqrt(f32(f32(1 - c.alphaProdTPrev[r]) - f32(std[r] * std[r])))),
+    two_variance: rows((r) => 2 * f32(std[r] * std[r])),
+    log_std: rows((r) => Math.log(std[r])),
+  };
+}
+
+/** The terms as constants of `ops` (eager backends). */
+export function transitionConstants<T>(ops: Ops<T>, c: DdimTransitionCoefficients): TransitionTensors<T> {
+  const terms = transitionTerms(c);
+  const shape = [c.timesteps.length, 1, 1, 1];
+  const out = {} as Record<TransitionTerm, T>;
+  for (const name of TRANSITION_TERMS) out[name] = ops.constant(terms[name], shape);
+  return out;
 }
 
 /**
  * The log-probability of `prevSample` under the DDIM transition from `sample` given the model
- * output, one value per row (a mean over its elements), differentiable in `modelOutput`.
+ * output, one value per row (a mean over its elements), differentiable in `modelOutput`. All
+ * operands are [n, C, H, W] but the terms ([n, 1, 1, 1]).
  */
-export function ddimLogProbTf(
-  modelOutput: tf.Tensor,
-  sample: tf.Tensor,
-  prevSample: tf.Tensor,
-  coefficients: DdimTransitionCoefficients,
+export function ddimLogProb<T>(
+  ops: Ops<T>,
+  modelOutput: T,
+  sample: T,
+  prevSample: T,
+  terms: TransitionTensors<T>,
   options: TransitionOptions,
-): tf.Tensor1D {
-  const rows = sample.shape[0];
-  if (
-    coefficients.timesteps.length !== rows ||
-    modelOutput.shape[0] !== rows ||
-    prevSample.shape[0] !== rows
-  ) {
-    throw new TrainerStateError(
-      `log-probability rows disagree: ${coefficients.timesteps.length} timesteps, model output [${modelOutput.shape}], sample [${sample.shape}], previous sample [${prevSample.shape}]`,
-    );
+): T {
+  const { sqrt_alpha: sqrtAlpha, sqrt_beta: sqrtBeta } = terms;
+  let x0: T;
+  let eps: T;
+  switch (options.prediction) {
+    case "epsilon":
+      x0 = ops.div(ops.sub(sample, ops.mul(sqrtBeta, modelOutput)), sqrtAlpha);
+      eps = modelOutput;
+      break;
+    case "sample":
+      x0 = modelOutput;
+      eps = ops.div(ops.sub(sample, ops.mul(sqrtAlpha, modelOutput)), sqrtBeta);
+      break;
+    case "v_prediction":
+      x0 = ops.sub(ops.mul(sqrtAlpha, sample), ops.mul(sqrtBeta, modelOutput));
+      eps = ops.add(ops.mul(sqrtAlpha, modelOutput), ops.mul(sqrtBeta, sample));
+      break;
   }
-  return tf.tidy(() => {
-    const alpha = coefficients.alphaProdT;
-    const sqrtAlpha = perRow(Array.from(alpha, (a) => f32(Math.sqrt(a))));
-    const sqrtBeta = perRow(Array.from(alpha, (a) => f32(Math.sqrt(f32(1 - a)))));
-    let x0: tf.Tensor;
-    let eps: tf.Tensor;
-    switch (options.prediction) {
-      case "epsilon":
-        x0 = tf.div(tf.sub(sample, tf.mul(sqrtBeta, modelOutput)), sqrtAlpha);
-        eps = modelOutput;
-        break;
-      case "sample":
-        x0 = modelOutput;
-        eps = tf.div(tf.sub(sample, tf.mul(sqrtAlpha, modelOutput)), sqrtBeta);
-        break;
-      case "v_prediction":
-        x0 = tf.sub(tf.mul(sqrtAlpha, sample), tf.mul(sqrtBeta, modelOutput));
-        eps = tf.add(tf.mul(sqrtAlpha, modelOutput), tf.mul(sqrtBeta, sample));
-        break;
-    }
-    if (options.clipSampleRange !== undefined) {
-      x0 = tf.clipByValue(x0, -options.clipSampleRange, options.clipSampleRange);
-    }
-    const std = coefficients.stdDevT;
-    const sqrtAlphaPrev = perRow(Array.from(coefficients.alphaProdTPrev, (a) => f32(Math.sqrt(a))));
-    const direction = perRow(
-      Array.from(coefficients.alphaProdTPrev, (a, r) =>
-        f32(Math.sqrt(f32(f32(1 - a) - f32(std[r] * std[r])))),
-      ),
-    );
-    const mean = tf.add(tf.mul(sqrtAlphaPrev, x0), tf.mul(direction, eps));
-    const twoVariance = perRow(Array.from(std, (s) => f32(2 * f32(s * s))));
-    const logStd = perRow(Array.from(std, (s) => f32(Math.log(s))));
-    const diff = tf.sub(prevSample, mean);
-    const logProb = tf.sub(tf.sub(tf.div(tf.neg(tf.square(diff)), twoVariance), logStd), LOG_SQRT_TWO_PI);
-    return tf.mean(logProb, [1, 2, 3]) as tf.Tensor1D;
-  });
+  if (options.clipSampleRange !== undefined) {
+    x0 = ops.clip(x0, -options.clipSampleRange, options.clipSampleRange);
+  }
+  const mean = ops.add(ops.mul(terms.sqrt_alpha_prev, x0), ops.mul(terms.direction, eps));
+  const diff = ops.sub(prevSample, mean);
+  const logProb = ops.sub(
+    ops.sub(ops.div(ops.neg(ops.mul(diff, diff)), terms.two_variance), terms.log_std),
+    ops.scalar(LOG_SQRT_TWO_PI),
+  );
+  return ops.reduceMean(ops.reshape(logProb, [0, -1]), 1, false);
 }
 
-export interface SpoLossInputs {
+export interface SpoLossInputs<T> {
   /** Policy log-probabilities of the win and lose transitions, [n] (differentiable). */
-  readonly logProbPolicyWin: tf.Tensor1D;
-  readonly logProbPolicyLose: tf.Tensor1D;
+  readonly logProbPolicyWin: T;
+  readonly logProbPolicyLose: T;
   /** The frozen reference's, [n] (constants). */
-  readonly logProbRefWin: ArrayLike<number>;
-  readonly logProbRefLose: ArrayLike<number>;
+  readonly logProbRefWin: T;
+  readonly logProbRefLose: T;
   readonly beta: number;
   readonly eps: number;
 }
 
-export interface SpoLossTerms {
+export interface SpoLossTerms<T> {
   /** The mean loss over the pairs (a scalar). */
-  readonly loss: tf.Scalar;
-  readonly logRatioWin: tf.Tensor1D;
-  readonly logRatioLose: tf.Tensor1D;
+  readonly loss: T;
+  readonly logRatioWin: T;
+  readonly logRatioLose: T;
   /** Clamped ratios, [n]. */
-  readonly ratioWin: tf.Tensor1D;
-  readonly ratioLose: tf.Tensor1D;
+  readonly ratioWin: T;
+  readonly ratioLose: T;
   /** beta log ratio_w - beta log ratio_l, [n]. */
-  readonly logits: tf.Tensor1D;
+  readonly logits: T;
 }
 
-/** The clamped DPO loss of SPO and its intermediate terms (every tensor the caller's to dispose). */
-export function spoLoss(inputs: SpoLossInputs): SpoLossTerms {
-  const n = inputs.logProbPolicyWin.shape[0];
-  if (
-    inputs.logProbRefWin.length !== n ||
-    inputs.logProbRefLose.length !== n ||
-    inputs.logProbPolicyLose.shape[0] !== n
-  ) {
-    throw new TrainerStateError(
-      `loss terms disagree: ${n} policy win, ${inputs.logProbPolicyLose.shape[0]} policy lose, ${inputs.logProbRefWin.length} / ${inputs.logProbRefLose.length} reference rows`,
-    );
-  }
-  return tf.tidy(() => {
-    const refWin = tf.tensor1d(Float32Array.from(inputs.logProbRefWin));
-    const refLose = tf.tensor1d(Float32Array.from(inputs.logProbRefLose));
-    const logRatioWin = tf.sub(inputs.logProbPolicyWin, refWin) as tf.Tensor1D;
-    const logRatioLose = tf.sub(inputs.logProbPolicyLose, refLose) as tf.Tensor1D;
-    const low = 1 - inputs.eps;
-    const high = 1 + inputs.eps;
-    const ratioWin = tf.clipByValue(tf.exp(logRatioWin), low, high) as tf.Tensor1D;
-    const ratioLose = tf.clipByValue(tf.exp(logRatioLose), low, high) as tf.Tensor1D;
-    const logits = tf.sub(
-      tf.mul(inputs.beta, tf.log(ratioWin)),
-      tf.mul(inputs.beta, tf.log(ratioLose)),
-    ) as tf.Tensor1D;
-    // -log(sigmoid(z)) literally, as SPO writes it; |z| <= 2 beta log((1 + eps) / (1 - eps)) keeps it finite.
-    const loss = tf.mean(tf.neg(tf.log(tf.sigmoid(logits)))) as tf.Scalar;
-    return { loss, logRatioWin, logRatioLose, ratioWin, ratioLose, logits };
-  });
+/** The clamped DPO loss of SPO and its intermediate terms. */
+export function spoLoss<T>(ops: Ops<T>, inputs: SpoLossInputs<T>): SpoLossTerms<T> {
+  const logRatioWin = ops.sub(inputs.logProbPolicyWin, inputs.logProbRefWin);
+  const logRatioLose = ops.sub(inputs.logProbPolicyLose, inputs.logProbRefLose);
+  const low = 1 - inputs.eps;
+  const high = 1 + inputs.eps;
+  const ratioWin = ops.clip(ops.exp(logRatioWin), low, high);
+  const ratioLose = ops.clip(ops.exp(logRatioLose), low, high);
+  const beta = ops.scalar(inputs.beta);
+  const logits = ops.sub(ops.mul(beta, ops.log(ratioWin)), ops.mul(beta, ops.log(ratioLose)));
+  // -log(sigmoid(z)) literally, as SPO writes it; |z| <= 2 beta log((1 + eps) / (1 - eps)) keeps it finite.
+  const loss = ops.reduceMean(ops.neg(ops.log(ops.sigmoid(logits))), 0, false);
+  return { loss, logRatioWin, logRatioLose, ratioWin, ratioLose, logits };
 }

@@ -77,7 +77,7 @@ export class OnnxRuntimeWorker {
   provider: ResolvedProvider | undefined;
   readonly sessions = new Map<string, SessionInfo>();
 
-  private constructor() {
+  private constructor(private readonly config: ExecutionProviderConfig) {
     this.worker = spawnWorker();
     this.worker.on("message", (res: WorkerResponse) => {
       const p = this.pending.get(res.id);
@@ -105,24 +105,51 @@ export class OnnxRuntimeWorker {
     config: ExecutionProviderConfig,
   ): Promise<OnnxRuntimeWorker> {
     validateProviderConfig(config);
-    const rt = new OnnxRuntimeWorker();
+    const rt = new OnnxRuntimeWorker(config);
     try {
-      const res = await rt.request({
-        type: "load",
-        id: 0,
-        sessions,
-        provider: config.provider,
-        deviceId: config.deviceId ?? 0,
-        intraOpThreads: config.intraOpThreads ?? defaultIntraOpThreads(),
-      });
-      if (res.type !== "loaded") throw new InferenceError(`unexpected worker reply ${res.type}`);
-      rt.provider = res.provider;
-      for (const [name, info] of Object.entries(res.sessions)) rt.sessions.set(name, info);
+      await rt.loadSessions(sessions);
       return rt;
     } catch (err) {
       await rt.close();
       throw err;
     }
+  }
+
+  /**
+   * Load (or replace) sessions. Once a session has loaded, later ones use the provider it
+   * resolved to (`auto` decides once, on the first session).
+   */
+  async loadSessions(sessions: readonly SessionSpec[]): Promise<void> {
+    const decided = this.provider !== undefined && this.sessions.size > 0;
+    const res = await this.request({
+      type: "load",
+      id: 0,
+      sessions,
+      provider: decided ? (this.provider as ResolvedProvider).provider : this.config.provider,
+      deviceId: this.config.deviceId ?? 0,
+      intraOpThreads: this.config.intraOpThreads ?? defaultIntraOpThreads(),
+    });
+    if (res.type !== "loaded") throw new InferenceError(`unexpected worker reply ${res.type}`);
+    if (!decided || res.provider.fallbackReason !== undefined) this.provider = res.provider;
+    for (const [name, info] of Object.entries(res.sessions)) this.sessions.set(name, info);
+  }
+
+  /** Keep tensors in the worker under their names, for later runs to feed as `resident`. */
+  async keep(tensors: Readonly<Record<string, Tensor>>): Promise<void> {
+    const wire: Record<string, WireTensor> = {};
+    for (const [name, t] of Object.entries(tensors)) wire[name] = toWire(t);
+    const res = await this.request(
+      { type: "keep", id: 0, tensors: wire },
+      Object.values(wire).map((w) => w.buffer),
+    );
+    if (res.type !== "done") throw new InferenceError(`unexpected worker reply ${res.type}`);
+  }
+
+  /** Forget resident tensors and release sessions by name. */
+  async release(names: { readonly tensors?: readonly string[]; readonly sessions?: readonly string[] }) {
+    const res = await this.request({ type: "release", id: 0, ...names });
+    if (res.type !== "done") throw new InferenceError(`unexpected worker reply ${res.type}`);
+    for (const name of names.sessions ?? []) this.sessions.delete(name);
   }
 
   private failAll(err: Error): void {
@@ -146,11 +173,15 @@ export class OnnxRuntimeWorker {
     return result;
   }
 
-  /** Run one session; outputs default to all of the session's outputs. */
+  /**
+   * Run one session; outputs default to all of the session's outputs. `resident` names feeds
+   * taken from the tensors kept in the worker (`keep`).
+   */
   async run(
     session: string,
     feeds: Readonly<Record<string, Tensor>>,
     outputs?: readonly string[],
+    resident?: readonly string[],
   ): Promise<Record<string, Tensor>> {
     if (!this.sessions.has(session)) throw new InferenceError("no such session is loaded", session);
     const wire: Record<string, WireTensor> = {};
@@ -161,7 +192,7 @@ export class OnnxRuntimeWorker {
     }
     let res: WorkerResponse;
     try {
-      res = await this.request({ type: "run", id: 0, session, feeds: wire, outputs }, transfer);
+      res = await this.request({ type: "run", id: 0, session, feeds: wire, outputs, resident }, transfer);
     } catch (err) {
       if (err instanceof InferenceError && !err.session) throw new InferenceError(err.message, session);
       throw err;

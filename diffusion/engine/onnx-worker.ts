@@ -9,9 +9,18 @@ import { parentPort } from "node:worker_threads";
 import * as ort from "onnxruntime-node";
 import type { DType } from "../tensor.js";
 import { CUDA_INSTALL_HINT, type ResolvedProvider, sessionProviderOptions } from "./execution-provider.js";
-import type { SessionInfo, ValueInfo, WireTensor, WorkerRequest, WorkerResponse } from "./worker-protocol.js";
+import type {
+  SessionInfo,
+  SessionSpec,
+  ValueInfo,
+  WireTensor,
+  WorkerRequest,
+  WorkerResponse,
+} from "./worker-protocol.js";
 
 const sessions = new Map<string, ort.InferenceSession>();
+/** Tensors kept between runs ("keep" requests), fed by name. */
+const resident = new Map<string, ort.Tensor>();
 
 const ORT_TYPES: Partial<Record<DType, ort.Tensor.Type>> = {
   float32: "float32",
@@ -70,11 +79,18 @@ function describe(session: ort.InferenceSession): SessionInfo {
   return { inputs: info(session.inputMetadata), outputs: info(session.outputMetadata) };
 }
 
-async function createSession(path: string, provider: ResolvedProvider): Promise<ort.InferenceSession> {
-  return ort.InferenceSession.create(path, {
+async function createSession(spec: SessionSpec, provider: ResolvedProvider): Promise<ort.InferenceSession> {
+  const options: ort.InferenceSession.SessionOptions = {
     ...sessionProviderOptions(provider),
     graphOptimizationLevel: "all",
-  });
+  };
+  return "path" in spec
+    ? ort.InferenceSession.create(spec.path, options)
+    : ort.InferenceSession.create(spec.model, options);
+}
+
+function sessionLabel(spec: SessionSpec): string {
+  return "path" in spec ? spec.path : `the in-memory model ${spec.name}`;
 }
 
 async function load(req: Extract<WorkerRequest, { type: "load" }>): Promise<WorkerResponse> {
@@ -88,10 +104,10 @@ async function load(req: Extract<WorkerRequest, { type: "load" }>): Promise<Work
   for (const spec of req.sessions) {
     let session: ort.InferenceSession;
     try {
-      session = await createSession(spec.path, provider);
+      session = await createSession(spec, provider);
     } catch (err) {
       const message = (err as Error).message;
-      if (provider.provider !== "cuda") throw new Error(`cannot load ${spec.path}: ${message}`);
+      if (provider.provider !== "cuda") throw new Error(`cannot load ${sessionLabel(spec)}: ${message}`);
       if (req.provider === "cuda") {
         const e = new Error(
           `the CUDA execution provider could not be loaded (${message}); ${CUDA_INSTALL_HINT}`,
@@ -100,7 +116,7 @@ async function load(req: Extract<WorkerRequest, { type: "load" }>): Promise<Work
         throw e;
       }
       provider = { ...provider, provider: "cpu", fallbackReason: message };
-      session = await createSession(spec.path, provider);
+      session = await createSession(spec, provider);
     }
     sessions.get(spec.name)?.release();
     sessions.set(spec.name, session);
@@ -116,6 +132,11 @@ async function run(
   if (!session) throw new Error(`no session named ${req.session} is loaded`);
   const feeds: Record<string, ort.Tensor> = {};
   for (const [name, t] of Object.entries(req.feeds)) feeds[name] = toOrt(name, t);
+  for (const name of req.resident ?? []) {
+    const t = resident.get(name);
+    if (!t) throw new Error(`no resident tensor named ${name} is kept in the worker`);
+    feeds[name] = t;
+  }
   const results = req.outputs ? await session.run(feeds, [...req.outputs]) : await session.run(feeds);
   const outputs: Record<string, WireTensor> = {};
   const transfer: ArrayBuffer[] = [];
@@ -138,9 +159,27 @@ port.on("message", async (req: WorkerRequest) => {
     } else if (req.type === "run") {
       const { res, transfer } = await run(req);
       port.postMessage(res, transfer);
+    } else if (req.type === "keep") {
+      for (const [name, t] of Object.entries(req.tensors)) {
+        resident.get(name)?.dispose();
+        resident.set(name, toOrt(name, t));
+      }
+      port.postMessage({ type: "done", id: req.id } satisfies WorkerResponse);
+    } else if (req.type === "release") {
+      for (const name of req.tensors ?? []) {
+        resident.get(name)?.dispose();
+        resident.delete(name);
+      }
+      for (const name of req.sessions ?? []) {
+        await sessions.get(name)?.release();
+        sessions.delete(name);
+      }
+      port.postMessage({ type: "done", id: req.id } satisfies WorkerResponse);
     } else {
       for (const s of sessions.values()) await s.release();
       sessions.clear();
+      for (const t of resident.values()) t.dispose();
+      resident.clear();
       port.postMessage({ type: "closed", id: req.id } satisfies WorkerResponse);
     }
   } catch (err) {

@@ -11,10 +11,13 @@ export interface WireTensor {
   readonly buffer: ArrayBuffer;
 }
 
-export interface SessionSpec {
-  readonly name: string;
-  readonly path: string;
-}
+/**
+ * A session to load: a model file (onnxruntime finds `model.onnx_data` beside it), or model bytes
+ * recorded in memory (training graphs of small models; weights inline).
+ */
+export type SessionSpec =
+  | { readonly name: string; readonly path: string }
+  | { readonly name: string; readonly model: Uint8Array };
 
 export interface ValueInfo {
   readonly name: string;
@@ -42,6 +45,20 @@ export type WorkerRequest =
       readonly session: string;
       readonly feeds: Readonly<Record<string, WireTensor>>;
       readonly outputs?: readonly string[];
+      /** Feeds taken from the resident tensors of the same name (see "keep"). */
+      readonly resident?: readonly string[];
+    }
+  /**
+   * Keep tensors in the worker under their names, replacing any of the same name, so that runs
+   * feed them without a copy from the main thread each time (parameters between optimizer steps).
+   */
+  | { readonly type: "keep"; readonly id: number; readonly tensors: Readonly<Record<string, WireTensor>> }
+  /** Forget the named resident tensors and release the named sessions. */
+  | {
+      readonly type: "release";
+      readonly id: number;
+      readonly tensors?: readonly string[];
+      readonly sessions?: readonly string[];
     }
   | { readonly type: "close"; readonly id: number };
 
@@ -54,4 +71,5 @@ export type WorkerResponse =
     }
   | { readonly type: "result"; readonly id: number; readonly outputs: Readonly<Record<string, WireTensor>> }
   | { readonly type: "closed"; readonly id: number }
+  | { readonly type: "done"; readonly id: number }
   | { readonly type: "error"; readonly id: number; readonly message: string; readonly kind?: string };

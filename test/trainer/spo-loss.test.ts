@@ -7,6 +7,7 @@
  */
 import * as tf from "@tensorflow/tfjs-core";
 import { beforeAll, expect, it } from "vitest";
+import type { DdimTransitionCoefficients } from "../../diffusion/schedulers/ddim-logprob.js";
 import {
   DDIMScheduler,
   ddimStepLogProb,
@@ -14,8 +15,9 @@ import {
 } from "../../diffusion/schedulers/index.js";
 import type { Float32Tensor } from "../../diffusion/tensor.js";
 import { toTf } from "../../diffusion/tfjs/host.js";
+import { TfjsOps } from "../../diffusion/tfjs/tfjs-ops.js";
 import { judgePools } from "../../trainer/pools.js";
-import { ddimLogProbTf, spoLoss } from "../../trainer/spo-loss.js";
+import { ddimLogProb, spoLoss, type TransitionOptions, transitionConstants } from "../../trainer/spo-loss.js";
 import {
   absoluteError,
   type ReferenceTensors,
@@ -24,6 +26,25 @@ import {
 } from "../schedulers/reference-data.js";
 import { describeWithShared } from "../shared-data.js";
 import { useWasmBackend } from "../tfjs/wasm.js";
+
+/** The objective's log-probability on the TF.js backend (trainer/spo-loss.ts is written over Ops). */
+const tfjsOps = new TfjsOps(new Map());
+function ddimLogProbTf(
+  modelOutput: tf.Tensor,
+  sample: tf.Tensor,
+  prevSample: tf.Tensor,
+  coefficients: DdimTransitionCoefficients,
+  options: TransitionOptions,
+): tf.Tensor {
+  return ddimLogProb(
+    tfjsOps,
+    modelOutput,
+    sample,
+    prevSample,
+    transitionConstants(tfjsOps, coefficients),
+    options,
+  );
+}
 
 /** README: 5e-5 absolute on log-probs and log-ratios (float64 noise reaches 2.6e-5 at t = 1; measured <= 1.9e-6). */
 const LOGPROB_TOLERANCE = 5e-5;
@@ -95,17 +116,17 @@ describeWithShared(CASE, "SPO loss in TF.js reproduces SPO's own (reference/spo-
     // Two inputs with the policy's values: SPO runs the UNet once per branch.
     const epsWin = toTf(f("eps_policy"));
     const epsLose = toTf(f("eps_policy"));
-    let terms: ReturnType<typeof spoLoss> | undefined;
+    let terms: ReturnType<typeof spoLoss<tf.Tensor>> | undefined;
     let logProbs: tf.Tensor[] = [];
     const gradients = tf.grads((w: tf.Tensor, l: tf.Tensor) => {
       const lpWin = ddimLogProbTf(w, xT, xWin, coefficients, transition);
       const lpLose = ddimLogProbTf(l, xT, xLose, coefficients, transition);
       logProbs = [tf.keep(lpWin.clone()), tf.keep(lpLose.clone())];
-      const t = spoLoss({
+      const t = spoLoss(tfjsOps, {
         logProbPolicyWin: lpWin,
         logProbPolicyLose: lpLose,
-        logProbRefWin: refWin,
-        logProbRefLose: refLose,
+        logProbRefWin: tf.tensor1d(Float32Array.from(refWin)),
+        logProbRefLose: tf.tensor1d(Float32Array.from(refLose)),
         beta,
         eps,
       });
