@@ -105,7 +105,7 @@ async function trainingRounds(ctx: BenchContext, dir: string, rounds: number) {
       figures: f,
       gradientMs: steps.filter((s) => s.round === f.round).reduce((sum, s) => sum + s.gradient_ms, 0),
     }));
-    return { backend: session.backend, timed: timings.slice(1), config: session.config };
+    return { backend: session.gradients.description, timed: timings.slice(1), config: session.config };
   } finally {
     await session.close();
   }
@@ -167,7 +167,7 @@ export async function benchTrainer(ctx: BenchContext): Promise<BenchResult> {
     const c = run.config;
     rows.push({
       bench: "trainer",
-      measure: `SPO on tiny-sd15 + tiny SPM (${c.sample.num_steps} steps, pools of ${c.sample.num_sample_each_step} from step ${c.train.divert_start_step}, ${PROMPTS_PER_ROUND} prompts a round, 64 px, TF.js ${run.backend.name}): training pairs per second`,
+      measure: `SPO on tiny-sd15 + tiny SPM (${c.sample.num_steps} steps, pools of ${c.sample.num_sample_each_step} from step ${c.train.divert_start_step}, ${PROMPTS_PER_ROUND} prompts a round, 64 px, gradients ${run.backend}): training pairs per second`,
       value: `${((pairs * 1000) / wall).toFixed(2)} pairs/s`,
       context: `${pairs} of ${offered} pairs kept at threshold ${THRESHOLD} over ${run.timed.length} rounds; ${timeSummary(perRound)} per round`,
     });
@@ -178,7 +178,7 @@ export async function benchTrainer(ctx: BenchContext): Promise<BenchResult> {
       context:
         "sampling: guided UNet passes + DDIM; scoring: VAE decode + SPM; reference: engine without LoRA; gradient: TF.js forward/backward + AdamW",
     });
-    data.training = { pairs, offered, wallMs: wall, shares, rounds: run.timed, backend: run.backend.name };
+    data.training = { pairs, offered, wallMs: wall, shares, rounds: run.timed, backend: run.backend };
 
     ctx.log("trainer: TF.js matmul against onnxruntime's");
     const matmul = await matmulFraction(ctx, MATMUL_ROUNDS[ctx.options.quick ? "quick" : "full"]);

@@ -15,6 +15,7 @@ import { LORA_FORMATS, type LoraFormat } from "../diffusion/lora/formats/index.j
 import { DEFAULT_MAX_LORA_RANK } from "../diffusion/lora/validate.js";
 import { MAX_SIDE } from "../diffusion/pipelines/text-to-image.js";
 import { TrainConfigError } from "./errors.js";
+import { DEFAULT_GRAD_BACKEND, GRAD_BACKENDS, type GradBackendName } from "./gradient-backend.js";
 
 export type TrainFamily = "sd15" | "sdxl";
 
@@ -64,8 +65,13 @@ export interface TrainConfig {
   readonly family: TrainFamily;
   /** Engine folder (`stepwise convert`) the sampling rounds run on. */
   readonly model: string;
-  /** Diffusers folder with the base weights for the TF.js policy; default: the engine's source folder. */
+  /** Diffusers folder with the policy's base weights; default: the engine's source folder. */
   readonly model_weights?: string;
+  /**
+   * Where the policy's gradients come from: `onnx` (default; the engine's onnxruntime and execution
+   * provider) or `tfjs` (TensorFlow.js, in its backend order). trainer/gradient-backend.ts.
+   */
+  readonly grad_backend: GradBackendName;
   /** SPM engine folder (`stepwise convert-spm`). */
   readonly spm: string;
   /** A prompt file (JSON list, SPO's `[{"caption": ...}]`, or one prompt per line) or the list itself. */
@@ -171,6 +177,13 @@ const formatList: Check = (v, key) => {
   return [...new Set(v as LoraFormat[])];
 };
 
+const gradBackend: Check = (v, key) => {
+  if (!(GRAD_BACKENDS as readonly unknown[]).includes(v)) {
+    fail(key, `must be one of ${GRAD_BACKENDS.join(", ")}, got ${shown(v)}`);
+  }
+  return v;
+};
+
 const family = (sd15: unknown, sdxl: unknown) => ({ sd15, sdxl });
 
 /**
@@ -182,6 +195,7 @@ const KEYS: Readonly<Record<string, KeySpec>> = {
   model: { check: nonEmptyString, path: true },
   model_weights: { check: nonEmptyString, path: true, defaults: family(undefined, undefined) },
   spm: { check: nonEmptyString, path: true },
+  grad_backend: { check: gradBackend, defaults: family(DEFAULT_GRAD_BACKEND, DEFAULT_GRAD_BACKEND) },
   prompts: { check: promptsValue, path: true },
   output_dir: { check: nonEmptyString, path: true },
   seed: { check: integerIn(0), defaults: family(42, 42) },
@@ -362,6 +376,7 @@ function resolveChecked(raw: RawTrainConfig, f: TrainFamily): TrainConfig {
     model: get("model"),
     ...(v.get("model_weights") === undefined ? {} : { model_weights: get<string>("model_weights") }),
     spm: get("spm"),
+    grad_backend: get("grad_backend"),
     prompts: get("prompts"),
     output_dir: get("output_dir"),
     seed: get("seed"),
@@ -434,6 +449,8 @@ function checkRelations(c: TrainConfig): void {
 const RESUMABLE_KEYS = new Set([
   "model",
   "model_weights",
+  // Either backend computes the same gradients up to rounding; a resume may switch (with a warning).
+  "grad_backend",
   "spm",
   "prompts",
   "output_dir",

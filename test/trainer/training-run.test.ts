@@ -1,7 +1,7 @@
 /**
  * Short SPO runs on tiny-sd15 with the tiny SPM, end to end: losses, the LoRA, metrics, grids,
  * plots; a run stopped after a round and resumed equals the uninterrupted run bit for bit (same
- * machine, same TF.js backend), with a gradient accumulation pending across the checkpoint; the
+ * machine, the default ONNX gradient backend), with a gradient accumulation pending across the checkpoint; the
  * exported file imports, fits the engine's slots, publishes to a registry, and changes what the
  * pipeline generates.
  */
@@ -116,7 +116,7 @@ describe("SPO training on tiny-sd15", () => {
     }
     const summary = JSON.parse(await readFile(join(fullDir, "summary.json"), "utf8"));
     expect(summary.runId).toBe(full.runId);
-    expect(summary.tfjsBackend).toBe("wasm");
+    expect(summary.gradBackend).toBe("onnx cpu");
     expect(summary.summary.steps).toBe(full.steps);
   });
 
