@@ -1,0 +1,188 @@
+/**
+ * One full-weight training step on onnxruntime (diffusion/training/, gradient graphs from
+ * diffusion/autodiff/): every UNet parameter a graph input kept in the worker, the denoising loss
+ * (the epsilon-prediction MSE) and its gradient with respect to every parameter, at batch 2.
+ * - its rate as a fraction of the machine's matmul rate, counting 3x the forward pass's
+ *   multiply-accumulates (forward, and the two products per layer of the backward pass), step and
+ *   matmul bursts interleaved round by round: the tiny-sd15 UNet at 32x32 latents, and the real
+ *   SD1.5 architecture at 32x32 latents (not with --quick), where the target is 30%;
+ * - the step's peak resident memory (sampled while the worker computes) over the memory before it,
+ *   for the first step (onnxruntime's arena grows then) and the last. Activation recomputation per
+ *   UNet block (checkpointing) is not offered by diffusion/autodiff yet, so there is no "with
+ *   checkpointing" figure.
+ * The step's time includes handing the gradients back to the main thread (one copy of the
+ * parameters' size), as a trainer gets them.
+ */
+
+import { join } from "node:path";
+import { measureComponent, type ResolvedConfig, resolveComponent } from "../diffusion/models/components.js";
+import { readConfigFile } from "../diffusion/models/config-reader.js";
+import { unet2DConditionModel } from "../diffusion/models/unet2d-condition.js";
+import type { ParamSource } from "../diffusion/ops/params.js";
+import { createGenerator } from "../diffusion/random/index.js";
+import { type Float32Tensor, float32, type Tensor } from "../diffusion/tensor.js";
+import { recordTrainingGraph, TrainingProgram } from "../diffusion/training/training-program.js";
+import { RandomParamSource } from "../diffusion/zoo/random-params.js";
+import type { BenchContext } from "./context.js";
+import {
+  type BenchResult,
+  fractionSummary,
+  percent,
+  type ReportRow,
+  timeSummary,
+  verdictAtLeast,
+} from "./report.js";
+import { SD15_RANDOM_SEED, sd15UNetConfig } from "./sd15-unet.js";
+import { BenchError, interleave, summarize, timed } from "./stats.js";
+import { CFG_BATCH, TEXT_TOKENS } from "./unet-feeds.js";
+
+/** The issue's target for the SD1.5 training step: 30% of the matmul rate at 3x forward MACs. */
+export const TRAINING_TARGET_FRACTION = 0.3;
+/** Forward, input gradient and weight gradient: each layer's products done three times. */
+const TRAINING_MAC_FACTOR = 3;
+const LATENT_SIDE = 32;
+const VAE_SCALE = 8;
+const TIMESTEP = 500;
+const REPS = {
+  tiny: { full: { warmup: 2, rounds: 12, burst: 3 }, quick: { warmup: 1, rounds: 5, burst: 3 } },
+  sd15: { warmup: 1, rounds: 3, burst: 9 },
+};
+const MIB = 2 ** 20;
+
+interface StepFigures {
+  readonly fraction: ReturnType<typeof summarize>;
+  readonly step: ReturnType<typeof summarize>;
+  readonly trainingMacs: number;
+  readonly firstPeakMib: number;
+  readonly lastPeakMib: number;
+  readonly rssBeforeMib: number;
+  readonly parameters: number;
+}
+
+/** Host feeds of one denoising step at batch 2: noisy latents, timesteps, text states, the target noise. */
+function stepFeeds(resolved: ResolvedConfig): Record<string, Float32Tensor> {
+  if (resolved.kind !== "unet") throw new BenchError(`expected a UNet config, got ${resolved.kind}`);
+  const c = resolved.config;
+  const g = createGenerator("stepwise", 1);
+  const latent = [CFG_BATCH, c.inChannels, LATENT_SIDE, LATENT_SIDE];
+  return {
+    sample: g.randn(latent),
+    timestep: float32([CFG_BATCH], new Array<number>(CFG_BATCH).fill(TIMESTEP)),
+    // Every block's cross-attention width is the same in SD1.5 and the tiny UNets.
+    encoder_hidden_states: g.randn([CFG_BATCH, TEXT_TOKENS, c.crossAttentionDim[0]]),
+    noise: g.randn([CFG_BATCH, c.outChannels, LATENT_SIDE, LATENT_SIDE]),
+  };
+}
+
+async function trainingStep(
+  ctx: BenchContext,
+  resolved: ResolvedConfig,
+  params: ParamSource,
+  reps: { warmup: number; rounds: number; burst: number },
+): Promise<StepFigures> {
+  if (resolved.kind !== "unet") throw new BenchError(`expected a UNet config, got ${resolved.kind}`);
+  const feeds = stepFeeds(resolved);
+  const parameters = new Map<string, Tensor>();
+  for (const name of params.names()) parameters.set(name, await params.read(name));
+  const record = () =>
+    recordTrainingGraph({
+      params,
+      inputs: Object.entries(feeds).map(([name, t]) => ({ name, dtype: "float32" as const, shape: t.shape })),
+      trainParams: () => true,
+      forward: (ops, inputs) => {
+        const prediction = unet2DConditionModel(ops, resolved.config, {
+          sample: inputs.sample,
+          timestep: inputs.timestep,
+          encoderHiddenStates: inputs.encoder_hidden_states,
+        }).sample;
+        const error = ops.sub(prediction, inputs.noise);
+        return { loss: ops.reduceMean(ops.reshape(ops.mul(error, error), [-1]), 0, false) };
+      },
+    });
+  const program = await TrainingProgram.start(
+    { provider: "cpu", intraOpThreads: ctx.options.threads },
+    "bench",
+  );
+  try {
+    await program.setParameters(parameters);
+    parameters.clear();
+    ctx.log("recording and loading the training graph");
+    const first = await program.step("bench", feeds, record);
+    const probe = await ctx.matmulProbe();
+    let last = first.memory;
+    const times = await interleave(
+      [
+        {
+          name: "step",
+          run: () =>
+            timed(async () => {
+              last = (await program.step("bench", feeds, record)).memory;
+            }),
+        },
+        { name: "matmul", run: () => probe.burst(reps.burst) },
+      ],
+      { ...reps, onRound: (r) => ctx.log(`training step round ${r + 1}/${reps.rounds}`) },
+    );
+    const step = times.get("step")!;
+    const matmul = times.get("matmul")!;
+    const pixels = LATENT_SIDE * VAE_SCALE;
+    const trainingMacs = TRAINING_MAC_FACTOR * measureComponent(resolved, pixels, CFG_BATCH, VAE_SCALE).macs;
+    return {
+      fraction: summarize(
+        step.map((t, i) => trainingMacs / t / (probe.macs / matmul[i])),
+        "fraction of matmul rate",
+      ),
+      step: summarize(step, "training step"),
+      trainingMacs,
+      firstPeakMib: (first.memory.peakRssBytes - first.memory.rssBeforeBytes) / MIB,
+      lastPeakMib: (last.peakRssBytes - last.rssBeforeBytes) / MIB,
+      rssBeforeMib: first.memory.rssBeforeBytes / MIB,
+      parameters: [...params.names()].length,
+    };
+  } finally {
+    await program.close();
+  }
+}
+
+function rows(what: string, f: StepFigures, target?: number): ReportRow[] {
+  return [
+    {
+      bench: "training-step",
+      measure: `${what}: full-weight training step (forward + backward), batch ${CFG_BATCH}, ${LATENT_SIDE}x${LATENT_SIDE} latents, at ${TRAINING_MAC_FACTOR}x forward MACs`,
+      value: `${fractionSummary(f.fraction)} of matmul rate`,
+      target: target === undefined ? undefined : `>= ${percent(target, 0)}`,
+      verdict: target === undefined ? undefined : verdictAtLeast(f.fraction, target),
+      context: `${timeSummary(f.step)} per step; ${(f.trainingMacs / 1e9).toFixed(2)} GMAC counted; ${f.parameters} parameter tensors`,
+    },
+    {
+      bench: "training-step",
+      measure: `${what}: peak resident memory of a step over the memory before it (no checkpointing: not offered yet)`,
+      value: `${f.lastPeakMib.toFixed(0)} MiB`,
+      context: `first step ${f.firstPeakMib.toFixed(0)} MiB (the arena grows); ${f.rssBeforeMib.toFixed(0)} MiB resident before it`,
+    },
+  ];
+}
+
+export async function trainingStepBench(ctx: BenchContext): Promise<BenchResult> {
+  const out: ReportRow[] = [];
+  const data: Record<string, unknown> = {};
+  const engine = await ctx.tinyEngine("tiny-sd15", "none");
+  const tiny = resolveComponent("unet", await readConfigFile(join(engine, "unet", "config.json")));
+  const tinyParams = new RandomParamSource(measureComponent(tiny, 64).meta.params, SD15_RANDOM_SEED);
+  ctx.log("training step: tiny-sd15 UNet");
+  const t = await trainingStep(ctx, tiny, tinyParams, REPS.tiny[ctx.options.quick ? "quick" : "full"]);
+  out.push(...rows("tiny-sd15 UNet", t));
+  data.tiny = t;
+  if (ctx.options.quick) return { name: "training-step", rows: out, data };
+
+  // The config only: the training graph takes every parameter as an input, so no weights are written.
+  const config = await sd15UNetConfig();
+  const sd15 = resolveComponent("unet", config.raw, config.origin);
+  const sd15Params = new RandomParamSource(measureComponent(sd15, 64).meta.params, SD15_RANDOM_SEED);
+  ctx.log("training step: SD1.5 UNet (gradients of every parameter)");
+  const s = await trainingStep(ctx, sd15, sd15Params, REPS.sd15);
+  const millions = (sd15Params.parameterCount / 1e6).toFixed(0);
+  out.push(...rows(`SD1.5 UNet (${millions}M params)`, s, TRAINING_TARGET_FRACTION));
+  data.sd15 = s;
+  return { name: "training-step", rows: out, data };
+}
