@@ -17,11 +17,15 @@
 import { join } from "node:path";
 import { measureComponent, type ResolvedConfig, resolveComponent } from "../diffusion/models/components.js";
 import { readConfigFile } from "../diffusion/models/config-reader.js";
-import { unet2DConditionModel } from "../diffusion/models/unet2d-condition.js";
 import type { ParamSource } from "../diffusion/ops/params.js";
 import { createGenerator } from "../diffusion/random/index.js";
 import { type Float32Tensor, float32, type Tensor } from "../diffusion/tensor.js";
-import { recordTrainingGraph, TrainingProgram } from "../diffusion/training/training-program.js";
+import { denoisingLoss } from "../diffusion/training/denoising-loss.js";
+import {
+  float32Inputs,
+  recordTrainingGraph,
+  TrainingProgram,
+} from "../diffusion/training/training-program.js";
 import { RandomParamSource } from "../diffusion/zoo/random-params.js";
 import type { BenchContext } from "./context.js";
 import {
@@ -87,17 +91,16 @@ async function trainingStep(
   const record = () =>
     recordTrainingGraph({
       params,
-      inputs: Object.entries(feeds).map(([name, t]) => ({ name, dtype: "float32" as const, shape: t.shape })),
+      inputs: float32Inputs(feeds),
       trainParams: () => true,
-      forward: (ops, inputs) => {
-        const prediction = unet2DConditionModel(ops, resolved.config, {
+      forward: (ops, inputs) => ({
+        loss: denoisingLoss(ops, resolved.config, {
           sample: inputs.sample,
           timestep: inputs.timestep,
           encoderHiddenStates: inputs.encoder_hidden_states,
-        }).sample;
-        const error = ops.sub(prediction, inputs.noise);
-        return { loss: ops.reduceMean(ops.reshape(ops.mul(error, error), [-1]), 0, false) };
-      },
+          noise: inputs.noise,
+        }),
+      }),
     });
   const program = await TrainingProgram.start(
     { provider: "cpu", intraOpThreads: ctx.options.threads },

@@ -9,23 +9,19 @@ import type { ExecutionProviderConfig } from "../diffusion/engine/execution-prov
 import { type UNetConfig, unet2DConditionModel } from "../diffusion/models/unet2d-condition.js";
 import type { OnnxValue } from "../diffusion/onnx/graph.js";
 import type { ParamSource } from "../diffusion/ops/params.js";
-import type { PipelineModels } from "../diffusion/pipelines/pipeline-models.js";
-import type { DDIMScheduler } from "../diffusion/schedulers/index.js";
 import type { Float32Tensor, Tensor } from "../diffusion/tensor.js";
 import {
+  float32Inputs,
   recordTrainingGraph,
   type TrainingGraph,
   TrainingProgram,
 } from "../diffusion/training/training-program.js";
-import type { RoundConditioning } from "./conditioning.js";
 import type { GradBackendName, PolicyGradients } from "./gradient-backend.js";
 import type { LoraModuleShape } from "./lora-parameters.js";
-import type { TrainingPair } from "./reference.js";
 import {
   type LossSettings,
   type MicroBatchPlan,
   type MicroBatchResult,
-  planMicroBatch,
   spoObjective,
 } from "./spo-objective.js";
 
@@ -84,14 +80,7 @@ export class OnnxPolicy implements PolicyGradients {
     return this.program.setParameters(parameters);
   }
 
-  async lossAndGradients(
-    models: Pick<PipelineModels, "spec">,
-    conditioning: RoundConditioning,
-    scheduler: DDIMScheduler,
-    pairs: readonly TrainingPair[],
-    settings: LossSettings,
-  ): Promise<MicroBatchResult> {
-    const plan = planMicroBatch(models, conditioning, scheduler, pairs, settings);
+  async lossAndGradients(plan: MicroBatchPlan, settings: LossSettings): Promise<MicroBatchResult> {
     const feeds: Record<string, Tensor> = { ...unetInputs(plan), ...plan.side };
     const result = await this.program.step(`${plan.structure};${JSON.stringify(settings)}`, feeds, () =>
       this.record(plan, feeds, settings),
@@ -119,11 +108,7 @@ export class OnnxPolicy implements PolicyGradients {
     return recordTrainingGraph({
       params: weights,
       paramsLabel: label,
-      inputs: Object.entries(feeds).map(([name, t]) => ({
-        name,
-        dtype: "float32" as const,
-        shape: t.shape,
-      })),
+      inputs: float32Inputs(feeds),
       isLoraTarget: (module) => this.targets.has(module),
       loraRank: rank,
       forward: (ops, inputs) => {

@@ -71,7 +71,7 @@ import { writeSampleGrid } from "./sample-grid.js";
 import { type SamplingSettings, sampleRound } from "./sampling.js";
 import type { CandidateScorer } from "./scorer.js";
 import type { PredictionType } from "./spo-loss.js";
-import type { LossSettings } from "./spo-objective.js";
+import { type LossSettings, planMicroBatch } from "./spo-objective.js";
 
 /** pino's shape, so the CLI passes its logger and tests a recorder. */
 export interface TrainerLog {
@@ -399,13 +399,14 @@ class SpoRun {
     const shuffled = permutation(this.random.shuffle, pairs.length).map((i) => pairs[i]);
     for (let start = 0; start < shuffled.length; start += size) {
       let started = performance.now();
-      const { grads, stats } = await gradients.lossAndGradients(
+      const plan = planMicroBatch(
         engine,
         conditioning,
         this.scheduler,
         shuffled.slice(start, start + size),
         this.loss,
       );
+      const { grads, stats } = await gradients.lossAndGradients(plan, this.loss);
       this.optimizer.accumulate(grads);
       const p = this.state.pending;
       p.lossSum += stats.loss;

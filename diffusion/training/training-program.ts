@@ -15,7 +15,12 @@
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { type GradientGraphOptions, LOSS_OUTPUT, recordGradientGraph } from "../autodiff/gradient-graph.js";
+import {
+  type GradientGraphInput,
+  type GradientGraphOptions,
+  LOSS_OUTPUT,
+  recordGradientGraph,
+} from "../autodiff/gradient-graph.js";
 import type { ExecutionProviderConfig, ResolvedProvider } from "../engine/execution-provider.js";
 import { OnnxRuntimeWorker } from "../engine/onnx-runtime.js";
 import type { SessionSpec } from "../engine/worker-protocol.js";
@@ -53,6 +58,11 @@ export function recordTrainingGraph(options: GradientGraphOptions): TrainingGrap
     loss: LOSS_OUTPUT,
     gradients: new Map(graph.gradients.map((g) => [g.input, g.output])),
   };
+}
+
+/** Gradient-graph inputs for host feeds: float32, at the feeds' (static) shapes. */
+export function float32Inputs(feeds: Readonly<Record<string, Tensor>>): GradientGraphInput[] {
+  return Object.entries(feeds).map(([name, t]) => ({ name, dtype: "float32", shape: t.shape }));
 }
 
 export interface TrainingStepResult {

@@ -19,7 +19,7 @@ import { type TrainingPair, withReferenceLogProbs } from "../../trainer/referenc
 import { sampleRound } from "../../trainer/sampling.js";
 import { SpmCandidateScorer } from "../../trainer/scorer.js";
 import type { TrainingSession } from "../../trainer/session.js";
-import type { LossSettings, MicroBatchResult } from "../../trainer/spo-objective.js";
+import { type LossSettings, type MicroBatchResult, planMicroBatch } from "../../trainer/spo-objective.js";
 import { scratchDir, TEST_PROVIDER } from "../helpers/tiny-engines.js";
 import { openTinySession, tinyRawConfig } from "./tiny-training.js";
 
@@ -127,7 +127,10 @@ describe("SPO training step on a fixed batch of pairs (tiny-sd15), ONNX and TF.j
   }
 
   function step(backend: PolicyGradients, batch: readonly TrainingPair[]): Promise<MicroBatchResult> {
-    return backend.lossAndGradients(session.engine, conditioning, scheduler, batch, SETTINGS);
+    return backend.lossAndGradients(
+      planMicroBatch(session.engine, conditioning, scheduler, batch, SETTINGS),
+      SETTINGS,
+    );
   }
 
   it("starts at ratio 1 (policy = reference) and a loss of ln 2 on both backends", async () => {

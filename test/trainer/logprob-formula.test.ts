@@ -11,7 +11,6 @@
 import * as tf from "@tensorflow/tfjs-core";
 import { beforeAll, describe, expect, it } from "vitest";
 import { createGenerator } from "../../diffusion/random/index.js";
-import type { DdimTransitionCoefficients } from "../../diffusion/schedulers/ddim-logprob.js";
 import {
   DDIMScheduler,
   ddimPredictX0,
@@ -20,34 +19,10 @@ import {
   ddimTransitionCoefficients,
 } from "../../diffusion/schedulers/index.js";
 import type { Float32Tensor } from "../../diffusion/tensor.js";
-import { TfjsOps } from "../../diffusion/tfjs/tfjs-ops.js";
 import { SD15_SCHEDULER } from "../../diffusion/zoo/tiny-configs.js";
-import {
-  ddimLogProb,
-  type PredictionType,
-  type TransitionOptions,
-  transitionConstants,
-} from "../../trainer/spo-loss.js";
+import type { PredictionType } from "../../trainer/spo-loss.js";
 import { useWasmBackend } from "../tfjs/wasm.js";
-
-/** The objective's log-probability on the TF.js backend (trainer/spo-loss.ts is written over Ops). */
-const tfjsOps = new TfjsOps(new Map());
-function ddimLogProbTf(
-  modelOutput: tf.Tensor,
-  sample: tf.Tensor,
-  prevSample: tf.Tensor,
-  coefficients: DdimTransitionCoefficients,
-  options: TransitionOptions,
-): tf.Tensor {
-  return ddimLogProb(
-    tfjsOps,
-    modelOutput,
-    sample,
-    prevSample,
-    transitionConstants(tfjsOps, coefficients),
-    options,
-  );
-}
+import { ddimLogProbTf } from "./tfjs-objective.js";
 
 const SHAPE = [3, 4, 4, 4];
 const TIMESTEPS = [951, 501, 1];

@@ -197,9 +197,11 @@ describe("SPO training on tiny-sd15", () => {
     expect(full.warnings).toEqual([]);
     const log = recordingLog();
     const dir = await scratchDir("train-flat");
-    // A learning rate too small to move anything: SPO's symptom of a broken setup.
+    // A learning rate too small to move anything: SPO's symptom of a broken setup. On the TF.js
+    // gradient backend, so a whole run covers it too.
     const raw = await tinyRawConfig("tiny-sd15", dir, {
       ...RUN,
+      grad_backend: "tfjs",
       num_epochs: 1,
       prompts: ["a red cat", "a blue house"],
       train: { ...RUN.train, learning_rate: 1e-12, gradient_accumulation_steps: 1, train_batch_size: 1 },
@@ -217,6 +219,7 @@ describe("SPO training on tiny-sd15", () => {
     expect(result.warnings[0]).toMatch(/^epoch 1: the loss stayed within .* of ln 2 for all \d+ steps/);
     expect(log.lines.filter((l) => l.level === "warn").map((l) => l.msg)).toEqual(result.warnings);
     expect(log.lines.find((l) => l.msg.startsWith("tfjs backend wasm"))).toBeDefined();
+    expect(log.lines.find((l) => l.msg === "policy ready")?.obj).toMatchObject({ gradients: "tfjs wasm" });
     expect(log.lines.filter((l) => l.msg === "round sampled")).toHaveLength(1);
   });
 });
