@@ -221,14 +221,7 @@ describeWithShared(
               const transition = { prediction: "epsilon" as const };
               const side = inputs as Record<string, OnnxValue>;
               const logProb = (e: OnnxValue, prev: OnnxValue) =>
-                ddimLogProb(
-                  ops,
-                  e,
-                  side.x_t,
-                  prev,
-                  side as TransitionTensors<OnnxValue>,
-                  transition,
-                );
+                ddimLogProb(ops, e, side.x_t, prev, side as TransitionTensors<OnnxValue>, transition);
               const t = spoLoss(ops, {
                 logProbPolicyWin: logProb(side.eps_win, side.x_prev_w),
                 logProbPolicyLose: logProb(side.eps_lose, side.x_prev_l),
