@@ -104,7 +104,7 @@ async function trainingStep(
     });
   const program = await TrainingProgram.start(
     { provider: "cpu", intraOpThreads: ctx.options.threads },
-    "bench",
+    { label: "bench" },
   );
   try {
     await program.setParameters(parameters);

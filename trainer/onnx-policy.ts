@@ -65,7 +65,7 @@ export class OnnxPolicy implements PolicyGradients {
   }
 
   static async start(options: OnnxPolicyOptions): Promise<OnnxPolicy> {
-    return new OnnxPolicy(options, await TrainingProgram.start(options.provider, "spo-policy"));
+    return new OnnxPolicy(options, await TrainingProgram.start(options.provider, { label: "spo-policy" }));
   }
 
   get description(): string {

@@ -92,20 +92,44 @@ function shapeKey(feeds: Readonly<Record<string, Tensor>>): string {
     .join(",");
 }
 
+/**
+ * Loaded graphs kept at most: each session holds its own copy of the frozen weights (a LoRA graph of
+ * SD1.5 carries 3.4 GB), and a trainer's micro-batch layouts are few (full batches, and the last
+ * partial one of a round), so the least recently used graph beyond this is released.
+ */
+export const DEFAULT_MAX_GRAPHS = 4;
+
+export interface TrainingProgramOptions {
+  /** Names the graphs (and the temporary folder's files). */
+  readonly label?: string;
+  readonly maxGraphs?: number;
+}
+
 export class TrainingProgram {
+  /** By structure and shapes, least recently used first. */
   private readonly graphs = new Map<string, LoadedGraph>();
   private readonly parameterShapes = new Map<string, string>();
   private folder: string | undefined;
+  private recordings = 0;
   private closed = false;
 
   private constructor(
     private readonly runtime: OnnxRuntimeWorker,
     private readonly label: string,
+    private readonly maxGraphs: number,
   ) {}
 
   /** Start a worker for training graphs with `provider` (the engine's, usually). */
-  static async start(provider: ExecutionProviderConfig, label = "training"): Promise<TrainingProgram> {
-    return new TrainingProgram(await OnnxRuntimeWorker.start([], provider), label);
+  static async start(
+    provider: ExecutionProviderConfig,
+    options: TrainingProgramOptions = {},
+  ): Promise<TrainingProgram> {
+    const maxGraphs = options.maxGraphs ?? DEFAULT_MAX_GRAPHS;
+    if (!Number.isInteger(maxGraphs) || maxGraphs < 1) {
+      throw new TrainingProgramError(`maxGraphs must be a positive integer, got ${maxGraphs}`);
+    }
+    const runtime = await OnnxRuntimeWorker.start([], provider);
+    return new TrainingProgram(runtime, options.label ?? "training", maxGraphs);
   }
 
   /** The provider the graphs run on (known once the first graph loaded; `auto` may have fallen back). */
@@ -113,9 +137,9 @@ export class TrainingProgram {
     return this.runtime.provider;
   }
 
-  /** Graphs recorded so far (one per distinct structure and feed shapes). */
+  /** Graphs recorded so far (one per distinct structure and feed shapes, released ones included). */
   get graphCount(): number {
-    return this.graphs.size;
+    return this.recordings;
   }
 
   /**
@@ -151,10 +175,13 @@ export class TrainingProgram {
     const key = `${structure}|${shapeKey(feeds)}`;
     let graph = this.graphs.get(key);
     const recorded = graph === undefined;
-    if (!graph) {
-      graph = await this.load(await record(), `graph_${this.graphs.size + 1}`);
-      this.graphs.set(key, graph);
+    if (graph) {
+      this.graphs.delete(key);
+    } else {
+      await this.evictTo(this.maxGraphs - 1);
+      graph = await this.load(await record(), `graph_${++this.recordings}`);
     }
+    this.graphs.set(key, graph);
     const resident: string[] = [];
     for (const name of graph.inputs) {
       if (name in feeds) continue;
@@ -190,6 +217,16 @@ export class TrainingProgram {
       gradients: graph.gradients,
       inputs: new Set(graph.ops.graph.inputs.map((i) => i.name)),
     };
+  }
+
+  /** Release least recently used graphs until at most `count` remain. */
+  private async evictTo(count: number): Promise<void> {
+    for (const [key, graph] of this.graphs) {
+      if (this.graphs.size <= count) return;
+      this.graphs.delete(key);
+      await this.runtime.release({ sessions: [graph.session] });
+      if (this.folder) await rm(join(this.folder, graph.session), { recursive: true, force: true });
+    }
   }
 
   /** In memory when the frozen weights fit inline, else written to the program's temporary folder. */

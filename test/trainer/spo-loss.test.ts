@@ -210,7 +210,10 @@ describeWithShared(
         ref_l: float32([n], ref("l")),
       };
       for (const term of TRANSITION_TERMS) feeds[term] = float32([n, 1, 1, 1], terms[term]);
-      const program = await TrainingProgram.start({ provider: "cpu", intraOpThreads: 1 }, "spo-loss");
+      const program = await TrainingProgram.start(
+        { provider: "cpu", intraOpThreads: 1 },
+        { label: "spo-loss" },
+      );
       try {
         const result = await program.step("spo-loss", feeds, () =>
           recordTrainingGraph({

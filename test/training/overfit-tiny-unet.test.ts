@@ -60,7 +60,7 @@ describe("full-weight training of the tiny SD1.5 UNet on fixed latents (ONNX pat
       encoder_hidden_states: generator.randn([SAMPLES, TOKENS, TINY_SD15_UNET.cross_attention_dim]),
       noise,
     };
-    program = await TrainingProgram.start(TEST_PROVIDER, "overfit");
+    program = await TrainingProgram.start(TEST_PROVIDER, { label: "overfit" });
   });
 
   afterAll(async () => {
