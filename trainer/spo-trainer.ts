@@ -143,6 +143,7 @@ const EMPTY_PENDING: PendingStep = {
 };
 
 const METRICS_FILE = "metrics.jsonl";
+const MIB = 2 ** 20;
 
 function checkIdentity(resume: Checkpoint, identity: RunIdentity): void {
   for (const key of Object.keys(identity) as (keyof RunIdentity)[]) {
@@ -432,6 +433,9 @@ class SpoRun {
         clip_scale: report.clipScale,
         learning_rate: this.config.train.learning_rate,
         pairs: p.pairs,
+        ...(gradients.lastPeakRssBytes === undefined
+          ? {}
+          : { gradient_peak_rss_mib: Math.round(gradients.lastPeakRssBytes / MIB) }),
       });
       this.lastLoss = loss;
       // The first step's loss is ln 2 by construction (up = 0: policy = reference); it says nothing.

@@ -42,9 +42,9 @@ function bytesOf(t: Float32Tensor): Buffer {
   return Buffer.from(t.data.buffer, t.data.byteOffset, t.data.byteLength);
 }
 
-/** Everything of a metrics line but the wall-clock timings. */
+/** Everything of a metrics line but the wall-clock timings and the memory measurement. */
 function withoutTimings(m: StepMetrics): Partial<StepMetrics> {
-  const { sampling_ms, scoring_ms, reference_ms, gradient_ms, ...rest } = m;
+  const { sampling_ms, scoring_ms, reference_ms, gradient_ms, gradient_peak_rss_mib, ...rest } = m;
   return rest;
 }
 
@@ -87,6 +87,8 @@ describe("SPO training on tiny-sd15", () => {
       expect(Number.isFinite(s.loss) && Number.isFinite(s.ratio_win) && Number.isFinite(s.grad_norm)).toBe(
         true,
       );
+      // The ONNX backend measures the gradient step's peak resident memory.
+      expect(s.gradient_peak_rss_mib).toBeGreaterThan(0);
       expect(s.pairs_kept).toBeLessThanOrEqual(s.pairs_offered);
       expect(s.pairs_offered).toBe(8);
     }
