@@ -26,6 +26,11 @@
  * Data inputs named in `differentiateInputs` are differentiated too (the SPO loss's gradient with
  * respect to the noise prediction).
  *
+ * Checkpointing (`checkpoint`, e.g. `unetBlockSegment`): the activations inside each segment are
+ * not kept for the backward pass; the segment's forward nodes are emitted again, fed from its kept
+ * inputs, where the backward pass reaches it (backward.ts), trading about one more forward pass
+ * for the memory of all but one segment's activations.
+ *
  * Outputs: `loss`, the forward's extra outputs under their own names, then `grad/<input name>` for
  * every differentiated input (shaped like it). Gradient graphs are float32 with static shapes:
  * training records one graph per batch shape.
@@ -84,6 +89,11 @@ export interface GradientGraphOptions {
    * `loss_seed` shaped like the loss weights them (vector-Jacobian product with a fed cotangent).
    */
   readonly lossSeed?: "sum" | "input";
+  /**
+   * Activation recomputation (checkpointing): the segment of each module, e.g. `unetBlockSegment`
+   * for one segment per UNet block. Default: none, every activation the backward pass uses is kept.
+   */
+  readonly checkpoint?: (module: string) => string | undefined;
 }
 
 export interface GradientOutput {
@@ -153,7 +163,7 @@ export function recordGradientGraph(options: GradientGraphOptions): GradientGrap
     );
   }
 
-  const grads = backward(tape, result.loss, wrt, { seed });
+  const grads = backward(tape, result.loss, wrt, { seed, checkpoint: options.checkpoint });
   onnx.output(LOSS_OUTPUT, result.loss);
   for (const [name, value] of Object.entries(result.outputs ?? {})) onnx.output(name, value);
   const gradients = wrt.map((v, i) => {

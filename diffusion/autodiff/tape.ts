@@ -18,12 +18,15 @@ type V = OnnxValue;
 export type UnaryOp = "neg" | "exp" | "log" | "sqrt" | "sin" | "cos" | "tanh" | "erf" | "sigmoid";
 export type BinaryOp = "add" | "sub" | "mul" | "div";
 
-/** One recorded primitive call; `inputs` are the operands in the `Ops` method's order. */
-export type TapeEntry = { readonly output: V } & (
+/**
+ * One recorded primitive call; `inputs` are the operands in the `Ops` method's order, `module` the
+ * module whose parameters were read last (what checkpoint segments are cut by).
+ */
+export type TapeEntry = { readonly output: V; readonly module: string } & (
   | { readonly op: BinaryOp | "matmul"; readonly inputs: readonly [V, V] }
   | { readonly op: UnaryOp; readonly inputs: readonly [V] }
   | { readonly op: "clip"; readonly inputs: readonly [V]; readonly min?: number; readonly max?: number }
-  | { readonly op: "cast"; readonly inputs: readonly [V] }
+  | { readonly op: "cast"; readonly inputs: readonly [V]; readonly to: "float32" | "compute" }
   | { readonly op: "linear"; readonly inputs: readonly [V, V, V | undefined] }
   | {
       readonly op: "conv2d";
@@ -44,7 +47,7 @@ export type TapeEntry = { readonly output: V } & (
       readonly axis: number;
       readonly keepDims: boolean;
     }
-  | { readonly op: "reshape"; readonly inputs: readonly [V] }
+  | { readonly op: "reshape"; readonly inputs: readonly [V]; readonly spec: ReshapeSpec }
   | { readonly op: "reshapeLike"; readonly inputs: readonly [V, V] }
   | { readonly op: "transpose"; readonly inputs: readonly [V]; readonly perm: readonly number[] }
   | { readonly op: "concat"; readonly inputs: readonly V[]; readonly axis: number }
@@ -60,11 +63,12 @@ export type TapeEntry = { readonly output: V } & (
 );
 
 /** A tape entry before its output is known. */
-type Call = TapeEntry extends infer E ? (E extends TapeEntry ? Omit<E, "output"> : never) : never;
+type Call = TapeEntry extends infer E ? (E extends TapeEntry ? Omit<E, "output" | "module"> : never) : never;
 
 export class TapeOps implements Ops<V> {
   readonly backend = "onnx";
   private readonly tape: TapeEntry[] = [];
+  private module = "";
 
   constructor(readonly onnx: OnnxOps) {}
 
@@ -75,7 +79,7 @@ export class TapeOps implements Ops<V> {
 
   private record(call: Call, output: V): V {
     if (!call.inputs.some((v) => v?.name === output.name)) {
-      this.tape.push({ ...call, output } as TapeEntry);
+      this.tape.push({ ...call, output, module: this.module } as TapeEntry);
     }
     return output;
   }
@@ -83,6 +87,8 @@ export class TapeOps implements Ops<V> {
   // --- leaves (not recorded) ------------------------------------------------------------------------
 
   param(name: string, shape: readonly number[]): V {
+    const dot = name.lastIndexOf(".");
+    this.module = dot > 0 ? name.slice(0, dot) : name;
     return this.onnx.param(name, shape);
   }
   constant(values: Float32Array | readonly number[], shape: readonly number[], float32?: boolean): V {
@@ -92,6 +98,7 @@ export class TapeOps implements Ops<V> {
     return this.onnx.scalar(value);
   }
   loraFactors(module: string, inFeatures: number, outFeatures: number): LoraFactors<V> | undefined {
+    this.module = module;
     return this.onnx.loraFactors(module, inFeatures, outFeatures);
   }
 
@@ -140,7 +147,7 @@ export class TapeOps implements Ops<V> {
     return this.record({ op: "clip", inputs: [x], min, max }, this.onnx.clip(x, min, max));
   }
   cast(x: V, to: "float32" | "compute"): V {
-    return this.record({ op: "cast", inputs: [x] }, this.onnx.cast(x, to));
+    return this.record({ op: "cast", inputs: [x], to }, this.onnx.cast(x, to));
   }
 
   // --- linear algebra -------------------------------------------------------------------------------
@@ -191,7 +198,7 @@ export class TapeOps implements Ops<V> {
   // --- shape ----------------------------------------------------------------------------------------
 
   reshape(x: V, shape: ReshapeSpec): V {
-    return this.record({ op: "reshape", inputs: [x] }, this.onnx.reshape(x, shape));
+    return this.record({ op: "reshape", inputs: [x], spec: shape }, this.onnx.reshape(x, shape));
   }
   reshapeLike(x: V, like: V): V {
     return this.record({ op: "reshapeLike", inputs: [x, like] }, this.onnx.reshapeLike(x, like));
@@ -224,5 +231,63 @@ export class TapeOps implements Ops<V> {
   /** Not recorded: a 0/1 step function has zero derivative wherever it has one. */
   equalScalar(x: V, value: number): V {
     return this.onnx.equalScalar(x, value);
+  }
+}
+
+/**
+ * Record `entry` again on `ops` with other operands (activation recomputation): the same primitive
+ * with the same attributes.
+ */
+export function replayEntry(ops: Ops<V>, entry: TapeEntry, inputs: readonly (V | undefined)[]): V {
+  const [a, b, c] = inputs as V[];
+  switch (entry.op) {
+    case "add":
+    case "sub":
+    case "mul":
+    case "div":
+    case "matmul":
+      return ops[entry.op](a, b);
+    case "neg":
+    case "exp":
+    case "log":
+    case "sqrt":
+    case "sin":
+    case "cos":
+    case "tanh":
+    case "erf":
+    case "sigmoid":
+      return ops[entry.op](a);
+    case "clip":
+      return ops.clip(a, entry.min, entry.max);
+    case "cast":
+      return ops.cast(a, entry.to);
+    case "linear":
+      return ops.linear(a, b, inputs[2]);
+    case "conv2d":
+      return ops.conv2d(a, b, inputs[2], entry.options);
+    case "groupNorm":
+      return ops.groupNorm(a, entry.groups, b, c, entry.eps);
+    case "layerNorm":
+      return ops.layerNorm(a, b, c, entry.eps);
+    case "softmax":
+      return ops.softmax(a, entry.axis);
+    case "reduceSum":
+    case "reduceMean":
+      return ops[entry.op](a, entry.axis, entry.keepDims);
+    case "reshape":
+      return ops.reshape(a, entry.spec);
+    case "reshapeLike":
+      return ops.reshapeLike(a, b);
+    case "transpose":
+      return ops.transpose(a, entry.perm);
+    case "concat":
+      return ops.concat(inputs as V[], entry.axis);
+    case "slice":
+      return ops.slice(a, entry.axis, entry.start, entry.end);
+    case "upsampleNearest2x":
+      return ops.upsampleNearest2x(a, inputs[1]);
+    case "gather":
+    case "gatherRows":
+      return ops[entry.op](a, b);
   }
 }

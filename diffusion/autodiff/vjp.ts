@@ -179,7 +179,7 @@ export class VjpRules {
     const dy2 = adj.reshapeTo(dy, [rows, outF]);
     return [
       needs[0] ? adj.reshapeTo(o.matmul(dy2, w), xDims) : undefined,
-      needs[1] ? o.matmul(o.transpose(dy2, [1, 0]), adj.reshapeTo(x, [rows, inF])) : undefined,
+      needs[1] ? adj.matmulTransposedA(dy2, adj.reshapeTo(x, [rows, inF])) : undefined,
       b && needs[2] ? o.reduceSum(dy2, 0, false) : undefined,
     ];
   }

@@ -4,8 +4,8 @@
  * model never needs it forward:
  *   - `sumTo` / `reduceSumAxes` / `broadcastTo`: ReduceSum over several axes and Expand, to undo
  *     numpy broadcasting and keepdims reductions.
- *   - `convInputGrad` (ConvTranspose) and `convWeightGrad` (a Conv with the batch and channel axes
- *     swapped, dilated by the stride): the two adjoints of a convolution.
+ *   - `convInputGrad` (a Conv by the flipped filter, or ConvTranspose when strided) and
+ *     `convWeightGrad` (im2col: strided windows and a MatMul): the two adjoints of a convolution.
  *   - `scatterAdd` (ScatterND, reduction "add"): the adjoint of Gather / GatherND.
  *   - `padAxis` (Pad): the adjoint of a slice.
  *   - `resizeNearestGrad`: the adjoint of nearest upsampling, as two MatMuls by constant 0/1
@@ -101,8 +101,11 @@ export class OnnxAdjointOps {
   }
 
   /**
-   * d conv / d x: ConvTranspose of dy by the same weight. output_padding restores the rows a
-   * strided convolution dropped (x sizes that the stride does not divide).
+   * d conv / d x. Stride 1: the "full" convolution of dy by the flipped filter with input and
+   * output channels swapped (per group), pads k - 1 - p; onnxruntime runs it on the same fast
+   * convolution kernels as the forward pass (ConvTranspose is about 2.5x slower there). Strided
+   * convolutions (the downsamplers) take ConvTranspose, output_padding restoring the rows a stride
+   * dropped.
    */
   convInputGrad(
     dy: OnnxValue,
@@ -114,7 +117,37 @@ export class OnnxAdjointOps {
     const groups = options.groups ?? 1;
     const [top, left, bottom, right] = convPads(options);
     const [, , ho, wo] = staticDims(dy);
-    const [, , kh, kw] = staticDims(weight);
+    const [o, cg, kh, kw] = staticDims(weight);
+    const padsOk = top < kh && left < kw && bottom < kh && right < kw;
+    if (stride === 1 && padsOk) {
+      const og = o / groups;
+      const grouped = this.reshapeTo(weight, [groups, og, cg, kh, kw]);
+      const swapped = this.b.node(
+        "Transpose",
+        [grouped],
+        { dtype: weight.dtype, shape: [groups, cg, og, kh, kw] },
+        [attr.ints("perm", [0, 2, 1, 3, 4])],
+      );
+      const flipped = this.b.node(
+        "Slice",
+        [
+          swapped,
+          this.b.intConstant([-1, -1]),
+          this.b.intConstant([-kh - 1, -kw - 1]),
+          this.b.intConstant([3, 4]),
+          this.b.intConstant([-1, -1]),
+        ],
+        { dtype: weight.dtype, shape: [groups, cg, og, kh, kw] },
+      );
+      const kernel = this.reshapeTo(flipped, [groups * cg, og, kh, kw]);
+      return this.b.node("Conv", [dy, kernel], { dtype: dy.dtype, shape: xDims }, [
+        attr.ints("strides", [1, 1]),
+        attr.ints("pads", [kh - 1 - top, kw - 1 - left, kh - 1 - bottom, kw - 1 - right]),
+        attr.ints("dilations", [1, 1]),
+        attr.int("group", groups),
+        attr.ints("kernel_shape", [kh, kw]),
+      ]);
+    }
     const outputPadding = [
       xDims[2] - (stride * (ho - 1) + kh - top - bottom),
       xDims[3] - (stride * (wo - 1) + kw - left - right),
@@ -130,49 +163,92 @@ export class OnnxAdjointOps {
   }
 
   /**
-   * d conv / d weight, as a convolution: dW[o, c, i, j] = Σ_n,y,x dy[n, o, y, x] · xpad[n, c, y·s + i,
-   * x·s + j]. With x as [C/g, g·N, H, W] (the batch becomes the channels, group-major) and dy as a
-   * [O, N, Ho, Wo] kernel dilated by the stride, a grouped Conv gives [C/g, O, ≥kh, ≥kw]; the first
-   * kh x kw entries transposed are dW.
+   * d conv / d weight as one matrix product (im2col): dW[o, (i, j, c)] = Σ_(n, y, x) dy[n, o, y, x] ·
+   * xpad[n, y·s + i, x·s + j, c]. The padded input is made NHWC once, its kh·kw strided windows
+   * are concatenated on the channel axis to [N·Ho·Wo, kh·kw·C], and dy as [O, N·Ho·Wo] multiplies
+   * them; only the small result is transposed back to [O, C, kh, kw]. With groups the columns are
+   * regrouped to [g, N·Ho·Wo, kh·kw·cg] for a batched product. onnxruntime has no filter-gradient
+   * kernel in the standard domain; a Conv formulation (batch as channels, dy as a dilated kernel)
+   * ran about 8x slower than the forward convolution.
    */
   convWeightGrad(x: OnnxValue, dy: OnnxValue, wDims: readonly number[], options: Conv2dOptions): OnnxValue {
     const stride = options.stride ?? 1;
     const groups = options.groups ?? 1;
     const [top, left, bottom, right] = convPads(options);
-    const [n, , h, w] = staticDims(x);
+    const [n, c, h, w] = staticDims(x);
     const [, o, ho, wo] = staticDims(dy);
     const [, cg, kh, kw] = wDims;
-    const grouped = this.reshapeTo(x, [n, groups, cg, h, w]);
-    const channelsFirst = this.b.node(
-      "Transpose",
-      [grouped],
-      { dtype: x.dtype, shape: [cg, groups, n, h, w] },
-      [attr.ints("perm", [2, 1, 0, 3, 4])],
-    );
-    const input = this.reshapeTo(channelsFirst, [cg, groups * n, h, w]);
-    const kernel = this.b.node("Transpose", [dy], { dtype: dy.dtype, shape: [o, n, ho, wo] }, [
-      attr.ints("perm", [1, 0, 2, 3]),
-    ]);
-    const fullH = h + top + bottom - stride * (ho - 1);
-    const fullW = w + left + right - stride * (wo - 1);
-    const full = this.b.node("Conv", [input, kernel], { dtype: x.dtype, shape: [cg, o, fullH, fullW] }, [
-      attr.ints("strides", [1, 1]),
-      attr.ints("pads", [top, left, bottom, right]),
-      attr.ints("dilations", [stride, stride]),
-      attr.int("group", groups),
-      attr.ints("kernel_shape", [ho, wo]),
-    ]);
-    const cropped =
-      fullH === kh && fullW === kw
-        ? full
+    const og = o / groups;
+    const [hp, wp] = [h + top + bottom, w + left + right];
+    const nhwc = this.transpose(x, [0, 2, 3, 1], [n, h, w, c]);
+    const padded =
+      top + left + bottom + right === 0
+        ? nhwc
         : this.b.node(
-            "Slice",
-            [full, this.b.intConstant([0, 0]), this.b.intConstant([kh, kw]), this.b.intConstant([2, 3])],
-            { dtype: x.dtype, shape: [cg, o, kh, kw] },
+            "Pad",
+            [nhwc, this.b.intConstant([0, top, left, 0, 0, bottom, right, 0])],
+            { dtype: x.dtype, shape: [n, hp, wp, c] },
+            [attr.string("mode", "constant")],
           );
-    return this.b.node("Transpose", [cropped], { dtype: x.dtype, shape: [o, cg, kh, kw] }, [
-      attr.ints("perm", [1, 0, 2, 3]),
-    ]);
+    const windows: OnnxValue[] = [];
+    for (let i = 0; i < kh; i++) {
+      for (let j = 0; j < kw; j++) {
+        const full = i === 0 && j === 0 && stride === 1 && ho === hp && wo === wp;
+        windows.push(
+          full
+            ? padded
+            : this.b.node(
+                "Slice",
+                [
+                  padded,
+                  this.b.intConstant([i, j]),
+                  this.b.intConstant([i + stride * (ho - 1) + 1, j + stride * (wo - 1) + 1]),
+                  this.b.intConstant([1, 2]),
+                  this.b.intConstant([stride, stride]),
+                ],
+                { dtype: x.dtype, shape: [n, ho, wo, c] },
+              ),
+        );
+      }
+    }
+    const k = kh * kw;
+    const stacked =
+      windows.length === 1
+        ? windows[0]
+        : this.b.node("Concat", windows, { dtype: x.dtype, shape: [n, ho, wo, k * c] }, [
+            attr.int("axis", 3),
+          ]);
+    const rowsOf = n * ho * wo;
+    // dy [N, g·og, Ho, Wo] -> [g·og, N, Ho·Wo] -> [g, og, N·Ho·Wo]
+    const dyRows = this.reshapeTo(
+      this.transpose(this.reshapeTo(dy, [n, o, ho * wo]), [1, 0, 2], [o, n, ho * wo]),
+      [groups, og, rowsOf],
+    );
+    let columns: OnnxValue;
+    if (groups === 1) {
+      columns = this.reshapeTo(stacked, [1, rowsOf, k * c]);
+    } else {
+      const split = this.reshapeTo(stacked, [rowsOf, k, groups, cg]);
+      columns = this.reshapeTo(this.transpose(split, [2, 0, 1, 3], [groups, rowsOf, k, cg]), [
+        groups,
+        rowsOf,
+        k * cg,
+      ]);
+    }
+    const product = this.b.node("MatMul", [dyRows, columns], { dtype: x.dtype, shape: [groups, og, k * cg] });
+    // [g, og, (i, j, c)] -> [O, kh, kw, cg] -> [O, cg, kh, kw]
+    return this.transpose(this.reshapeTo(product, [o, kh, kw, cg]), [0, 3, 1, 2], [o, cg, kh, kw]);
+  }
+
+  /** Aᵀ·B for 2-D operands, without materialising Aᵀ (Gemm transA). */
+  matmulTransposedA(a: OnnxValue, b: OnnxValue): OnnxValue {
+    const [, m] = staticDims(a);
+    const [, n] = staticDims(b);
+    return this.b.node("Gemm", [a, b], { dtype: a.dtype, shape: [m, n] }, [attr.int("transA", 1)]);
+  }
+
+  private transpose(x: OnnxValue, perm: readonly number[], shape: readonly number[]): OnnxValue {
+    return this.b.node("Transpose", [x], { dtype: x.dtype, shape }, [attr.ints("perm", perm)]);
   }
 
   /**

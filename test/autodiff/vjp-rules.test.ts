@@ -131,6 +131,14 @@ const CASES: RuleCase[] = [
       o.conv2d(x.a, o.param("w", [6, 2, 3, 3]), o.param("b", [6]), { stride: 2, padding: 1, groups: 2 }),
   },
   {
+    name: "conv2d 2x3 kernel, groups 2, stride 1, asymmetric padding (1, 0, 0, 2)",
+    floats: { a: { shape: [2, 4, 4, 5] } },
+    params: { w: [6, 2, 2, 3], b: [6] },
+    train: ["w", "b"],
+    fn: (o, x) =>
+      o.conv2d(x.a, o.param("w", [6, 2, 2, 3]), o.param("b", [6]), { padding: [1, 0, 0, 2], groups: 2 }),
+  },
+  {
     name: "conv2d 1x1",
     floats: { a: { shape: [1, 3, 2, 3] } },
     params: { w: [2, 3, 1, 1] },
