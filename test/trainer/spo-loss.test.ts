@@ -8,20 +8,13 @@
  */
 import * as tf from "@tensorflow/tfjs-core";
 import { beforeAll, expect, it } from "vitest";
-import type { OnnxValue } from "../../diffusion/onnx/graph.js";
-import { MapParamSource } from "../../diffusion/ops/params.js";
 import {
   DDIMScheduler,
   ddimStepLogProb,
   ddimTransitionCoefficients,
 } from "../../diffusion/schedulers/index.js";
-import { type Float32Tensor, float32 } from "../../diffusion/tensor.js";
+import type { Float32Tensor } from "../../diffusion/tensor.js";
 import { toTf } from "../../diffusion/tfjs/host.js";
-import {
-  float32Inputs,
-  recordTrainingGraph,
-  TrainingProgram,
-} from "../../diffusion/training/training-program.js";
 import { judgePools } from "../../trainer/pools.js";
 import { spoLoss } from "../../trainer/spo-loss.js";
 import {
