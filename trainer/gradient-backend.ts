@@ -8,12 +8,8 @@
  * Both differentiate the same objective (trainer/spo-objective.ts) and hand back host gradients
  * keyed by parameter name, so the optimizer (trainer/optimizer.ts) is one piece of code.
  */
-import type { PipelineModels } from "../diffusion/pipelines/pipeline-models.js";
-import type { DDIMScheduler } from "../diffusion/schedulers/index.js";
 import type { Float32Tensor } from "../diffusion/tensor.js";
-import type { RoundConditioning } from "./conditioning.js";
-import type { TrainingPair } from "./reference.js";
-import type { LossSettings, MicroBatchResult } from "./spo-objective.js";
+import type { LossSettings, MicroBatchPlan, MicroBatchResult } from "./spo-objective.js";
 
 export const GRAD_BACKENDS = ["onnx", "tfjs"] as const;
 export type GradBackendName = (typeof GRAD_BACKENDS)[number];
@@ -26,13 +22,7 @@ export interface PolicyGradients {
   /** The LoRA factors the next micro-batches are differentiated at (after every optimizer step). */
   setParameters(parameters: ReadonlyMap<string, Float32Tensor>): Promise<void>;
   /** One micro-batch's loss statistics and d(loss / accumulation steps) / d parameter. */
-  lossAndGradients(
-    models: Pick<PipelineModels, "spec">,
-    conditioning: RoundConditioning,
-    scheduler: DDIMScheduler,
-    pairs: readonly TrainingPair[],
-    settings: LossSettings,
-  ): Promise<MicroBatchResult>;
+  lossAndGradients(plan: MicroBatchPlan, settings: LossSettings): Promise<MicroBatchResult>;
   /** Peak resident memory of the last micro-batch's gradient computation, when the backend measures it. */
   readonly lastPeakRssBytes?: number;
   close(): Promise<void>;

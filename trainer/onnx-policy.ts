@@ -3,29 +3,27 @@
  * objective (trainer/spo-objective.ts) recorded as one gradient graph (diffusion/autodiff/: LoRA
  * factors as inputs, base weights frozen initializers) and run by onnxruntime with the engine's
  * execution provider (diffusion/training/training-program.ts), one graph per micro-batch layout.
- * The LoRA factors stay in the worker between optimizer steps.
+ * The LoRA factors stay in the worker between optimizer steps. With `checkpointing`, each UNet
+ * block's activations are recomputed in the backward pass instead of kept.
  */
+import { unetBlockSegment } from "../diffusion/autodiff/backward.js";
 import type { ExecutionProviderConfig } from "../diffusion/engine/execution-provider.js";
 import { type UNetConfig, unet2DConditionModel } from "../diffusion/models/unet2d-condition.js";
 import type { OnnxValue } from "../diffusion/onnx/graph.js";
 import type { ParamSource } from "../diffusion/ops/params.js";
-import type { PipelineModels } from "../diffusion/pipelines/pipeline-models.js";
-import type { DDIMScheduler } from "../diffusion/schedulers/index.js";
 import type { Float32Tensor, Tensor } from "../diffusion/tensor.js";
 import {
+  float32Inputs,
   recordTrainingGraph,
   type TrainingGraph,
   TrainingProgram,
 } from "../diffusion/training/training-program.js";
-import type { RoundConditioning } from "./conditioning.js";
 import type { GradBackendName, PolicyGradients } from "./gradient-backend.js";
 import type { LoraModuleShape } from "./lora-parameters.js";
-import type { TrainingPair } from "./reference.js";
 import {
   type LossSettings,
   type MicroBatchPlan,
   type MicroBatchResult,
-  planMicroBatch,
   spoObjective,
 } from "./spo-objective.js";
 
@@ -41,6 +39,8 @@ export interface OnnxPolicyOptions {
   readonly modules: readonly LoraModuleShape[];
   readonly rank: number;
   readonly provider: ExecutionProviderConfig;
+  /** Recompute activations per UNet block in the backward pass (less memory, one more forward). */
+  readonly checkpointing?: boolean;
 }
 
 /** The UNet's graph inputs of a plan, by the engine's names. */
@@ -69,7 +69,7 @@ export class OnnxPolicy implements PolicyGradients {
   }
 
   static async start(options: OnnxPolicyOptions): Promise<OnnxPolicy> {
-    return new OnnxPolicy(options, await TrainingProgram.start(options.provider, "spo-policy"));
+    return new OnnxPolicy(options, await TrainingProgram.start(options.provider, { label: "spo-policy" }));
   }
 
   get description(): string {
@@ -84,14 +84,7 @@ export class OnnxPolicy implements PolicyGradients {
     return this.program.setParameters(parameters);
   }
 
-  async lossAndGradients(
-    models: Pick<PipelineModels, "spec">,
-    conditioning: RoundConditioning,
-    scheduler: DDIMScheduler,
-    pairs: readonly TrainingPair[],
-    settings: LossSettings,
-  ): Promise<MicroBatchResult> {
-    const plan = planMicroBatch(models, conditioning, scheduler, pairs, settings);
+  async lossAndGradients(plan: MicroBatchPlan, settings: LossSettings): Promise<MicroBatchResult> {
     const feeds: Record<string, Tensor> = { ...unetInputs(plan), ...plan.side };
     const result = await this.program.step(`${plan.structure};${JSON.stringify(settings)}`, feeds, () =>
       this.record(plan, feeds, settings),
@@ -119,12 +112,9 @@ export class OnnxPolicy implements PolicyGradients {
     return recordTrainingGraph({
       params: weights,
       paramsLabel: label,
-      inputs: Object.entries(feeds).map(([name, t]) => ({
-        name,
-        dtype: "float32" as const,
-        shape: t.shape,
-      })),
+      inputs: float32Inputs(feeds),
       isLoraTarget: (module) => this.targets.has(module),
+      checkpoint: this.options.checkpointing ? unetBlockSegment : undefined,
       loraRank: rank,
       forward: (ops, inputs) => {
         const out = unet2DConditionModel(ops, unet, {

@@ -8,19 +8,21 @@ import * as tf from "@tensorflow/tfjs-core";
 import { type UNetConfig, unet2DConditionModel } from "../diffusion/models/unet2d-condition.js";
 import type { LoraFactors } from "../diffusion/ops/ops.js";
 import type { ParamSource } from "../diffusion/ops/params.js";
-import type { PipelineModels, UNetFeeds } from "../diffusion/pipelines/pipeline-models.js";
-import type { DDIMScheduler } from "../diffusion/schedulers/index.js";
+import type { UNetFeeds } from "../diffusion/pipelines/pipeline-models.js";
 import { type Float32Tensor, shapeString } from "../diffusion/tensor.js";
 import { toHost, toTf } from "../diffusion/tfjs/host.js";
 import { loraGradients } from "../diffusion/tfjs/lora.js";
 import { TfjsParameters } from "../diffusion/tfjs/parameters.js";
 import { TfjsOps } from "../diffusion/tfjs/tfjs-ops.js";
-import type { RoundConditioning } from "./conditioning.js";
 import { TrainerStateError } from "./errors.js";
 import type { GradBackendName, PolicyGradients } from "./gradient-backend.js";
 import { downName, type LoraModuleShape, upName } from "./lora-parameters.js";
-import type { TrainingPair } from "./reference.js";
-import { type LossSettings, type MicroBatchResult, planMicroBatch, spoObjective } from "./spo-objective.js";
+import {
+  type LossSettings,
+  type MicroBatchPlan,
+  type MicroBatchResult,
+  spoObjective,
+} from "./spo-objective.js";
 
 export class SpoPolicy implements PolicyGradients {
   readonly backend: GradBackendName = "tfjs";
@@ -102,14 +104,7 @@ export class SpoPolicy implements PolicyGradients {
     }).sample;
   }
 
-  async lossAndGradients(
-    models: Pick<PipelineModels, "spec">,
-    conditioning: RoundConditioning,
-    scheduler: DDIMScheduler,
-    pairs: readonly TrainingPair[],
-    settings: LossSettings,
-  ): Promise<MicroBatchResult> {
-    const plan = planMicroBatch(models, conditioning, scheduler, pairs, settings);
+  async lossAndGradients(plan: MicroBatchPlan, settings: LossSettings): Promise<MicroBatchResult> {
     let kept: tf.Tensor[] = [];
     const { value, grads } = loraGradients(() => {
       const side = Object.fromEntries(

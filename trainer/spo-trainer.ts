@@ -70,7 +70,7 @@ import {
 import { writeSampleGrid } from "./sample-grid.js";
 import { type SamplingSettings, sampleRound } from "./sampling.js";
 import type { CandidateScorer } from "./scorer.js";
-import type { LossSettings } from "./spo-objective.js";
+import { type LossSettings, planMicroBatch } from "./spo-objective.js";
 
 /** pino's shape, so the CLI passes its logger and tests a recorder. */
 export interface TrainerLog {
@@ -142,6 +142,7 @@ const EMPTY_PENDING: PendingStep = {
 };
 
 const METRICS_FILE = "metrics.jsonl";
+const MIB = 2 ** 20;
 
 function checkIdentity(resume: Checkpoint, identity: RunIdentity): void {
   for (const key of Object.keys(identity) as (keyof RunIdentity)[]) {
@@ -393,13 +394,14 @@ class SpoRun {
     const shuffled = permutation(this.random.shuffle, pairs.length).map((i) => pairs[i]);
     for (let start = 0; start < shuffled.length; start += size) {
       let started = performance.now();
-      const { grads, stats } = await gradients.lossAndGradients(
+      const plan = planMicroBatch(
         engine,
         conditioning,
         this.scheduler,
         shuffled.slice(start, start + size),
         this.loss,
       );
+      const { grads, stats } = await gradients.lossAndGradients(plan, this.loss);
       this.optimizer.accumulate(grads);
       const p = this.state.pending;
       p.lossSum += stats.loss;
@@ -425,6 +427,9 @@ class SpoRun {
         clip_scale: report.clipScale,
         learning_rate: this.config.train.learning_rate,
         pairs: p.pairs,
+        ...(gradients.lastPeakRssBytes === undefined
+          ? {}
+          : { gradient_peak_rss_mib: Math.round(gradients.lastPeakRssBytes / MIB) }),
       });
       this.lastLoss = loss;
       // The first step's loss is ln 2 by construction (up = 0: policy = reference); it says nothing.

@@ -15,7 +15,12 @@
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { type GradientGraphOptions, LOSS_OUTPUT, recordGradientGraph } from "../autodiff/gradient-graph.js";
+import {
+  type GradientGraphInput,
+  type GradientGraphOptions,
+  LOSS_OUTPUT,
+  recordGradientGraph,
+} from "../autodiff/gradient-graph.js";
 import type { ExecutionProviderConfig, ResolvedProvider } from "../engine/execution-provider.js";
 import { OnnxRuntimeWorker } from "../engine/onnx-runtime.js";
 import type { SessionSpec } from "../engine/worker-protocol.js";
@@ -58,6 +63,11 @@ export function recordTrainingGraph(options: GradientGraphOptions): TrainingGrap
   };
 }
 
+/** Gradient-graph inputs for host feeds: float32, at the feeds' (static) shapes. */
+export function float32Inputs(feeds: Readonly<Record<string, Tensor>>): GradientGraphInput[] {
+  return Object.entries(feeds).map(([name, t]) => ({ name, dtype: "float32", shape: t.shape }));
+}
+
 export interface TrainingStepResult {
   readonly loss: number;
   /** d loss / d parameter, by parameter name. */
@@ -85,22 +95,46 @@ function shapeKey(feeds: Readonly<Record<string, Tensor>>): string {
     .join(",");
 }
 
+/**
+ * Loaded graphs kept at most: each session holds its own copy of the frozen weights (a LoRA graph of
+ * SD1.5 carries 3.4 GB), and a trainer's micro-batch layouts are few (full batches, and the last
+ * partial one of a round), so the least recently used graph beyond this is released.
+ */
+export const DEFAULT_MAX_GRAPHS = 4;
+
+export interface TrainingProgramOptions {
+  /** Names the graphs (and the temporary folder's files). */
+  readonly label?: string;
+  readonly maxGraphs?: number;
+}
+
 export class TrainingProgram {
+  /** By structure and shapes, least recently used first. */
   private readonly graphs = new Map<string, LoadedGraph>();
   private readonly parameterShapes = new Map<string, string>();
   /** The parameters resident in the worker now (the last `setParameters`). */
   private parameterNames: ReadonlySet<string> = new Set();
   private folder: string | undefined;
+  private recordings = 0;
   private closed = false;
 
   private constructor(
     private readonly runtime: OnnxRuntimeWorker,
     private readonly label: string,
+    private readonly maxGraphs: number,
   ) {}
 
   /** Start a worker for training graphs with `provider` (the engine's, usually). */
-  static async start(provider: ExecutionProviderConfig, label = "training"): Promise<TrainingProgram> {
-    return new TrainingProgram(await OnnxRuntimeWorker.start([], provider), label);
+  static async start(
+    provider: ExecutionProviderConfig,
+    options: TrainingProgramOptions = {},
+  ): Promise<TrainingProgram> {
+    const maxGraphs = options.maxGraphs ?? DEFAULT_MAX_GRAPHS;
+    if (!Number.isInteger(maxGraphs) || maxGraphs < 1) {
+      throw new TrainingProgramError(`maxGraphs must be a positive integer, got ${maxGraphs}`);
+    }
+    const runtime = await OnnxRuntimeWorker.start([], provider);
+    return new TrainingProgram(runtime, options.label ?? "training", maxGraphs);
   }
 
   /** The provider the graphs run on (known once the first graph loaded; `auto` may have fallen back). */
@@ -108,9 +142,9 @@ export class TrainingProgram {
     return this.runtime.provider;
   }
 
-  /** Graphs recorded so far (one per distinct structure and feed shapes). */
+  /** Graphs recorded so far (one per distinct structure and feed shapes, released ones included). */
   get graphCount(): number {
-    return this.graphs.size;
+    return this.recordings;
   }
 
   /**
@@ -147,10 +181,13 @@ export class TrainingProgram {
     const key = `${structure}|${shapeKey(feeds)}`;
     let graph = this.graphs.get(key);
     const recorded = graph === undefined;
-    if (!graph) {
-      graph = await this.load(await record(), `graph_${this.graphs.size + 1}`);
-      this.graphs.set(key, graph);
+    if (graph) {
+      this.graphs.delete(key);
+    } else {
+      await this.evictTo(this.maxGraphs - 1);
+      graph = await this.load(await record(), `graph_${++this.recordings}`);
     }
+    this.graphs.set(key, graph);
     for (const name of graph.inputs) {
       if (!(name in feeds) && !this.parameterNames.has(name)) {
         throw new TrainingProgramError(
@@ -183,6 +220,16 @@ export class TrainingProgram {
       gradients: graph.gradients,
       inputs: new Set(graph.ops.graph.inputs.map((i) => i.name)),
     };
+  }
+
+  /** Release least recently used graphs until at most `count` remain. */
+  private async evictTo(count: number): Promise<void> {
+    for (const [key, graph] of this.graphs) {
+      if (this.graphs.size <= count) return;
+      this.graphs.delete(key);
+      await this.runtime.release({ sessions: [graph.session] });
+      if (this.folder) await rm(join(this.folder, graph.session), { recursive: true, force: true });
+    }
   }
 
   /** In memory when the frozen weights fit inline, else written to the program's temporary folder. */

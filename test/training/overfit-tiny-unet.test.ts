@@ -7,11 +7,15 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { measureComponent, resolveComponent } from "../../diffusion/models/components.js";
 import type { UNetConfig } from "../../diffusion/models/unet2d-condition.js";
-import { unet2DConditionModel } from "../../diffusion/models/unet2d-condition.js";
 import { MapParamSource } from "../../diffusion/ops/params.js";
 import { createGenerator } from "../../diffusion/random/index.js";
 import { type Float32Tensor, float32 } from "../../diffusion/tensor.js";
-import { recordTrainingGraph, TrainingProgram } from "../../diffusion/training/training-program.js";
+import { denoisingLoss } from "../../diffusion/training/denoising-loss.js";
+import {
+  float32Inputs,
+  recordTrainingGraph,
+  TrainingProgram,
+} from "../../diffusion/training/training-program.js";
 import { randomWeights } from "../../diffusion/zoo/random-weights.js";
 import { TINY_SD15_UNET } from "../../diffusion/zoo/tiny-configs.js";
 import { AdamW } from "../../trainer/optimizer.js";
@@ -56,7 +60,7 @@ describe("full-weight training of the tiny SD1.5 UNet on fixed latents (ONNX pat
       encoder_hidden_states: generator.randn([SAMPLES, TOKENS, TINY_SD15_UNET.cross_attention_dim]),
       noise,
     };
-    program = await TrainingProgram.start(TEST_PROVIDER, "overfit");
+    program = await TrainingProgram.start(TEST_PROVIDER, { label: "overfit" });
   });
 
   afterAll(async () => {
@@ -67,21 +71,16 @@ describe("full-weight training of the tiny SD1.5 UNet on fixed latents (ONNX pat
     const record = () =>
       recordTrainingGraph({
         params: new MapParamSource(parameters),
-        inputs: Object.entries(feeds).map(([name, t]) => ({
-          name,
-          dtype: "float32" as const,
-          shape: t.shape,
-        })),
+        inputs: float32Inputs(feeds),
         trainParams: () => true,
-        forward: (ops, inputs) => {
-          const prediction = unet2DConditionModel(ops, unet, {
+        forward: (ops, inputs) => ({
+          loss: denoisingLoss(ops, unet, {
             sample: inputs.sample,
             timestep: inputs.timestep,
             encoderHiddenStates: inputs.encoder_hidden_states,
-          }).sample;
-          const error = ops.sub(prediction, inputs.noise);
-          return { loss: ops.reduceMean(ops.reshape(ops.mul(error, error), [-1]), 0, false) };
-        },
+            noise: inputs.noise,
+          }),
+        }),
       });
     const optimizer = new AdamW(parameters, {
       learningRate: LEARNING_RATE,

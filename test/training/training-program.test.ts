@@ -1,6 +1,7 @@
 /**
  * The training program on a hand-written gradient graph (test/training/toy-linear.ts): one graph
- * per shape, parameters resident in the worker between steps, the loss and gradients equal to the
+ * per shape (the least recently used released beyond a limit), parameters resident in the worker
+ * between steps, the loss and gradients equal to the
  * host's, AdamW (trainer/optimizer.ts) fitting the toy model, and clear errors for what is missing.
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -16,7 +17,7 @@ const FLOAT32_TOLERANCE = 1e-5;
 describe("TrainingProgram (hand-written toy gradient graph)", () => {
   let program: TrainingProgram;
   beforeAll(async () => {
-    program = await TrainingProgram.start(TEST_PROVIDER, "toy");
+    program = await TrainingProgram.start(TEST_PROVIDER, { label: "toy" });
   });
   afterAll(async () => {
     await program?.close();
@@ -73,8 +74,31 @@ describe("TrainingProgram (hand-written toy gradient graph)", () => {
     expect(losses[losses.length - 1]).toBeLessThan(losses[0] / 100);
   });
 
+  it("releases the least recently used graph beyond maxGraphs, and records it again when needed", async () => {
+    const small = await TrainingProgram.start(TEST_PROVIDER, { label: "toy", maxGraphs: 1 });
+    try {
+      const params = parameters();
+      await small.setParameters(params);
+      const recorded: boolean[] = [];
+      for (const rows of [4, 4, 6, 4]) {
+        const { x, t } = toyBatch(rows, rows);
+        const result = await small.step("toy", { x, t }, () => toyLinearGraph(rows));
+        recorded.push(result.recorded);
+        const want = toyLinearHost(x, t, params.get("weight")!, params.get("bias")!);
+        expect(Math.abs(result.loss - want.loss)).toBeLessThanOrEqual(FLOAT32_TOLERANCE);
+      }
+      expect(recorded).toEqual([true, false, true, true]);
+      expect(small.graphCount).toBe(3);
+    } finally {
+      await small.close();
+    }
+    await expect(TrainingProgram.start(TEST_PROVIDER, { maxGraphs: 0 })).rejects.toThrow(
+      /maxGraphs must be a positive integer, got 0/,
+    );
+  });
+
   it("names an input that is neither fed nor resident, and a parameter whose shape changed", async () => {
-    const fresh = await TrainingProgram.start(TEST_PROVIDER, "toy");
+    const fresh = await TrainingProgram.start(TEST_PROVIDER, { label: "toy" });
     try {
       const { x, t } = toyBatch(2, 1);
       await expect(fresh.step("toy", { x, t }, () => toyLinearGraph(2))).rejects.toThrow(
