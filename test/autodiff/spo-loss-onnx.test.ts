@@ -17,7 +17,7 @@ import {
   ddimTransitionStepLogProb,
   ddimTransitionTerms,
 } from "../../diffusion/schedulers/index.js";
-import { float32, maxAbs, Tensor } from "../../diffusion/tensor.js";
+import { float32, type Tensor } from "../../diffusion/tensor.js";
 import { spoLoss } from "../../trainer/spo-loss.js";
 import { cpuSession, run } from "../onnx/ort.js";
 import { absoluteError, type ReferenceTensors, readReferenceTensors } from "../schedulers/reference-data.js";
@@ -25,16 +25,13 @@ import {
   GRADIENT_RELATIVE_TOLERANCE,
   LOGPROB_TOLERANCE,
   LOSS_TOLERANCE,
+  maxAbsOf,
   readSpoCase,
   SPO_LOSS_CASE,
 } from "../trainer/spo-loss-case.js";
 
 const spo = readSpoCase();
 const runs = Object.keys(spo.runs);
-
-function maxAbsOf(values: ArrayLike<number>): number {
-  return maxAbs(new Tensor("float64", [values.length], Float64Array.from(values)));
-}
 
 describe("SPO loss through the ONNX gradient graph reproduces SPO's own (reference/spo-loss)", () => {
   let io: ReferenceTensors;

@@ -74,21 +74,27 @@ describe("SPO training step on a fixed batch of pairs (tiny-sd15), ONNX and TF.j
   let conditioning: RoundConditioning;
   let pairs: TrainingPair[];
 
-  beforeAll(async () => {
-    session = await openTinySession({
-      rawConfig: await tinyRawConfig("tiny-sd15", await scratchDir("fixed-batch"), { grad_backend: "tfjs" }),
-    });
-    tfjs = session.gradients;
-    const engine = session.engine;
-    const weights = await openPolicyWeights(engine.manifest, session.config.model);
-    onnx = await OnnxPolicy.start({
+  /** The ONNX policy on the session's engine, with or without activations recomputed per UNet block. */
+  async function startOnnxPolicy(checkpointing: boolean): Promise<OnnxPolicy> {
+    const weights = await openPolicyWeights(session.engine.manifest, session.config.model);
+    return OnnxPolicy.start({
       unet: session.engineContext.unet,
       weights: weights.params,
       label: weights.folder,
       modules: session.modules,
       rank: session.config.lora_rank,
       provider: TEST_PROVIDER,
+      checkpointing,
     });
+  }
+
+  beforeAll(async () => {
+    session = await openTinySession({
+      rawConfig: await tinyRawConfig("tiny-sd15", await scratchDir("fixed-batch"), { grad_backend: "tfjs" }),
+    });
+    tfjs = session.gradients;
+    const engine = session.engine;
+    onnx = await startOnnxPolicy(false);
     scheduler = new DDIMScheduler(engine.spec.schedulerConfig);
     scheduler.setTimesteps(STEPS);
     conditioning = await encodeRound(engine, ["a red cat", "a blue house"], 64);
@@ -166,16 +172,7 @@ describe("SPO training step on a fixed batch of pairs (tiny-sd15), ONNX and TF.j
   });
 
   it("gives the same loss and gradients with activations recomputed per UNet block (checkpointing)", async () => {
-    const weights = await openPolicyWeights(session.engine.manifest, session.config.model);
-    const recomputing = await OnnxPolicy.start({
-      unet: session.engineContext.unet,
-      weights: weights.params,
-      label: weights.folder,
-      modules: session.modules,
-      rank: session.config.lora_rank,
-      provider: TEST_PROVIDER,
-      checkpointing: true,
-    });
+    const recomputing = await startOnnxPolicy(true);
     try {
       const parameters = trainedLikeParameters(session);
       await onnx.setParameters(parameters);

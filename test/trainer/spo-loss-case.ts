@@ -2,6 +2,7 @@
  * The `spo-loss` reference case (SPO's own loss terms and gradients) as the suites that reproduce
  * it read it: its JSON description, and the bounds from its README.
  */
+import { maxAbs, Tensor } from "../../diffusion/tensor.js";
 import { readCaseJson } from "../schedulers/reference-data.js";
 
 /** README: 5e-5 absolute on log-probs and log-ratios (float64 noise reaches 2.6e-5 at t = 1; measured <= 1.9e-6). */
@@ -36,4 +37,9 @@ export const SPO_LOSS_CASE = ["reference", "spo-loss"];
 /** The case's JSON (test/fixtures). */
 export function readSpoCase(): SpoCase {
   return readCaseJson<SpoCase>(...SPO_LOSS_CASE);
+}
+
+/** The largest magnitude among `values` (the scale the gradient bound is relative to). */
+export function maxAbsOf(values: ArrayLike<number>): number {
+  return maxAbs(new Tensor("float64", [values.length], Float64Array.from(values)));
 }

@@ -23,6 +23,7 @@ import {
   GRADIENT_RELATIVE_TOLERANCE,
   LOGPROB_TOLERANCE,
   LOSS_TOLERANCE,
+  maxAbsOf,
   readSpoCase,
   SPO_LOSS_CASE,
 } from "./spo-loss-case.js";
@@ -30,12 +31,6 @@ import { ddimLogProbTf, tfjsOps } from "./tfjs-objective.js";
 
 const spo = readSpoCase();
 const runs = Object.keys(spo.runs);
-
-function maxAbs(values: ArrayLike<number>): number {
-  let m = 0;
-  for (let i = 0; i < values.length; i++) m = Math.max(m, Math.abs(values[i]));
-  return m;
-}
 
 describe("SPO loss in TF.js reproduces SPO's own (reference/spo-loss)", () => {
   let io: ReferenceTensors;
@@ -127,7 +122,7 @@ describe("SPO loss in TF.js reproduces SPO's own (reference/spo-loss)", () => {
     ] as const) {
       const expected = f(`grad_eps_policy_${side}`).data;
       const actual = read(grad);
-      expect(absoluteError(actual, expected) / maxAbs(expected), `grad ${side}`).toBeLessThanOrEqual(
+      expect(absoluteError(actual, expected) / maxAbsOf(expected), `grad ${side}`).toBeLessThanOrEqual(
         GRADIENT_RELATIVE_TOLERANCE,
       );
       // Rows whose ratio is clamped pass no gradient at all.
@@ -135,7 +130,9 @@ describe("SPO loss in TF.js reproduces SPO's own (reference/spo-loss)", () => {
       const clamped = side === "w" ? run.ratio_w_clamped : run.ratio_l_clamped;
       clamped.forEach((ratio, r) => {
         if (Math.abs(ratio - 1) < Math.fround(eps) - 1e-7) return;
-        expect(maxAbs(actual.subarray(r * rowSize, (r + 1) * rowSize)), `clamped row ${r} (${side})`).toBe(0);
+        expect(maxAbsOf(actual.subarray(r * rowSize, (r + 1) * rowSize)), `clamped row ${r} (${side})`).toBe(
+          0,
+        );
       });
     }
     tf.dispose([xT, xWin, xLose, epsWin, epsLose, gradWin, gradLose, ...logProbs, ...Object.values(got)]);
