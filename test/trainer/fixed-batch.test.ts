@@ -165,6 +165,26 @@ describe("SPO training step on a fixed batch of pairs (tiny-sd15), ONNX and TF.j
     }
   });
 
+  it("pads a short micro-batch with weight-0 copies of its last pair: the given pairs' loss and gradients", async () => {
+    await at(trainedLikeParameters(session));
+    const few = pairs.slice(0, 2);
+    const plan = (padTo?: number) =>
+      planMicroBatch(session.engine, conditioning, scheduler, few, SETTINGS, padTo);
+    const a = await tfjs.lossAndGradients(plan(), SETTINGS);
+    const padded = plan(few.length + 3);
+    expect(padded.paddedPairs).toBe(5);
+    const b = await onnx.lossAndGradients(padded, SETTINGS);
+    expect(b.stats.pairs).toBe(2);
+    expect(Math.abs(a.stats.loss - b.stats.loss)).toBeLessThanOrEqual(BACKEND_LOSS_TOLERANCE);
+    expect(Math.abs(a.stats.ratioWin - b.stats.ratioWin)).toBeLessThanOrEqual(BACKEND_LOSS_TOLERANCE);
+    const largest = Math.max(...[...a.grads.values()].map((g) => maxAbs(g)));
+    for (const [name, g] of a.grads) {
+      expect(maxAbsDiff(g, b.grads.get(name) as Float32Tensor), name).toBeLessThanOrEqual(
+        BACKEND_GRADIENT_TOLERANCE * largest,
+      );
+    }
+  });
+
   it("gives the same loss and gradients with activations recomputed per UNet block (checkpointing)", async () => {
     const weights = await openPolicyWeights(session.engine.manifest, session.config.model);
     const recomputing = await OnnxPolicy.start({

@@ -118,6 +118,7 @@ describeWithShared(
           });
           terms = {
             loss: tf.keep(t.loss.clone()),
+            pairLoss: tf.keep(t.pairLoss),
             logRatioWin: tf.keep(t.logRatioWin),
             logRatioLose: tf.keep(t.logRatioLose),
             ratioWin: tf.keep(t.ratioWin),
