@@ -57,6 +57,7 @@ function unetInputs(plan: MicroBatchPlan): Record<string, Tensor> {
 }
 
 export class OnnxPolicy implements PolicyGradients {
+  readonly padsMicroBatches = true;
   readonly backend: GradBackendName = "onnx";
   private readonly targets: ReadonlySet<string>;
   private peakRss: number | undefined;

@@ -45,6 +45,20 @@ const BACKEND_GRADIENT_TOLERANCE = 1e-4;
 /** The losses of the two backends: float32 sums in different orders. */
 const BACKEND_LOSS_TOLERANCE = 1e-5;
 
+/** The ONNX gradient backend over the session's policy weights. */
+async function onnxPolicy(session: TrainingSession, checkpointing: boolean): Promise<OnnxPolicy> {
+  const weights = await openPolicyWeights(session.engine.manifest, session.config.model);
+  return OnnxPolicy.start({
+    unet: session.engineContext.unet,
+    weights: weights.params,
+    label: weights.folder,
+    modules: session.modules,
+    rank: session.config.lora_rank,
+    provider: TEST_PROVIDER,
+    checkpointing,
+  });
+}
+
 /** Factors away from SPO's init (up = 0 would zero every gradient of down). */
 function trainedLikeParameters(session: TrainingSession): LoraParameters {
   const params = initialLoraParameters(
@@ -74,27 +88,13 @@ describe("SPO training step on a fixed batch of pairs (tiny-sd15), ONNX and TF.j
   let conditioning: RoundConditioning;
   let pairs: TrainingPair[];
 
-  /** The ONNX policy on the session's engine, with or without activations recomputed per UNet block. */
-  async function startOnnxPolicy(checkpointing: boolean): Promise<OnnxPolicy> {
-    const weights = await openPolicyWeights(session.engine.manifest, session.config.model);
-    return OnnxPolicy.start({
-      unet: session.engineContext.unet,
-      weights: weights.params,
-      label: weights.folder,
-      modules: session.modules,
-      rank: session.config.lora_rank,
-      provider: TEST_PROVIDER,
-      checkpointing,
-    });
-  }
-
   beforeAll(async () => {
     session = await openTinySession({
       rawConfig: await tinyRawConfig("tiny-sd15", await scratchDir("fixed-batch"), { grad_backend: "tfjs" }),
     });
     tfjs = session.gradients;
     const engine = session.engine;
-    onnx = await startOnnxPolicy(false);
+    onnx = await onnxPolicy(session, false);
     scheduler = new DDIMScheduler(engine.spec.schedulerConfig);
     scheduler.setTimesteps(STEPS);
     conditioning = await encodeRound(engine, ["a red cat", "a blue house"], 64);
@@ -171,8 +171,28 @@ describe("SPO training step on a fixed batch of pairs (tiny-sd15), ONNX and TF.j
     }
   });
 
+  it("pads a short micro-batch with weight-0 copies of its last pair: the given pairs' loss and gradients", async () => {
+    await at(trainedLikeParameters(session));
+    const few = pairs.slice(0, 2);
+    const plan = (padTo?: number) =>
+      planMicroBatch(session.engine, conditioning, scheduler, few, SETTINGS, padTo);
+    const a = await tfjs.lossAndGradients(plan(), SETTINGS);
+    const padded = plan(few.length + 3);
+    expect(padded.paddedPairs).toBe(5);
+    const b = await onnx.lossAndGradients(padded, SETTINGS);
+    expect(b.stats.pairs).toBe(2);
+    expect(Math.abs(a.stats.loss - b.stats.loss)).toBeLessThanOrEqual(BACKEND_LOSS_TOLERANCE);
+    expect(Math.abs(a.stats.ratioWin - b.stats.ratioWin)).toBeLessThanOrEqual(BACKEND_LOSS_TOLERANCE);
+    const largest = Math.max(...[...a.grads.values()].map((g) => maxAbs(g)));
+    for (const [name, g] of a.grads) {
+      expect(maxAbsDiff(g, b.grads.get(name) as Float32Tensor), name).toBeLessThanOrEqual(
+        BACKEND_GRADIENT_TOLERANCE * largest,
+      );
+    }
+  });
+
   it("gives the same loss and gradients with activations recomputed per UNet block (checkpointing)", async () => {
-    const recomputing = await startOnnxPolicy(true);
+    const recomputing = await onnxPolicy(session, true);
     try {
       const parameters = trainedLikeParameters(session);
       await onnx.setParameters(parameters);

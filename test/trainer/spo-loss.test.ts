@@ -80,6 +80,7 @@ describe("SPO loss in TF.js reproduces SPO's own (reference/spo-loss)", () => {
       });
       terms = {
         loss: tf.keep(t.loss.clone()),
+        pairLoss: tf.keep(t.pairLoss),
         logRatioWin: tf.keep(t.logRatioWin),
         logRatioLose: tf.keep(t.logRatioLose),
         ratioWin: tf.keep(t.ratioWin),
