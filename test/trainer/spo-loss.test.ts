@@ -17,11 +17,7 @@ import type { Float32Tensor } from "../../diffusion/tensor.js";
 import { toTf } from "../../diffusion/tfjs/host.js";
 import { judgePools } from "../../trainer/pools.js";
 import { spoLoss } from "../../trainer/spo-loss.js";
-import {
-  absoluteError,
-  type ReferenceTensors,
-  readReferenceTensors,
-} from "../schedulers/reference-data.js";
+import { absoluteError, type ReferenceTensors, readReferenceTensors } from "../schedulers/reference-data.js";
 import { describeWithShared } from "../shared-data.js";
 import { useWasmBackend } from "../tfjs/wasm.js";
 import {
