@@ -4,8 +4,9 @@
  *   npm run bench [-- --quick] [-- --only <name>[,<name>...]] [-- --profile] [-- --threads N]
  *
  * matmul (the reference rate), unet-step, lora-slots, engine-e2e, generation (a 512 px SD1.5
- * generation at full size, stage by stage), sdxl-vae, api-server, scoring, registry, trainer. Figures are ratios measured in
- * this run; the markdown report goes to stdout and the JSON beside it under
+ * generation at full size, stage by stage), sdxl-vae, api-server, scoring, registry, trainer (SPO, onnx
+ * against TF.js gradients), training-step (full-weight training on onnxruntime). Figures are ratios
+ * measured in this run; the markdown report goes to stdout and the JSON beside it under
  * .stepwise/bench/results/. Benchmarks never gate CI and are not part of `npm test`; a benchmark
  * that fails is listed in the report and makes the exit code 1, the others still run.
  */
@@ -24,6 +25,7 @@ import { type BenchResult, describeMachine, renderMarkdown, writeJsonReport } fr
 import { benchScoring } from "./scoring.js";
 import { BenchError } from "./stats.js";
 import { benchTrainer } from "./trainer.js";
+import { trainingStepBench } from "./training-step.js";
 import { unetStepBench } from "./unet-step.js";
 
 const BENCHMARKS = [
@@ -37,6 +39,7 @@ const BENCHMARKS = [
   "scoring",
   "registry",
   "trainer",
+  "training-step",
 ] as const;
 type BenchName = (typeof BENCHMARKS)[number];
 
@@ -111,12 +114,17 @@ async function main(): Promise<number> {
     scoring: benchScoring,
     registry: () => benchRegistry({ quick: cli.quick, log }),
     trainer: benchTrainer,
+    "training-step": trainingStepBench,
   };
   const results: BenchResult[] = [];
   const failures: string[] = [];
   try {
     // The reference rate first, so every ratio after it divides by a number of this run.
-    if (["matmul", "unet-step", "generation", "sdxl-vae"].some((b) => cli.only.includes(b as BenchName))) {
+    if (
+      ["matmul", "unet-step", "generation", "sdxl-vae", "training-step"].some((b) =>
+        cli.only.includes(b as BenchName),
+      )
+    ) {
       try {
         results.push((await ctx.matmulMeasurement()).result);
       } catch (err) {

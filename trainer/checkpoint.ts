@@ -1,6 +1,6 @@
 /**
  * Training checkpoints: everything a resumed run needs to continue exactly as an uninterrupted
- * one would (the same LoRA, bit for bit, on the same machine and TF.js backend).
+ * one would (the same LoRA, bit for bit, on the same machine and gradient backend).
  *
  *   <output_dir>/checkpoints/round-00000012/
  *     state.json             round counters, the epoch's prompt order, RNG states, identity, config
@@ -13,17 +13,18 @@
 import { existsSync } from "node:fs";
 import { mkdir, readdir, readFile, rename, rm, writeFile } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
-import type { LoraFactors } from "../diffusion/ops/ops.js";
 import type { Float32Tensor } from "../diffusion/tensor.js";
 import { readSafetensors, writeSafetensors } from "../diffusion/weights/safetensors.js";
 import type { TrainConfig } from "./config.js";
 import { TrainerCheckpointError } from "./errors.js";
+import { loraFactorsOf } from "./lora-parameters.js";
 import type { RunTotals } from "./metrics.js";
 import type { OptimizerState } from "./optimizer.js";
 import type { TrainerRandomState } from "./rng.js";
 
 export const CHECKPOINT_FORMAT = "stepwise-spo-checkpoint";
-export const CHECKPOINT_VERSION = 1;
+/** 2: the gradient backend is recorded (`gradBackend`), not only the TF.js one. */
+export const CHECKPOINT_VERSION = 2;
 export const CHECKPOINTS_FOLDER = "checkpoints";
 const STATE_FILE = "state.json";
 const LORA_FILE = "lora.safetensors";
@@ -87,14 +88,18 @@ export interface CheckpointState {
   readonly epochLoss: EpochLossSummary;
   readonly totals: RunTotals;
   readonly pendingStep: PendingStepFigures;
-  /** The TF.js backend that trained (a resume on another backend is not bit-identical). */
-  readonly tfjsBackend: string;
+  /**
+   * The gradient backend that trained, with its device ("onnx cpu", "tfjs wasm"): a resume on
+   * another is not bit-identical (the optimizer is; the gradients' rounding is not).
+   */
+  readonly gradBackend: string;
 }
 
 export interface Checkpoint {
   readonly folder: string;
   readonly state: CheckpointState;
-  readonly lora: Map<string, LoraFactors<Float32Tensor>>;
+  /** The LoRA's factors by parameter name (`<module>.lora_down`, `<module>.lora_up`). */
+  readonly lora: Map<string, Float32Tensor>;
   readonly optimizer: OptimizerState;
 }
 
@@ -102,18 +107,11 @@ export function roundFolderName(round: number): string {
   return `round-${String(round).padStart(ROUND_DIGITS, "0")}`;
 }
 
-function loraTensors(lora: ReadonlyMap<string, LoraFactors<Float32Tensor>>): [string, Float32Tensor][] {
-  return [...lora].flatMap(([module, f]) => [
-    [`${module}.lora_down`, f.down] as [string, Float32Tensor],
-    [`${module}.lora_up`, f.up] as [string, Float32Tensor],
-  ]);
-}
-
 /** Write a checkpoint of `state` under `<outputDir>/checkpoints/round-N` atomically; returns the folder. */
 export async function writeCheckpoint(
   outputDir: string,
   state: CheckpointState,
-  lora: ReadonlyMap<string, LoraFactors<Float32Tensor>>,
+  lora: ReadonlyMap<string, Float32Tensor>,
   optimizer: OptimizerState,
 ): Promise<string> {
   const parent = join(outputDir, CHECKPOINTS_FOLDER);
@@ -122,7 +120,7 @@ export async function writeCheckpoint(
   await mkdir(tmp, { recursive: true });
   try {
     const meta = { format: CHECKPOINT_FORMAT, run_id: state.runId, round: String(state.progress.round) };
-    await writeSafetensors(join(tmp, LORA_FILE), loraTensors(lora), meta);
+    await writeSafetensors(join(tmp, LORA_FILE), [...lora], meta);
     await writeSafetensors(join(tmp, OPTIMIZER_FILE), [...optimizer.tensors], meta);
     await writeFile(join(tmp, STATE_FILE), `${JSON.stringify(state, null, 2)}\n`);
     // A folder of the same round exists when a run resumed from an earlier checkpoint redoes rounds.
@@ -191,22 +189,9 @@ export async function readCheckpoint(dir: string): Promise<Checkpoint> {
       });
     }
   };
-  const loraTensorsRead = await read(LORA_FILE);
-  const parts = new Map<string, { down?: Float32Tensor; up?: Float32Tensor }>();
-  for (const [key, t] of loraTensorsRead) {
-    const match = /^(.+)\.lora_(down|up)$/.exec(key);
-    if (!match || t.dtype !== "float32")
-      throw new TrainerCheckpointError(folder, `${LORA_FILE} holds an unexpected tensor ${key} (${t.dtype})`);
-    const entry = parts.get(match[1]) ?? {};
-    entry[match[2] as "down" | "up"] = t as Float32Tensor;
-    parts.set(match[1], entry);
-  }
-  const lora = new Map<string, LoraFactors<Float32Tensor>>();
-  for (const [module, { down, up }] of parts) {
-    if (!down || !up)
-      throw new TrainerCheckpointError(folder, `${LORA_FILE} holds only one factor of ${module}`);
-    lora.set(module, { down, up });
-  }
+  const lora = (await read(LORA_FILE)) as Map<string, Float32Tensor>;
+  // Checked here, so a damaged file is reported when it is read.
+  loraFactorsOf(lora, join(folder, LORA_FILE));
   const optimizerTensors = (await read(OPTIMIZER_FILE)) as Map<string, Float32Tensor>;
   return {
     folder,

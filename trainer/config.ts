@@ -15,6 +15,7 @@ import { LORA_FORMATS, type LoraFormat } from "../diffusion/lora/formats/index.j
 import { DEFAULT_MAX_LORA_RANK } from "../diffusion/lora/validate.js";
 import { MAX_SIDE } from "../diffusion/pipelines/text-to-image.js";
 import { TrainConfigError } from "./errors.js";
+import { DEFAULT_GRAD_BACKEND, GRAD_BACKENDS, type GradBackendName } from "./gradient-backend.js";
 
 export type TrainFamily = "sd15" | "sdxl";
 
@@ -64,8 +65,18 @@ export interface TrainConfig {
   readonly family: TrainFamily;
   /** Engine folder (`stepwise convert`) the sampling rounds run on. */
   readonly model: string;
-  /** Diffusers folder with the base weights for the TF.js policy; default: the engine's source folder. */
+  /** Diffusers folder with the policy's base weights; default: the engine's source folder. */
   readonly model_weights?: string;
+  /**
+   * Where the policy's gradients come from: `onnx` (default; the engine's onnxruntime and execution
+   * provider) or `tfjs` (TensorFlow.js, in its backend order). trainer/gradient-backend.ts.
+   */
+  readonly grad_backend: GradBackendName;
+  /**
+   * Recompute activations per UNet block in the backward pass instead of keeping them (onnx
+   * backend only): less memory for about one more forward pass.
+   */
+  readonly gradient_checkpointing: boolean;
   /** SPM engine folder (`stepwise convert-spm`). */
   readonly spm: string;
   /** A prompt file (JSON list, SPO's `[{"caption": ...}]`, or one prompt per line) or the list itself. */
@@ -171,6 +182,13 @@ const formatList: Check = (v, key) => {
   return [...new Set(v as LoraFormat[])];
 };
 
+const gradBackend: Check = (v, key) => {
+  if (!(GRAD_BACKENDS as readonly unknown[]).includes(v)) {
+    fail(key, `must be one of ${GRAD_BACKENDS.join(", ")}, got ${shown(v)}`);
+  }
+  return v;
+};
+
 const family = (sd15: unknown, sdxl: unknown) => ({ sd15, sdxl });
 
 /**
@@ -182,6 +200,8 @@ const KEYS: Readonly<Record<string, KeySpec>> = {
   model: { check: nonEmptyString, path: true },
   model_weights: { check: nonEmptyString, path: true, defaults: family(undefined, undefined) },
   spm: { check: nonEmptyString, path: true },
+  grad_backend: { check: gradBackend, defaults: family(DEFAULT_GRAD_BACKEND, DEFAULT_GRAD_BACKEND) },
+  gradient_checkpointing: { check: boolean, defaults: family(false, false) },
   prompts: { check: promptsValue, path: true },
   output_dir: { check: nonEmptyString, path: true },
   seed: { check: integerIn(0), defaults: family(42, 42) },
@@ -362,6 +382,8 @@ function resolveChecked(raw: RawTrainConfig, f: TrainFamily): TrainConfig {
     model: get("model"),
     ...(v.get("model_weights") === undefined ? {} : { model_weights: get<string>("model_weights") }),
     spm: get("spm"),
+    grad_backend: get("grad_backend"),
+    gradient_checkpointing: get("gradient_checkpointing"),
     prompts: get("prompts"),
     output_dir: get("output_dir"),
     seed: get("seed"),
@@ -417,6 +439,9 @@ function checkRelations(c: TrainConfig): void {
       "resolution",
       `must be a multiple of 64 (8 pixels per latent, three halvings in the UNet), got ${c.resolution}`,
     );
+  if (c.gradient_checkpointing && c.grad_backend !== "onnx") {
+    fail("gradient_checkpointing", `applies to grad_backend onnx only, got grad_backend ${c.grad_backend}`);
+  }
   if (c.train.cfg && !(c.sample.guidance_scale > 1)) {
     fail(
       "train.cfg",
@@ -434,6 +459,10 @@ function checkRelations(c: TrainConfig): void {
 const RESUMABLE_KEYS = new Set([
   "model",
   "model_weights",
+  // Either backend computes the same gradients up to rounding; a resume may switch (with a warning).
+  "grad_backend",
+  // Recomputation gives the same gradients up to rounding.
+  "gradient_checkpointing",
   "spm",
   "prompts",
   "output_dir",

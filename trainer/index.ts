@@ -39,14 +39,27 @@ export {
   type PublishRequest,
   publishTrainedLora,
 } from "./export.js";
+export {
+  DEFAULT_GRAD_BACKEND,
+  GRAD_BACKENDS,
+  type GradBackendName,
+  type PolicyGradients,
+} from "./gradient-backend.js";
+export {
+  initialLoraParameters,
+  type LoraModuleShape,
+  type LoraParameters,
+  loraAdapterOf,
+} from "./lora-parameters.js";
 export { FLAT_LOSS_TOLERANCE, type MetricsSummary, readMetrics, type StepMetrics } from "./metrics.js";
-export { type AdamWSettings, LoraAdamW } from "./optimizer.js";
+export { OnnxPolicy } from "./onnx-policy.js";
+export { AdamW, type AdamWSettings, type OptimizerState } from "./optimizer.js";
 export { SpoPolicy } from "./policy.js";
-export { type LossSettings, lossAndGradients, type MicroBatchStats } from "./policy-step.js";
 export { loadPrompts } from "./prompts.js";
 export { type TrainingPair, withReferenceLogProbs } from "./reference.js";
 export { type SampledRound, type SamplingSettings, sampleRound } from "./sampling.js";
 export { type CandidateScorer, SpmCandidateScorer } from "./scorer.js";
 export { loadSessionConfig, type RunControls, TrainingSession } from "./session.js";
-export { ddimLogProbTf, spoLoss } from "./spo-loss.js";
+export { spoLoss } from "./spo-loss.js";
+export { type LossSettings, type MicroBatchStats, planMicroBatch, spoObjective } from "./spo-objective.js";
 export { runSpoTraining, type SpoRunResult, type TrainerLog, type TrainingProgress } from "./spo-trainer.js";

@@ -35,6 +35,11 @@ export interface StepMetrics extends RoundFigures {
   readonly clip_scale: number;
   readonly learning_rate: number;
   readonly pairs: number;
+  /**
+   * The process's peak resident memory while the step's last micro-batch was differentiated, in
+   * MiB (ONNX gradient backend only; a measurement, like the timings).
+   */
+  readonly gradient_peak_rss_mib?: number;
 }
 
 /**

@@ -1,7 +1,7 @@
 /**
- * AdamW over the LoRA variables, as torch.optim.AdamW computes it (Loshchilov & Hutter, decoupled
- * weight decay; torch's single-tensor path), with SPO's gradient accumulation and global-norm
- * clipping (torch.nn.utils.clip_grad_norm_):
+ * AdamW for every trainer, as torch.optim.AdamW computes it (Loshchilov & Hutter, decoupled weight
+ * decay; torch's single-tensor path), with gradient accumulation and global-norm clipping
+ * (torch.nn.utils.clip_grad_norm_):
  *
  *   accumulate  g += d(loss / accumulation_steps)/d theta for each micro-batch
  *   clip        c = max_norm / (||g||_2 + 1e-6); g *= min(c, 1)        (max_norm 0: off)
@@ -9,17 +9,22 @@
  *               m += (1 - b1)(g - m);  v = b2 v + (1 - b2) g^2
  *               theta -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
  *
- * Scalars are computed in double and applied as float32, as torch applies Python floats. The
- * moments, the step count and any pending accumulated gradient are plain data for checkpoints.
+ * It works on host float32 tensors keyed by parameter name (a LoRA factor `<module>.lora_down`, or
+ * any parameter of a fully trained model), whichever backend computed the gradients (the ONNX
+ * training program or TF.js): the update is one piece of code, and a run resumed on another
+ * gradient backend takes bit-identical optimizer steps. Every operation is rounded to float32 as
+ * torch's float32 kernels round it (float32 +, *, / and sqrt computed in double and rounded once are
+ * exact); the step's scalars are computed in double and applied as float32, as torch applies Python
+ * floats. The gradient norm is summed in double. The moments, the step count and any pending
+ * accumulated gradient are plain data for checkpoints.
  */
-import * as tf from "@tensorflow/tfjs-core";
-import type { LoraFactors } from "../diffusion/ops/ops.js";
-import { type Float32Tensor, shapeString } from "../diffusion/tensor.js";
-import { toHost, toTf } from "../diffusion/tfjs/host.js";
+import { type Float32Tensor, float32, shapeString } from "../diffusion/tensor.js";
 import { TrainerCheckpointError, TrainerStateError } from "./errors.js";
 
 /** torch's clip_grad_norm_ adds this to the norm before dividing (keeps a zero norm finite). */
 const CLIP_NORM_EPSILON = 1e-6;
+
+const f32 = Math.fround;
 
 export interface AdamWSettings {
   readonly learningRate: number;
@@ -38,35 +43,41 @@ export interface OptimizerStepReport {
   readonly clipScale: number;
 }
 
-/** What a checkpoint holds of the optimizer: tensors by `<module>.<factor>.<exp_avg|exp_avg_sq|grad_acc>`. */
+/** What a checkpoint holds of the optimizer: tensors by `<parameter>.<exp_avg|exp_avg_sq|grad_acc>`. */
 export interface OptimizerState {
   readonly step: number;
   readonly pendingMicroBatches: number;
   readonly tensors: ReadonlyMap<string, Float32Tensor>;
 }
 
-type Factor = "down" | "up";
-const FACTORS: readonly Factor[] = ["down", "up"];
+type Slot = "exp_avg" | "exp_avg_sq" | "grad_acc";
 
-function slotName(module: string, factor: Factor, what: "exp_avg" | "exp_avg_sq" | "grad_acc"): string {
-  return `${module}.lora_${factor}.${what}`;
+function slotName(parameter: string, slot: Slot): string {
+  return `${parameter}.${slot}`;
 }
 
-export class LoraAdamW {
-  private readonly expAvg = new Map<string, LoraFactors<tf.Variable>>();
-  private readonly expAvgSq = new Map<string, LoraFactors<tf.Variable>>();
-  private accumulated: Map<string, LoraFactors<tf.Tensor>> | undefined;
+function zerosLike(t: Float32Tensor): Float32Tensor {
+  return float32(t.shape);
+}
+
+/**
+ * AdamW over `parameters`, which it updates in place: the map's tensors are the trainer's master
+ * copy (its keys fixed at construction), and a gradient backend is handed them after each step.
+ */
+export class AdamW {
+  private readonly expAvg = new Map<string, Float32Tensor>();
+  private readonly expAvgSq = new Map<string, Float32Tensor>();
+  private accumulated: Map<string, Float32Tensor> | undefined;
   private pending = 0;
   private steps = 0;
 
   constructor(
-    private readonly variables: ReadonlyMap<string, LoraFactors<tf.Variable>>,
+    readonly parameters: ReadonlyMap<string, Float32Tensor>,
     readonly settings: AdamWSettings,
   ) {
-    for (const [module, { down, up }] of variables) {
-      const moment = (v: tf.Variable) => tf.tidy(() => tf.variable(tf.zerosLike(v), false));
-      this.expAvg.set(module, { down: moment(down), up: moment(up) });
-      this.expAvgSq.set(module, { down: moment(down), up: moment(up) });
+    for (const [name, p] of parameters) {
+      this.expAvg.set(name, zerosLike(p));
+      this.expAvgSq.set(name, zerosLike(p));
     }
   }
 
@@ -80,82 +91,90 @@ export class LoraAdamW {
     return this.pending;
   }
 
-  /** Add a micro-batch's gradients (already scaled by 1 / accumulation steps); takes ownership of them. */
-  accumulate(grads: ReadonlyMap<string, LoraFactors<tf.Tensor>>): void {
-    if (!this.accumulated) {
-      this.accumulated = new Map(
-        [...grads].map(([m, g]) => [m, { down: tf.keep(g.down), up: tf.keep(g.up) }]),
-      );
-    } else {
-      for (const [module, g] of grads) {
-        const acc = this.accumulated.get(module);
-        if (!acc) throw new TrainerStateError(`gradient for ${module}, which the optimizer does not hold`);
-        const next = { down: tf.keep(tf.add(acc.down, g.down)), up: tf.keep(tf.add(acc.up, g.up)) };
-        tf.dispose([acc.down, acc.up, g.down, g.up]);
-        this.accumulated.set(module, next);
+  private parameter(name: string, what: string): Float32Tensor {
+    const p = this.parameters.get(name);
+    if (!p) throw new TrainerStateError(`${what} for ${name}, which the optimizer does not hold`);
+    return p;
+  }
+
+  /**
+   * Add a micro-batch's gradients (already scaled by 1 / accumulation steps), one per parameter;
+   * a parameter the loss does not reach may be left out (its gradient is zero).
+   */
+  accumulate(grads: ReadonlyMap<string, Float32Tensor>): void {
+    const acc = this.accumulated ?? new Map<string, Float32Tensor>();
+    for (const [name, g] of grads) {
+      const p = this.parameter(name, "a gradient");
+      if (shapeString(g.shape) !== shapeString(p.shape)) {
+        throw new TrainerStateError(
+          `the gradient of ${name} is ${shapeString(g.shape)}, the parameter ${shapeString(p.shape)}`,
+        );
+      }
+      const sum = acc.get(name);
+      if (!sum) {
+        acc.set(name, float32(g.shape, g.data));
+      } else {
+        const s = sum.data;
+        for (let i = 0; i < s.length; i++) s[i] += g.data[i];
       }
     }
+    this.accumulated = acc;
     this.pending++;
   }
 
-  /** Clip the accumulated gradient, take one AdamW step, and clear the accumulation. */
-  async apply(): Promise<OptimizerStepReport> {
+  /** The accumulated gradient's global L2 norm (double-precision sum). */
+  private gradNorm(acc: ReadonlyMap<string, Float32Tensor>): number {
+    let sum = 0;
+    for (const g of acc.values()) for (const x of g.data) sum += x * x;
+    return Math.sqrt(sum);
+  }
+
+  /** Clip the accumulated gradient, take one AdamW step on the parameters, and clear the accumulation. */
+  apply(): OptimizerStepReport {
     const acc = this.accumulated;
     if (!acc) throw new TrainerStateError("an optimizer step needs at least one accumulated micro-batch");
     const { learningRate: lr, beta1, beta2, epsilon, weightDecay, maxGradNorm } = this.settings;
-    const gradNorm = (await tf
-      .tidy(() =>
-        tf.sqrt(
-          tf.addN([...acc.values()].flatMap((g) => [tf.sum(tf.square(g.down)), tf.sum(tf.square(g.up))])),
-        ),
-      )
-      .array()) as number;
+    const gradNorm = this.gradNorm(acc);
     const clipScale = maxGradNorm > 0 ? Math.min(maxGradNorm / (gradNorm + CLIP_NORM_EPSILON), 1) : 1;
     this.steps++;
-    const biasCorrection1 = 1 - beta1 ** this.steps;
-    const biasCorrection2Sqrt = Math.sqrt(1 - beta2 ** this.steps);
-    const stepSize = lr / biasCorrection1;
-    tf.tidy(() => {
-      for (const [module, variables] of this.variables) {
-        const grads = acc.get(module) as LoraFactors<tf.Tensor>;
-        const m = this.expAvg.get(module) as LoraFactors<tf.Variable>;
-        const v = this.expAvgSq.get(module) as LoraFactors<tf.Variable>;
-        for (const f of FACTORS) {
-          const g = maxGradNorm > 0 ? tf.mul(grads[f], clipScale) : grads[f];
-          const param = variables[f];
-          const decayed = tf.mul(param, 1 - lr * weightDecay);
-          const mNext = tf.add(m[f], tf.mul(tf.sub(g, m[f]), 1 - beta1));
-          const vNext = tf.add(tf.mul(v[f], beta2), tf.mul(tf.mul(g, g), 1 - beta2));
-          const denom = tf.add(tf.div(tf.sqrt(vNext), biasCorrection2Sqrt), epsilon);
-          param.assign(tf.sub(decayed, tf.mul(tf.div(mNext, denom), stepSize)));
-          m[f].assign(mNext);
-          v[f].assign(vNext);
-        }
+    const clip = f32(clipScale);
+    const decay = f32(1 - lr * weightDecay);
+    const oneMinusBeta1 = f32(1 - beta1);
+    const beta2f = f32(beta2);
+    const oneMinusBeta2 = f32(1 - beta2);
+    const biasCorrection2Sqrt = f32(Math.sqrt(1 - beta2 ** this.steps));
+    const stepSize = f32(lr / (1 - beta1 ** this.steps));
+    const eps = f32(epsilon);
+    for (const [name, param] of this.parameters) {
+      const p = param.data;
+      const g = acc.get(name)?.data;
+      const m = (this.expAvg.get(name) as Float32Tensor).data;
+      const v = (this.expAvgSq.get(name) as Float32Tensor).data;
+      for (let i = 0; i < p.length; i++) {
+        const gi = g === undefined ? 0 : maxGradNorm > 0 ? f32(g[i] * clip) : g[i];
+        const decayed = f32(p[i] * decay);
+        const mi = f32(m[i] + f32(f32(gi - m[i]) * oneMinusBeta1));
+        const vi = f32(f32(v[i] * beta2f) + f32(f32(gi * gi) * oneMinusBeta2));
+        const denom = f32(f32(f32(Math.sqrt(vi)) / biasCorrection2Sqrt) + eps);
+        p[i] = decayed - f32(f32(mi / denom) * stepSize);
+        m[i] = mi;
+        v[i] = vi;
       }
-    });
-    this.clearAccumulation();
+    }
+    this.accumulated = undefined;
+    this.pending = 0;
     return { gradNorm, clipScale };
   }
 
-  private clearAccumulation(): void {
-    for (const g of this.accumulated?.values() ?? []) tf.dispose([g.down, g.up]);
-    this.accumulated = undefined;
-    this.pending = 0;
-  }
-
-  async state(): Promise<OptimizerState> {
+  /** The optimizer's state (copies), for a checkpoint. */
+  state(): OptimizerState {
     const tensors = new Map<string, Float32Tensor>();
-    const put = async (name: string, t: tf.Tensor) =>
-      tensors.set(name, (await toHost(t, name)) as Float32Tensor);
-    for (const module of this.variables.keys()) {
-      for (const f of FACTORS) {
-        await put(slotName(module, f, "exp_avg"), (this.expAvg.get(module) as LoraFactors<tf.Variable>)[f]);
-        await put(
-          slotName(module, f, "exp_avg_sq"),
-          (this.expAvgSq.get(module) as LoraFactors<tf.Variable>)[f],
-        );
-        const acc = this.accumulated?.get(module);
-        if (acc) await put(slotName(module, f, "grad_acc"), acc[f]);
+    const copy = (t: Float32Tensor) => float32(t.shape, t.data);
+    for (const [name, p] of this.parameters) {
+      tensors.set(slotName(name, "exp_avg"), copy(this.expAvg.get(name) as Float32Tensor));
+      tensors.set(slotName(name, "exp_avg_sq"), copy(this.expAvgSq.get(name) as Float32Tensor));
+      if (this.accumulated) {
+        tensors.set(slotName(name, "grad_acc"), copy(this.accumulated.get(name) ?? zerosLike(p)));
       }
     }
     return { step: this.steps, pendingMicroBatches: this.pending, tensors };
@@ -163,43 +182,30 @@ export class LoraAdamW {
 
   /** Continue from a checkpoint's state (`source` names it in errors). */
   load(state: OptimizerState, source: string): void {
-    const take = (name: string, like: tf.Tensor): tf.Tensor => {
-      const t = state.tensors.get(name);
-      if (!t) throw new TrainerCheckpointError(source, `optimizer state has no tensor ${name}`);
+    const take = (name: string, slot: Slot, like: Float32Tensor): Float32Tensor => {
+      const key = slotName(name, slot);
+      const t = state.tensors.get(key);
+      if (!t) throw new TrainerCheckpointError(source, `optimizer state has no tensor ${key}`);
       if (shapeString(t.shape) !== shapeString(like.shape)) {
         throw new TrainerCheckpointError(
           source,
-          `optimizer tensor ${name} is ${shapeString(t.shape)}, expected ${shapeString(like.shape)}`,
+          `optimizer tensor ${key} is ${shapeString(t.shape)}, expected ${shapeString(like.shape)}`,
         );
       }
-      return toTf(t, name);
+      return float32(t.shape, t.data);
     };
-    this.clearAccumulation();
-    const accumulated = new Map<string, LoraFactors<tf.Tensor>>();
-    for (const [module, variables] of this.variables) {
-      const acc: Partial<Record<Factor, tf.Tensor>> = {};
-      for (const f of FACTORS) {
-        tf.tidy(() => {
-          (this.expAvg.get(module) as LoraFactors<tf.Variable>)[f].assign(
-            take(slotName(module, f, "exp_avg"), variables[f]),
-          );
-          (this.expAvgSq.get(module) as LoraFactors<tf.Variable>)[f].assign(
-            take(slotName(module, f, "exp_avg_sq"), variables[f]),
-          );
-        });
-        if (state.pendingMicroBatches > 0) acc[f] = take(slotName(module, f, "grad_acc"), variables[f]);
-      }
-      if (acc.down && acc.up) accumulated.set(module, { down: acc.down, up: acc.up });
+    const expAvg = new Map<string, Float32Tensor>();
+    const expAvgSq = new Map<string, Float32Tensor>();
+    const accumulated = new Map<string, Float32Tensor>();
+    for (const [name, p] of this.parameters) {
+      expAvg.set(name, take(name, "exp_avg", p));
+      expAvgSq.set(name, take(name, "exp_avg_sq", p));
+      if (state.pendingMicroBatches > 0) accumulated.set(name, take(name, "grad_acc", p));
     }
+    for (const [name, t] of expAvg) this.expAvg.set(name, t);
+    for (const [name, t] of expAvgSq) this.expAvgSq.set(name, t);
     this.steps = state.step;
     this.pending = state.pendingMicroBatches;
     this.accumulated = state.pendingMicroBatches > 0 ? accumulated : undefined;
-  }
-
-  dispose(): void {
-    this.clearAccumulation();
-    for (const moments of [this.expAvg, this.expAvgSq]) {
-      for (const { down, up } of moments.values()) tf.dispose([down, up]);
-    }
   }
 }

@@ -1,46 +1,47 @@
 /**
- * The policy SPO trains: the same UNet definition the engine was recorded from, run eagerly on
- * TensorFlow.js with the base weights frozen and the LoRA factors as tf.Variables (DESIGN.md,
- * "Training path"). Only LoRA parameters train, in float32.
- *
- * Initialisation as SPO's PEFT config (`init_lora_weights="gaussian"`, lora_alpha = r): down
- * ~ N(0, std 1/r), up = 0, so the policy starts equal to the base model, and alpha / r = 1 means the
- * factors are fed to the engine as they are.
+ * The TF.js gradient backend (`grad_backend: tfjs`): the same UNet definition the engine was
+ * recorded from, run eagerly on TensorFlow.js with the base weights frozen and the LoRA factors as
+ * tf.Variables, differentiated with `tf.variableGrads` (DESIGN.md, "Training path"). Only LoRA
+ * parameters train, in float32. The objective is trainer/spo-objective.ts, run through TfjsOps.
  */
 import * as tf from "@tensorflow/tfjs-core";
-import { type LoraAdapter, loraAdapter, loraModule, qualifiedModulePath } from "../diffusion/lora/adapter.js";
 import { type UNetConfig, unet2DConditionModel } from "../diffusion/models/unet2d-condition.js";
 import type { LoraFactors } from "../diffusion/ops/ops.js";
 import type { ParamSource } from "../diffusion/ops/params.js";
 import type { UNetFeeds } from "../diffusion/pipelines/pipeline-models.js";
-import type { RandomGenerator } from "../diffusion/random/generator.js";
 import { type Float32Tensor, shapeString } from "../diffusion/tensor.js";
-import { toTf } from "../diffusion/tfjs/host.js";
-import { readLoraVariables } from "../diffusion/tfjs/lora.js";
+import { toHost, toTf } from "../diffusion/tfjs/host.js";
+import { loraGradients } from "../diffusion/tfjs/lora.js";
 import { TfjsParameters } from "../diffusion/tfjs/parameters.js";
 import { TfjsOps } from "../diffusion/tfjs/tfjs-ops.js";
-import { TrainerCheckpointError, TrainerStateError } from "./errors.js";
+import { TrainerStateError } from "./errors.js";
+import type { GradBackendName, PolicyGradients } from "./gradient-backend.js";
+import { downName, type LoraModuleShape, upName } from "./lora-parameters.js";
+import {
+  type LossSettings,
+  type MicroBatchPlan,
+  type MicroBatchResult,
+  spoObjective,
+} from "./spo-objective.js";
 
-/** A module the LoRA trains: its path inside the UNet and the size of its linear map. */
-export interface LoraModuleShape {
-  readonly module: string;
-  readonly inFeatures: number;
-  readonly outFeatures: number;
-}
+export class SpoPolicy implements PolicyGradients {
+  readonly padsMicroBatches = false;
+  readonly backend: GradBackendName = "tfjs";
+  readonly description: string;
 
-export class SpoPolicy {
   private constructor(
     readonly unet: UNetConfig,
-    readonly rank: number,
     private readonly parameters: TfjsParameters,
-    /** By module path inside the UNet; the trainer's to update. */
+    /** By module path inside the UNet. */
     readonly variables: ReadonlyMap<string, LoraFactors<tf.Variable>>,
     private readonly ops: TfjsOps,
-  ) {}
+  ) {
+    this.description = `tfjs ${tf.getBackend()}`;
+  }
 
   /**
    * The base weights from `params` (converted once to float32 TF.js tensors), and zero-valued
-   * LoRA variables for `modules` at `rank`; call `initialize` or `load` before training.
+   * LoRA variables for `modules` at `rank`; call `setParameters` before training.
    */
   static async create(
     unet: UNetConfig,
@@ -65,62 +66,25 @@ export class SpoPolicy {
       });
     }
     const ops = new TfjsOps(parameters, { lora: variables });
-    return new SpoPolicy(unet, rank, parameters, variables, ops);
+    return new SpoPolicy(unet, parameters, variables, ops);
   }
 
-  /** SPO's initial factors: down ~ N(0, (1/r)^2) from `generator`, up = 0. */
-  initialize(generator: RandomGenerator): void {
-    const std = Math.fround(1 / this.rank);
-    for (const { down, up } of this.variables.values()) {
-      const noise = generator.randn(down.shape);
-      const values = Float32Array.from(noise.data, (z) => Math.fround(z * std));
-      tf.tidy(() => {
-        down.assign(tf.tensor(values, down.shape, "float32"));
-        up.assign(tf.zerosLike(up));
-      });
-    }
-  }
-
-  /** The current factors as host tensors, keyed by module path inside the UNet. */
-  factors(): Promise<Map<string, LoraFactors<Float32Tensor>>> {
-    return readLoraVariables(this.variables);
-  }
-
-  /** Set every factor from host tensors (a checkpoint); each module and shape must match. */
-  load(factors: ReadonlyMap<string, LoraFactors<Float32Tensor>>, source: string): void {
+  /** Assign every factor from host parameters (`<module>.lora_down` / `.lora_up`). */
+  async setParameters(parameters: ReadonlyMap<string, Float32Tensor>): Promise<void> {
     for (const [module, v] of this.variables) {
-      const f = factors.get(module);
-      if (!f) throw new TrainerCheckpointError(source, `holds no LoRA factors for ${module}`);
-      for (const [name, variable, host] of [
-        ["lora_down", v.down, f.down],
-        ["lora_up", v.up, f.up],
+      for (const [name, variable] of [
+        [downName(module), v.down],
+        [upName(module), v.up],
       ] as const) {
-        if (shapeString(host.shape) !== shapeString(variable.shape)) {
-          throw new TrainerCheckpointError(
-            source,
-            `${module}.${name} is ${shapeString(host.shape)}, the policy's is ${shapeString(variable.shape)} (another lora_rank or model?)`,
+        const host = parameters.get(name);
+        if (!host || shapeString(host.shape) !== shapeString(variable.shape)) {
+          throw new TrainerStateError(
+            `the TF.js policy needs ${name} ${shapeString(variable.shape)}, got ${host ? shapeString(host.shape) : "none"}`,
           );
         }
-        tf.tidy(() => variable.assign(toTf(host, `${module}.${name}`)));
+        tf.tidy(() => variable.assign(toTf(host, name)));
       }
     }
-    const extra = [...factors.keys()].filter((m) => !this.variables.has(m));
-    if (extra.length > 0)
-      throw new TrainerCheckpointError(
-        source,
-        `holds LoRA factors for modules this model has no slot for: ${extra.slice(0, 3).join(", ")}`,
-      );
-  }
-
-  /** The LoRA as an adapter (`unet.`-qualified modules, alpha = r: scale 1), for export and feeds. */
-  async adapter(): Promise<LoraAdapter> {
-    const factors = await this.factors();
-    return loraAdapter(
-      [...factors].map(([module, f]) => {
-        const name = qualifiedModulePath("unet", module);
-        return [name, loraModule(name, f.down, f.up, this.rank)] as const;
-      }),
-    );
   }
 
   /**
@@ -141,7 +105,28 @@ export class SpoPolicy {
     }).sample;
   }
 
-  dispose(): void {
+  async lossAndGradients(plan: MicroBatchPlan, settings: LossSettings): Promise<MicroBatchResult> {
+    let kept: tf.Tensor[] = [];
+    const { value, grads } = loraGradients(() => {
+      const side = Object.fromEntries(
+        Object.entries(plan.side).map(([name, t]) => [name, toTf(t, name)]),
+      ) as Parameters<typeof spoObjective<tf.Tensor>>[2];
+      const terms = spoObjective(this.ops, this.noisePrediction(plan.unet), side, plan, settings);
+      kept = [terms.loss, terms.ratioWin, terms.ratioLose, terms.margin].map((t) => tf.keep(t));
+      return terms.scaledLoss as tf.Scalar;
+    }, this.variables);
+    const [loss, ratioWin, ratioLose, margin] = kept.map((t) => t.dataSync()[0]);
+    tf.dispose([value, ...kept]);
+    const hostGrads = new Map<string, Float32Tensor>();
+    for (const [module, g] of grads) {
+      hostGrads.set(downName(module), (await toHost(g.down, downName(module))) as Float32Tensor);
+      hostGrads.set(upName(module), (await toHost(g.up, upName(module))) as Float32Tensor);
+      tf.dispose([g.down, g.up]);
+    }
+    return { grads: hostGrads, stats: { pairs: plan.pairs, loss, ratioWin, ratioLose, margin } };
+  }
+
+  async close(): Promise<void> {
     for (const { down, up } of this.variables.values()) tf.dispose([down, up]);
     this.parameters.dispose();
   }

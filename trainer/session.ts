@@ -1,8 +1,9 @@
 /**
  * Everything a training run opens, in order, and closes again: the config (from a file, or from
- * the checkpoint being resumed), the TF.js backend (logged with why the others were passed over),
- * the diffusion engine and the SPM engine (onnxruntime workers), the policy's base weights
- * (hash-checked against the engine), and the identity a checkpoint must match.
+ * the checkpoint being resumed), the diffusion engine and the SPM engine (onnxruntime workers), the
+ * policy's base weights (hash-checked against the engine), the gradient backend (`grad_backend`:
+ * onnx, in a worker of its own with the engine's provider; or tfjs, its backend logged with why the
+ * others were passed over), and the identity a checkpoint must match.
  */
 import { createHash } from "node:crypto";
 import { DiffusionEngine } from "../diffusion/engine/diffusion-engine.js";
@@ -10,12 +11,7 @@ import type { ExecutionProviderConfig } from "../diffusion/engine/execution-prov
 import { readManifest } from "../diffusion/engine/manifest.js";
 import { SpmEngine } from "../diffusion/engine/spm-engine.js";
 import { unetLoraSlots } from "../diffusion/lora/slots.js";
-import {
-  describeTfjsBackend,
-  selectTfjsBackend,
-  type TfjsBackendName,
-  type TfjsBackendSelection,
-} from "../diffusion/tfjs/backend.js";
+import { describeTfjsBackend, selectTfjsBackend, type TfjsBackendName } from "../diffusion/tfjs/backend.js";
 import { type EngineContext, loadEngineContext } from "../registry/import.js";
 import { type Checkpoint, outputDirOf, type RunIdentity, readCheckpoint } from "./checkpoint.js";
 import {
@@ -28,7 +24,10 @@ import {
   trainingIdentity,
 } from "./config.js";
 import { TrainConfigError, TrainerUserError } from "./errors.js";
-import { type LoraModuleShape, SpoPolicy } from "./policy.js";
+import type { PolicyGradients } from "./gradient-backend.js";
+import type { LoraModuleShape } from "./lora-parameters.js";
+import { OnnxPolicy } from "./onnx-policy.js";
+import { SpoPolicy } from "./policy.js";
 import { openPolicyWeights } from "./policy-weights.js";
 import { loadPrompts } from "./prompts.js";
 import { SpmCandidateScorer } from "./scorer.js";
@@ -50,7 +49,7 @@ export interface SessionConfig {
 
 export interface TrainingSessionOptions extends SessionConfig {
   readonly provider?: ExecutionProviderConfig;
-  /** Use only this TF.js backend (default: DESIGN.md's order, or STEPWISE_TFJS_BACKEND). */
+  /** With grad_backend tfjs: use only this TF.js backend (default: DESIGN.md's order, or STEPWISE_TFJS_BACKEND). */
   readonly tfjsBackend?: TfjsBackendName;
   readonly log: TrainerLog;
 }
@@ -78,23 +77,21 @@ export class TrainingSession {
     readonly engine: DiffusionEngine,
     readonly spm: SpmEngine,
     readonly engineContext: EngineContext,
-    readonly policy: SpoPolicy,
+    readonly gradients: PolicyGradients,
+    readonly modules: readonly LoraModuleShape[],
     readonly prompts: readonly string[],
     readonly identity: RunIdentity,
-    readonly backend: TfjsBackendSelection,
     private readonly log: TrainerLog,
     readonly checkpoint?: Checkpoint,
   ) {}
 
   static async open(options: TrainingSessionOptions): Promise<TrainingSession> {
     const { log, config, checkpoint } = options;
-    const backend = await selectTfjsBackend(options.tfjsBackend ? { prefer: options.tfjsBackend } : {});
-    log.info({ backend: backend.name, passedOver: backend.passedOver }, describeTfjsBackend(backend));
     const prompts = await loadPrompts(config.prompts);
     const engineContext = await loadEngineContext(config.model);
     const engine = await DiffusionEngine.open(config.model, options.provider);
     let spm: SpmEngine | undefined;
-    let policy: SpoPolicy | undefined;
+    let gradients: PolicyGradients | undefined;
     try {
       spm = await SpmEngine.open(config.spm, options.provider);
       log.info(
@@ -102,21 +99,10 @@ export class TrainingSession {
         "engines open",
       );
       const modules = trainedModules(engineContext, config.model);
-      const weights = await openPolicyWeights(engine.manifest, config.model, config.model_weights);
-      try {
-        policy = await SpoPolicy.create(
-          engineContext.unet,
-          weights.params,
-          modules,
-          config.lora_rank,
-          weights.folder,
-        );
-      } finally {
-        await weights.params.close();
-      }
+      gradients = await openGradients(options, engine, engineContext, modules);
       log.info(
-        { weights: weights.folder, modules: modules.length, rank: config.lora_rank },
-        "TF.js policy ready",
+        { gradients: gradients.description, modules: modules.length, rank: config.lora_rank },
+        "policy ready",
       );
       const identity: RunIdentity = {
         configHash: sha256(JSON.stringify(trainingIdentity(config))),
@@ -129,15 +115,15 @@ export class TrainingSession {
         engine,
         spm,
         engineContext,
-        policy,
+        gradients,
+        modules,
         prompts,
         identity,
-        backend,
         log,
         checkpoint,
       );
     } catch (err) {
-      policy?.dispose();
+      await gradients?.close();
       await spm?.close();
       await engine.close();
       throw err;
@@ -151,10 +137,11 @@ export class TrainingSession {
       engine: this.engine,
       engineContext: this.engineContext,
       scorer: new SpmCandidateScorer(this.engine, this.spm),
-      policy: this.policy,
+      gradients: this.gradients,
+      modules: this.modules,
+      rank: this.config.lora_rank,
       prompts: this.prompts,
       identity: this.identity,
-      tfjsBackend: this.backend.name,
       log: this.log,
       resume: this.checkpoint,
       ...controls,
@@ -164,9 +151,51 @@ export class TrainingSession {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    this.policy.dispose();
+    await this.gradients.close();
     await this.spm.close();
     await this.engine.close();
+  }
+}
+
+/**
+ * The policy's gradient backend over the UNet weights the engine was converted from (hash-checked).
+ * ONNX keeps reading them as its training graphs are recorded (one per micro-batch shape); TF.js
+ * converts them once.
+ */
+async function openGradients(
+  options: TrainingSessionOptions,
+  engine: DiffusionEngine,
+  engineContext: EngineContext,
+  modules: readonly LoraModuleShape[],
+): Promise<PolicyGradients> {
+  const { config, log } = options;
+  if (config.grad_backend === "tfjs") {
+    const backend = await selectTfjsBackend(options.tfjsBackend ? { prefer: options.tfjsBackend } : {});
+    log.info({ backend: backend.name, passedOver: backend.passedOver }, describeTfjsBackend(backend));
+  }
+  const weights = await openPolicyWeights(engine.manifest, config.model, config.model_weights);
+  if (config.grad_backend === "onnx") {
+    return OnnxPolicy.start({
+      unet: engineContext.unet,
+      weights: weights.params,
+      label: weights.folder,
+      modules,
+      rank: config.lora_rank,
+      checkpointing: config.gradient_checkpointing,
+      // The engine's provider as it resolved (`auto` decided once, for sampling and gradients alike).
+      provider: engine.provider,
+    });
+  }
+  try {
+    return await SpoPolicy.create(
+      engineContext.unet,
+      weights.params,
+      modules,
+      config.lora_rank,
+      weights.folder,
+    );
+  } finally {
+    await weights.params.close();
   }
 }
 

@@ -9,8 +9,8 @@
  *   2. the current LoRA as the engine's slot feeds (what a server would be fed);
  *   3. sampling on the engine, candidates scored by the SPM, pairs kept by the threshold rule;
  *   4. the reference log-probabilities of every pair (engine without LoRA);
- *   5. the pairs shuffled into micro-batches of train_batch_size; each adds its gradient
- *      (TF.js policy) to the accumulation, and every gradient_accumulation_steps micro-batches
+ *   5. the pairs shuffled into micro-batches of train_batch_size; each adds its gradient (from
+ *      the gradient backend, ONNX or TF.js) to the accumulation, and every gradient_accumulation_steps micro-batches
  *      (counted across rounds, as SPO's accelerate setup counts them) the gradient is clipped and
  *      AdamW steps; one metrics line per step;
  *   6. counters; at an epoch's end the validation grid and the flat-loss check; a checkpoint every
@@ -39,6 +39,14 @@ import { encodeRound, type RoundConditioning } from "./conditioning.js";
 import type { TrainConfig } from "./config.js";
 import { TrainerCheckpointError } from "./errors.js";
 import { type ExportedLora, exportTrainedLora } from "./export.js";
+import type { PolicyGradients } from "./gradient-backend.js";
+import {
+  initialLoraParameters,
+  type LoraModuleShape,
+  type LoraParameters,
+  loraAdapterOf,
+  loraParametersFrom,
+} from "./lora-parameters.js";
 import {
   isFlatAtLn2,
   MetricsLog,
@@ -49,10 +57,8 @@ import {
   readMetrics,
   summarizeMetrics,
 } from "./metrics.js";
-import { LoraAdamW } from "./optimizer.js";
+import { AdamW } from "./optimizer.js";
 import { writeRunPlots } from "./plots.js";
-import type { SpoPolicy } from "./policy.js";
-import { type LossSettings, lossAndGradients } from "./policy-step.js";
 import { type TrainingPair, withReferenceLogProbs } from "./reference.js";
 import {
   createTrainerRandom,
@@ -64,6 +70,7 @@ import {
 import { writeSampleGrid } from "./sample-grid.js";
 import { type SamplingSettings, sampleRound } from "./sampling.js";
 import type { CandidateScorer } from "./scorer.js";
+import { type LossSettings, planMicroBatch } from "./spo-objective.js";
 
 /** pino's shape, so the CLI passes its logger and tests a recorder. */
 export interface TrainerLog {
@@ -86,11 +93,13 @@ export interface SpoRunOptions {
   readonly engine: PipelineModels;
   readonly engineContext: EngineContext;
   readonly scorer: CandidateScorer;
-  readonly policy: SpoPolicy;
+  /** Where the loss and gradients come from (ONNX or TF.js). */
+  readonly gradients: PolicyGradients;
+  /** The modules the LoRA trains, and its rank. */
+  readonly modules: readonly LoraModuleShape[];
+  readonly rank: number;
   readonly prompts: readonly string[];
   readonly identity: RunIdentity;
-  /** The TF.js backend's name, recorded in checkpoints. */
-  readonly tfjsBackend: string;
   readonly log: TrainerLog;
   readonly resume?: Checkpoint;
   readonly onProgress?: (progress: TrainingProgress) => void;
@@ -133,6 +142,7 @@ const EMPTY_PENDING: PendingStep = {
 };
 
 const METRICS_FILE = "metrics.jsonl";
+const MIB = 2 ** 20;
 
 function checkIdentity(resume: Checkpoint, identity: RunIdentity): void {
   for (const key of Object.keys(identity) as (keyof RunIdentity)[]) {
@@ -155,12 +165,8 @@ function checkIdentity(resume: Checkpoint, identity: RunIdentity): void {
 /** Train (or continue) until every epoch is done or the options stop it; see the file comment. */
 export async function runSpoTraining(options: SpoRunOptions): Promise<SpoRunResult> {
   const run = await SpoRun.start(options);
-  try {
-    while (!run.finished && !run.stopRequested()) await run.round();
-    return await run.finish();
-  } finally {
-    run.dispose();
-  }
+  while (!run.finished && !run.stopRequested()) await run.round();
+  return await run.finish();
 }
 
 /** One training run's state and its steps (the loop above drives it round by round). */
@@ -174,7 +180,7 @@ class SpoRun {
     private readonly scheduler: DDIMScheduler,
     private readonly sampling: SamplingSettings,
     private readonly loss: LossSettings,
-    private readonly optimizer: LoraAdamW,
+    private readonly optimizer: AdamW,
     private readonly random: TrainerRandom,
     private readonly runId: string,
     private readonly metrics: MetricsLog,
@@ -182,7 +188,7 @@ class SpoRun {
   ) {}
 
   static async start(options: SpoRunOptions): Promise<SpoRun> {
-    const { config, engine, policy, log, resume } = options;
+    const { config, engine, gradients, log, resume } = options;
     const scheduler = new DDIMScheduler(engine.spec.schedulerConfig, "the engine's scheduler config");
     scheduler.setTimesteps(config.sample.num_steps);
     const sampling: SamplingSettings = {
@@ -205,63 +211,60 @@ class SpoRun {
     };
     await mkdir(config.output_dir, { recursive: true });
     const metricsPath = join(config.output_dir, METRICS_FILE);
-    const optimizer = new LoraAdamW(policy.variables, {
-      learningRate: config.train.learning_rate,
-      beta1: config.train.adam_beta1,
-      beta2: config.train.adam_beta2,
-      epsilon: config.train.adam_epsilon,
-      weightDecay: config.train.adam_weight_decay,
-      maxGradNorm: config.train.max_grad_norm,
-    });
-    try {
-      if (resume) {
-        checkIdentity(resume, options.identity);
-        if (resume.state.tfjsBackend !== options.tfjsBackend) {
-          log.warn(
-            { checkpoint: resume.state.tfjsBackend, now: options.tfjsBackend },
-            "resuming on another TF.js backend: the result will not be bit-identical to an uninterrupted run",
-          );
-        }
-        policy.load(resume.lora, resume.folder);
-        optimizer.load(resume.optimizer, resume.folder);
-        const metrics = await MetricsLog.open(metricsPath, resume.state.metricsBytes);
-        const state: LoopState = {
-          progress: resume.state.progress,
-          epochLoss: resume.state.epochLoss,
-          totals: resume.state.totals,
-          pending: { ...resume.state.pendingStep },
-        };
-        log.info(
-          { checkpoint: resume.folder, round: state.progress.round, step: optimizer.step },
-          "resuming",
-        );
-        const random = restoreTrainerRandom(resume.state.random);
-        return new SpoRun(
-          options,
-          scheduler,
-          sampling,
-          loss,
-          optimizer,
-          random,
-          resume.state.runId,
-          metrics,
-          state,
+    const adamW = (parameters: LoraParameters) =>
+      new AdamW(parameters, {
+        learningRate: config.train.learning_rate,
+        beta1: config.train.adam_beta1,
+        beta2: config.train.adam_beta2,
+        epsilon: config.train.adam_epsilon,
+        weightDecay: config.train.adam_weight_decay,
+        maxGradNorm: config.train.max_grad_norm,
+      });
+    if (resume) {
+      checkIdentity(resume, options.identity);
+      if (resume.state.gradBackend !== gradients.description) {
+        log.warn(
+          { checkpoint: resume.state.gradBackend, now: gradients.description },
+          "resuming on another gradient backend: the result will not be bit-identical to an uninterrupted run",
         );
       }
-      const random = createTrainerRandom(config.seed);
-      policy.initialize(random.init);
+      const parameters = loraParametersFrom(resume.lora, options.modules, options.rank, resume.folder);
+      const optimizer = adamW(parameters);
+      optimizer.load(resume.optimizer, resume.folder);
+      await gradients.setParameters(parameters);
+      const metrics = await MetricsLog.open(metricsPath, resume.state.metricsBytes);
       const state: LoopState = {
-        progress: { round: 0, epoch: 0, roundInEpoch: 0, epochOrder: null },
-        epochLoss: { steps: 0, maxDeviationFromLn2: 0 },
-        totals: { rounds: 0, pairsKept: 0, pairsOffered: 0 },
-        pending: { ...EMPTY_PENDING },
+        progress: resume.state.progress,
+        epochLoss: resume.state.epochLoss,
+        totals: resume.state.totals,
+        pending: { ...resume.state.pendingStep },
       };
-      const metrics = await MetricsLog.open(metricsPath);
-      return new SpoRun(options, scheduler, sampling, loss, optimizer, random, randomUUID(), metrics, state);
-    } catch (err) {
-      optimizer.dispose();
-      throw err;
+      log.info({ checkpoint: resume.folder, round: state.progress.round, step: optimizer.step }, "resuming");
+      const random = restoreTrainerRandom(resume.state.random);
+      return new SpoRun(
+        options,
+        scheduler,
+        sampling,
+        loss,
+        optimizer,
+        random,
+        resume.state.runId,
+        metrics,
+        state,
+      );
     }
+    const random = createTrainerRandom(config.seed);
+    const parameters = initialLoraParameters(options.modules, options.rank, random.init);
+    const optimizer = adamW(parameters);
+    await gradients.setParameters(parameters);
+    const state: LoopState = {
+      progress: { round: 0, epoch: 0, roundInEpoch: 0, epochOrder: null },
+      epochLoss: { steps: 0, maxDeviationFromLn2: 0 },
+      totals: { rounds: 0, pairsKept: 0, pairsOffered: 0 },
+      pending: { ...EMPTY_PENDING },
+    };
+    const metrics = await MetricsLog.open(metricsPath);
+    return new SpoRun(options, scheduler, sampling, loss, optimizer, random, randomUUID(), metrics, state);
   }
 
   private get config(): TrainConfig {
@@ -284,9 +287,14 @@ class SpoRun {
     );
   }
 
+  /** The current LoRA as an adapter (export, feeds). */
+  private adapter(): LoraAdapter {
+    return loraAdapterOf(this.optimizer.parameters, this.options.rank);
+  }
+
   /** The current LoRA as the engine's slot feeds. */
-  private async loraFeeds(): Promise<LoraFeeds> {
-    return unetLoraFeeds([{ adapter: await this.options.policy.adapter(), weight: 1 }]);
+  private loraFeeds(): LoraFeeds {
+    return unetLoraFeeds([{ adapter: this.adapter(), weight: 1 }]);
   }
 
   /** One round: sample, reference, train; then counters, the epoch's end and a due checkpoint. */
@@ -298,7 +306,7 @@ class SpoRun {
     const order = this.state.progress.epochOrder ?? permutation(this.random.shuffle, prompts.length);
     const roundPrompts = order.slice(roundInEpoch * batch, (roundInEpoch + 1) * batch).map((i) => prompts[i]);
     // 2-3. sample with the current LoRA
-    const lora = await this.loraFeeds();
+    const lora = this.loraFeeds();
     const conditioning = await encodeRound(engine, roundPrompts, this.config.resolution);
     const sampled = await sampleRound(
       {
@@ -381,19 +389,20 @@ class SpoRun {
     conditioning: RoundConditioning,
     figures: RoundFigures,
   ): Promise<void> {
-    const { policy, engine } = this.options;
+    const { gradients, engine } = this.options;
     const size = this.config.train.train_batch_size;
     const shuffled = permutation(this.random.shuffle, pairs.length).map((i) => pairs[i]);
     for (let start = 0; start < shuffled.length; start += size) {
       let started = performance.now();
-      const { grads, stats } = lossAndGradients(
-        policy,
+      const plan = planMicroBatch(
         engine,
         conditioning,
         this.scheduler,
         shuffled.slice(start, start + size),
         this.loss,
+        gradients.padsMicroBatches ? size : undefined,
       );
+      const { grads, stats } = await gradients.lossAndGradients(plan, this.loss);
       this.optimizer.accumulate(grads);
       const p = this.state.pending;
       p.lossSum += stats.loss;
@@ -404,7 +413,8 @@ class SpoRun {
       p.gradientMs += performance.now() - started;
       if (this.optimizer.pendingMicroBatches < this.config.train.gradient_accumulation_steps) continue;
       started = performance.now();
-      const report = await this.optimizer.apply();
+      const report = this.optimizer.apply();
+      await gradients.setParameters(this.optimizer.parameters);
       p.gradientMs += performance.now() - started;
       const loss = p.lossSum / p.microBatches;
       await this.metrics.append({
@@ -418,6 +428,9 @@ class SpoRun {
         clip_scale: report.clipScale,
         learning_rate: this.config.train.learning_rate,
         pairs: p.pairs,
+        ...(gradients.lastPeakRssBytes === undefined
+          ? {}
+          : { gradient_peak_rss_mib: Math.round(gradients.lastPeakRssBytes / MIB) }),
       });
       this.lastLoss = loss;
       // The first step's loss is ln 2 by construction (up = 0: policy = reference); it says nothing.
@@ -445,7 +458,7 @@ class SpoRun {
         steps: config.sample.num_steps,
         guidanceScale: config.sample.guidance_scale,
         resolution: config.resolution,
-        lora: { key: `${this.runId}@${this.state.progress.round}`, feeds: await this.loraFeeds() },
+        lora: { key: `${this.runId}@${this.state.progress.round}`, feeds: this.loraFeeds() },
       },
       grid,
     );
@@ -472,16 +485,15 @@ class SpoRun {
       random: trainerRandomState(this.random),
       metricsBytes: this.metrics.bytes,
       epochLoss: state.epochLoss,
-      tfjsBackend: options.tfjsBackend,
+      gradBackend: options.gradients.description,
       totals: state.totals,
       pendingStep: state.pending,
     };
-    const factors = await options.policy.factors();
     this.lastCheckpoint = await writeCheckpoint(
       this.config.output_dir,
       checkpointState,
-      factors,
-      await optimizer.state(),
+      optimizer.parameters,
+      optimizer.state(),
     );
     options.log.info(
       { checkpoint: this.lastCheckpoint, round: state.progress.round, step: optimizer.step },
@@ -494,7 +506,7 @@ class SpoRun {
     const { options, config, runId, warnings } = this;
     const steps = await readMetrics(this.metrics.path);
     const summary = summarizeMetrics(steps, this.state.totals);
-    const adapter = await options.policy.adapter();
+    const adapter = this.adapter();
     let exports: ExportedLora[] = [];
     if (this.finished) {
       exports = await exportTrainedLora(
@@ -507,7 +519,7 @@ class SpoRun {
       const report = {
         runId,
         identity: options.identity,
-        tfjsBackend: options.tfjsBackend,
+        gradBackend: options.gradients.description,
         summary,
         exports,
         plots,
@@ -532,9 +544,5 @@ class SpoRun {
       exports,
       warnings,
     };
-  }
-
-  dispose(): void {
-    this.optimizer.dispose();
   }
 }

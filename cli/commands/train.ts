@@ -4,9 +4,9 @@
  * and optionally publish it to a registry.
  *
  * Output: the exported files (and the published reference) on stdout; a progress bar with ETA over
- * the rounds on stderr when it is a terminal. The run log (pino JSON lines: the TF.js backend and
- * why the others were not used, each round, checkpoints, warnings) goes to <output_dir>/train.log,
- * and to stderr as well when stderr is not a terminal (CI, `2> log`). Ctrl-C stops at the end of
+ * the rounds on stderr when it is a terminal. The run log (pino JSON lines: the gradient backend,
+ * for TF.js why its other backends were not used, each round, checkpoints, warnings) goes to
+ * <output_dir>/train.log, and to stderr as well when stderr is not a terminal (CI, `2> log`). Ctrl-C stops at the end of
  * the current round with a checkpoint, so `--resume` continues exactly.
  */
 import { mkdirSync } from "node:fs";
@@ -23,6 +23,7 @@ import { assertAliasName, assertLoraName } from "../../registry/names.js";
 import { Registry } from "../../registry/registry.js";
 import { TrainerUserError } from "../../trainer/errors.js";
 import { type LoraPublisher, publishTrainedLora } from "../../trainer/export.js";
+import { GRAD_BACKENDS, type GradBackendName } from "../../trainer/gradient-backend.js";
 import { loadSessionConfig, TrainingSession } from "../../trainer/session.js";
 import type { SpoRunResult, TrainerLog } from "../../trainer/spo-trainer.js";
 import { CliError } from "../cli-error.js";
@@ -55,6 +56,7 @@ interface TrainOptions {
   provider: ProviderName;
   deviceId?: number;
   threads?: number;
+  gradBackend?: GradBackendName;
   tfjsBackend?: TfjsBackendName;
 }
 
@@ -120,7 +122,7 @@ async function publish(
         config: session.config,
         identity: session.identity,
         metrics: result.summary,
-        tfjs_backend: session.backend.name,
+        grad_backend: session.gradients.description,
       },
     });
     return `${manifest.name}@${manifest.version}`;
@@ -137,10 +139,17 @@ async function runTrain(
   if (options.config === undefined && options.resume === undefined)
     throw new CliError("give --config, or --resume a checkpoint");
   checkPublishOptions(options);
-  const { config, checkpoint } = await loadSessionConfig({
+  const loaded = await loadSessionConfig({
     configPath: options.config,
     resume: options.resume,
   });
+  const checkpoint = loaded.checkpoint;
+  const config = { ...loaded.config, grad_backend: options.gradBackend ?? loaded.config.grad_backend };
+  if (options.tfjsBackend !== undefined && config.grad_backend !== "tfjs") {
+    throw new CliError(
+      `--tfjs-backend picks TensorFlow.js's backend, but the gradients run on ${config.grad_backend}; add --grad-backend tfjs`,
+    );
+  }
   const runLogFile = runLog(config.output_dir, output.stderr);
   try {
     const session = await TrainingSession.open({
@@ -248,8 +257,14 @@ export function trainCommand(options: TrainCommandOptions = {}): Command {
     )
     .addOption(
       new Option(
+        "--grad-backend <name>",
+        "where the policy's gradients run: onnx (onnxruntime, the engines' provider) or tfjs (default: the config's grad_backend, else onnx)",
+      ).choices(GRAD_BACKENDS),
+    )
+    .addOption(
+      new Option(
         "--tfjs-backend <name>",
-        "TensorFlow.js backend of the policy (default: the first that starts)",
+        "TensorFlow.js backend of the policy with --grad-backend tfjs (default: the first that starts)",
       ).choices(TFJS_BACKENDS),
     )
     .configureOutput({

@@ -116,7 +116,7 @@ export class DiffusionEngine implements PipelineModels {
   /** Free the worker's copy of these feeds: their owner (the adapter cache) dropped them. */
   async releaseLora(lora: LoraFeeds): Promise<void> {
     const key = this.loraKeys.get(lora);
-    if (key !== undefined) await this.runtime.release(key);
+    if (key !== undefined) await this.runtime.release({ keys: [key] });
   }
 
   /** The declared dtype of a graph input, read from the session (the timestep may be float or int64). */

@@ -4,10 +4,12 @@
  * Every `run` is a message round trip; the tensors' buffers are transferred (the caller's feed
  * arrays are copied first, so callers keep their data). The main thread never blocks on inference.
  *
- * Resident feeds: feeds that repeat across runs (an adapter's LoRA factors, on every UNet step) are
- * given with a key; they are copied to the worker once, kept there, and later runs send only the key.
- * The main thread keeps the books (an LRU bounded in bytes) and tells the worker what to drop, in
- * the same ordered message stream, so both sides always agree on what the worker holds.
+ * Resident feeds: groups of feeds that repeat across runs are kept in the worker under a key, and
+ * runs send only the key. A group is loaded lazily by the first run that needs it (an adapter's LoRA
+ * factors, on every UNet step; an LRU bounded in bytes) or explicitly with `keep` (trained
+ * parameters, replaced after each optimizer step). The main thread keeps the books and tells the
+ * worker what to drop, in the same ordered message stream, so both sides always agree on what the
+ * worker holds.
  */
 import { existsSync } from "node:fs";
 import { fileURLToPath } from "node:url";
@@ -44,11 +46,14 @@ export class InferenceError extends Error {
  */
 export const DEFAULT_RESIDENT_FEED_BYTES = 1024 ** 3;
 
-/** Feeds to keep in the worker under `key`; `feeds()` is called only when the worker lacks them. */
+/**
+ * A group of feeds resident in the worker under `key`: one given with `keep`, or one loaded lazily,
+ * `feeds()` called only when the worker lacks it.
+ */
 export interface ResidentFeeds {
   /** Identifies the feeds' content: the same key must always mean the same tensors. */
   readonly key: string;
-  feeds(): Readonly<Record<string, Tensor>>;
+  feeds?(): Readonly<Record<string, Tensor>>;
 }
 
 export interface RuntimeOptions {
@@ -129,13 +134,18 @@ export class OnnxRuntimeWorker {
   provider: ResolvedProvider | undefined;
   readonly sessions = new Map<string, SessionInfo>();
   readonly transfers: TransferStats = { feedBytes: 0, residentUploadBytes: 0, residentUploads: 0 };
-  /** What the worker holds: key -> bytes, least recently used first. */
+  /** Lazy groups the worker holds: key -> bytes, least recently used first. */
   private readonly resident = new Map<string, number>();
+  /** Groups given with `keep`: key -> bytes, outside the bound until released. */
+  private readonly kept = new Map<string, number>();
   /** Keys the worker may hold but the books gave up on (a failed run): dropped with the next message. */
   private readonly unsure = new Set<string>();
   private readonly residentLimit: number;
 
-  private constructor(options: RuntimeOptions) {
+  private constructor(
+    private readonly config: ExecutionProviderConfig,
+    options: RuntimeOptions,
+  ) {
     this.residentLimit = options.residentFeedBytes ?? DEFAULT_RESIDENT_FEED_BYTES;
     this.worker = spawnWorker();
     this.worker.on("message", (res: WorkerResponse) => {
@@ -165,24 +175,75 @@ export class OnnxRuntimeWorker {
     options: RuntimeOptions = {},
   ): Promise<OnnxRuntimeWorker> {
     validateProviderConfig(config);
-    const rt = new OnnxRuntimeWorker(options);
+    const rt = new OnnxRuntimeWorker(config, options);
     try {
-      const res = await rt.request({
-        type: "load",
-        id: 0,
-        sessions,
-        provider: config.provider,
-        deviceId: config.deviceId ?? 0,
-        intraOpThreads: config.intraOpThreads ?? defaultIntraOpThreads(),
-      });
-      if (res.type !== "loaded") throw new InferenceError(`unexpected worker reply ${res.type}`);
-      rt.provider = res.provider;
-      for (const [name, info] of Object.entries(res.sessions)) rt.sessions.set(name, info);
+      await rt.loadSessions(sessions);
       return rt;
     } catch (err) {
       await rt.close();
       throw err;
     }
+  }
+
+  /**
+   * Load (or replace) sessions. Once a session has loaded, later ones use the provider it
+   * resolved to (`auto` decides once, on the first session).
+   */
+  async loadSessions(sessions: readonly SessionSpec[]): Promise<void> {
+    const decided = this.provider !== undefined && this.sessions.size > 0;
+    const res = await this.request({
+      type: "load",
+      id: 0,
+      sessions,
+      provider: decided ? (this.provider as ResolvedProvider).provider : this.config.provider,
+      deviceId: this.config.deviceId ?? 0,
+      intraOpThreads: this.config.intraOpThreads ?? defaultIntraOpThreads(),
+    });
+    if (res.type !== "loaded") throw new InferenceError(`unexpected worker reply ${res.type}`);
+    if (!decided || res.provider.fallbackReason !== undefined) this.provider = res.provider;
+    for (const [name, info] of Object.entries(res.sessions)) this.sessions.set(name, info);
+  }
+
+  /**
+   * Keep `feeds` in the worker under `key`, replacing the group of that key (trained parameters after
+   * each optimizer step): runs name the key in `resident`. Kept groups stay until released; the
+   * bound on resident bytes applies to the groups runs load lazily.
+   */
+  async keep(key: string, feeds: Readonly<Record<string, Tensor>>): Promise<void> {
+    const transfer: ArrayBuffer[] = [];
+    const upload = wireFeeds(feeds, transfer);
+    // The worker replaces whatever it held under the key.
+    this.resident.delete(key);
+    this.kept.delete(key);
+    this.unsure.delete(key);
+    let res: WorkerResponse;
+    try {
+      res = await this.request({ type: "keep", id: 0, key, feeds: upload.wire }, transfer);
+    } catch (err) {
+      this.unsure.add(key);
+      throw err;
+    }
+    if (res.type !== "done") throw new InferenceError(`unexpected worker reply ${res.type}`);
+    this.kept.set(key, upload.bytes);
+    this.countUpload(upload.bytes);
+  }
+
+  /**
+   * Forget resident groups (their owner dropped them; a later run with a lazy group's key uploads it
+   * again) and release sessions, by name.
+   */
+  async release(names: {
+    readonly keys?: readonly string[];
+    readonly sessions?: readonly string[];
+  }): Promise<void> {
+    const keys = (names.keys ?? []).filter((key) => this.resident.delete(key) || this.kept.delete(key));
+    const sessions = names.sessions ?? [];
+    if (this.closed || (keys.length === 0 && sessions.length === 0)) return;
+    keys.push(...this.unsure);
+    this.unsure.clear();
+    const res = await this.request({ type: "release", id: 0, keys, sessions });
+    if (res.type !== "done") throw new InferenceError(`unexpected worker reply ${res.type}`);
+    for (const name of sessions) this.sessions.delete(name);
   }
 
   private failAll(err: Error): void {
@@ -206,23 +267,25 @@ export class OnnxRuntimeWorker {
     return result;
   }
 
-  /** Bytes of resident feeds the worker holds now. */
+  /** Bytes of resident feeds the worker holds now (lazy and kept groups). */
   get residentBytes(): number {
     let bytes = 0;
     for (const b of this.resident.values()) bytes += b;
+    for (const b of this.kept.values()) bytes += b;
     return bytes;
   }
 
   /** Whether the worker holds the feeds of `key`. */
   holds(key: string): boolean {
-    return this.resident.has(key);
+    return this.resident.has(key) || this.kept.has(key);
   }
 
-  /** Keys to drop so that `bytes` more fit under the bound, least recently used first. */
+  /** Keys of lazy groups to drop so that `bytes` more fit under the bound, least recently used first. */
   private makeRoom(bytes: number): string[] {
     const drop = [...this.unsure];
     this.unsure.clear();
-    let held = this.residentBytes;
+    let held = 0;
+    for (const b of this.resident.values()) held += b;
     for (const [key, b] of this.resident) {
       if (held + bytes <= this.residentLimit) break;
       this.resident.delete(key);
@@ -232,9 +295,16 @@ export class OnnxRuntimeWorker {
     return drop;
   }
 
+  private countUpload(bytes: number): void {
+    this.transfers.residentUploads++;
+    this.transfers.residentUploadBytes += bytes;
+    this.transfers.feedBytes += bytes;
+  }
+
   /**
-   * Run one session; outputs default to all of the session's outputs. `resident` feeds are added to
-   * `feeds`, sent only if the worker does not hold them yet.
+   * Run one session; outputs default to all of the session's outputs. The `resident` group's feeds
+   * (those the session takes) are added to `feeds`: a group given with `keep`, or one sent with
+   * this run if the worker does not hold it yet.
    */
   async run(
     session: string,
@@ -247,12 +317,17 @@ export class OnnxRuntimeWorker {
     let perRun = feeds;
     let keep: { key: string; feeds?: Record<string, WireTensor> } | undefined;
     let drop: string[] = [];
-    if (resident && this.resident.has(resident.key)) {
+    if (resident && this.kept.has(resident.key)) {
+      keep = { key: resident.key };
+    } else if (resident && this.resident.has(resident.key)) {
       const bytes = this.resident.get(resident.key)!;
       this.resident.delete(resident.key);
       this.resident.set(resident.key, bytes); // most recently used
       keep = { key: resident.key };
     } else if (resident) {
+      if (!resident.feeds) {
+        throw new InferenceError(`the resident feeds ${resident.key} were never kept in the worker`, session);
+      }
       const extra = resident.feeds();
       const bytes = feedBytes(extra);
       if (bytes > this.residentLimit) {
@@ -262,9 +337,7 @@ export class OnnxRuntimeWorker {
         const upload = wireFeeds(extra, transfer);
         keep = { key: resident.key, feeds: upload.wire };
         this.resident.set(resident.key, bytes);
-        this.transfers.residentUploads++;
-        this.transfers.residentUploadBytes += upload.bytes;
-        this.transfers.feedBytes += upload.bytes;
+        this.countUpload(upload.bytes);
       }
     }
     const wire = wireFeeds(perRun, transfer);
@@ -277,7 +350,7 @@ export class OnnxRuntimeWorker {
       );
     } catch (err) {
       // The worker may or may not hold the key now: re-upload on next use, and drop it meanwhile.
-      if (keep && this.resident.delete(keep.key)) this.unsure.add(keep.key);
+      if (keep?.feeds && this.resident.delete(keep.key)) this.unsure.add(keep.key);
       if (err instanceof InferenceError && !err.session) throw new InferenceError(err.message, session);
       throw err;
     }
@@ -285,14 +358,6 @@ export class OnnxRuntimeWorker {
     const out: Record<string, Tensor> = {};
     for (const [name, w] of Object.entries(res.outputs)) out[name] = fromWire(w);
     return out;
-  }
-
-  /** Forget resident feeds (their owner dropped them); a later run with the key uploads them again. */
-  async release(key: string): Promise<void> {
-    if (!this.resident.delete(key) || this.closed) return;
-    const keys = [key, ...this.unsure];
-    this.unsure.clear();
-    await this.request({ type: "release", id: 0, keys });
   }
 
   async close(): Promise<void> {

@@ -9,11 +9,29 @@ import { parentPort } from "node:worker_threads";
 import * as ort from "onnxruntime-node";
 import type { DType } from "../tensor.js";
 import { CUDA_INSTALL_HINT, type ResolvedProvider, sessionProviderOptions } from "./execution-provider.js";
-import type { SessionInfo, ValueInfo, WireTensor, WorkerRequest, WorkerResponse } from "./worker-protocol.js";
+import type {
+  SessionInfo,
+  SessionSpec,
+  ValueInfo,
+  WireTensor,
+  WorkerRequest,
+  WorkerResponse,
+} from "./worker-protocol.js";
 
 const sessions = new Map<string, ort.InferenceSession>();
-/** Feeds the main thread asked to keep (worker-protocol.ts), by key, already as onnxruntime tensors. */
+/** Feed groups the main thread asked to keep (worker-protocol.ts), by key, already as onnxruntime tensors. */
 const resident = new Map<string, Readonly<Record<string, ort.Tensor>>>();
+
+/** Keep `feeds` under `key`, disposing the group it replaces. */
+function keep(key: string, feeds: Readonly<Record<string, WireTensor>>): void {
+  forget(key);
+  resident.set(key, toOrtFeeds(feeds));
+}
+
+function forget(key: string): void {
+  for (const t of Object.values(resident.get(key) ?? {})) t.dispose();
+  resident.delete(key);
+}
 
 const ORT_TYPES: Partial<Record<DType, ort.Tensor.Type>> = {
   float32: "float32",
@@ -78,11 +96,18 @@ function describe(session: ort.InferenceSession): SessionInfo {
   return { inputs: info(session.inputMetadata), outputs: info(session.outputMetadata) };
 }
 
-async function createSession(path: string, provider: ResolvedProvider): Promise<ort.InferenceSession> {
-  return ort.InferenceSession.create(path, {
+async function createSession(spec: SessionSpec, provider: ResolvedProvider): Promise<ort.InferenceSession> {
+  const options: ort.InferenceSession.SessionOptions = {
     ...sessionProviderOptions(provider),
     graphOptimizationLevel: "all",
-  });
+  };
+  return "path" in spec
+    ? ort.InferenceSession.create(spec.path, options)
+    : ort.InferenceSession.create(spec.model, options);
+}
+
+function sessionLabel(spec: SessionSpec): string {
+  return "path" in spec ? spec.path : `the in-memory model ${spec.name}`;
 }
 
 async function load(req: Extract<WorkerRequest, { type: "load" }>): Promise<WorkerResponse> {
@@ -96,10 +121,10 @@ async function load(req: Extract<WorkerRequest, { type: "load" }>): Promise<Work
   for (const spec of req.sessions) {
     let session: ort.InferenceSession;
     try {
-      session = await createSession(spec.path, provider);
+      session = await createSession(spec, provider);
     } catch (err) {
       const message = (err as Error).message;
-      if (provider.provider !== "cuda") throw new Error(`cannot load ${spec.path}: ${message}`);
+      if (provider.provider !== "cuda") throw new Error(`cannot load ${sessionLabel(spec)}: ${message}`);
       if (req.provider === "cuda") {
         const e = new Error(
           `the CUDA execution provider could not be loaded (${message}); ${CUDA_INSTALL_HINT}`,
@@ -108,7 +133,7 @@ async function load(req: Extract<WorkerRequest, { type: "load" }>): Promise<Work
         throw e;
       }
       provider = { ...provider, provider: "cpu", fallbackReason: message };
-      session = await createSession(spec.path, provider);
+      session = await createSession(spec, provider);
     }
     sessions.get(spec.name)?.release();
     sessions.set(spec.name, session);
@@ -122,17 +147,18 @@ async function run(
 ): Promise<{ res: WorkerResponse; transfer: ArrayBuffer[] }> {
   const session = sessions.get(req.session);
   if (!session) throw new Error(`no session named ${req.session} is loaded`);
-  for (const key of req.drop ?? []) resident.delete(key);
-  let kept: Readonly<Record<string, ort.Tensor>> = {};
+  for (const key of req.drop ?? []) forget(key);
+  const feeds: Record<string, ort.Tensor> = {};
   if (req.resident) {
     const { key, feeds: upload } = req.resident;
     // Stored before the run, so a failed run does not lose an upload the main thread counts on.
-    if (upload) resident.set(key, toOrtFeeds(upload));
+    if (upload) keep(key, upload);
     const held = resident.get(key);
     if (!held) throw new Error(`resident feeds ${key} are not loaded in the worker`);
-    kept = held;
+    // A group may hold more than this session takes (parameters shared by graphs of several shapes).
+    for (const name of session.inputNames) if (name in held) feeds[name] = held[name];
   }
-  const feeds: Record<string, ort.Tensor> = { ...kept, ...toOrtFeeds(req.feeds) };
+  Object.assign(feeds, toOrtFeeds(req.feeds));
   const results = req.outputs ? await session.run(feeds, [...req.outputs]) : await session.run(feeds);
   const outputs: Record<string, WireTensor> = {};
   const transfer: ArrayBuffer[] = [];
@@ -155,13 +181,20 @@ port.on("message", async (req: WorkerRequest) => {
     } else if (req.type === "run") {
       const { res, transfer } = await run(req);
       port.postMessage(res, transfer);
+    } else if (req.type === "keep") {
+      keep(req.key, req.feeds);
+      port.postMessage({ type: "done", id: req.id } satisfies WorkerResponse);
     } else if (req.type === "release") {
-      for (const key of req.keys) resident.delete(key);
-      port.postMessage({ type: "released", id: req.id } satisfies WorkerResponse);
+      for (const key of req.keys ?? []) forget(key);
+      for (const name of req.sessions ?? []) {
+        await sessions.get(name)?.release();
+        sessions.delete(name);
+      }
+      port.postMessage({ type: "done", id: req.id } satisfies WorkerResponse);
     } else {
-      resident.clear();
       for (const s of sessions.values()) await s.release();
       sessions.clear();
+      for (const key of [...resident.keys()]) forget(key);
       port.postMessage({ type: "closed", id: req.id } satisfies WorkerResponse);
     }
   } catch (err) {

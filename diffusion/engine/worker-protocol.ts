@@ -2,9 +2,11 @@
  * Messages between the main thread and the onnxruntime worker. Tensors travel as a dtype, a shape
  * and an ArrayBuffer that is transferred, not copied.
  *
- * Resident feeds (LoRA factors) are sent once under a key and kept in the worker; later runs name
- * the key. The main thread decides what is resident (onnx-runtime.ts): it sends `feeds` when the
- * worker does not hold the key, and `drop`s what it evicts, in the same ordered stream of messages.
+ * Resident feeds are groups of tensors sent once under a key and kept in the worker; later runs name
+ * the key. A group is loaded lazily with the first run that needs it (an adapter's LoRA factors) or
+ * explicitly with `keep` (trained parameters, replaced after each optimizer step). The main thread
+ * decides what is resident (onnx-runtime.ts): it sends `feeds` when the worker does not hold the key,
+ * and `drop`s what it evicts, in the same ordered stream of messages.
  */
 import type { DType } from "../tensor.js";
 import type { ResolvedProvider } from "./execution-provider.js";
@@ -15,10 +17,13 @@ export interface WireTensor {
   readonly buffer: ArrayBuffer;
 }
 
-export interface SessionSpec {
-  readonly name: string;
-  readonly path: string;
-}
+/**
+ * A session to load: a model file (onnxruntime finds `model.onnx_data` beside it), or model bytes
+ * recorded in memory (training graphs of small models; weights inline).
+ */
+export type SessionSpec =
+  | { readonly name: string; readonly path: string }
+  | { readonly name: string; readonly model: Uint8Array };
 
 export interface ValueInfo {
   readonly name: string;
@@ -46,15 +51,31 @@ export type WorkerRequest =
       readonly session: string;
       readonly feeds: Readonly<Record<string, WireTensor>>;
       readonly outputs?: readonly string[];
-      /** Feeds kept between runs, added to `feeds`: `feeds` present to (re)load them under `key`. */
+      /**
+       * A group of feeds kept between runs and added to `feeds` (those the session takes): `feeds`
+       * present to (re)load the group under `key` first.
+       */
       readonly resident?: {
         readonly key: string;
         readonly feeds?: Readonly<Record<string, WireTensor>>;
       };
-      /** Resident keys to forget before this run. */
+      /** Resident groups to forget before this run. */
       readonly drop?: readonly string[];
     }
-  | { readonly type: "release"; readonly id: number; readonly keys: readonly string[] }
+  /** Keep a group of feeds under `key`, replacing the group of that key (parameters after an optimizer step). */
+  | {
+      readonly type: "keep";
+      readonly id: number;
+      readonly key: string;
+      readonly feeds: Readonly<Record<string, WireTensor>>;
+    }
+  /** Forget resident groups and release sessions, by name. */
+  | {
+      readonly type: "release";
+      readonly id: number;
+      readonly keys?: readonly string[];
+      readonly sessions?: readonly string[];
+    }
   | { readonly type: "close"; readonly id: number };
 
 export type WorkerResponse =
@@ -65,6 +86,6 @@ export type WorkerResponse =
       readonly sessions: Readonly<Record<string, SessionInfo>>;
     }
   | { readonly type: "result"; readonly id: number; readonly outputs: Readonly<Record<string, WireTensor>> }
-  | { readonly type: "released"; readonly id: number }
   | { readonly type: "closed"; readonly id: number }
+  | { readonly type: "done"; readonly id: number }
   | { readonly type: "error"; readonly id: number; readonly message: string; readonly kind?: string };

@@ -14,9 +14,14 @@
  * - dtype "float16" stores float parameters and constants as fp16 and computes in fp16, except
  *   GroupNorm, LayerNorm and softmax (float32 between Cast nodes) and `cast(x, "float32")`
  *   islands. Graph float inputs and outputs are float32 in both modes (Cast at entry and exit).
+ * - dtype "float64" (finite-difference checks of the gradient rules) computes everything in
+ *   float64, islands included, and takes and returns float64; onnxruntime's CPU provider runs
+ *   it except Conv, InstanceNormalization (groupNorm), Erf and Resize, which have no double kernel.
  *   A Cast back to the dtype a value was cast from returns the original value.
  * - LoRA: for each module `isLoraTarget` accepts, `loraFactors` adds float32 graph inputs
  *   `<module>.lora_down` [lora_rank, in] and `<module>.lora_up` [out, lora_rank] (rank 0 runs).
+ * - Training graphs: parameters that `paramsAsInputs` picks are float32 graph inputs named after
+ *   the parameter, and `builder` lends the plumbing to the gradient rules (diffusion/autodiff/).
  * - Names: a node and its output value share one name. Nodes that use a parameter are named after
  *   its module (`down_blocks.0.resnets.0.conv1/Conv`); others after the module whose parameters
  *   were read last, plus op type and a counter (`down_blocks.0.resnets.0.norm1/Sigmoid_3`).
@@ -47,8 +52,9 @@ export const ONNX_IR_VERSION = 8;
 /** Symbolic name of the LoRA rank dimension shared by every slot's inputs. */
 export const LORA_RANK_DIM = "lora_rank";
 
-export type OnnxComputeDType = "float32" | "float16";
-export type OnnxInputDType = "float32" | "int64" | "int32";
+/** float64 exists for finite-difference checks of gradient rules; onnxruntime's CPU provider lacks double Conv, InstanceNormalization, Erf and Resize. */
+export type OnnxComputeDType = "float32" | "float16" | "float64";
+export type OnnxInputDType = "float32" | "float64" | "int64" | "int32";
 
 export interface LoraSlot {
   readonly module: string;
@@ -64,6 +70,16 @@ export interface OnnxOpsOptions {
   readonly isLoraTarget?: (module: string) => boolean;
   /** Where the parameters come from, for error messages (e.g. a checkpoint path). */
   readonly paramsLabel?: string;
+  /**
+   * Parameters to declare as float32 graph inputs named after themselves (full-weight training
+   * graphs) instead of initializers (default: none). Their shape is the source's, fixed.
+   */
+  readonly paramsAsInputs?: (param: string) => boolean;
+  /**
+   * A fixed rank for the LoRA slot inputs instead of the symbolic `lora_rank` (gradient graphs
+   * have static shapes).
+   */
+  readonly loraRank?: number;
 }
 
 export interface OnnxInputOptions {
@@ -89,6 +105,9 @@ export class OnnxOps implements Ops<OnnxValue> {
   private readonly isLoraTarget: (module: string) => boolean;
   private readonly paramsLabel: string;
   private readonly slots = new Map<string, { slot: LoraSlot; factors: LoraFactors<OnnxValue> }>();
+  private readonly paramsAsInputs: (param: string) => boolean;
+  private readonly paramInputs = new Map<string, OnnxValue>();
+  private readonly loraRank: number | string;
 
   constructor(options: OnnxOpsOptions) {
     this.params = options.params;
@@ -96,11 +115,31 @@ export class OnnxOps implements Ops<OnnxValue> {
     this.b = new GraphBuilder(this.dtype);
     this.isLoraTarget = options.isLoraTarget ?? (() => false);
     this.paramsLabel = options.paramsLabel ?? "the parameter source";
+    this.paramsAsInputs = options.paramsAsInputs ?? (() => false);
+    this.loraRank = options.loraRank ?? LORA_RANK_DIM;
+  }
+
+  /** The float dtype of graph inputs and outputs: float32, float64 in float64 graphs. */
+  get ioFloat(): "float32" | "float64" {
+    return this.dtype === "float64" ? "float64" : "float32";
   }
 
   /** The recorded graph (the writer reads it). */
   get graph(): GraphRecorder {
     return this.b.graph;
+  }
+
+  /**
+   * The node-emission plumbing, for ONNX ops outside the `Ops` interface that gradient rules need
+   * (diffusion/onnx/adjoint-ops.ts).
+   */
+  get builder(): GraphBuilder {
+    return this.b;
+  }
+
+  /** Parameters declared as graph inputs (`paramsAsInputs`), in first-use order. */
+  get parameterInputs(): ReadonlyMap<string, OnnxValue> {
+    return this.paramInputs;
   }
 
   /** LoRA slots in creation order. */
@@ -121,7 +160,7 @@ export class OnnxOps implements Ops<OnnxValue> {
     options: OnnxInputOptions = {},
   ): OnnxValue {
     const value = this.b.graph.addInput(name, dtype, shape);
-    return dtype === "float32" && !options.keepFloat32 ? this.b.cast(value, this.dtype) : value;
+    return isFloat(dtype) && !options.keepFloat32 ? this.b.cast(value, this.dtype) : value;
   }
 
   /** Mark `value` as the graph output `name` (float outputs are float32 in every build). */
@@ -138,14 +177,19 @@ export class OnnxOps implements Ops<OnnxValue> {
 
   param(name: string, shape: readonly number[]): OnnxValue {
     expectParamShape(name, shape, this.params.info(name)?.shape, this.paramsLabel);
-    return this.b.param(name, shape);
+    if (!this.paramsAsInputs(name)) return this.b.param(name, shape);
+    const existing = this.paramInputs.get(name);
+    if (existing) return existing;
+    const value = this.input(name, this.ioFloat, shape);
+    this.paramInputs.set(name, value);
+    return value;
   }
 
   constant(values: Float32Array | readonly number[], shape: readonly number[], float32?: boolean): OnnxValue {
     if (values.length !== numel(shape)) {
       this.b.fail("constant", `${values.length} values do not fill shape ${shapeString(shape)}`);
     }
-    return this.b.floatConstant(values, shape, float32 ? "float32" : this.dtype, "constant");
+    return this.b.floatConstant(values, shape, float32 ? this.b.wide : this.dtype, "constant");
   }
 
   scalar(value: number): OnnxValue {
@@ -165,8 +209,8 @@ export class OnnxOps implements Ops<OnnxValue> {
       }
       return existing.factors;
     }
-    const down = this.input(`${module}.lora_down`, "float32", [LORA_RANK_DIM, inFeatures]);
-    const up = this.input(`${module}.lora_up`, "float32", [outFeatures, LORA_RANK_DIM]);
+    const down = this.input(`${module}.lora_down`, this.ioFloat, [this.loraRank, inFeatures]);
+    const up = this.input(`${module}.lora_up`, this.ioFloat, [outFeatures, this.loraRank]);
     const factors = { down, up };
     this.slots.set(module, { slot: { module, inFeatures, outFeatures }, factors });
     return factors;
@@ -223,7 +267,7 @@ export class OnnxOps implements Ops<OnnxValue> {
 
   cast(x: OnnxValue, to: "float32" | "compute"): OnnxValue {
     if (x.dtype === "bool") this.b.fail("cast", `${x.name} is a bool tensor`);
-    return this.b.cast(x, to === "float32" ? "float32" : this.dtype);
+    return this.b.cast(x, to === "float32" ? this.b.wide : this.dtype);
   }
 
   // --- linear algebra -----------------------------------------------------------------------------
@@ -318,16 +362,16 @@ export class OnnxOps implements Ops<OnnxValue> {
     this.b.expectVector("groupNorm", weight, c);
     this.b.expectVector("groupNorm", bias, c);
     const module = this.b.moduleOfValue(weight);
-    const xf = this.b.cast(x, "float32");
+    const xf = this.b.cast(x, this.b.wide);
     const grouped = this.b.node(
       "Reshape",
       [xf, this.b.intConstant([0, groups, -1])],
-      { dtype: "float32", shape: [x.shape[0], groups, undefined] },
+      { dtype: this.b.wide, shape: [x.shape[0], groups, undefined] },
       [],
       module,
     );
-    const ones = this.b.floatConstant(new Array<number>(groups).fill(1), [groups], "float32", "ones");
-    const zeros = this.b.floatConstant(new Array<number>(groups).fill(0), [groups], "float32", "zeros");
+    const ones = this.b.floatConstant(new Array<number>(groups).fill(1), [groups], this.b.wide, "ones");
+    const zeros = this.b.floatConstant(new Array<number>(groups).fill(0), [groups], this.b.wide, "zeros");
     const epsilon = [attr.float("epsilon", eps)];
     const normed = this.b.node("InstanceNormalization", [grouped, ones, zeros], grouped, epsilon, module);
     const back = this.b.node("Reshape", [normed, this.b.shapeOf(xf)], xf, [], module);
@@ -340,7 +384,7 @@ export class OnnxOps implements Ops<OnnxValue> {
     this.b.floats("layerNorm", x, weight, bias);
     this.b.expectVector("layerNorm", weight, x.shape[x.shape.length - 1]);
     this.b.expectVector("layerNorm", bias, x.shape[x.shape.length - 1]);
-    const xf = this.b.cast(x, "float32");
+    const xf = this.b.cast(x, this.b.wide);
     const y = this.b.node(
       "LayerNormalization",
       [xf, this.b.float32Param(weight), this.b.float32Param(bias)],
@@ -354,7 +398,7 @@ export class OnnxOps implements Ops<OnnxValue> {
   softmax(x: OnnxValue, axis: number): OnnxValue {
     this.b.floats("softmax", x);
     this.b.axis("softmax", axis, x);
-    const xf = this.b.cast(x, "float32");
+    const xf = this.b.cast(x, this.b.wide);
     return this.b.cast(this.b.node("Softmax", [xf], xf, [attr.int("axis", axis)]), this.dtype);
   }
 

@@ -13,9 +13,12 @@
  * Float32 arithmetic in torch's order, like the schedulers.
  *
  * x̂₀, ε̂, the mean and the log-probability are written once, over `Ops` (`ddimTransitionX0`,
- * `ddimTransitionMean`, `ddimTransitionLogProb`): the host functions here run them on the reference backend (the sampler,
- * the scorer and the reference log-probabilities), the trainer runs them on TF.js to differentiate
- * the policy's log-probability. Each op rounds to float32, so both give the host loops' bits.
+ * `ddimTransitionMean`, `ddimTransitionLogProb`, composed by `ddimTransitionStepLogProb`), reading
+ * the per-row terms (`ddimTransitionTerms`) as backend tensors: the host functions here run them on
+ * the reference backend with the terms as constants (the sampler, the scorer and the reference
+ * log-probabilities); the trainer's SPO objective runs them on TF.js (constants) and records them
+ * into the ONNX training graph (terms as graph inputs) to differentiate the policy's
+ * log-probability. Each op rounds to float32, so every backend gives the host loops' bits.
  */
 import type { Ops } from "../ops/ops.js";
 import { ReferenceOps, type RefTensor } from "../ops/reference.js";
@@ -82,10 +85,50 @@ export function ddimTransitionOptions(scheduler: DDIMScheduler): DdimTransitionO
 /** Latents are NCHW. */
 const LATENT_RANK = 4;
 
-/** Per-row scalars as [rows, 1, ...] constants, to broadcast over tensors of `rank` dimensions. */
-function rowConstants<T>(ops: Ops<T>, rank: number): (values: ArrayLike<number>) => T {
-  const ones = new Array<number>(rank - 1).fill(1);
-  return (values) => ops.constant(Float32Array.from(values), [values.length, ...ones], true);
+/**
+ * The per-row scalars the transition reads, by name. They reach the Ops functions below as backend
+ * tensors of shape [rows, 1, ...] (to broadcast over a row's elements): constants on eager backends
+ * (`ddimTransitionConstants`), graph inputs in a recorded ONNX graph, so that one graph serves every
+ * timestep.
+ */
+export const DDIM_TRANSITION_TERMS = [
+  "sqrt_alpha",
+  "sqrt_beta",
+  "sqrt_alpha_prev",
+  "direction",
+  "two_variance",
+  "log_std",
+] as const;
+export type DdimTransitionTerm = (typeof DDIM_TRANSITION_TERMS)[number];
+
+/** Each term as a backend tensor of shape [rows, 1, ...]. */
+export type DdimTransitionTerms<T> = Readonly<Record<DdimTransitionTerm, T>>;
+
+/** The terms in float32, computed on the host once for every backend (torch's rounding order). */
+export function ddimTransitionTerms(c: DdimTransitionCoefficients): Record<DdimTransitionTerm, Float32Array> {
+  const std = c.stdDevT;
+  const rows = (f: (r: number) => number) => Float32Array.from(c.timesteps, (_, r) => f(r));
+  return {
+    sqrt_alpha: rows((r) => Math.sqrt(c.alphaProdT[r])),
+    sqrt_beta: rows((r) => Math.sqrt(f32(1 - c.alphaProdT[r]))),
+    sqrt_alpha_prev: rows((r) => Math.sqrt(c.alphaProdTPrev[r])),
+    direction: rows((r) => Math.sqrt(f32(f32(1 - c.alphaProdTPrev[r]) - f32(std[r] * std[r])))),
+    two_variance: rows((r) => 2 * f32(std[r] * std[r])),
+    log_std: rows((r) => Math.log(std[r])),
+  };
+}
+
+/** The terms as float32 constants of `ops` (eager backends), shaped to broadcast over `rank` dimensions. */
+export function ddimTransitionConstants<T>(
+  ops: Ops<T>,
+  coefficients: DdimTransitionCoefficients,
+  rank = LATENT_RANK,
+): DdimTransitionTerms<T> {
+  const terms = ddimTransitionTerms(coefficients);
+  const shape = [coefficients.timesteps.length, ...new Array<number>(rank - 1).fill(1)];
+  const out = {} as Record<DdimTransitionTerm, T>;
+  for (const name of DDIM_TRANSITION_TERMS) out[name] = ops.constant(terms[name], shape, true);
+  return out;
 }
 
 /** x̂₀ and the ε̂ matching it, on any backend. */
@@ -100,14 +143,10 @@ export function ddimTransitionX0<T>(
   ops: Ops<T>,
   modelOutput: T,
   sample: T,
-  coefficients: DdimTransitionCoefficients,
+  terms: DdimTransitionTerms<T>,
   options: DdimTransitionOptions,
-  rank = LATENT_RANK,
 ): DdimX0Tensors<T> {
-  const perRow = rowConstants(ops, rank);
-  const alpha = coefficients.alphaProdT;
-  const sqrtAlpha = perRow(alpha.map((a) => f32(Math.sqrt(a))));
-  const sqrtBeta = perRow(alpha.map((a) => f32(Math.sqrt(f32(1 - a)))));
+  const { sqrt_alpha: sqrtAlpha, sqrt_beta: sqrtBeta } = terms;
   let x0: T;
   let eps: T;
   switch (options.prediction) {
@@ -135,16 +174,9 @@ export function ddimTransitionX0<T>(
 export function ddimTransitionMean<T>(
   ops: Ops<T>,
   { x0, eps }: DdimX0Tensors<T>,
-  coefficients: DdimTransitionCoefficients,
-  rank = LATENT_RANK,
+  terms: DdimTransitionTerms<T>,
 ): T {
-  const perRow = rowConstants(ops, rank);
-  const std = coefficients.stdDevT;
-  const sqrtAlphaPrev = perRow(coefficients.alphaProdTPrev.map((a) => f32(Math.sqrt(a))));
-  const direction = perRow(
-    coefficients.alphaProdTPrev.map((a, r) => f32(Math.sqrt(f32(f32(1 - a) - f32(std[r] * std[r]))))),
-  );
-  return ops.add(ops.mul(sqrtAlphaPrev, x0), ops.mul(direction, eps));
+  return ops.add(ops.mul(terms.sqrt_alpha_prev, x0), ops.mul(terms.direction, eps));
 }
 
 /**
@@ -155,17 +187,29 @@ export function ddimTransitionLogProb<T>(
   ops: Ops<T>,
   mean: T,
   prevSample: T,
-  coefficients: DdimTransitionCoefficients,
-  rank = LATENT_RANK,
+  terms: DdimTransitionTerms<T>,
 ): T {
-  const perRow = rowConstants(ops, rank);
-  const std = coefficients.stdDevT;
-  const twoVariance = perRow(std.map((s) => f32(2 * f32(s * s))));
-  const logStd = perRow(std.map((s) => f32(Math.log(s))));
   const diff = ops.sub(prevSample, mean);
-  const scaled = ops.div(ops.neg(ops.mul(diff, diff)), twoVariance);
-  const logProb = ops.sub(ops.sub(scaled, logStd), ops.scalar(LOG_SQRT_TWO_PI));
+  const scaled = ops.div(ops.neg(ops.mul(diff, diff)), terms.two_variance);
+  const logProb = ops.sub(ops.sub(scaled, terms.log_std), ops.scalar(LOG_SQRT_TWO_PI));
   return ops.reduceMean(ops.reshape(logProb, [0, -1]), 1, false);
+}
+
+/**
+ * The log-probability of `prevSample` under the transition from `sample` given the model output,
+ * one value per row, on any backend (differentiable in `modelOutput` where the backend is): x̂₀,
+ * the mean and the log-probability above, in that order.
+ */
+export function ddimTransitionStepLogProb<T>(
+  ops: Ops<T>,
+  modelOutput: T,
+  sample: T,
+  prevSample: T,
+  terms: DdimTransitionTerms<T>,
+  options: DdimTransitionOptions,
+): T {
+  const mean = ddimTransitionMean(ops, ddimTransitionX0(ops, modelOutput, sample, terms, options), terms);
+  return ddimTransitionLogProb(ops, mean, prevSample, terms);
 }
 
 export interface DdimX0Prediction {
@@ -201,13 +245,13 @@ export function ddimPredictX0(
     throw new SchedulerUsageError(`got ${timesteps.length} timesteps for a batch of ${rows} rows`, NAME);
   }
   const coefficients = ddimTransitionCoefficients(scheduler, timesteps, eta);
+  const terms = ddimTransitionConstants(HOST_OPS, coefficients, sample.shape.length);
   const { x0, eps } = ddimTransitionX0(
     HOST_OPS,
     modelOutput,
     sample,
-    coefficients,
+    terms,
     ddimTransitionOptions(scheduler),
-    sample.shape.length,
   );
   return { predOriginalSample: host(x0), predEpsilon: host(eps), coefficients };
 }
@@ -215,7 +259,8 @@ export function ddimPredictX0(
 /** μ = √α_{t−1}·x̂₀ + √(1 − α_{t−1} − σ_t²)·ε̂ per row: DDIM eq. (12) without the noise term. */
 export function ddimPrevSampleMean(prediction: DdimX0Prediction): Float32Tensor {
   const { predOriginalSample: x0, predEpsilon: eps, coefficients } = prediction;
-  return host(ddimTransitionMean(HOST_OPS, { x0, eps }, coefficients, x0.shape.length));
+  const terms = ddimTransitionConstants(HOST_OPS, coefficients, x0.shape.length);
+  return host(ddimTransitionMean(HOST_OPS, { x0, eps }, terms));
 }
 
 /** Where candidate noise comes from: explicit [k, B, ...] standard normals, or a generator (one draw of that shape). */
@@ -275,13 +320,16 @@ export function ddimStepLogProb(
     );
   }
   assertSameShape(prevSample, sample, "previous sample and sample", NAME);
-  const prediction = ddimPredictX0(scheduler, modelOutput, timesteps, sample, eta);
-  const logProb = ddimTransitionLogProb(
+  const { rows } = rowsOf(sample.shape);
+  if (timesteps.length !== rows) {
+    throw new SchedulerUsageError(`got ${timesteps.length} timesteps for a batch of ${rows} rows`, NAME);
+  }
+  assertSameShape(modelOutput, sample, "model output and sample", NAME);
+  const terms = ddimTransitionConstants(
     HOST_OPS,
-    ddimPrevSampleMean(prediction),
-    prevSample,
-    prediction.coefficients,
+    ddimTransitionCoefficients(scheduler, timesteps, eta),
     sample.shape.length,
   );
-  return host(logProb).data;
+  const options = ddimTransitionOptions(scheduler);
+  return host(ddimTransitionStepLogProb(HOST_OPS, modelOutput, sample, prevSample, terms, options)).data;
 }

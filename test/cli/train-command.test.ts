@@ -51,10 +51,9 @@ async function runTrain(
   };
   const output = { stdout: sink(captured, "stdout"), stderr: sink(captured, "stderr", onStderr, tty) };
   const command = trainCommand({ output, signal: stop?.controller.signal }).exitOverride();
-  await command.parseAsync(
-    [...args, "--provider", "cpu", "--threads", String(TEST_THREADS), "--tfjs-backend", "wasm"],
-    { from: "user" },
-  );
+  await command.parseAsync([...args, "--provider", "cpu", "--threads", String(TEST_THREADS)], {
+    from: "user",
+  });
   return captured;
 }
 
@@ -92,7 +91,7 @@ async function configFile(dir: string, extra: Record<string, unknown> = {}): Pro
 }
 
 describe("stepwise train", () => {
-  it("trains, exports, publishes with an alias and logs the TF.js backend", async () => {
+  it("trains, exports, publishes with an alias and logs the gradient backend (onnx by default)", async () => {
     const dir = await scratchDir("train-command");
     const registryDir = join(dir, "registry");
     const out = await runTrain([
@@ -119,7 +118,7 @@ describe("stepwise train", () => {
     expect(manifest.base.family).toBe("sd15");
     expect(manifest.metadata).toMatchObject({
       training: "spo",
-      tfjs_backend: "wasm",
+      grad_backend: "onnx cpu",
       config: { lora_rank: 2, family: "sd15" },
     });
     expect(manifest.metadata.base_model_hash).toBe(manifest.base.modelHash);
@@ -128,7 +127,7 @@ describe("stepwise train", () => {
       .trim()
       .split("\n")
       .map((l) => JSON.parse(l));
-    expect(log.some((l) => String(l.msg).startsWith("tfjs backend wasm"))).toBe(true);
+    expect(log.some((l) => l.msg === "policy ready" && l.gradients === "onnx cpu")).toBe(true);
     // Not a terminal: the log also went to stderr, and no progress bar was drawn.
     expect(out.stderr).toContain('"msg":"round sampled"');
     expect(out.stderr).not.toContain("training [");
@@ -150,6 +149,13 @@ describe("stepwise train", () => {
     ).toMatch(/^--name: /);
     expect((await cliError(runTrain(["--config", good, "--alias", "x"]))).message).toBe(
       "--name and --alias need --publish",
+    );
+    expect((await cliError(runTrain(["--config", good, "--tfjs-backend", "wasm"]))).message).toBe(
+      "--tfjs-backend picks TensorFlow.js's backend, but the gradients run on onnx; add --grad-backend tfjs",
+    );
+    const jax = await configFile(dir, { grad_backend: "jax" });
+    expect((await cliError(runTrain(["--config", jax]))).message).toMatch(
+      /grad_backend.*must be one of onnx, tfjs, got "jax"/,
     );
     expect((await cliError(runTrain([]))).message).toBe("give --config, or --resume a checkpoint");
     expect((await cliError(runTrain(["--resume", join(dir, "nowhere")]))).message).toMatch(

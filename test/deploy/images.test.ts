@@ -2,9 +2,9 @@
  * The Dockerfiles, read as hadolint would and more (docker cannot run here): pinned bases,
  * multi-stage builds whose runtime stage takes only the build output, a numeric non-root user equal
  * to the manifests' runAsUser, exec-form commands, no credentials in ENV or ARG, the CUDA provider
- * asked for in the API image and tfjs-node-gpu pinned to the project's tfjs-core in the trainer
- * image, a HEALTHCHECK that really tells a healthy server from a failing one, and a .dockerignore
- * that lets the sources in and keeps everything else out.
+ * asked for in both images, the trainer on the API image's base with tfjs-node-gpu an optional
+ * extra pinned to the project's tfjs-core, a HEALTHCHECK that really tells a healthy server from a
+ * failing one, and a .dockerignore that lets the sources in and keeps everything else out.
  */
 import { execFile } from "node:child_process";
 import { readdirSync } from "node:fs";
@@ -14,7 +14,6 @@ import { join, relative } from "node:path";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { resolveConfig } from "../../api/config.js";
-import { TFJS_BACKENDS } from "../../diffusion/tfjs/backend.js";
 import { REPO_ROOT } from "../paths.js";
 import { IMAGE_UID, readText, STEPWISE_IMAGES, splitImage } from "./deploy-files.js";
 import {
@@ -157,28 +156,33 @@ describe("the API image", () => {
 
 describe("the trainer image", () => {
   const file = files["stepwise/trainer"];
+  const api = files["stepwise/api"];
 
-  it("is CUDA 11.2 with cuDNN 8, what libtensorflow 2.9.1 under tfjs-node-gpu is built for", () => {
-    expect(file.stages[2].base).toMatch(/^nvidia\/cuda:11\.2\.\d+-cudnn8-runtime-ubuntu\d/);
+  it("sits on the API image's CUDA 12 base and asks onnxruntime-node for its CUDA 12 provider", () => {
+    expect(file.stages[2].base).toBe(api.stages[2].base);
+    expect(file.globalArgs.get("CUDA_IMAGE")).toBe(api.globalArgs.get("CUDA_IMAGE"));
+    expect(runsOf(file, "build")).toContain("npm rebuild --onnxruntime-node-install=cuda12");
   });
 
-  it("installs @tensorflow/tfjs-node-gpu at the project's @tensorflow/tfjs-core version", () => {
+  it("adds @tensorflow/tfjs-node-gpu only when asked, at the project's @tensorflow/tfjs-core version", () => {
+    expect(file.globalArgs.get("WITH_TFJS_NODE_GPU")).toBe("false");
     expect(file.globalArgs.get("TFJS_NODE_GPU_VERSION")).toBe(
       packageJson.dependencies["@tensorflow/tfjs-core"],
     );
-    expect(runsOf(file, "build").join("\n")).toMatch(
-      /"@tensorflow\/tfjs-node-gpu@\$\{TFJS_NODE_GPU_VERSION\}"/,
-    );
+    const install = runsOf(file, "build").find((r) => r.includes("@tensorflow/tfjs-node-gpu@"));
+    expect(install).toMatch(/^if \[ "\$\{WITH_TFJS_NODE_GPU\}" = "true" \]; then/);
+    expect(install).toMatch(/"@tensorflow\/tfjs-node-gpu@\$\{TFJS_NODE_GPU_VERSION\}"/);
   });
 
-  it("keeps onnxruntime-node on its CPU build (its CUDA 12 provider cannot load on CUDA 11.2)", () => {
-    expect(runsOf(file, "build").join("\n")).not.toContain("onnxruntime-node-install");
-  });
-
-  it("pins TensorFlow.js to tfjs-node-gpu, a backend name diffusion/tfjs/backend.ts knows", () => {
-    const backend = imageEnv("stepwise/trainer").get("STEPWISE_TFJS_BACKEND");
-    expect(backend).toBe("node-gpu");
-    expect(TFJS_BACKENDS).toContain(backend);
+  it("trains on the CUDA provider by default and pins no TF.js backend (gradients run on onnxruntime)", () => {
+    expect(execForm(file, onlyInstruction(file, finalStage(file), "CMD"))).toEqual([
+      "train",
+      "--config",
+      "/config/train.json",
+      "--provider",
+      "cuda",
+    ]);
+    expect(imageEnv("stepwise/trainer").has("STEPWISE_TFJS_BACKEND")).toBe(false);
   });
 });
 

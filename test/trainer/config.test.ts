@@ -38,6 +38,9 @@ describe("training config", () => {
   it("has SPO's SD1.5 and SDXL defaults", () => {
     const sd15 = resolved({});
     expect(sd15.lora_rank).toBe(4);
+    expect(sd15.grad_backend).toBe("onnx");
+    expect(sd15.gradient_checkpointing).toBe(false);
+    expect(resolved({ grad_backend: "tfjs" }).grad_backend).toBe("tfjs");
     expect(sd15.sample).toEqual({
       num_steps: 20,
       eta: 1,
@@ -116,6 +119,12 @@ describe("training config", () => {
     expect(configError(() => resolved({ export_formats: ["onnx"] })).message).toMatch(
       /^export_formats: must be a non-empty list of diffusers, peft, kohya/,
     );
+    expect(configError(() => resolved({ grad_backend: "torch" })).message).toBe(
+      'grad_backend: must be one of onnx, tfjs, got "torch"',
+    );
+    expect(configError(() => resolved({ grad_backend: "tfjs", gradient_checkpointing: true })).message).toBe(
+      "gradient_checkpointing: applies to grad_backend onnx only, got grad_backend tfjs",
+    );
     expect(configError(() => resolved({ resolution: 96 })).message).toMatch(
       /^resolution: must be a multiple of 64/,
     );
@@ -151,6 +160,8 @@ describe("training config", () => {
       trainingIdentity(resolved({ output_dir: "elsewhere", num_epochs: 3, checkpoint_every: 2 })),
     ).toEqual(base);
     expect(trainingIdentity(resolved({ validation: { prompts: ["x"], seeds: [1] } }))).toEqual(base);
+    // Either gradient backend continues a run (a resume may switch, with a warning).
+    expect(trainingIdentity(resolved({ grad_backend: "tfjs" }))).toEqual(base);
     expect(trainingIdentity(resolved({ train: { beta: 5 } }))).not.toEqual(base);
     expect(trainingIdentity(resolved({ seed: 1 }))).not.toEqual(base);
   });

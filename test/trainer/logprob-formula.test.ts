@@ -21,8 +21,8 @@ import {
 } from "../../diffusion/schedulers/index.js";
 import type { Float32Tensor } from "../../diffusion/tensor.js";
 import { SD15_SCHEDULER } from "../../diffusion/zoo/tiny-configs.js";
-import { ddimLogProbTf } from "../../trainer/spo-loss.js";
 import { useWasmBackend } from "../tfjs/wasm.js";
+import { ddimLogProbTf } from "./tfjs-objective.js";
 
 const SHAPE = [3, 4, 4, 4];
 const TIMESTEPS = [951, 501, 1];

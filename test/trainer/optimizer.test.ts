@@ -3,11 +3,9 @@
  * global-norm clipping as clip_grad_norm_, gradient accumulation, and the state a checkpoint holds:
  * an optimizer restored from it continues bit for bit.
  */
-import * as tf from "@tensorflow/tfjs-core";
-import { afterEach, beforeAll, describe, expect, it } from "vitest";
-import type { LoraFactors } from "../../diffusion/ops/ops.js";
-import { type AdamWSettings, LoraAdamW } from "../../trainer/optimizer.js";
-import { useWasmBackend } from "../tfjs/wasm.js";
+import { describe, expect, it } from "vitest";
+import { type Float32Tensor, float32 } from "../../diffusion/tensor.js";
+import { AdamW, type AdamWSettings } from "../../trainer/optimizer.js";
 
 const SETTINGS: AdamWSettings = {
   learningRate: 0.01,
@@ -20,22 +18,17 @@ const SETTINGS: AdamWSettings = {
 /** float32 arithmetic against the float64 formula over a few steps (measured ~1e-8). */
 const FLOAT32_TOLERANCE = 1e-6;
 
-type Vars = Map<string, LoraFactors<tf.Variable>>;
+type Params = Map<string, Float32Tensor>;
 
-function variables(values: { down: number[]; up: number[] }): Vars {
+function parameters(values: { down: number[]; up: number[] }): Params {
   return new Map([
-    [
-      "m",
-      {
-        down: tf.variable(tf.tensor2d(values.down, [1, values.down.length])),
-        up: tf.variable(tf.tensor2d(values.up, [values.up.length, 1])),
-      },
-    ],
+    ["m.lora_down", float32([1, values.down.length], values.down)],
+    ["m.lora_up", float32([values.up.length, 1], values.up)],
   ]);
 }
 
-function grads(down: number[], up: number[]): Map<string, LoraFactors<tf.Tensor>> {
-  return new Map([["m", { down: tf.tensor2d(down, [1, down.length]), up: tf.tensor2d(up, [up.length, 1]) }]]);
+function grads(down: number[], up: number[]): Params {
+  return parameters({ down, up });
 }
 
 /** torch.optim.AdamW's update for one parameter vector, in float64. */
@@ -56,32 +49,20 @@ function adamwReference(p: number[], gradsPerStep: number[][], s: AdamWSettings)
   return out;
 }
 
-function values(v: Vars): { down: number[]; up: number[] } {
-  const f = v.get("m") as LoraFactors<tf.Variable>;
-  return { down: Array.from(f.down.dataSync()), up: Array.from(f.up.dataSync()) };
+function values(p: Params): { down: number[]; up: number[] } {
+  return {
+    down: Array.from((p.get("m.lora_down") as Float32Tensor).data),
+    up: Array.from((p.get("m.lora_up") as Float32Tensor).data),
+  };
 }
 
-describe("LoRA AdamW", () => {
-  const owned: { dispose(): void }[] = [];
-  beforeAll(async () => {
-    await useWasmBackend({ gradients: false });
-  });
-  afterEach(() => {
-    for (const o of owned.splice(0)) o.dispose();
-  });
-
+describe("AdamW", () => {
   function setup(start: { down: number[]; up: number[] }, settings = SETTINGS) {
-    const v = variables(start);
-    const optimizer = new LoraAdamW(v, settings);
-    owned.push(optimizer, {
-      dispose: () => {
-        for (const f of v.values()) tf.dispose([f.down, f.up]);
-      },
-    });
-    return { v, optimizer };
+    const v = parameters(start);
+    return { v, optimizer: new AdamW(v, settings) };
   }
 
-  it("takes torch's AdamW steps (decoupled decay, bias corrections)", async () => {
+  it("takes torch's AdamW steps (decoupled decay, bias corrections)", () => {
     const start = { down: [0.5, -1, 2], up: [0.1, 0.2] };
     const steps = [
       { down: [0.3, -0.2, 0.1], up: [1, -1] },
@@ -91,7 +72,7 @@ describe("LoRA AdamW", () => {
     const { v, optimizer } = setup(start);
     for (const g of steps) {
       optimizer.accumulate(grads(g.down, g.up));
-      const report = await optimizer.apply();
+      const report = optimizer.apply();
       expect(report.clipScale).toBe(1);
     }
     expect(optimizer.step).toBe(3);
@@ -115,13 +96,13 @@ describe("LoRA AdamW", () => {
     }
   });
 
-  it("accumulates micro-batches into one step and clips the global norm", async () => {
+  it("accumulates micro-batches into one step and clips the global norm", () => {
     const settings = { ...SETTINGS, maxGradNorm: 1, weightDecay: 0 };
     const { v, optimizer } = setup({ down: [0, 0], up: [0] }, settings);
     optimizer.accumulate(grads([3, 0], [0]));
     optimizer.accumulate(grads([0, 4], [0]));
     expect(optimizer.pendingMicroBatches).toBe(2);
-    const report = await optimizer.apply();
+    const report = optimizer.apply();
     expect(report.gradNorm).toBeCloseTo(5, 5);
     expect(report.clipScale).toBeCloseTo(1 / (5 + 1e-6), 9);
     expect(optimizer.pendingMicroBatches).toBe(0);
@@ -130,16 +111,16 @@ describe("LoRA AdamW", () => {
     expect(got.down[0]).toBeCloseTo(-0.01, 6);
     expect(got.down[1]).toBeCloseTo(-0.01, 6);
     expect(got.up[0]).toBe(0);
-    await expect(optimizer.apply()).rejects.toThrow(/at least one accumulated micro-batch/);
+    expect(() => optimizer.apply()).toThrow(/at least one accumulated micro-batch/);
   });
 
-  it("restores from its state exactly, a pending accumulation included", async () => {
+  it("restores from its state exactly, a pending accumulation included", () => {
     const start = { down: [0.5, -1], up: [0.1] };
     const a = setup(start);
     a.optimizer.accumulate(grads([0.3, 0.1], [1]));
-    await a.optimizer.apply();
+    a.optimizer.apply();
     a.optimizer.accumulate(grads([0.2, -0.5], [0.7]));
-    const state = await a.optimizer.state();
+    const state = a.optimizer.state();
     expect(state.pendingMicroBatches).toBe(1);
     expect([...state.tensors.keys()].sort()).toEqual([
       "m.lora_down.exp_avg",
@@ -153,7 +134,7 @@ describe("LoRA AdamW", () => {
     b.optimizer.load(state, "test checkpoint");
     for (const o of [a.optimizer, b.optimizer]) {
       o.accumulate(grads([-0.1, 0.2], [0.3]));
-      await o.apply();
+      o.apply();
     }
     expect(b.optimizer.step).toBe(2);
     expect(values(b.v)).toEqual(values(a.v));

@@ -1,5 +1,6 @@
 /**
- * The trainer's TF.js objective against SPO's own numbers (reference/spo-loss): the policy's DDIM
+ * The trainer's objective (written over Ops) against SPO's own numbers (reference/spo-loss) on
+ * TF.js (the ONNX path: test/autodiff/spo-loss-onnx.test.ts): the policy's DDIM
  * log-probabilities recomputed differentiably, the reference's from the host function the trainer
  * uses for them, log ratios, clamped ratios, logits, the loss, and the loss's gradient with respect
  * to the policy's noise prediction through each branch (zero for rows whose ratio is clamped).
@@ -15,51 +16,21 @@ import {
 import type { Float32Tensor } from "../../diffusion/tensor.js";
 import { toTf } from "../../diffusion/tfjs/host.js";
 import { judgePools } from "../../trainer/pools.js";
-import { ddimLogProbTf, spoLoss } from "../../trainer/spo-loss.js";
-import {
-  absoluteError,
-  type ReferenceTensors,
-  readCaseJson,
-  readReferenceTensors,
-} from "../schedulers/reference-data.js";
-
+import { spoLoss } from "../../trainer/spo-loss.js";
+import { absoluteError, type ReferenceTensors, readReferenceTensors } from "../schedulers/reference-data.js";
 import { useWasmBackend } from "../tfjs/wasm.js";
+import {
+  GRADIENT_RELATIVE_TOLERANCE,
+  LOGPROB_TOLERANCE,
+  LOSS_TOLERANCE,
+  maxAbsOf,
+  readSpoCase,
+  SPO_LOSS_CASE,
+} from "./spo-loss-case.js";
+import { ddimLogProbTf, tfjsOps } from "./tfjs-objective.js";
 
-/** README: 5e-5 absolute on log-probs and log-ratios (float64 noise reaches 2.6e-5 at t = 1; measured <= 1.9e-6). */
-const LOGPROB_TOLERANCE = 5e-5;
-/** README: 1e-5 absolute on the loss (float64 noise <= 2e-6; measured <= 3e-6). */
-const LOSS_TOLERANCE = 1e-5;
-/**
- * The README gives no bound for the gradient; it is the loss's sensitivity to each of 256 elements,
- * so rounding in the 256-term means moves it like the log-probs: 1e-4 of its largest element
- * (measured <= 3.9e-6 relative). A missing 1/256 of the mean or a wrong beta moves it by >= 100%.
- */
-const GRADIENT_RELATIVE_TOLERANCE = 1e-4;
-
-interface SpoRun {
-  readonly timesteps: number[];
-  readonly ratio_w_clamped: number[];
-  readonly ratio_l_clamped: number[];
-}
-interface SpoCase {
-  readonly scheduler_config: Record<string, unknown>;
-  readonly hyperparameters: { readonly eta: number; readonly beta: number; readonly eps: number };
-  readonly runs: Record<string, SpoRun>;
-  readonly compare_funcs: {
-    readonly scores_by_column: number[][];
-    readonly results: Record<string, { win_indices: number[]; lose_indices: number[]; valid: boolean[] }>;
-  };
-}
-
-const CASE = ["reference", "spo-loss"];
-const spo = readCaseJson<SpoCase>(...CASE);
+const spo = readSpoCase();
 const runs = Object.keys(spo.runs);
-
-function maxAbs(values: ArrayLike<number>): number {
-  let m = 0;
-  for (let i = 0; i < values.length; i++) m = Math.max(m, Math.abs(values[i]));
-  return m;
-}
 
 describe("SPO loss in TF.js reproduces SPO's own (reference/spo-loss)", () => {
   let io: ReferenceTensors;
@@ -67,7 +38,7 @@ describe("SPO loss in TF.js reproduces SPO's own (reference/spo-loss)", () => {
 
   beforeAll(async () => {
     await useWasmBackend({ gradients: true });
-    io = await readReferenceTensors(...CASE);
+    io = await readReferenceTensors(...SPO_LOSS_CASE);
     scheduler = new DDIMScheduler(spo.scheduler_config);
     scheduler.setTimesteps(spo.scheduler_config.num_inference_steps as number);
   });
@@ -93,22 +64,23 @@ describe("SPO loss in TF.js reproduces SPO's own (reference/spo-loss)", () => {
     // Two inputs with the policy's values: SPO runs the UNet once per branch.
     const epsWin = toTf(f("eps_policy"));
     const epsLose = toTf(f("eps_policy"));
-    let terms: ReturnType<typeof spoLoss> | undefined;
+    let terms: ReturnType<typeof spoLoss<tf.Tensor>> | undefined;
     let logProbs: tf.Tensor[] = [];
     const gradients = tf.grads((w: tf.Tensor, l: tf.Tensor) => {
       const lpWin = ddimLogProbTf(w, xT, xWin, coefficients, transition);
       const lpLose = ddimLogProbTf(l, xT, xLose, coefficients, transition);
       logProbs = [tf.keep(lpWin.clone()), tf.keep(lpLose.clone())];
-      const t = spoLoss({
+      const t = spoLoss(tfjsOps, {
         logProbPolicyWin: lpWin,
         logProbPolicyLose: lpLose,
-        logProbRefWin: refWin,
-        logProbRefLose: refLose,
+        logProbRefWin: tf.tensor1d(Float32Array.from(refWin)),
+        logProbRefLose: tf.tensor1d(Float32Array.from(refLose)),
         beta,
         eps,
       });
       terms = {
         loss: tf.keep(t.loss.clone()),
+        pairLoss: tf.keep(t.pairLoss),
         logRatioWin: tf.keep(t.logRatioWin),
         logRatioLose: tf.keep(t.logRatioLose),
         ratioWin: tf.keep(t.ratioWin),
@@ -151,7 +123,7 @@ describe("SPO loss in TF.js reproduces SPO's own (reference/spo-loss)", () => {
     ] as const) {
       const expected = f(`grad_eps_policy_${side}`).data;
       const actual = read(grad);
-      expect(absoluteError(actual, expected) / maxAbs(expected), `grad ${side}`).toBeLessThanOrEqual(
+      expect(absoluteError(actual, expected) / maxAbsOf(expected), `grad ${side}`).toBeLessThanOrEqual(
         GRADIENT_RELATIVE_TOLERANCE,
       );
       // Rows whose ratio is clamped pass no gradient at all.
@@ -159,7 +131,9 @@ describe("SPO loss in TF.js reproduces SPO's own (reference/spo-loss)", () => {
       const clamped = side === "w" ? run.ratio_w_clamped : run.ratio_l_clamped;
       clamped.forEach((ratio, r) => {
         if (Math.abs(ratio - 1) < Math.fround(eps) - 1e-7) return;
-        expect(maxAbs(actual.subarray(r * rowSize, (r + 1) * rowSize)), `clamped row ${r} (${side})`).toBe(0);
+        expect(maxAbsOf(actual.subarray(r * rowSize, (r + 1) * rowSize)), `clamped row ${r} (${side})`).toBe(
+          0,
+        );
       });
     }
     tf.dispose([xT, xWin, xLose, epsWin, epsLose, gradWin, gradLose, ...logProbs, ...Object.values(got)]);

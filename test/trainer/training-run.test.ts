@@ -1,7 +1,7 @@
 /**
  * Short SPO runs on tiny-sd15 with the tiny SPM, end to end: losses, the LoRA, metrics, grids,
  * plots; a run stopped after a round and resumed equals the uninterrupted run bit for bit (same
- * machine, same TF.js backend), with a gradient accumulation pending across the checkpoint; the
+ * machine, the default ONNX gradient backend), with a gradient accumulation pending across the checkpoint; the
  * exported file imports, fits the engine's slots, publishes to a registry, and changes what the
  * pipeline generates.
  */
@@ -42,9 +42,9 @@ function bytesOf(t: Float32Tensor): Buffer {
   return Buffer.from(t.data.buffer, t.data.byteOffset, t.data.byteLength);
 }
 
-/** Everything of a metrics line but the wall-clock timings. */
+/** Everything of a metrics line but the wall-clock timings and the memory measurement. */
 function withoutTimings(m: StepMetrics): Partial<StepMetrics> {
-  const { sampling_ms, scoring_ms, reference_ms, gradient_ms, ...rest } = m;
+  const { sampling_ms, scoring_ms, reference_ms, gradient_ms, gradient_peak_rss_mib, ...rest } = m;
   return rest;
 }
 
@@ -87,6 +87,8 @@ describe("SPO training on tiny-sd15", () => {
       expect(Number.isFinite(s.loss) && Number.isFinite(s.ratio_win) && Number.isFinite(s.grad_norm)).toBe(
         true,
       );
+      // The ONNX backend measures the gradient step's peak resident memory.
+      expect(s.gradient_peak_rss_mib).toBeGreaterThan(0);
       expect(s.pairs_kept).toBeLessThanOrEqual(s.pairs_offered);
       expect(s.pairs_offered).toBe(8);
     }
@@ -116,7 +118,7 @@ describe("SPO training on tiny-sd15", () => {
     }
     const summary = JSON.parse(await readFile(join(fullDir, "summary.json"), "utf8"));
     expect(summary.runId).toBe(full.runId);
-    expect(summary.tfjsBackend).toBe("wasm");
+    expect(summary.gradBackend).toBe("onnx cpu");
     expect(summary.summary.steps).toBe(full.steps);
   });
 
@@ -197,9 +199,11 @@ describe("SPO training on tiny-sd15", () => {
     expect(full.warnings).toEqual([]);
     const log = recordingLog();
     const dir = await scratchDir("train-flat");
-    // A learning rate too small to move anything: SPO's symptom of a broken setup.
+    // A learning rate too small to move anything: SPO's symptom of a broken setup. On the TF.js
+    // gradient backend, so a whole run covers it too.
     const raw = await tinyRawConfig("tiny-sd15", dir, {
       ...RUN,
+      grad_backend: "tfjs",
       num_epochs: 1,
       prompts: ["a red cat", "a blue house"],
       train: { ...RUN.train, learning_rate: 1e-12, gradient_accumulation_steps: 1, train_batch_size: 1 },
@@ -217,6 +221,7 @@ describe("SPO training on tiny-sd15", () => {
     expect(result.warnings[0]).toMatch(/^epoch 1: the loss stayed within .* of ln 2 for all \d+ steps/);
     expect(log.lines.filter((l) => l.level === "warn").map((l) => l.msg)).toEqual(result.warnings);
     expect(log.lines.find((l) => l.msg.startsWith("tfjs backend wasm"))).toBeDefined();
+    expect(log.lines.find((l) => l.msg === "policy ready")?.obj).toMatchObject({ gradients: "tfjs wasm" });
     expect(log.lines.filter((l) => l.msg === "round sampled")).toHaveLength(1);
   });
 });
