@@ -15,6 +15,7 @@ import { scoreCommand } from "./commands/score.js";
 import { serveCommand } from "./commands/serve.js";
 import { tokenizeCommand } from "./commands/tokenize.js";
 import { trainCommand } from "./commands/train.js";
+import { worldCommand } from "./commands/world.js";
 import { zooCommand } from "./commands/zoo.js";
 
 export function buildProgram(): Command {
@@ -37,5 +38,6 @@ export function buildProgram(): Command {
   program.addCommand(tokenizeCommand());
   program.addCommand(keysCommand());
   program.addCommand(openapiCommand());
+  program.addCommand(worldCommand());
   return program;
 }

@@ -1,0 +1,78 @@
+/**
+ * Random scenes for a split. Training scenes never contain a held-out colour-shape pair; held-out
+ * scenes contain at least one (the other object, if any, is free). Two objects never overlap: their
+ * bounding squares keep MIN_OBJECT_GAP apart along x or y.
+ */
+import type { RandomGenerator } from "../diffusion/random/index.js";
+import { chance, pick, symmetric } from "./draws.js";
+import { type ColourShape, HELD_OUT_PAIRS, isHeldOut } from "./held-out.js";
+import {
+  BACKGROUND_COLOUR_NAMES,
+  OBJECT_COLOUR_NAMES,
+  objectBox,
+  POSITION_JITTER,
+  POSITIONS,
+  type Scene,
+  SHAPES,
+  SIZE_JITTER,
+  SIZES,
+  type WorldObject,
+} from "./vocabulary.js";
+
+export const SPLITS = ["train", "held-out"] as const;
+export type Split = (typeof SPLITS)[number];
+
+/** Share of scenes with two objects (the rest have one). */
+export const TWO_OBJECT_PROBABILITY = 0.4;
+/** Least clearance between two objects' bounding squares, fraction of the canvas (about 2.5 px at 64). */
+export const MIN_OBJECT_GAP = 0.04;
+/** Rejection sampling gives up after this many tries (never reached: about half of all placements fit). */
+const MAX_PLACEMENT_TRIES = 1000;
+
+const ALL_PAIRS: readonly ColourShape[] = OBJECT_COLOUR_NAMES.flatMap((colour) =>
+  SHAPES.map((shape) => ({ colour, shape })),
+);
+const TRAIN_PAIRS = ALL_PAIRS.filter((pair) => !isHeldOut(pair));
+
+function placeObject(generator: RandomGenerator, pair: ColourShape): WorldObject {
+  return {
+    ...pair,
+    size: pick(generator, SIZES),
+    position: pick(generator, POSITIONS),
+    offset: { x: symmetric(generator, POSITION_JITTER), y: symmetric(generator, POSITION_JITTER) },
+    scale: 1 + symmetric(generator, SIZE_JITTER),
+  };
+}
+
+/** Whether the two objects' bounding squares keep MIN_OBJECT_GAP apart. */
+export function objectsApart(a: WorldObject, b: WorldObject): boolean {
+  const boxA = objectBox(a);
+  const boxB = objectBox(b);
+  const reach = (boxA.side + boxB.side) / 2 + MIN_OBJECT_GAP;
+  return Math.abs(boxA.x - boxB.x) >= reach || Math.abs(boxA.y - boxB.y) >= reach;
+}
+
+/** One random scene of `split`, drawn from `generator`. */
+export function sampleScene(generator: RandomGenerator, split: Split): Scene {
+  const background = pick(generator, BACKGROUND_COLOUR_NAMES);
+  const count = chance(generator, TWO_OBJECT_PROBABILITY) ? 2 : 1;
+  // In a held-out scene, this slot holds the held-out pair.
+  const heldOutSlot = pick(generator, count === 2 ? [0, 1] : [0]);
+  // Placed together and redrawn together: a large object in the centre leaves no room for a
+  // second one, so redrawing only the second could never end.
+  for (let tries = 0; tries < MAX_PLACEMENT_TRIES; tries++) {
+    const objects: WorldObject[] = [];
+    for (let slot = 0; slot < count; slot++) {
+      const pairs = split === "train" ? TRAIN_PAIRS : slot === heldOutSlot ? HELD_OUT_PAIRS : ALL_PAIRS;
+      objects.push(placeObject(generator, pick(generator, pairs)));
+    }
+    const [first, second] = objects;
+    const clash =
+      second !== undefined &&
+      (first.position === second.position ||
+        (first.colour === second.colour && first.shape === second.shape) ||
+        !objectsApart(first, second));
+    if (!clash) return { background, objects };
+  }
+  throw new Error(`could not place ${count} objects apart after ${MAX_PLACEMENT_TRIES} tries`);
+}
