@@ -28,6 +28,14 @@ export {
   PreferenceLabeller,
   preferenceProbability,
 } from "./preference-labels.js";
+export { STAGES, type Stage } from "./recipe/batches.js";
+export {
+  DEFAULT_MINUTES,
+  RecipeError,
+  type RecipeOptions,
+  type RecipeResult,
+  runRecipe,
+} from "./recipe/recipe.js";
 export { renderScene, sceneSvg } from "./render.js";
 export {
   decodeRgbImage,

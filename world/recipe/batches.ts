@@ -3,8 +3,9 @@
  * seed, so a batch is rendered on demand, nothing is stored, and a resumed run sees exactly the
  * batches an uninterrupted one would.
  */
+
+import { type Float32Tensor, float32, int64, type Tensor } from "../../diffusion/tensor.js";
 import type { ClipTokenizer } from "../../diffusion/tokenizer/index.js";
-import { float32, type Float32Tensor, int64, type Tensor } from "../../diffusion/tensor.js";
 import { worldSamples } from "../dataset.js";
 import { pixelsFromRgbImage } from "../rgb-image.js";
 

@@ -23,7 +23,12 @@ const CONTEXT_LENGTH = 77;
 interface Widths {
   readonly imageSize: number;
   readonly text: { readonly width: number; readonly layers: number; readonly heads: number };
-  readonly vision: { readonly width: number; readonly layers: number; readonly heads: number; readonly patch: number };
+  readonly vision: {
+    readonly width: number;
+    readonly layers: number;
+    readonly heads: number;
+    readonly patch: number;
+  };
   readonly vae: { readonly channels: readonly number[]; readonly groups: number };
   readonly unet: {
     readonly channels: readonly number[];

@@ -7,8 +7,8 @@ import { mkdir, writeFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { type Float32Tensor, type Tensor, toFloat16 } from "../../diffusion/tensor.js";
 import { writeSafetensors } from "../../diffusion/weights/safetensors.js";
-import { tokenizerFiles } from "../../diffusion/zoo/zoo.js";
 import { tinyVocabulary } from "../../diffusion/zoo/tiny-vocabulary.js";
+import { tokenizerFiles } from "../../diffusion/zoo/zoo.js";
 import {
   clipConfig,
   clipPreprocessorConfig,

@@ -2,11 +2,16 @@
  * The recipe's models resolved from their config files' contents (configs.ts), the parameters each
  * definition asks for, and their initial weights.
  */
-import { type ClipModelConfig, clipModel, resolveClipModelConfig } from "../../diffusion/models/clip-model.js";
+
+import type { VaeConfig } from "../../diffusion/models/autoencoder-kl.js";
+import {
+  type ClipModelConfig,
+  clipModel,
+  resolveClipModelConfig,
+} from "../../diffusion/models/clip-model.js";
 import { type ClipTextConfig, resolveClipTextConfig } from "../../diffusion/models/clip-text.js";
 import { measureComponent, resolveComponent } from "../../diffusion/models/components.js";
 import type { UNetConfig } from "../../diffusion/models/unet2d-condition.js";
-import type { VaeConfig } from "../../diffusion/models/autoencoder-kl.js";
 import { type ExpectedParam, MetaOps } from "../../diffusion/ops/meta.js";
 import type { RandomGenerator } from "../../diffusion/random/index.js";
 import type { Float32Tensor } from "../../diffusion/tensor.js";

@@ -12,6 +12,7 @@ import { existsSync } from "node:fs";
 import { mkdir, writeFile } from "node:fs/promises";
 import { cpus, loadavg } from "node:os";
 import { join } from "node:path";
+import type { GradientGraphInput } from "../../diffusion/autodiff/gradient-graph.js";
 import type { ExecutionProviderConfig } from "../../diffusion/engine/execution-provider.js";
 import { MapParamSource } from "../../diffusion/ops/params.js";
 import { createGenerator } from "../../diffusion/random/index.js";
@@ -19,13 +20,26 @@ import { alphasCumprodFromBetas, betasFromConfig } from "../../diffusion/schedul
 import { resolveDdimConfig } from "../../diffusion/schedulers/config.js";
 import { type Float32Tensor, float32, type Tensor } from "../../diffusion/tensor.js";
 import { ClipTokenizer } from "../../diffusion/tokenizer/index.js";
-import type { GradientGraphInput } from "../../diffusion/autodiff/gradient-graph.js";
 import { recordTrainingGraph } from "../../diffusion/training/training-program.js";
 import type { AdamWSettings } from "../../trainer/optimizer.js";
-import { batchSeed, captionedPixels, inputIds, type Stage, STAGES } from "./batches.js";
-import { clipConfig, type RecipeSize, SCHEDULER_CONFIG, textEncoderConfig, unetConfig, vaeConfig } from "./configs.js";
+import { batchSeed, captionedPixels, inputIds, STAGES, type Stage } from "./batches.js";
+import {
+  clipConfig,
+  type RecipeSize,
+  SCHEDULER_CONFIG,
+  textEncoderConfig,
+  unetConfig,
+  vaeConfig,
+} from "./configs.js";
 import { PIPELINE_FOLDER, TOKENIZER_FOLDER, writeModelFolders, writeTokenizer } from "./export.js";
-import { clipParams, initialWeights, resolveWorldModels, unetParams, vaeParams, type WorldModels } from "./models.js";
+import {
+  clipParams,
+  initialWeights,
+  resolveWorldModels,
+  unetParams,
+  vaeParams,
+  type WorldModels,
+} from "./models.js";
 import { clipContrastiveLoss, unetLoss, vaeLoss } from "./objectives.js";
 import {
   readStageState,
@@ -44,7 +58,7 @@ export class RecipeError extends Error {
 }
 
 /** Share of the time budget per stage when all three run: the UNet is the hard one. */
-export const STAGE_SHARE: Readonly<Record<Stage, number>> = { clip: 0.15, vae: 0.25, unet: 0.6 };
+export const STAGE_SHARE: Readonly<Record<Stage, number>> = { clip: 0.1, vae: 0.25, unet: 0.65 };
 /** Batch sizes per recipe size. */
 const BATCH: Readonly<Record<RecipeSize, Readonly<Record<Stage, number>>>> = {
   world: { clip: 32, vae: 8, unet: 16 },
@@ -139,7 +153,9 @@ export async function runRecipe(options: RecipeOptions): Promise<RecipeResult> {
   const { out, size, seed } = options;
   const checkpoints = join(out, CHECKPOINTS_FOLDER);
   if (existsSync(checkpoints) && !options.resume) {
-    throw new RecipeError(`${out} already holds a run (${CHECKPOINTS_FOLDER}/); pass --resume to continue it or choose another --out`);
+    throw new RecipeError(
+      `${out} already holds a run (${CHECKPOINTS_FOLDER}/); pass --resume to continue it or choose another --out`,
+    );
   }
   await mkdir(checkpoints, { recursive: true });
   const metrics = join(out, METRICS_FILE);
@@ -243,16 +259,22 @@ export async function runRecipe(options: RecipeOptions): Promise<RecipeResult> {
   const vaeWeights = await readStageWeights(stageFolder(checkpoints, "vae"));
   const vaeState = await readStageState(stageFolder(checkpoints, "vae"));
   const latentStd = vaeState?.statistics.latent_std;
-  const vaeScaling = latentStd?.length ? 1 / (latentStd.reduce((a, b) => a + b, 0) / latentStd.length) : undefined;
+  const vaeScaling = latentStd?.length
+    ? 1 / (latentStd.reduce((a, b) => a + b, 0) / latentStd.length)
+    : undefined;
 
   if (options.stages.includes("unet")) {
     if (!clipWeights || !vaeWeights || vaeScaling === undefined || !vaeState?.done) {
-      throw new RecipeError(`the unet stage needs the clip and vae stages' checkpoints in ${checkpoints}; run them first`);
+      throw new RecipeError(
+        `the unet stage needs the clip and vae stages' checkpoints in ${checkpoints}; run them first`,
+      );
     }
     m = { ...m, vae: { ...m.vae, scalingFactor: vaeScaling } };
     const parameters = initialWeights(unetParams(m), weightsGenerator(seed, "unet"));
     const frozen = new Map([...clipWeights].filter(([k]) => k.startsWith("text_model.")));
-    const encoder = new Map([...vaeWeights].filter(([k]) => k.startsWith("encoder.") || k.startsWith("quant_conv.")));
+    const encoder = new Map(
+      [...vaeWeights].filter(([k]) => k.startsWith("encoder.") || k.startsWith("quant_conv.")),
+    );
     const all = union(parameters, frozen, encoder);
     const alphasCumprod = alphasCumprodFromBetas(betasFromConfig(resolveDdimConfig(SCHEDULER_CONFIG)));
     const T = alphasCumprod.length;
@@ -278,8 +300,14 @@ export async function runRecipe(options: RecipeOptions): Promise<RecipeResult> {
               latent_noise: generator.randn([B, 4, latent, latent]),
               noise: generator.randn([B, 4, latent, latent]),
               timestep: float32([B], timesteps),
-              signal: float32([B, 1, 1, 1], timesteps.map((t) => Math.sqrt(alphasCumprod[t]))),
-              sigma: float32([B, 1, 1, 1], timesteps.map((t) => Math.sqrt(1 - alphasCumprod[t]))),
+              signal: float32(
+                [B, 1, 1, 1],
+                timesteps.map((t) => Math.sqrt(alphasCumprod[t])),
+              ),
+              sigma: float32(
+                [B, 1, 1, 1],
+                timesteps.map((t) => Math.sqrt(1 - alphasCumprod[t])),
+              ),
             };
           },
           record: (feeds) =>
@@ -318,12 +346,26 @@ export async function runRecipe(options: RecipeOptions): Promise<RecipeResult> {
 /** What made the folders: the configs, seeds, budget, each stage's figures and the machine. */
 async function writeProvenance(out: string, options: RecipeOptions, vaeScaling: number): Promise<void> {
   const stages: Record<string, unknown> = {};
-  for (const stage of STAGES) stages[stage] = await readStageState(stageFolder(join(out, CHECKPOINTS_FOLDER), stage));
+  for (const stage of STAGES)
+    stages[stage] = await readStageState(stageFolder(join(out, CHECKPOINTS_FOLDER), stage));
   const summary = Object.fromEntries(
     Object.entries(stages).map(([k, s]) => {
-      const st = s as { step: number; seconds: number; losses: number[]; statistics: Record<string, number[]> };
+      const st = s as {
+        step: number;
+        seconds: number;
+        losses: number[];
+        statistics: Record<string, number[]>;
+      };
       const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / Math.max(1, xs.length);
-      return [k, { steps: st.step, seconds: Math.round(st.seconds), first_loss: mean(st.losses.slice(0, 20)), last_loss: mean(st.losses.slice(-20)) }];
+      return [
+        k,
+        {
+          steps: st.step,
+          seconds: Math.round(st.seconds),
+          first_loss: mean(st.losses.slice(0, 20)),
+          last_loss: mean(st.losses.slice(-20)),
+        },
+      ];
     }),
   );
   const provenance = {

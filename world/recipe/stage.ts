@@ -12,7 +12,7 @@ import type { ExecutionProviderConfig } from "../../diffusion/engine/execution-p
 import type { Float32Tensor, Tensor } from "../../diffusion/tensor.js";
 import { type TrainingGraph, TrainingProgram } from "../../diffusion/training/training-program.js";
 import { readSafetensors, writeSafetensors } from "../../diffusion/weights/safetensors.js";
-import { type AdamWSettings, AdamW } from "../../trainer/optimizer.js";
+import { AdamW, type AdamWSettings } from "../../trainer/optimizer.js";
 import type { Stage } from "./batches.js";
 
 /** How often a running stage writes its checkpoint: a killed run loses at most this much. */
@@ -33,6 +33,9 @@ export interface StageProgress {
   readonly step: number;
   readonly maxSteps: number;
   readonly loss: number;
+  /** Seconds spent on the stage (resumed time included) and its budget. */
+  readonly seconds: number;
+  readonly budgetSeconds: number;
 }
 
 export interface StageSpec {
@@ -143,9 +146,13 @@ async function resume(folder: string, spec: StageSpec, optimizer: AdamW): Promis
       continue;
     }
     const p = spec.parameters.get(name);
-    if (!p) throw new RecipeCheckpointError(file, `holds ${name}, which the ${spec.stage} model does not have`);
+    if (!p)
+      throw new RecipeCheckpointError(file, `holds ${name}, which the ${spec.stage} model does not have`);
     if (p.data.length !== t.data.length) {
-      throw new RecipeCheckpointError(file, `${name} has ${t.data.length} values, the model ${p.data.length}`);
+      throw new RecipeCheckpointError(
+        file,
+        `${name} has ${t.data.length} values, the model ${p.data.length}`,
+      );
     }
     p.data.set(t.data as Float32Array);
   }
@@ -183,7 +190,8 @@ export async function runStage(spec: StageSpec, run: StageRun): Promise<StageRes
       spec.afterStep?.(spec.parameters);
       const figures = spec.statistics?.(result.outputs) ?? {};
       const statistics = { ...state.statistics };
-      for (const [k, v] of Object.entries(figures)) statistics[k] = [...(statistics[k] ?? []), v].slice(-LOSS_WINDOW);
+      for (const [k, v] of Object.entries(figures))
+        statistics[k] = [...(statistics[k] ?? []), v].slice(-LOSS_WINDOW);
       const losses = [...state.losses, result.loss];
       state = { ...state, step: state.step + 1, losses, statistics, optimizerStep: optimizer.step };
       const line = {
@@ -195,7 +203,14 @@ export async function runStage(spec: StageSpec, run: StageRun): Promise<StageRes
         seconds: Number(elapsed().toFixed(2)),
       };
       await appendFile(run.metrics, `${JSON.stringify(line)}\n`);
-      run.onProgress?.({ stage: spec.stage, step: state.step, maxSteps: spec.maxSteps, loss: result.loss });
+      run.onProgress?.({
+        stage: spec.stage,
+        step: state.step,
+        maxSteps: spec.maxSteps,
+        loss: result.loss,
+        seconds: elapsed(),
+        budgetSeconds: spec.seconds,
+      });
       if ((performance.now() - lastCheckpoint) / 1000 >= CHECKPOINT_SECONDS) {
         state = { ...state, seconds: elapsed() };
         started = performance.now();
