@@ -16,6 +16,17 @@ export {
   worldCaptions,
   worldSamples,
 } from "./dataset.js";
+export {
+  EVALUATION_GROUPS,
+  EVALUATION_TARGETS,
+  type EvaluationCaption,
+  type EvaluationGroup,
+  type EvaluationReport,
+  evaluationCaptions,
+  formatEvaluation,
+  type GroupAccuracy,
+  scoreEvaluation,
+} from "./evaluation.js";
 export { ATTRIBUTES, type Attribute, type Fidelity, fidelity, fidelityOf } from "./fidelity.js";
 export type { Relation } from "./grammar.js";
 export { type ColourShape, HELD_OUT_PAIRS, isHeldOut } from "./held-out.js";

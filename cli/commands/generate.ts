@@ -181,7 +181,7 @@ async function siblingPeftConfig(loraFile: string): Promise<RawConfig | undefine
   return existsSync(path) ? readConfigFile(path) : undefined;
 }
 
-interface LoadedLoras {
+export interface LoadedLoras {
   readonly lora?: GenerationRequest["lora"];
   /** For the parameters text: name and file hash of each. */
   readonly entries: ReadonlyArray<{ readonly name: string; readonly hash: string }>;
@@ -192,7 +192,7 @@ interface LoadedLoras {
  * slots, and fold them into one set of feeds: weights and alpha / rank applied, ranks
  * concatenated. Text-encoder modules are dropped with a warning: engines have no text-encoder slots.
  */
-async function loadLoras(
+export async function loadLoras(
   specs: readonly LoraSpec[],
   folder: string,
   manifest: EngineManifest,

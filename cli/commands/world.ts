@@ -25,6 +25,7 @@ import {
 import { CliError } from "../cli-error.js";
 import { type CommandOutput, processOutput } from "../command-output.js";
 import { nonNegativeInteger, positiveInteger } from "../option-parsers.js";
+import { worldEvalCommand } from "./world-eval.js";
 import { worldTrainCommand } from "./world-train.js";
 
 interface RenderOptions {
@@ -100,5 +101,6 @@ export function worldCommand(output: CommandOutput = processOutput): Command {
     .description("The miniature world: render its captioned dataset, judge images, train its models")
     .addCommand(renderCommand(output))
     .addCommand(judgeCommand(output))
-    .addCommand(worldTrainCommand(output));
+    .addCommand(worldTrainCommand(output))
+    .addCommand(worldEvalCommand(output));
 }
