@@ -1,7 +1,8 @@
 /**
  * The models a server serves: engine folders loaded into onnxruntime workers, each with its own
- * generation queue. With no models configured, the embedded defaults are used: the tiny zoo models,
- * converted on first start under `<dataDir>/engines/` and reused afterwards.
+ * generation queue. With no models configured, the embedded defaults are used: `shapes`, the
+ * world's model trained by Stepwise (world/shapes-model.ts), first, then the tiny random-weight zoo
+ * models, converted on first start under `<dataDir>/engines/` and reused afterwards.
  */
 import { existsSync } from "node:fs";
 import { mkdir } from "node:fs/promises";
@@ -10,6 +11,7 @@ import type { FastifyBaseLogger } from "fastify";
 import { convertDiffusers } from "../diffusion/convert/convert.js";
 import { DiffusionEngine } from "../diffusion/engine/diffusion-engine.js";
 import { writeZooModel, ZOO_MODELS, type ZooModelName } from "../diffusion/zoo/zoo.js";
+import { SHAPES_MODEL_ID, SHAPES_MODEL_REVISION, shapesModelFolder } from "../world/shapes-model.js";
 import type { ServerConfig } from "./config.js";
 import { GenerationQueue } from "./generation-queue.js";
 import type { Metrics } from "./metrics.js";
@@ -41,6 +43,39 @@ export async function ensureZooEngine(
   return engine;
 }
 
+/**
+ * Build (once per revision) the engine of the committed `shapes` model under dataDir; undefined
+ * when this install has no such folder.
+ */
+export async function ensureShapesEngine(
+  dataDir: string,
+  log?: FastifyBaseLogger,
+): Promise<string | undefined> {
+  const source = shapesModelFolder();
+  if (!source) return undefined;
+  const engine = resolve(dataDir, "engines", `${SHAPES_MODEL_ID}-r${SHAPES_MODEL_REVISION}`);
+  if (existsSync(join(engine, "manifest.json"))) return engine;
+  await mkdir(resolve(dataDir, "engines"), { recursive: true });
+  log?.info({ model: SHAPES_MODEL_ID, engine }, "building the embedded default engine (first start)");
+  await convertDiffusers({ from: source, out: engine }).catch((err: unknown) => {
+    // Another process finished the same folder first (the final rename is atomic): use theirs.
+    if (!existsSync(join(engine, "manifest.json"))) throw err;
+  });
+  return engine;
+}
+
+/** The embedded defaults: shapes (when this install has it), then the zoo models. */
+async function embeddedModels(dataDir: string, log: FastifyBaseLogger) {
+  const shapes = await ensureShapesEngine(dataDir, log);
+  const zoo = await Promise.all(
+    ZOO_MODELS.map(async (name) => ({
+      id: name as string,
+      engine: await ensureZooEngine(dataDir, name, log),
+    })),
+  );
+  return shapes ? [{ id: SHAPES_MODEL_ID, engine: shapes }, ...zoo] : zoo;
+}
+
 export class ModelPool {
   private constructor(
     private readonly models: ReadonlyMap<string, LoadedModel>,
@@ -48,14 +83,7 @@ export class ModelPool {
   ) {}
 
   static async load(config: ServerConfig, metrics: Metrics, log: FastifyBaseLogger): Promise<ModelPool> {
-    const entries =
-      config.models ??
-      (await Promise.all(
-        ZOO_MODELS.map(async (name) => ({
-          id: name,
-          engine: await ensureZooEngine(config.dataDir, name, log),
-        })),
-      ));
+    const entries = config.models ?? (await embeddedModels(config.dataDir, log));
     const loaded = new Map<string, LoadedModel>();
     try {
       for (const m of entries) {
