@@ -8,7 +8,7 @@
  * Two sizes: `world` (the committed model: fp16 weights of all three well under 20 MB, a UNet
  * step on 8x8x4 latents cheap on 2 cores) and `tiny` (the loss-goes-down test, 32 px).
  */
-import { SD15_SCHEDULER } from "../../diffusion/zoo/tiny-configs.js";
+import { SD15_MODEL_INDEX, SD15_SCHEDULER } from "../../diffusion/zoo/tiny-configs.js";
 import { TINY_VOCAB_SIZE } from "../../diffusion/zoo/tiny-vocabulary.js";
 
 export const RECIPE_SIZES = ["world", "tiny"] as const;
@@ -184,12 +184,5 @@ export function unetConfig(size: RecipeSize) {
 /** SD1.5's scheduler config, as its folders ship it (the training noise schedule comes from it). */
 export const SCHEDULER_CONFIG = SD15_SCHEDULER;
 
-export const MODEL_INDEX = {
-  _class_name: "StableDiffusionPipeline",
-  requires_safety_checker: false,
-  scheduler: ["diffusers", "PNDMScheduler"],
-  text_encoder: ["transformers", "CLIPTextModel"],
-  tokenizer: ["transformers", "CLIPTokenizer"],
-  unet: ["diffusers", "UNet2DConditionModel"],
-  vae: ["diffusers", "AutoencoderKL"],
-};
+/** SD1.5's model_index.json: the folder is an SD1.5 pipeline. */
+export const MODEL_INDEX = SD15_MODEL_INDEX;

@@ -177,7 +177,13 @@ export async function runRecipe(options: RecipeOptions): Promise<RecipeResult> {
     results.push(r);
     options.onStage?.(r);
   };
-  const maxSteps = (stage: Stage) => options.maxSteps?.[stage] ?? Number.MAX_SAFE_INTEGER;
+  const common = (stage: Stage, parameters: Map<string, Float32Tensor>) => ({
+    stage,
+    parameters,
+    optimizer: adamW(stage),
+    maxSteps: options.maxSteps?.[stage] ?? Number.MAX_SAFE_INTEGER,
+    seconds: budget(stage),
+  });
   const S = m.imageSize;
   const latent = S / 8;
 
@@ -187,11 +193,7 @@ export async function runRecipe(options: RecipeOptions): Promise<RecipeResult> {
     done(
       await runStage(
         {
-          stage: "clip",
-          parameters,
-          optimizer: adamW("clip"),
-          maxSteps: maxSteps("clip"),
-          seconds: budget("clip"),
+          ...common("clip", parameters),
           feeds: async (step) => {
             const { pixels, captions } = await captionedPixels(batchSeed(seed, "clip", step), B, S);
             return { pixels, input_ids: inputIds(tokenizer, captions) };
@@ -221,11 +223,7 @@ export async function runRecipe(options: RecipeOptions): Promise<RecipeResult> {
     done(
       await runStage(
         {
-          stage: "vae",
-          parameters,
-          optimizer: adamW("vae"),
-          maxSteps: maxSteps("vae"),
-          seconds: budget("vae"),
+          ...common("vae", parameters),
           feeds: async (step) => {
             const s = batchSeed(seed, "vae", step);
             const { pixels } = await captionedPixels(s, B, S);
@@ -282,11 +280,7 @@ export async function runRecipe(options: RecipeOptions): Promise<RecipeResult> {
     done(
       await runStage(
         {
-          stage: "unet",
-          parameters,
-          optimizer: adamW("unet"),
-          maxSteps: maxSteps("unet"),
-          seconds: budget("unet"),
+          ...common("unet", parameters),
           feeds: async (step) => {
             const s = batchSeed(seed, "unet", step);
             const { pixels, captions } = await captionedPixels(s, B, S);
