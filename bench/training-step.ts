@@ -7,14 +7,15 @@
  *   matmul bursts interleaved round by round: the tiny-sd15 UNet at 32x32 latents, and the real
  *   SD1.5 architecture at 32x32 latents (not with --quick), where the target is 30%;
  * - the step's peak resident memory (sampled while the worker computes) over the memory before it,
- *   for the first step (onnxruntime's arena grows then) and the last. Activation recomputation per
- *   UNet block (checkpointing) is not offered by diffusion/autodiff yet, so there is no "with
- *   checkpointing" figure.
+ *   for the first step (onnxruntime's arena grows then) and the last, without and with
+ *   checkpointing (each UNet block's activations recomputed in the backward pass,
+ *   `unetBlockSegment`), and what checkpointing costs in time.
  * The step's time includes handing the gradients back to the main thread (one copy of the
  * parameters' size), as a trainer gets them.
  */
 
 import { join } from "node:path";
+import { unetBlockSegment } from "../diffusion/autodiff/backward.js";
 import { measureComponent, type ResolvedConfig, resolveComponent } from "../diffusion/models/components.js";
 import { readConfigFile } from "../diffusion/models/config-reader.js";
 import type { ParamSource } from "../diffusion/ops/params.js";
@@ -83,6 +84,7 @@ async function trainingStep(
   resolved: ResolvedConfig,
   params: ParamSource,
   reps: { warmup: number; rounds: number; burst: number },
+  checkpointing: boolean,
 ): Promise<StepFigures> {
   if (resolved.kind !== "unet") throw new BenchError(`expected a UNet config, got ${resolved.kind}`);
   const feeds = stepFeeds(resolved);
@@ -93,6 +95,7 @@ async function trainingStep(
       params,
       inputs: float32Inputs(feeds),
       trainParams: () => true,
+      checkpoint: checkpointing ? unetBlockSegment : undefined,
       forward: (ops, inputs) => ({
         loss: denoisingLoss(ops, resolved.config, {
           sample: inputs.sample,
@@ -147,23 +150,39 @@ async function trainingStep(
   }
 }
 
-function rows(what: string, f: StepFigures, target?: number): ReportRow[] {
+function rows(what: string, plain: StepFigures, recomputed: StepFigures, target?: number): ReportRow[] {
+  const memory = (f: StepFigures) => `${f.lastPeakMib.toFixed(0)} MiB`;
   return [
     {
       bench: "training-step",
       measure: `${what}: full-weight training step (forward + backward), batch ${CFG_BATCH}, ${LATENT_SIDE}x${LATENT_SIDE} latents, at ${TRAINING_MAC_FACTOR}x forward MACs`,
-      value: `${fractionSummary(f.fraction)} of matmul rate`,
+      value: `${fractionSummary(plain.fraction)} of matmul rate`,
       target: target === undefined ? undefined : `>= ${percent(target, 0)}`,
-      verdict: target === undefined ? undefined : verdictAtLeast(f.fraction, target),
-      context: `${timeSummary(f.step)} per step; ${(f.trainingMacs / 1e9).toFixed(2)} GMAC counted; ${f.parameters} parameter tensors`,
+      verdict: target === undefined ? undefined : verdictAtLeast(plain.fraction, target),
+      context: `${timeSummary(plain.step)} per step; ${(plain.trainingMacs / 1e9).toFixed(2)} GMAC counted; ${plain.parameters} parameter tensors`,
     },
     {
       bench: "training-step",
-      measure: `${what}: peak resident memory of a step over the memory before it (no checkpointing: not offered yet)`,
-      value: `${f.lastPeakMib.toFixed(0)} MiB`,
-      context: `first step ${f.firstPeakMib.toFixed(0)} MiB (the arena grows); ${f.rssBeforeMib.toFixed(0)} MiB resident before it`,
+      measure: `${what}: peak resident memory of a step over the memory before it, without / with checkpointing per UNet block`,
+      value: `${memory(plain)} / ${memory(recomputed)}`,
+      context: `first steps ${plain.firstPeakMib.toFixed(0)} / ${recomputed.firstPeakMib.toFixed(0)} MiB (the arena grows); with checkpointing ${timeSummary(recomputed.step)} per step, ${fractionSummary(recomputed.fraction)} of matmul rate`,
     },
   ];
+}
+
+/** The step without and with checkpointing, one program after the other (each holds its memory). */
+async function bothWays(
+  ctx: BenchContext,
+  what: string,
+  resolved: ResolvedConfig,
+  params: ParamSource,
+  reps: { warmup: number; rounds: number; burst: number },
+): Promise<{ plain: StepFigures; recomputed: StepFigures }> {
+  ctx.log(`training step: ${what}`);
+  const plain = await trainingStep(ctx, resolved, params, reps, false);
+  ctx.log(`training step: ${what}, checkpointing per UNet block`);
+  const recomputed = await trainingStep(ctx, resolved, params, reps, true);
+  return { plain, recomputed };
 }
 
 export async function trainingStepBench(ctx: BenchContext): Promise<BenchResult> {
@@ -172,9 +191,14 @@ export async function trainingStepBench(ctx: BenchContext): Promise<BenchResult>
   const engine = await ctx.tinyEngine("tiny-sd15", "none");
   const tiny = resolveComponent("unet", await readConfigFile(join(engine, "unet", "config.json")));
   const tinyParams = new RandomParamSource(measureComponent(tiny, 64).meta.params, SD15_RANDOM_SEED);
-  ctx.log("training step: tiny-sd15 UNet");
-  const t = await trainingStep(ctx, tiny, tinyParams, REPS.tiny[ctx.options.quick ? "quick" : "full"]);
-  out.push(...rows("tiny-sd15 UNet", t));
+  const t = await bothWays(
+    ctx,
+    "tiny-sd15 UNet",
+    tiny,
+    tinyParams,
+    REPS.tiny[ctx.options.quick ? "quick" : "full"],
+  );
+  out.push(...rows("tiny-sd15 UNet", t.plain, t.recomputed));
   data.tiny = t;
   if (ctx.options.quick) return { name: "training-step", rows: out, data };
 
@@ -182,10 +206,10 @@ export async function trainingStepBench(ctx: BenchContext): Promise<BenchResult>
   const config = await sd15UNetConfig();
   const sd15 = resolveComponent("unet", config.raw, config.origin);
   const sd15Params = new RandomParamSource(measureComponent(sd15, 64).meta.params, SD15_RANDOM_SEED);
-  ctx.log("training step: SD1.5 UNet (gradients of every parameter)");
-  const s = await trainingStep(ctx, sd15, sd15Params, REPS.sd15);
   const millions = (sd15Params.parameterCount / 1e6).toFixed(0);
-  out.push(...rows(`SD1.5 UNet (${millions}M params)`, s, TRAINING_TARGET_FRACTION));
+  const what = `SD1.5 UNet (${millions}M params)`;
+  const s = await bothWays(ctx, what, sd15, sd15Params, REPS.sd15);
+  out.push(...rows(what, s.plain, s.recomputed, TRAINING_TARGET_FRACTION));
   data.sd15 = s;
   return { name: "training-step", rows: out, data };
 }

@@ -72,6 +72,11 @@ export interface TrainConfig {
    * provider) or `tfjs` (TensorFlow.js, in its backend order). trainer/gradient-backend.ts.
    */
   readonly grad_backend: GradBackendName;
+  /**
+   * Recompute activations per UNet block in the backward pass instead of keeping them (onnx
+   * backend only): less memory for about one more forward pass.
+   */
+  readonly gradient_checkpointing: boolean;
   /** SPM engine folder (`stepwise convert-spm`). */
   readonly spm: string;
   /** A prompt file (JSON list, SPO's `[{"caption": ...}]`, or one prompt per line) or the list itself. */
@@ -196,6 +201,7 @@ const KEYS: Readonly<Record<string, KeySpec>> = {
   model_weights: { check: nonEmptyString, path: true, defaults: family(undefined, undefined) },
   spm: { check: nonEmptyString, path: true },
   grad_backend: { check: gradBackend, defaults: family(DEFAULT_GRAD_BACKEND, DEFAULT_GRAD_BACKEND) },
+  gradient_checkpointing: { check: boolean, defaults: family(false, false) },
   prompts: { check: promptsValue, path: true },
   output_dir: { check: nonEmptyString, path: true },
   seed: { check: integerIn(0), defaults: family(42, 42) },
@@ -377,6 +383,7 @@ function resolveChecked(raw: RawTrainConfig, f: TrainFamily): TrainConfig {
     ...(v.get("model_weights") === undefined ? {} : { model_weights: get<string>("model_weights") }),
     spm: get("spm"),
     grad_backend: get("grad_backend"),
+    gradient_checkpointing: get("gradient_checkpointing"),
     prompts: get("prompts"),
     output_dir: get("output_dir"),
     seed: get("seed"),
@@ -432,6 +439,9 @@ function checkRelations(c: TrainConfig): void {
       "resolution",
       `must be a multiple of 64 (8 pixels per latent, three halvings in the UNet), got ${c.resolution}`,
     );
+  if (c.gradient_checkpointing && c.grad_backend !== "onnx") {
+    fail("gradient_checkpointing", `applies to grad_backend onnx only, got grad_backend ${c.grad_backend}`);
+  }
   if (c.train.cfg && !(c.sample.guidance_scale > 1)) {
     fail(
       "train.cfg",
@@ -451,6 +461,8 @@ const RESUMABLE_KEYS = new Set([
   "model_weights",
   // Either backend computes the same gradients up to rounding; a resume may switch (with a warning).
   "grad_backend",
+  // Recomputation gives the same gradients up to rounding.
+  "gradient_checkpointing",
   "spm",
   "prompts",
   "output_dir",

@@ -19,6 +19,11 @@ export interface PolicyGradients {
   readonly backend: GradBackendName;
   /** The backend and its device ("onnx cpu", "tfjs wasm"), recorded in checkpoints and summaries. */
   readonly description: string;
+  /**
+   * Whether partial micro-batches should be padded to the full size (planMicroBatch's `padTo`):
+   * onnx records one graph per layout, and a round's last micro-batch would otherwise be a new one.
+   */
+  readonly padsMicroBatches: boolean;
   /** The LoRA factors the next micro-batches are differentiated at (after every optimizer step). */
   setParameters(parameters: ReadonlyMap<string, Float32Tensor>): Promise<void>;
   /** One micro-batch's loss statistics and d(loss / accumulation steps) / d parameter. */

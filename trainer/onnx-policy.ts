@@ -3,8 +3,10 @@
  * objective (trainer/spo-objective.ts) recorded as one gradient graph (diffusion/autodiff/: LoRA
  * factors as inputs, base weights frozen initializers) and run by onnxruntime with the engine's
  * execution provider (diffusion/training/training-program.ts), one graph per micro-batch layout.
- * The LoRA factors stay in the worker between optimizer steps.
+ * The LoRA factors stay in the worker between optimizer steps. With `checkpointing`, each UNet
+ * block's activations are recomputed in the backward pass instead of kept.
  */
+import { unetBlockSegment } from "../diffusion/autodiff/backward.js";
 import type { ExecutionProviderConfig } from "../diffusion/engine/execution-provider.js";
 import { type UNetConfig, unet2DConditionModel } from "../diffusion/models/unet2d-condition.js";
 import type { OnnxValue } from "../diffusion/onnx/graph.js";
@@ -37,6 +39,8 @@ export interface OnnxPolicyOptions {
   readonly modules: readonly LoraModuleShape[];
   readonly rank: number;
   readonly provider: ExecutionProviderConfig;
+  /** Recompute activations per UNet block in the backward pass (less memory, one more forward). */
+  readonly checkpointing?: boolean;
 }
 
 /** The UNet's graph inputs of a plan, by the engine's names. */
@@ -53,6 +57,7 @@ function unetInputs(plan: MicroBatchPlan): Record<string, Tensor> {
 }
 
 export class OnnxPolicy implements PolicyGradients {
+  readonly padsMicroBatches = true;
   readonly backend: GradBackendName = "onnx";
   private readonly targets: ReadonlySet<string>;
   private peakRss: number | undefined;
@@ -110,6 +115,7 @@ export class OnnxPolicy implements PolicyGradients {
       paramsLabel: label,
       inputs: float32Inputs(feeds),
       isLoraTarget: (module) => this.targets.has(module),
+      checkpoint: this.options.checkpointing ? unetBlockSegment : undefined,
       loraRank: rank,
       forward: (ops, inputs) => {
         const out = unet2DConditionModel(ops, unet, {

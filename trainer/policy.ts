@@ -25,6 +25,7 @@ import {
 } from "./spo-objective.js";
 
 export class SpoPolicy implements PolicyGradients {
+  readonly padsMicroBatches = false;
   readonly backend: GradBackendName = "tfjs";
   readonly description: string;
 

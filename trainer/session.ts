@@ -181,6 +181,7 @@ async function openGradients(
       label: weights.folder,
       modules,
       rank: config.lora_rank,
+      checkpointing: config.gradient_checkpointing,
       // The engine's provider as it resolved (`auto` decided once, for sampling and gradients alike).
       provider: engine.provider,
     });

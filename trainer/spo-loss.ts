@@ -127,6 +127,8 @@ export interface SpoLossInputs<T> {
 export interface SpoLossTerms<T> {
   /** The mean loss over the pairs (a scalar). */
   readonly loss: T;
+  /** Each pair's loss, [n]. */
+  readonly pairLoss: T;
   readonly logRatioWin: T;
   readonly logRatioLose: T;
   /** Clamped ratios, [n]. */
@@ -147,6 +149,7 @@ export function spoLoss<T>(ops: Ops<T>, inputs: SpoLossInputs<T>): SpoLossTerms<
   const beta = ops.scalar(inputs.beta);
   const logits = ops.sub(ops.mul(beta, ops.log(ratioWin)), ops.mul(beta, ops.log(ratioLose)));
   // -log(sigmoid(z)) literally, as SPO writes it; |z| <= 2 beta log((1 + eps) / (1 - eps)) keeps it finite.
-  const loss = ops.reduceMean(ops.neg(ops.log(ops.sigmoid(logits))), 0, false);
-  return { loss, logRatioWin, logRatioLose, ratioWin, ratioLose, logits };
+  const pairLoss = ops.neg(ops.log(ops.sigmoid(logits)));
+  const loss = ops.reduceMean(pairLoss, 0, false);
+  return { loss, pairLoss, logRatioWin, logRatioLose, ratioWin, ratioLose, logits };
 }

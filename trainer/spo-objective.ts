@@ -64,12 +64,16 @@ export const SIDE_INPUTS = [
   "loses",
   "ref_logprob_win",
   "ref_logprob_lose",
+  "pair_weight",
 ] as const;
 export type SideInput = (typeof SIDE_INPUTS)[number];
 
 /** A micro-batch laid out for the UNet and the objective. */
 export interface MicroBatchPlan {
+  /** The micro-batch's pairs (padding excluded). */
   readonly pairs: number;
+  /** Pairs laid out, padding included: the loss weighs padding 0. */
+  readonly paddedPairs: number;
   /** Parent rows fed to the UNet (per guidance branch). */
   readonly rowCount: number;
   /** The UNet row of each pair's lose parent. */
@@ -82,15 +86,24 @@ export interface MicroBatchPlan {
   readonly structure: string;
 }
 
+/**
+ * Lay out `given` pairs. With `padTo`, a shorter micro-batch (a round's last) is filled up with
+ * copies of its last pair weighted 0, so a backend that records one graph per layout (onnx) sees
+ * one size; the loss and its gradient are those of the given pairs (a weighted mean).
+ */
 export function planMicroBatch(
   models: Pick<PipelineModels, "spec">,
   conditioning: RoundConditioning,
   scheduler: DDIMScheduler,
-  pairs: readonly TrainingPair[],
+  given: readonly TrainingPair[],
   settings: LossSettings,
+  padTo = given.length,
 ): MicroBatchPlan {
+  const real = given.length;
+  if (real === 0) throw new TrainerStateError("a micro-batch needs at least one pair");
+  const pairs = [...given];
+  while (pairs.length < padTo) pairs.push(given[real - 1]);
   const n = pairs.length;
-  if (n === 0) throw new TrainerStateError("a micro-batch needs at least one pair");
   const { parents, loseRow } = parentRows(pairs);
   const parentPair = [...pairs.keys(), ...loseRow.filter((r) => r >= n).map((r) => loseRow.indexOf(r))];
   const guided = settings.guidanceScale > 1;
@@ -125,10 +138,15 @@ export function planMicroBatch(
       [n],
       pairs.map((p) => p.refLogProbLose),
     ),
+    pair_weight: float32(
+      [n],
+      pairs.map((_, i) => (i < real ? 1 : 0)),
+    ),
   } as Record<SideInput | TransitionTerm, Float32Tensor>;
   for (const name of TRANSITION_TERMS) side[name] = float32([n, 1, 1, 1], terms[name]);
   return {
-    pairs: n,
+    pairs: real,
+    paddedPairs: n,
     rowCount: parents.length,
     loseRow,
     guided,
@@ -168,10 +186,10 @@ export function spoObjective<T>(
   ops: Ops<T>,
   out: T,
   side: Readonly<Record<SideInput | TransitionTerm, T>>,
-  plan: Pick<MicroBatchPlan, "pairs" | "rowCount" | "loseRow" | "guided">,
+  plan: Pick<MicroBatchPlan, "paddedPairs" | "rowCount" | "loseRow" | "guided">,
   settings: LossSettings,
 ): ObjectiveTerms<T> {
-  const { pairs: n, rowCount } = plan;
+  const { paddedPairs: n, rowCount } = plan;
   const eps = plan.guided
     ? ops.add(
         ops.slice(out, 0, 0, rowCount),
@@ -193,10 +211,15 @@ export function spoObjective<T>(
     beta: settings.beta,
     eps: settings.eps,
   });
-  const mean = (t: T) => ops.reduceMean(t, 0, false);
+  // Means over the pairs weighted by pair_weight (0 for padding), so a padded layout computes the
+  // given pairs' loss and the graph does not depend on how many there are.
+  const weights = side.pair_weight;
+  const count = ops.reduceSum(weights, 0, false);
+  const mean = (t: T) => ops.div(ops.reduceSum(ops.mul(t, weights), 0, false), count);
+  const pairLoss = mean(loss.pairLoss);
   return {
-    scaledLoss: ops.div(loss.loss, ops.scalar(settings.accumulationSteps)),
-    loss: loss.loss,
+    scaledLoss: ops.div(pairLoss, ops.scalar(settings.accumulationSteps)),
+    loss: pairLoss,
     ratioWin: mean(loss.ratioWin),
     ratioLose: mean(loss.ratioLose),
     margin: mean(loss.logits),

@@ -406,6 +406,7 @@ class SpoRun {
         this.scheduler,
         shuffled.slice(start, start + size),
         this.loss,
+        gradients.padsMicroBatches ? size : undefined,
       );
       const { grads, stats } = await gradients.lossAndGradients(plan, this.loss);
       this.optimizer.accumulate(grads);

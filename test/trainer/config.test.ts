@@ -39,6 +39,7 @@ describe("training config", () => {
     const sd15 = resolved({});
     expect(sd15.lora_rank).toBe(4);
     expect(sd15.grad_backend).toBe("onnx");
+    expect(sd15.gradient_checkpointing).toBe(false);
     expect(resolved({ grad_backend: "tfjs" }).grad_backend).toBe("tfjs");
     expect(sd15.sample).toEqual({
       num_steps: 20,
@@ -120,6 +121,9 @@ describe("training config", () => {
     );
     expect(configError(() => resolved({ grad_backend: "torch" })).message).toBe(
       'grad_backend: must be one of onnx, tfjs, got "torch"',
+    );
+    expect(configError(() => resolved({ grad_backend: "tfjs", gradient_checkpointing: true })).message).toBe(
+      "gradient_checkpointing: applies to grad_backend onnx only, got grad_backend tfjs",
     );
     expect(configError(() => resolved({ resolution: 96 })).message).toMatch(
       /^resolution: must be a multiple of 64/,

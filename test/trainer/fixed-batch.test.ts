@@ -1,8 +1,8 @@
 /**
  * The training step on a fixed batch of real pairs (one sampling round on tiny-sd15, scored by the
- * tiny SPM), on both gradient backends: the ONNX training graph and the TF.js policy give the same
- * loss and gradients; repeated AdamW steps raise beta (log ratio_w - log ratio_l) and lower the
- * loss; one policy pass for pairs that share their parent gives what SPO's two passes give; the
+ * tiny SPM), on both gradient backends: the ONNX training graph (with and without checkpointing)
+ * and the TF.js policy give the same loss and gradients; repeated AdamW steps raise
+ * beta (log ratio_w - log ratio_l) and lower the loss; one policy pass for pairs that share their parent gives what SPO's two passes give; the
  * reference log-probabilities equal the policy's at SPO's initialisation (up = 0).
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -162,6 +162,55 @@ describe("SPO training step on a fixed batch of pairs (tiny-sd15), ONNX and TF.j
       expect(maxAbsDiff(g, b.grads.get(name) as Float32Tensor), name).toBeLessThanOrEqual(
         BACKEND_GRADIENT_TOLERANCE * largest,
       );
+    }
+  });
+
+  it("pads a short micro-batch with weight-0 copies of its last pair: the given pairs' loss and gradients", async () => {
+    await at(trainedLikeParameters(session));
+    const few = pairs.slice(0, 2);
+    const plan = (padTo?: number) =>
+      planMicroBatch(session.engine, conditioning, scheduler, few, SETTINGS, padTo);
+    const a = await tfjs.lossAndGradients(plan(), SETTINGS);
+    const padded = plan(few.length + 3);
+    expect(padded.paddedPairs).toBe(5);
+    const b = await onnx.lossAndGradients(padded, SETTINGS);
+    expect(b.stats.pairs).toBe(2);
+    expect(Math.abs(a.stats.loss - b.stats.loss)).toBeLessThanOrEqual(BACKEND_LOSS_TOLERANCE);
+    expect(Math.abs(a.stats.ratioWin - b.stats.ratioWin)).toBeLessThanOrEqual(BACKEND_LOSS_TOLERANCE);
+    const largest = Math.max(...[...a.grads.values()].map((g) => maxAbs(g)));
+    for (const [name, g] of a.grads) {
+      expect(maxAbsDiff(g, b.grads.get(name) as Float32Tensor), name).toBeLessThanOrEqual(
+        BACKEND_GRADIENT_TOLERANCE * largest,
+      );
+    }
+  });
+
+  it("gives the same loss and gradients with activations recomputed per UNet block (checkpointing)", async () => {
+    const weights = await openPolicyWeights(session.engine.manifest, session.config.model);
+    const recomputing = await OnnxPolicy.start({
+      unet: session.engineContext.unet,
+      weights: weights.params,
+      label: weights.folder,
+      modules: session.modules,
+      rank: session.config.lora_rank,
+      provider: TEST_PROVIDER,
+      checkpointing: true,
+    });
+    try {
+      const parameters = trainedLikeParameters(session);
+      await onnx.setParameters(parameters);
+      await recomputing.setParameters(parameters);
+      const a = await step(onnx, pairs);
+      const b = await step(recomputing, pairs);
+      expect(Math.abs(a.stats.loss - b.stats.loss)).toBeLessThanOrEqual(BACKEND_LOSS_TOLERANCE);
+      const largest = Math.max(...[...a.grads.values()].map((g) => maxAbs(g)));
+      for (const [name, g] of a.grads) {
+        expect(maxAbsDiff(g, b.grads.get(name) as Float32Tensor), name).toBeLessThanOrEqual(
+          BACKEND_GRADIENT_TOLERANCE * largest,
+        );
+      }
+    } finally {
+      await recomputing.close();
     }
   });
 

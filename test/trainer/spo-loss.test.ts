@@ -1,6 +1,6 @@
 /**
- * The trainer's objective (written over Ops) against SPO's own numbers (reference/spo-loss), on
- * TF.js and, for the loss and its gradient, through the ONNX gradient graph: the policy's DDIM
+ * The trainer's objective (written over Ops) against SPO's own numbers (reference/spo-loss) on
+ * TF.js (the ONNX path: test/autodiff/spo-loss-onnx.test.ts): the policy's DDIM
  * log-probabilities recomputed differentiably, the reference's from the host function the trainer
  * uses for them, log ratios, clamped ratios, logits, the loss, and the loss's gradient with respect
  * to the policy's noise prediction through each branch (zero for rows whose ratio is clamped).
@@ -8,28 +8,15 @@
  */
 import * as tf from "@tensorflow/tfjs-core";
 import { beforeAll, expect, it } from "vitest";
-import type { OnnxValue } from "../../diffusion/onnx/graph.js";
-import { MapParamSource } from "../../diffusion/ops/params.js";
 import {
   DDIMScheduler,
   ddimStepLogProb,
   ddimTransitionCoefficients,
 } from "../../diffusion/schedulers/index.js";
-import { type Float32Tensor, float32 } from "../../diffusion/tensor.js";
+import type { Float32Tensor } from "../../diffusion/tensor.js";
 import { toTf } from "../../diffusion/tfjs/host.js";
-import {
-  float32Inputs,
-  recordTrainingGraph,
-  TrainingProgram,
-} from "../../diffusion/training/training-program.js";
 import { judgePools } from "../../trainer/pools.js";
-import {
-  ddimLogProb,
-  spoLoss,
-  TRANSITION_TERMS,
-  type TransitionTensors,
-  transitionTerms,
-} from "../../trainer/spo-loss.js";
+import { spoLoss } from "../../trainer/spo-loss.js";
 import {
   absoluteError,
   type ReferenceTensors,
@@ -131,6 +118,7 @@ describeWithShared(
           });
           terms = {
             loss: tf.keep(t.loss.clone()),
+            pairLoss: tf.keep(t.pairLoss),
             logRatioWin: tf.keep(t.logRatioWin),
             logRatioLose: tf.keep(t.logRatioLose),
             ratioWin: tf.keep(t.ratioWin),
@@ -191,67 +179,6 @@ describeWithShared(
         expect(tf.memory().numTensors, "tensors left behind").toBe(before);
       },
     );
-
-    it.each(runs)("%s: the loss and d loss / d eps_policy through the ONNX gradient graph", async (name) => {
-      const run = spo.runs[name];
-      const { eta, beta, eps } = spo.hyperparameters;
-      const f = (key: string): Float32Tensor => io.float(`${name}/${key}`);
-      const ref = (side: string) =>
-        ddimStepLogProb(scheduler, f("eps_ref"), run.timesteps, f("x_t"), f(`x_prev_${side}`), eta);
-      const n = run.timesteps.length;
-      const terms = transitionTerms(ddimTransitionCoefficients(scheduler, run.timesteps, eta));
-      const feeds: Record<string, Float32Tensor> = {
-        eps_win: f("eps_policy"),
-        eps_lose: f("eps_policy"),
-        x_t: f("x_t"),
-        x_prev_w: f("x_prev_w"),
-        x_prev_l: f("x_prev_l"),
-        ref_w: float32([n], ref("w")),
-        ref_l: float32([n], ref("l")),
-      };
-      for (const term of TRANSITION_TERMS) feeds[term] = float32([n, 1, 1, 1], terms[term]);
-      const program = await TrainingProgram.start(
-        { provider: "cpu", intraOpThreads: 1 },
-        { label: "spo-loss" },
-      );
-      try {
-        const result = await program.step("spo-loss", feeds, () =>
-          recordTrainingGraph({
-            params: new MapParamSource(new Map()),
-            inputs: float32Inputs(feeds),
-            differentiateInputs: ["eps_win", "eps_lose"],
-            forward: (ops, inputs) => {
-              const transition = { prediction: "epsilon" as const };
-              const side = inputs as Record<string, OnnxValue>;
-              const logProb = (e: OnnxValue, prev: OnnxValue) =>
-                ddimLogProb(ops, e, side.x_t, prev, side as TransitionTensors<OnnxValue>, transition);
-              const t = spoLoss(ops, {
-                logProbPolicyWin: logProb(side.eps_win, side.x_prev_w),
-                logProbPolicyLose: logProb(side.eps_lose, side.x_prev_l),
-                logProbRefWin: side.ref_w,
-                logProbRefLose: side.ref_l,
-                beta,
-                eps,
-              });
-              return { loss: t.loss };
-            },
-          }),
-        );
-        expect(Math.abs(result.loss - f("loss").data[0])).toBeLessThanOrEqual(LOSS_TOLERANCE);
-        for (const [side, input] of [
-          ["w", "eps_win"],
-          ["l", "eps_lose"],
-        ] as const) {
-          const expected = f(`grad_eps_policy_${side}`).data;
-          const actual = (result.gradients.get(input) as Float32Tensor).data;
-          expect(absoluteError(actual, expected) / maxAbs(expected), `grad ${side}`).toBeLessThanOrEqual(
-            GRADIENT_RELATIVE_TOLERANCE,
-          );
-        }
-      } finally {
-        await program.close();
-      }
-    });
 
     it("judges candidate-major pools as compare/* (thresholds 0.3 and 0.4, float32 edges, ties)", () => {
       const columns = spo.compare_funcs.scores_by_column;
