@@ -24,7 +24,8 @@ interface ShapeRule {
 
 /**
  * Clean renders at 64 px measure: fill circle 0.78-0.80, square 1.0, triangle 0.52-0.57, star
- * 0.41-0.49, cross 0.55-0.56; relief square 0.25-0.30, the others 0.46-0.56, circle under 0.04.
+ * 0.41-0.49, cross 0.55-0.56; relief square 0.25-0.30, the others 0.46-0.56, circle under 0.04
+ * (a blur of sigma 1.5 takes a small cross's relief down to 0.34, a square's to 0.22).
  * Relief (rotation-invariant: 1 - 1/sqrt 2 for any square) splits the square from the cross; the
  * fill ranges also admit shapes turned by up to about 20 degrees, which a generator may draw.
  */
@@ -37,7 +38,7 @@ export const SHAPE_RULES: Readonly<Record<Shape, ShapeRule>> = {
   },
   square: {
     lobes: 4,
-    relief: { min: 0.15, max: 0.37 },
+    relief: { min: 0.15, max: 0.33 },
     fill: { min: 0.45, max: 1.05 },
     solidity: { min: 0.82, max: 1.05 },
   },
@@ -49,13 +50,13 @@ export const SHAPE_RULES: Readonly<Record<Shape, ShapeRule>> = {
   },
   star: {
     lobes: 5,
-    relief: { min: 0.25, max: 0.7 },
+    relief: { min: 0.15, max: 0.7 },
     fill: { min: 0.25, max: 0.6 },
     solidity: { min: 0.45, max: 0.92 },
   },
   cross: {
     lobes: 4,
-    relief: { min: 0.37, max: 0.7 },
+    relief: { min: 0.33, max: 0.7 },
     fill: { min: 0.3, max: 0.68 },
     solidity: { min: 0.55, max: 0.89 },
   },
@@ -72,11 +73,12 @@ export function classifyShape(features: ShapeFeatures): Shape | "unknown" {
     const rule = SHAPE_RULES[shape];
     return (
       features.lobes === rule.lobes &&
+      within(features.relief, rule.relief) &&
       within(features.fill, rule.fill) &&
       within(features.solidity, rule.solidity)
     );
   });
-  // The square and cross relief ranges only touch at 0.37, so at most one matches; two would be a
+  // The square and cross relief ranges only touch at 0.33, so at most one matches; two would be a
   // contradiction, and is reported as unknown.
   return matches.length === 1 ? matches[0] : "unknown";
 }

@@ -17,7 +17,7 @@
  *   relief    1 - least / greatest radius of that profile: circle 0, square 0.29, star and cross ~0.5
  *   edgeWidth pixels of partial coverage (EDGE_COVERAGE) per pixel of outline: how many pixels an
  *             edge takes to go from background to object; anti-aliased renders measure up to
- *             about 1.1, a blur of sigma 1 about 2
+ *             about 1.2, a blur of sigma 1 about 2
  */
 import type { Component } from "./segmentation.js";
 

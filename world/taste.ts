@@ -33,9 +33,9 @@ export const PLACEMENT_SCALE = 0.1;
 export const PREFERRED_EXTENT = 0.3;
 /** Log-ratio of extent to ideal at which the size term falls to 1/e (35% too big or 26% too small). */
 export const SIZE_SCALE = 0.3;
-/** Lab distance that counts as full contrast (the world's colours sit 44 to 170 apart from backgrounds). */
+/** Lab distance that counts as full contrast (the world's object colours sit 44 to 138 from its backgrounds). */
 export const FULL_CONTRAST = 90;
-/** Edge width (partial pixels per outline pixel) of a sharp edge; clean renders measure up to 1.12, a blur of sigma 1 about 2. */
+/** Edge width (partial pixels per outline pixel) of a sharp edge; clean renders measure up to 1.18, a blur of sigma 1 about 2. */
 export const CRISP_EDGE_WIDTH = 1;
 /** Median RGB deviation of the border at which the clean term falls to 1/e (Gaussian noise of sigma 5 per channel). */
 export const NOISE_SCALE = 8;
