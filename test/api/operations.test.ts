@@ -152,7 +152,7 @@ describe("graceful shutdown", () => {
 });
 
 describe("embedded defaults", () => {
-  it("with no models configured, builds and serves both tiny zoo engines under dataDir, and reuses them", async () => {
+  it("with no models configured, builds and serves the shapes model and both tiny zoo engines under dataDir, and reuses them", async () => {
     const dataDir = await scratchDir("embedded");
     const config = resolveConfig({ port: 0, dataDir, executionProvider: TEST_PROVIDER, logLevel: "silent" });
     expect(config.host).toBe("127.0.0.1");
@@ -165,10 +165,11 @@ describe("embedded defaults", () => {
         const ready = (await (await fetch(`${server.url}/readyz`)).json()) as {
           models: Array<{ id: string }>;
         };
-        expect(ready.models.map((m) => m.id)).toEqual(["tiny-sd15", "tiny-sdxl"]);
+        expect(ready.models.map((m) => m.id)).toEqual(["shapes", "tiny-sd15", "tiny-sdxl"]);
         const res = await postJson(`${server.url}/v1/images/generations`, tinyBody({ steps: 1 }));
         expect(res.status).toBe(200);
-        expect(((await res.json()) as { model: string }).model).toBe("tiny-sd15");
+        // The first embedded model is the default: the world's model trained by Stepwise.
+        expect(((await res.json()) as { model: string }).model).toBe("shapes");
       } finally {
         await server.close();
       }
