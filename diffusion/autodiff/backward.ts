@@ -60,7 +60,7 @@ function segmentsByEnd(
 /**
  * Emit into `tape`'s graph the nodes computing d loss / d v for every v of `wrt` (graph inputs:
  * LoRA factors, parameters declared as inputs, data inputs), in `wrt`'s order. A v the loss does
- * not depend on gets zeros. The graph must be float32 with static shapes.
+ * not depend on gets zeros. The graph must be float32 (or float64) with static shapes.
  */
 export function backward(
   tape: TapeOps,
@@ -72,8 +72,12 @@ export function backward(
   const adj = new OnnxAdjointOps(o.builder);
   const rules = new VjpRules(o, adj);
   for (const v of [loss, ...wrt]) {
-    if (v.dtype !== "float32") {
-      throw new OpError("onnx", "backward", `${v.name} is ${v.dtype}; gradient graphs are float32`);
+    if (v.dtype !== o.ioFloat || o.dtype !== o.ioFloat) {
+      throw new OpError(
+        "onnx",
+        "backward",
+        `${v.name} is ${v.dtype} in a ${o.dtype} graph; gradient graphs are float32 (float64 for checks)`,
+      );
     }
   }
 

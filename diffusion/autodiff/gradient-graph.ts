@@ -94,6 +94,8 @@ export interface GradientGraphOptions {
    * for one segment per UNet block. Default: none, every activation the backward pass uses is kept.
    */
   readonly checkpoint?: (module: string) => string | undefined;
+  /** float32 (default), or float64 for finite-difference checks (inputs then float64 too). */
+  readonly dtype?: "float32" | "float64";
 }
 
 export interface GradientOutput {
@@ -131,6 +133,7 @@ export function recordGradientGraph(options: GradientGraphOptions): GradientGrap
     isLoraTarget: options.isLoraTarget,
     loraRank: options.loraRank,
     paramsAsInputs: options.trainParams,
+    dtype: options.dtype,
   });
   const tape = new TapeOps(onnx);
   const inputs: Record<string, OnnxValue> = {};
@@ -139,7 +142,7 @@ export function recordGradientGraph(options: GradientGraphOptions): GradientGrap
   const result = options.forward(tape, inputs);
   const seed =
     options.lossSeed === "input"
-      ? onnx.input(LOSS_SEED_INPUT, "float32", staticDims(result.loss))
+      ? onnx.input(LOSS_SEED_INPUT, onnx.ioFloat, staticDims(result.loss))
       : undefined;
 
   const wrt: OnnxValue[] = [];

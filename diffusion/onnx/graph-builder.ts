@@ -35,7 +35,15 @@ export class GraphBuilder {
   /** Module of the parameter read last: the prefix of node names. */
   private scope = "";
 
-  constructor(readonly compute: "float32" | "float16") {}
+  /**
+   * The dtype of float32 islands (norms, softmax, `cast(x, "float32")`): float32, or float64 in
+   * float64 graphs (finite-difference checks), which have no narrower island.
+   */
+  readonly wide: "float32" | "float64";
+
+  constructor(readonly compute: "float32" | "float16" | "float64") {
+    this.wide = compute === "float64" ? "float64" : "float32";
+  }
 
   fail(op: string, message: string): never {
     throw new OpError("onnx", op, message);
@@ -114,8 +122,8 @@ export class GraphBuilder {
   /** A norm parameter in float32: a float32 copy of the initializer, or a Cast of a computed value. */
   float32Param(v: OnnxValue): OnnxValue {
     const origin = this.paramOrigin(v);
-    if (v.dtype === "float32" || !origin) return this.cast(v, "float32");
-    return this.paramVariant(origin, "float32", false, origin.dims, "float32");
+    if (v.dtype === this.wide || !origin) return this.cast(v, this.wide);
+    return this.paramVariant(origin, this.wide, false, origin.dims, this.wide);
   }
 
   /** A [C] vector as float32 [C, 1, ...], to broadcast over the spatial axes of a rank-`rank` x. */
@@ -123,13 +131,19 @@ export class GraphBuilder {
     const ones = new Array<number>(rank - 2).fill(1);
     const origin = this.paramOrigin(v);
     if (origin) {
-      return this.paramVariant(origin, "float32", false, [...origin.dims, ...ones], "per_channel_float32");
+      return this.paramVariant(
+        origin,
+        this.wide,
+        false,
+        [...origin.dims, ...ones],
+        `per_channel_${this.wide}`,
+      );
     }
-    const vf = this.cast(v, "float32");
+    const vf = this.cast(v, this.wide);
     if (rank === 2) return vf;
     const axes = ones.map((_, i) => i + 1);
     return this.node("Unsqueeze", [vf, this.intConstant(axes)], {
-      dtype: "float32",
+      dtype: this.wide,
       shape: [v.shape[0], ...ones],
     });
   }
@@ -170,7 +184,12 @@ export class GraphBuilder {
     hint: string,
   ): OnnxValue {
     const f = float32(shape, values);
-    const tensor = dtype === "float16" ? toFloat16(f) : f;
+    const tensor =
+      dtype === "float16"
+        ? toFloat16(f)
+        : dtype === "float64"
+          ? new Tensor("float64", shape, Float64Array.from(values))
+          : f;
     const key = `const|${dtype}|${shape.join(",")}|${Array.from(tensor.data).join(",")}`;
     return this.graph.initializer(key, hint, dtype, shape, { kind: "data", tensor });
   }
@@ -185,7 +204,7 @@ export class GraphBuilder {
   // --- checks -------------------------------------------------------------------------------------
 
   /** The shared float dtype of `values`, or an error naming what is wrong. */
-  floats(op: string, ...values: OnnxValue[]): "float32" | "float16" {
+  floats(op: string, ...values: OnnxValue[]): "float32" | "float16" | "float64" {
     const dtype = values[0].dtype;
     for (const v of values) {
       if (!isFloat(v.dtype)) this.fail(op, `${v.name} is ${v.dtype}; this op takes float tensors`);
@@ -193,7 +212,7 @@ export class GraphBuilder {
         this.fail(op, `operands mix ${values.map((u) => `${u.name} (${u.dtype})`).join(", ")}; use ops.cast`);
       }
     }
-    return dtype as "float32" | "float16";
+    return dtype as "float32" | "float16" | "float64";
   }
 
   integers(op: string, v: OnnxValue): void {

@@ -14,6 +14,9 @@
  * - dtype "float16" stores float parameters and constants as fp16 and computes in fp16, except
  *   GroupNorm, LayerNorm and softmax (float32 between Cast nodes) and `cast(x, "float32")`
  *   islands. Graph float inputs and outputs are float32 in both modes (Cast at entry and exit).
+ * - dtype "float64" (finite-difference checks of the gradient rules) computes everything in
+ *   float64, islands included, and takes and returns float64; onnxruntime's CPU provider runs
+ *   it except Conv, InstanceNormalization (groupNorm), Erf and Resize, which have no double kernel.
  *   A Cast back to the dtype a value was cast from returns the original value.
  * - LoRA: for each module `isLoraTarget` accepts, `loraFactors` adds float32 graph inputs
  *   `<module>.lora_down` [lora_rank, in] and `<module>.lora_up` [out, lora_rank] (rank 0 runs).
@@ -49,8 +52,9 @@ export const ONNX_IR_VERSION = 8;
 /** Symbolic name of the LoRA rank dimension shared by every slot's inputs. */
 export const LORA_RANK_DIM = "lora_rank";
 
-export type OnnxComputeDType = "float32" | "float16";
-export type OnnxInputDType = "float32" | "int64" | "int32";
+/** float64 exists for finite-difference checks of gradient rules; onnxruntime's CPU provider lacks double Conv, InstanceNormalization, Erf and Resize. */
+export type OnnxComputeDType = "float32" | "float16" | "float64";
+export type OnnxInputDType = "float32" | "float64" | "int64" | "int32";
 
 export interface LoraSlot {
   readonly module: string;
@@ -115,6 +119,11 @@ export class OnnxOps implements Ops<OnnxValue> {
     this.loraRank = options.loraRank ?? LORA_RANK_DIM;
   }
 
+  /** The float dtype of graph inputs and outputs: float32, float64 in float64 graphs. */
+  get ioFloat(): "float32" | "float64" {
+    return this.dtype === "float64" ? "float64" : "float32";
+  }
+
   /** The recorded graph (the writer reads it). */
   get graph(): GraphRecorder {
     return this.b.graph;
@@ -151,7 +160,7 @@ export class OnnxOps implements Ops<OnnxValue> {
     options: OnnxInputOptions = {},
   ): OnnxValue {
     const value = this.b.graph.addInput(name, dtype, shape);
-    return dtype === "float32" && !options.keepFloat32 ? this.b.cast(value, this.dtype) : value;
+    return isFloat(dtype) && !options.keepFloat32 ? this.b.cast(value, this.dtype) : value;
   }
 
   /** Mark `value` as the graph output `name` (float outputs are float32 in every build). */
@@ -171,7 +180,7 @@ export class OnnxOps implements Ops<OnnxValue> {
     if (!this.paramsAsInputs(name)) return this.b.param(name, shape);
     const existing = this.paramInputs.get(name);
     if (existing) return existing;
-    const value = this.input(name, "float32", shape);
+    const value = this.input(name, this.ioFloat, shape);
     this.paramInputs.set(name, value);
     return value;
   }
@@ -180,7 +189,7 @@ export class OnnxOps implements Ops<OnnxValue> {
     if (values.length !== numel(shape)) {
       this.b.fail("constant", `${values.length} values do not fill shape ${shapeString(shape)}`);
     }
-    return this.b.floatConstant(values, shape, float32 ? "float32" : this.dtype, "constant");
+    return this.b.floatConstant(values, shape, float32 ? this.b.wide : this.dtype, "constant");
   }
 
   scalar(value: number): OnnxValue {
@@ -200,8 +209,8 @@ export class OnnxOps implements Ops<OnnxValue> {
       }
       return existing.factors;
     }
-    const down = this.input(`${module}.lora_down`, "float32", [this.loraRank, inFeatures]);
-    const up = this.input(`${module}.lora_up`, "float32", [outFeatures, this.loraRank]);
+    const down = this.input(`${module}.lora_down`, this.ioFloat, [this.loraRank, inFeatures]);
+    const up = this.input(`${module}.lora_up`, this.ioFloat, [outFeatures, this.loraRank]);
     const factors = { down, up };
     this.slots.set(module, { slot: { module, inFeatures, outFeatures }, factors });
     return factors;
@@ -258,7 +267,7 @@ export class OnnxOps implements Ops<OnnxValue> {
 
   cast(x: OnnxValue, to: "float32" | "compute"): OnnxValue {
     if (x.dtype === "bool") this.b.fail("cast", `${x.name} is a bool tensor`);
-    return this.b.cast(x, to === "float32" ? "float32" : this.dtype);
+    return this.b.cast(x, to === "float32" ? this.b.wide : this.dtype);
   }
 
   // --- linear algebra -----------------------------------------------------------------------------
@@ -353,16 +362,16 @@ export class OnnxOps implements Ops<OnnxValue> {
     this.b.expectVector("groupNorm", weight, c);
     this.b.expectVector("groupNorm", bias, c);
     const module = this.b.moduleOfValue(weight);
-    const xf = this.b.cast(x, "float32");
+    const xf = this.b.cast(x, this.b.wide);
     const grouped = this.b.node(
       "Reshape",
       [xf, this.b.intConstant([0, groups, -1])],
-      { dtype: "float32", shape: [x.shape[0], groups, undefined] },
+      { dtype: this.b.wide, shape: [x.shape[0], groups, undefined] },
       [],
       module,
     );
-    const ones = this.b.floatConstant(new Array<number>(groups).fill(1), [groups], "float32", "ones");
-    const zeros = this.b.floatConstant(new Array<number>(groups).fill(0), [groups], "float32", "zeros");
+    const ones = this.b.floatConstant(new Array<number>(groups).fill(1), [groups], this.b.wide, "ones");
+    const zeros = this.b.floatConstant(new Array<number>(groups).fill(0), [groups], this.b.wide, "zeros");
     const epsilon = [attr.float("epsilon", eps)];
     const normed = this.b.node("InstanceNormalization", [grouped, ones, zeros], grouped, epsilon, module);
     const back = this.b.node("Reshape", [normed, this.b.shapeOf(xf)], xf, [], module);
@@ -375,7 +384,7 @@ export class OnnxOps implements Ops<OnnxValue> {
     this.b.floats("layerNorm", x, weight, bias);
     this.b.expectVector("layerNorm", weight, x.shape[x.shape.length - 1]);
     this.b.expectVector("layerNorm", bias, x.shape[x.shape.length - 1]);
-    const xf = this.b.cast(x, "float32");
+    const xf = this.b.cast(x, this.b.wide);
     const y = this.b.node(
       "LayerNormalization",
       [xf, this.b.float32Param(weight), this.b.float32Param(bias)],
@@ -389,7 +398,7 @@ export class OnnxOps implements Ops<OnnxValue> {
   softmax(x: OnnxValue, axis: number): OnnxValue {
     this.b.floats("softmax", x);
     this.b.axis("softmax", axis, x);
-    const xf = this.b.cast(x, "float32");
+    const xf = this.b.cast(x, this.b.wide);
     return this.b.cast(this.b.node("Softmax", [xf], xf, [attr.int("axis", axis)]), this.dtype);
   }
 

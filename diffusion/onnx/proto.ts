@@ -11,9 +11,10 @@ export const onnx = onnxProto.onnx;
 export type { OnnxTypes };
 
 /** Element types a Stepwise graph uses. */
-export type OnnxDType = "float32" | "float16" | "int64" | "int32" | "bool";
+export type OnnxDType = "float64" | "float32" | "float16" | "int64" | "int32" | "bool";
 
 export const ONNX_DATA_TYPE: Readonly<Record<OnnxDType, number>> = {
+  float64: onnx.TensorProto.DataType.DOUBLE,
   float32: onnx.TensorProto.DataType.FLOAT,
   float16: onnx.TensorProto.DataType.FLOAT16,
   int64: onnx.TensorProto.DataType.INT64,
@@ -21,8 +22,8 @@ export const ONNX_DATA_TYPE: Readonly<Record<OnnxDType, number>> = {
   bool: onnx.TensorProto.DataType.BOOL,
 };
 
-export function isFloat(dtype: OnnxDType): dtype is "float32" | "float16" {
-  return dtype === "float32" || dtype === "float16";
+export function isFloat(dtype: OnnxDType): dtype is "float64" | "float32" | "float16" {
+  return dtype === "float32" || dtype === "float16" || dtype === "float64";
 }
 
 /** A node attribute as recorded; converted to AttributeProto when the model is written. */

@@ -61,8 +61,8 @@ export interface OnnxIoReport {
 export interface OnnxModelReport {
   readonly opset: number;
   readonly irVersion: number;
-  /** Compute dtype of the graph; float inputs and outputs are float32 either way. */
-  readonly dtype: "float32" | "float16";
+  /** Compute dtype of the graph; float inputs and outputs are float32 either way (float64 graphs: float64). */
+  readonly dtype: "float32" | "float16" | "float64";
   readonly inputs: readonly OnnxIoReport[];
   readonly outputs: readonly OnnxIoReport[];
   readonly loraSlots: readonly LoraSlot[];
@@ -214,7 +214,12 @@ async function initializerBytes(ops: OnnxOps, init: InitializerRecord): Promise<
     }
     let f = toFloat32(stored);
     if (transpose) f = transpose2d(f.data, stored.shape[0], stored.shape[1]);
-    tensor = init.dtype === "float16" ? toFloat16(f) : f;
+    tensor =
+      init.dtype === "float16"
+        ? toFloat16(f)
+        : init.dtype === "float64"
+          ? new Tensor("float64", f.shape, Float64Array.from(f.data))
+          : f;
   }
   // Typed arrays are in the platform's byte order; ONNX raw_data is little-endian, as is every
   // platform Node runs on.
@@ -247,8 +252,9 @@ function finish(
   const metadata: Record<string, string> = {
     "stepwise.version": stepwiseVersion(),
     "stepwise.dtype": ops.dtype,
-    // Callers feed and read float32 whatever the compute dtype (fp16 graphs cast at entry and exit).
-    "stepwise.io_dtype": "float32",
+    // Callers feed and read float32 whatever the compute dtype (fp16 graphs cast at entry and
+    // exit), but for float64 graphs (finite-difference checks), which also take float64.
+    "stepwise.io_dtype": ops.dtype === "float64" ? "float64" : "float32",
     "stepwise.inputs": JSON.stringify(inputs),
     "stepwise.outputs": JSON.stringify(outputs),
     "stepwise.lora_slots": JSON.stringify(ops.loraSlots),

@@ -14,45 +14,29 @@ import {
   ddimStepLogProb,
   ddimTransitionCoefficients,
 } from "../../diffusion/schedulers/index.js";
-import { float32, type Tensor } from "../../diffusion/tensor.js";
+import { float32, maxAbs, Tensor } from "../../diffusion/tensor.js";
 import { ddimLogProb, spoLoss, TRANSITION_TERMS, transitionTerms } from "../../trainer/spo-loss.js";
 import { cpuSession, run } from "../onnx/ort.js";
-import {
-  absoluteError,
-  type ReferenceTensors,
-  readCaseJson,
-  readReferenceTensors,
-} from "../schedulers/reference-data.js";
+import { absoluteError, type ReferenceTensors, readReferenceTensors } from "../schedulers/reference-data.js";
 import { describeWithShared } from "../shared-data.js";
+import {
+  GRADIENT_RELATIVE_TOLERANCE,
+  LOGPROB_TOLERANCE,
+  LOSS_TOLERANCE,
+  readSpoCase,
+  SPO_LOSS_CASE,
+  type SpoCase,
+} from "../trainer/spo-loss-case.js";
 
-/** As the TF.js suite: 5e-5 absolute on log-probs and log-ratios (README's bound for float32 against float64). */
-const LOGPROB_TOLERANCE = 5e-5;
-/** As the TF.js suite: 1e-5 absolute on the loss. */
-const LOSS_TOLERANCE = 1e-5;
-/** As the TF.js suite: 1e-4 of the largest element (a missing 1/256 of the mean is off by >= 100%). */
-const GRADIENT_RELATIVE_TOLERANCE = 1e-4;
-
-interface SpoCase {
-  readonly scheduler_config: Record<string, unknown>;
-  readonly hyperparameters: { readonly eta: number; readonly beta: number; readonly eps: number };
-  readonly runs: Record<
-    string,
-    { readonly timesteps: number[]; readonly ratio_w_clamped: number[]; readonly ratio_l_clamped: number[] }
-  >;
-}
-
-const CASE = ["reference", "spo-loss"];
-const caseJson = readCaseJson<SpoCase>(...CASE);
+const caseJson = readSpoCase();
 const runs = Object.keys(caseJson?.runs ?? {});
 
-function maxAbs(values: ArrayLike<number>): number {
-  let m = 0;
-  for (let i = 0; i < values.length; i++) m = Math.max(m, Math.abs(values[i]));
-  return m;
+function maxAbsOf(values: ArrayLike<number>): number {
+  return maxAbs(new Tensor("float64", [values.length], Float64Array.from(values)));
 }
 
 describeWithShared(
-  CASE,
+  SPO_LOSS_CASE,
   "SPO loss through the ONNX gradient graph reproduces SPO's own (reference/spo-loss)",
   () => {
     let io: ReferenceTensors;
@@ -60,7 +44,7 @@ describeWithShared(
     let spo: SpoCase;
 
     beforeAll(async () => {
-      io = await readReferenceTensors(...CASE);
+      io = await readReferenceTensors(...SPO_LOSS_CASE);
       spo = caseJson as SpoCase;
       scheduler = new DDIMScheduler(spo.scheduler_config);
       scheduler.setTimesteps(spo.scheduler_config.num_inference_steps as number);
@@ -158,7 +142,7 @@ describeWithShared(
         ] as const) {
           const expected = f(`grad_eps_policy_${side}`).data;
           const actual = out[gradOutputName(input)].data as Float32Array;
-          expect(absoluteError(actual, expected) / maxAbs(expected), `grad ${side}`).toBeLessThanOrEqual(
+          expect(absoluteError(actual, expected) / maxAbsOf(expected), `grad ${side}`).toBeLessThanOrEqual(
             GRADIENT_RELATIVE_TOLERANCE,
           );
           // Rows whose ratio is clamped pass no gradient at all.
@@ -166,7 +150,7 @@ describeWithShared(
           clamped.forEach((ratio, r) => {
             if (Math.abs(ratio - 1) < Math.fround(eps) - 1e-7) return;
             expect(
-              maxAbs(actual.subarray(r * rowSize, (r + 1) * rowSize)),
+              maxAbsOf(actual.subarray(r * rowSize, (r + 1) * rowSize)),
               `clamped row ${r} (${side})`,
             ).toBe(0);
           });

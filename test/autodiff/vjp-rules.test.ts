@@ -4,6 +4,10 @@
  * tensor R (loss = Σ y·R, so the seed is not uniform), recorded as a gradient graph with respect to
  * all its float inputs; the graph's `grad/<input>` outputs must match (loss(x + h) - loss(x - h)) / 2h
  * element by element, the losses read from the same graph's `loss` output.
+ *
+ * Graphs are float64 where onnxruntime's CPU provider has double kernels for every op the case
+ * records, float32 for the cases that record Conv, InstanceNormalization (groupNorm), Erf or Resize
+ * (upsampling), which it has only in float32.
  */
 import type { InferenceSession } from "onnxruntime-node";
 import { describe, expect, it } from "vitest";
@@ -12,23 +16,22 @@ import type { OnnxValue } from "../../diffusion/onnx/graph.js";
 import { encodeOnnxModel } from "../../diffusion/onnx/writer.js";
 import type { Ops } from "../../diffusion/ops/ops.js";
 import { MapParamSource } from "../../diffusion/ops/params.js";
-import { float32, int64, numel, type Tensor } from "../../diffusion/tensor.js";
+import { float32, int64, numel, Tensor } from "../../diffusion/tensor.js";
 import { cpuSession, run } from "../onnx/ort.js";
 import { Rng, randn } from "../ops/random.js";
 
 /**
- * Finite-difference step. The graphs are float32 (onnxruntime's CPU provider has no double
- * Conv, InstanceNormalization, Erf or Resize kernels, and the ONNX backend records float32): a
- * step of 1e-2 on O(1) inputs keeps the truncation error (h²/6 · f''') near 1e-5 and the rounding
- * error of a float32 loss of magnitude ~10 (1e-6 / 2h) near 5e-5.
+ * Step and bound on |analytic - numeric| / max(1, max|numeric|) per precision. A wrong rule (a
+ * missing term, a transposed operand, a lost broadcast sum) is off by O(1).
+ * - float64: h = 1e-5 keeps the truncation error (h²/6 · f''') near 1e-11 and the rounding error
+ *   of a loss of magnitude ~10 (1e-15 / 2h) near 1e-10; bound 1e-7.
+ * - float32: h = 1e-2 keeps the truncation error near 1e-5 and the rounding error (1e-6 / 2h) near
+ *   5e-5; bound 5e-4 (measured at most 8.4e-5, on log).
  */
-const STEP = 1e-2;
-/**
- * |analytic - numeric| <= TOLERANCE · max(1, max|numeric|): 2e-3 covers the errors above with
- * margin (measured: see the report of each case); a wrong rule (a missing term, a transposed
- * operand, a lost broadcast sum) is off by O(1).
- */
-const TOLERANCE = 2e-3;
+const PRECISION = {
+  float64: { step: 1e-5, tolerance: 1e-7 },
+  float32: { step: 1e-2, tolerance: 5e-4 },
+} as const;
 
 type V = OnnxValue;
 
@@ -49,6 +52,8 @@ interface RuleCase {
   readonly params?: Readonly<Record<string, readonly number[]>>;
   readonly train?: readonly string[];
   readonly fn: (ops: Ops<V>, x: Readonly<Record<string, V>>) => V;
+  /** Recorded in float32: the op onnxruntime's CPU provider has no double kernel for. */
+  readonly float32Only?: "Conv" | "InstanceNormalization" | "Erf" | "Resize";
 }
 
 const CASES: RuleCase[] = [
@@ -79,7 +84,7 @@ const CASES: RuleCase[] = [
   { name: "sin", floats: { a: { shape: [5] } }, fn: (o, x) => o.sin(x.a) },
   { name: "cos", floats: { a: { shape: [5] } }, fn: (o, x) => o.cos(x.a) },
   { name: "tanh", floats: { a: { shape: [5] } }, fn: (o, x) => o.tanh(x.a) },
-  { name: "erf", floats: { a: { shape: [5] } }, fn: (o, x) => o.erf(x.a) },
+  { name: "erf", float32Only: "Erf", floats: { a: { shape: [5] } }, fn: (o, x) => o.erf(x.a) },
   { name: "sigmoid", floats: { a: { shape: [5] } }, fn: (o, x) => o.sigmoid(x.a) },
   { name: "clip", floats: { a: { shape: [3, 4] } }, fn: (o, x) => o.clip(x.a, -0.55, 0.45) },
   { name: "clip (max only)", floats: { a: { shape: [3, 4] } }, fn: (o, x) => o.clip(x.a, undefined, 0.3) },
@@ -110,6 +115,7 @@ const CASES: RuleCase[] = [
   },
   {
     name: "conv2d 3x3, padding 1",
+    float32Only: "Conv",
     floats: { a: { shape: [2, 3, 5, 4] } },
     params: { w: [4, 3, 3, 3], b: [4] },
     train: ["w", "b"],
@@ -117,6 +123,7 @@ const CASES: RuleCase[] = [
   },
   {
     name: "conv2d stride 2, asymmetric padding (0, 1, 0, 1)",
+    float32Only: "Conv",
     floats: { a: { shape: [1, 2, 5, 6] } },
     params: { w: [3, 2, 3, 3] },
     train: ["w"],
@@ -124,6 +131,7 @@ const CASES: RuleCase[] = [
   },
   {
     name: "conv2d groups 2, stride 2, padding 1",
+    float32Only: "Conv",
     floats: { a: { shape: [2, 4, 5, 5] } },
     params: { w: [6, 2, 3, 3], b: [6] },
     train: ["w", "b"],
@@ -132,6 +140,7 @@ const CASES: RuleCase[] = [
   },
   {
     name: "conv2d 2x3 kernel, groups 2, stride 1, asymmetric padding (1, 0, 0, 2)",
+    float32Only: "Conv",
     floats: { a: { shape: [2, 4, 4, 5] } },
     params: { w: [6, 2, 2, 3], b: [6] },
     train: ["w", "b"],
@@ -140,6 +149,7 @@ const CASES: RuleCase[] = [
   },
   {
     name: "conv2d 1x1",
+    float32Only: "Conv",
     floats: { a: { shape: [1, 3, 2, 3] } },
     params: { w: [2, 3, 1, 1] },
     train: ["w"],
@@ -147,6 +157,7 @@ const CASES: RuleCase[] = [
   },
   {
     name: "groupNorm",
+    float32Only: "InstanceNormalization",
     floats: { a: { shape: [2, 4, 2, 3] } },
     params: { w: [4], b: [4] },
     train: ["w", "b"],
@@ -188,11 +199,13 @@ const CASES: RuleCase[] = [
   },
   {
     name: "upsampleNearest2x",
+    float32Only: "Resize",
     floats: { a: { shape: [1, 2, 2, 3] } },
     fn: (o, x) => o.upsampleNearest2x(x.a),
   },
   {
     name: "upsampleNearest2x (like an odd size)",
+    float32Only: "Resize",
     floats: { a: { shape: [1, 2, 2, 3] }, like: { shape: [1, 1, 3, 5], shapeOnly: true } },
     fn: (o, x) => o.upsampleNearest2x(x.a, x.like),
   },
@@ -228,15 +241,22 @@ function contract(ops: Ops<V>, y: V): V {
   return ops.reduceSum(flat, 0, false);
 }
 
-function sample(rng: Rng, input: FloatInput): Tensor {
-  const n = numel(input.shape);
-  return float32(
-    input.shape,
-    Array.from({ length: n }, () => (input.positive ? 0.5 + rng.next() : rng.normal())),
+function sample(rng: Rng, input: FloatInput, dtype: "float32" | "float64"): Tensor {
+  const values = Array.from({ length: numel(input.shape) }, () =>
+    input.positive ? 0.5 + rng.next() : rng.normal(),
   );
+  return dtype === "float64"
+    ? new Tensor("float64", input.shape, Float64Array.from(values))
+    : float32(input.shape, values);
+}
+
+function widen(t: Tensor, dtype: "float32" | "float64"): Tensor {
+  return dtype === "float64" ? new Tensor("float64", t.shape, Float64Array.from(t.data as Float32Array)) : t;
 }
 
 async function check(c: RuleCase): Promise<void> {
+  const dtype: "float32" | "float64" = c.float32Only ? "float32" : "float64";
+  const { step, tolerance } = PRECISION[dtype];
   const rng = new Rng(7);
   const params = new Map<string, Tensor>(
     Object.entries(c.params ?? {}).map(([name, shape]) => [name, randn(rng, shape, 0.5)]),
@@ -246,37 +266,42 @@ async function check(c: RuleCase): Promise<void> {
   const graph = recordGradientGraph({
     params: new MapParamSource(params),
     inputs: [
-      ...Object.entries(c.floats).map(([name, f]) => ({ name, dtype: "float32" as const, shape: f.shape })),
+      ...Object.entries(c.floats).map(([name, f]) => ({ name, dtype, shape: f.shape })),
       ...Object.entries(c.ints ?? {}).map(([name, i]) => ({ name, dtype: "int64" as const, shape: i.shape })),
     ],
     forward: (ops, x) => ({ loss: contract(ops, c.fn(ops, x)) }),
     trainParams: (p) => train.has(p),
     differentiateInputs: differentiated,
+    dtype,
   });
   const session: InferenceSession = await cpuSession((await encodeOnnxModel(graph.ops)).model);
   try {
     const feeds: Record<string, Tensor> = {};
-    for (const [name, f] of Object.entries(c.floats)) feeds[name] = sample(rng, f);
+    for (const [name, f] of Object.entries(c.floats)) feeds[name] = sample(rng, f, dtype);
     for (const [name, i] of Object.entries(c.ints ?? {})) feeds[name] = int64(i.shape, i.values);
-    for (const name of train) feeds[name] = params.get(name) as Tensor;
+    for (const name of train) feeds[name] = widen(params.get(name) as Tensor, dtype);
     const result = await run(session, feeds);
     expect(graph.gradients.map((g) => g.input).sort()).toEqual([...differentiated, ...train].sort());
     for (const { input } of graph.gradients) {
-      const analytic = result[gradOutputName(input)].data as Float32Array;
-      const x = feeds[input].data as Float32Array;
+      const analytic = result[gradOutputName(input)].data as Float32Array | Float64Array;
+      expect(result[gradOutputName(input)].dtype).toBe(dtype);
+      const x = feeds[input].data as Float32Array | Float64Array;
       const numeric = new Float64Array(x.length);
       for (let k = 0; k < x.length; k++) {
         const original = x[k];
-        x[k] = original + STEP;
+        // The steps as stored (float32 rounds x ± h).
+        x[k] = original + step;
+        const high = x[k];
         const plus = (await run(session, feeds))[LOSS_OUTPUT].data[0] as number;
-        x[k] = original - STEP;
+        x[k] = original - step;
+        const low = x[k];
         const minus = (await run(session, feeds))[LOSS_OUTPUT].data[0] as number;
         x[k] = original;
-        numeric[k] = (plus - minus) / (2 * STEP);
+        numeric[k] = (plus - minus) / (high - low);
       }
       const scale = Math.max(1, ...Array.from(numeric, Math.abs));
       const worst = Math.max(...Array.from(numeric, (n, k) => Math.abs(n - analytic[k])));
-      expect(worst / scale, `${c.name}: d loss / d ${input}`).toBeLessThanOrEqual(TOLERANCE);
+      expect(worst / scale, `${c.name}: d loss / d ${input}`).toBeLessThanOrEqual(tolerance);
       expect(
         Math.max(...Array.from(analytic, Math.abs)),
         `${c.name}: d loss / d ${input} is not all zero`,
@@ -287,6 +312,7 @@ async function check(c: RuleCase): Promise<void> {
   }
 }
 
-describe("VJP rules against central finite differences (float32 onnxruntime graphs)", () => {
-  for (const c of CASES) it(c.name, () => check(c));
+describe("VJP rules against central finite differences (onnxruntime graphs)", () => {
+  for (const c of CASES)
+    it(`${c.name} (${c.float32Only ? `float32: no double ${c.float32Only}` : "float64"})`, () => check(c));
 });

@@ -21,12 +21,14 @@ function toOrt(t: Tensor): OrtTensor {
   switch (t.dtype) {
     case "float32":
       return new OrtTensor("float32", t.data as Float32Array, [...t.shape]);
+    case "float64":
+      return new OrtTensor("float64", t.data as Float64Array, [...t.shape]);
     case "int64":
       return new OrtTensor("int64", t.data as BigInt64Array, [...t.shape]);
     case "int32":
       return new OrtTensor("int32", t.data as Int32Array, [...t.shape]);
     default:
-      throw new Error(`test feeds are float32, int64 or int32, got ${t.dtype}`);
+      throw new Error(`test feeds are float32, float64, int64 or int32, got ${t.dtype}`);
   }
 }
 
@@ -35,12 +37,16 @@ function fromOrt(name: string, t: OrtTensor): Tensor {
   switch (t.type) {
     case "float32":
       return new Tensor("float32", shape, t.data as Float32Array);
+    case "float64":
+      return new Tensor("float64", shape, t.data as Float64Array);
     case "int64":
       return new Tensor("int64", shape, t.data as BigInt64Array);
     case "int32":
       return new Tensor("int32", shape, t.data as Int32Array);
     default:
-      throw new Error(`output ${name} has dtype ${t.type}; graphs should output float32 or integers`);
+      throw new Error(
+        `output ${name} has dtype ${t.type}; graphs should output float32 (float64) or integers`,
+      );
   }
 }
 

@@ -45,6 +45,20 @@ const BACKEND_GRADIENT_TOLERANCE = 1e-4;
 /** The losses of the two backends: float32 sums in different orders. */
 const BACKEND_LOSS_TOLERANCE = 1e-5;
 
+/** The ONNX gradient backend over the session's policy weights. */
+async function onnxPolicy(session: TrainingSession, checkpointing: boolean): Promise<OnnxPolicy> {
+  const weights = await openPolicyWeights(session.engine.manifest, session.config.model);
+  return OnnxPolicy.start({
+    unet: session.engineContext.unet,
+    weights: weights.params,
+    label: weights.folder,
+    modules: session.modules,
+    rank: session.config.lora_rank,
+    provider: TEST_PROVIDER,
+    checkpointing,
+  });
+}
+
 /** Factors away from SPO's init (up = 0 would zero every gradient of down). */
 function trainedLikeParameters(session: TrainingSession): LoraParameters {
   const params = initialLoraParameters(
@@ -80,15 +94,7 @@ describe("SPO training step on a fixed batch of pairs (tiny-sd15), ONNX and TF.j
     });
     tfjs = session.gradients;
     const engine = session.engine;
-    const weights = await openPolicyWeights(engine.manifest, session.config.model);
-    onnx = await OnnxPolicy.start({
-      unet: session.engineContext.unet,
-      weights: weights.params,
-      label: weights.folder,
-      modules: session.modules,
-      rank: session.config.lora_rank,
-      provider: TEST_PROVIDER,
-    });
+    onnx = await onnxPolicy(session, false);
     scheduler = new DDIMScheduler(engine.spec.schedulerConfig);
     scheduler.setTimesteps(STEPS);
     conditioning = await encodeRound(engine, ["a red cat", "a blue house"], 64);
@@ -186,16 +192,7 @@ describe("SPO training step on a fixed batch of pairs (tiny-sd15), ONNX and TF.j
   });
 
   it("gives the same loss and gradients with activations recomputed per UNet block (checkpointing)", async () => {
-    const weights = await openPolicyWeights(session.engine.manifest, session.config.model);
-    const recomputing = await OnnxPolicy.start({
-      unet: session.engineContext.unet,
-      weights: weights.params,
-      label: weights.folder,
-      modules: session.modules,
-      rank: session.config.lora_rank,
-      provider: TEST_PROVIDER,
-      checkpointing: true,
-    });
+    const recomputing = await onnxPolicy(session, true);
     try {
       const parameters = trainedLikeParameters(session);
       await onnx.setParameters(parameters);

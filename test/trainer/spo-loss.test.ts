@@ -17,44 +17,21 @@ import type { Float32Tensor } from "../../diffusion/tensor.js";
 import { toTf } from "../../diffusion/tfjs/host.js";
 import { judgePools } from "../../trainer/pools.js";
 import { spoLoss } from "../../trainer/spo-loss.js";
-import {
-  absoluteError,
-  type ReferenceTensors,
-  readCaseJson,
-  readReferenceTensors,
-} from "../schedulers/reference-data.js";
+import { absoluteError, type ReferenceTensors, readReferenceTensors } from "../schedulers/reference-data.js";
 import { describeWithShared } from "../shared-data.js";
 import { useWasmBackend } from "../tfjs/wasm.js";
+import {
+  GRADIENT_RELATIVE_TOLERANCE,
+  LOGPROB_TOLERANCE,
+  LOSS_TOLERANCE,
+  readSpoCase,
+  SPO_LOSS_CASE,
+  type SpoCase,
+} from "./spo-loss-case.js";
 import { ddimLogProbTf, tfjsOps } from "./tfjs-objective.js";
 
-/** README: 5e-5 absolute on log-probs and log-ratios (float64 noise reaches 2.6e-5 at t = 1; measured <= 1.9e-6). */
-const LOGPROB_TOLERANCE = 5e-5;
-/** README: 1e-5 absolute on the loss (float64 noise <= 2e-6; measured <= 3e-6). */
-const LOSS_TOLERANCE = 1e-5;
-/**
- * The README gives no bound for the gradient; it is the loss's sensitivity to each of 256 elements,
- * so rounding in the 256-term means moves it like the log-probs: 1e-4 of its largest element
- * (measured <= 3.9e-6 relative). A missing 1/256 of the mean or a wrong beta moves it by >= 100%.
- */
-const GRADIENT_RELATIVE_TOLERANCE = 1e-4;
-
-interface SpoRun {
-  readonly timesteps: number[];
-  readonly ratio_w_clamped: number[];
-  readonly ratio_l_clamped: number[];
-}
-interface SpoCase {
-  readonly scheduler_config: Record<string, unknown>;
-  readonly hyperparameters: { readonly eta: number; readonly beta: number; readonly eps: number };
-  readonly runs: Record<string, SpoRun>;
-  readonly compare_funcs: {
-    readonly scores_by_column: number[][];
-    readonly results: Record<string, { win_indices: number[]; lose_indices: number[]; valid: boolean[] }>;
-  };
-}
-
-const CASE = ["reference", "spo-loss"];
-const caseJson = readCaseJson<SpoCase>(...CASE);
+const CASE = SPO_LOSS_CASE;
+const caseJson = readSpoCase();
 const runs = Object.keys(caseJson?.runs ?? {});
 
 function maxAbs(values: ArrayLike<number>): number {
