@@ -13,6 +13,7 @@ import sharp from "sharp";
 import { toRgbBytes, withPngText } from "../diffusion/pipelines/image-io.js";
 import type { LoraFeeds, PipelineModels } from "../diffusion/pipelines/pipeline-models.js";
 import { generateOne } from "../diffusion/pipelines/text-to-image.js";
+import type { Float32Tensor } from "../diffusion/tensor.js";
 
 export interface GridRequest {
   readonly prompts: readonly string[];
@@ -27,6 +28,40 @@ export interface GridRequest {
 /** PNG text keyword holding the grid's layout. */
 export const GRID_TEXT_KEYWORD = "stepwise-grid";
 
+/**
+ * Pipeline images ([1, 3, H, W] in [0, 1], all one size) composited row by row into one PNG on
+ * black (rows may be shorter than the longest).
+ */
+export async function composeGrid(rows: readonly (readonly Float32Tensor[])[]): Promise<Buffer> {
+  const first = rows.find((r) => r.length > 0)?.[0];
+  if (!first) throw new RangeError("a grid needs at least one image");
+  const [, , height, width] = first.shape;
+  const tiles: sharp.OverlayOptions[] = [];
+  for (const [r, row] of rows.entries()) {
+    for (const [c, pixels] of row.entries()) {
+      const rgb = toRgbBytes(pixels);
+      tiles.push({
+        input: Buffer.from(rgb.data),
+        raw: { width: rgb.width, height: rgb.height, channels: 3 },
+        left: c * width,
+        top: r * height,
+      });
+    }
+  }
+  const columns = Math.max(...rows.map((r) => r.length));
+  return sharp({
+    create: {
+      width: width * columns,
+      height: height * rows.length,
+      channels: 3,
+      background: { r: 0, g: 0, b: 0 },
+    },
+  })
+    .composite(tiles)
+    .png()
+    .toBuffer();
+}
+
 /** Generate the grid and write it to `path` (PNG). */
 export async function writeSampleGrid(
   models: PipelineModels,
@@ -34,9 +69,10 @@ export async function writeSampleGrid(
   path: string,
 ): Promise<void> {
   const side = request.resolution;
-  const tiles: sharp.OverlayOptions[] = [];
-  for (const [r, prompt] of request.prompts.entries()) {
-    for (const [c, seed] of request.seeds.entries()) {
+  const rows: Float32Tensor[][] = [];
+  for (const prompt of request.prompts) {
+    const row: Float32Tensor[] = [];
+    for (const seed of request.seeds) {
       const result = await generateOne(models, {
         prompt,
         steps: request.steps,
@@ -48,26 +84,11 @@ export async function writeSampleGrid(
         height: side,
         lora: request.lora,
       });
-      const { data, width, height } = toRgbBytes(result.images[0].pixels);
-      tiles.push({
-        input: Buffer.from(data),
-        raw: { width, height, channels: 3 },
-        left: c * side,
-        top: r * side,
-      });
+      row.push(result.images[0].pixels);
     }
+    rows.push(row);
   }
-  const png = await sharp({
-    create: {
-      width: side * request.seeds.length,
-      height: side * request.prompts.length,
-      channels: 3,
-      background: { r: 0, g: 0, b: 0 },
-    },
-  })
-    .composite(tiles)
-    .png()
-    .toBuffer();
+  const png = await composeGrid(rows);
   const layout = JSON.stringify({ rows: request.prompts, columns: request.seeds });
   await mkdir(dirname(path), { recursive: true });
   await writeFile(path, withPngText(png, GRID_TEXT_KEYWORD, layout));

@@ -16,6 +16,17 @@ export {
   worldCaptions,
   worldSamples,
 } from "./dataset.js";
+export {
+  EVALUATION_GROUPS,
+  EVALUATION_TARGETS,
+  type EvaluationCaption,
+  type EvaluationGroup,
+  type EvaluationReport,
+  evaluationCaptions,
+  formatEvaluation,
+  type GroupAccuracy,
+  scoreEvaluation,
+} from "./evaluation.js";
 export { ATTRIBUTES, type Attribute, type Fidelity, fidelity, fidelityOf } from "./fidelity.js";
 export type { Relation } from "./grammar.js";
 export { type ColourShape, HELD_OUT_PAIRS, isHeldOut } from "./held-out.js";
@@ -28,6 +39,14 @@ export {
   PreferenceLabeller,
   preferenceProbability,
 } from "./preference-labels.js";
+export { STAGES, type Stage } from "./recipe/batches.js";
+export {
+  DEFAULT_MINUTES,
+  RecipeError,
+  type RecipeOptions,
+  type RecipeResult,
+  runRecipe,
+} from "./recipe/recipe.js";
 export { renderScene, sceneSvg } from "./render.js";
 export {
   decodeRgbImage,

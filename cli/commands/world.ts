@@ -25,6 +25,8 @@ import {
 import { CliError } from "../cli-error.js";
 import { type CommandOutput, processOutput } from "../command-output.js";
 import { nonNegativeInteger, positiveInteger } from "../option-parsers.js";
+import { worldEvalCommand } from "./world-eval.js";
+import { worldTrainCommand } from "./world-train.js";
 
 interface RenderOptions {
   seed: number;
@@ -96,7 +98,9 @@ function judgeCommand(output: CommandOutput): Command {
 
 export function worldCommand(output: CommandOutput = processOutput): Command {
   return new Command("world")
-    .description("The miniature world: render its captioned dataset, judge images")
+    .description("The miniature world: render its captioned dataset, judge images, train its models")
     .addCommand(renderCommand(output))
-    .addCommand(judgeCommand(output));
+    .addCommand(judgeCommand(output))
+    .addCommand(worldTrainCommand(output))
+    .addCommand(worldEvalCommand(output));
 }

@@ -301,11 +301,12 @@ function finish(
 }
 
 let cachedVersion: string | undefined;
+let cachedRoot: string | null | undefined;
 
-/** The version in Stepwise's package.json, found upward from this file (src or dist layout). */
-export function stepwiseVersion(): string {
-  if (cachedVersion !== undefined) return cachedVersion;
-  cachedVersion = "unknown";
+/** Stepwise's package folder, found upward from this file (src or dist layout); null if not found. */
+export function stepwiseRoot(): string | null {
+  if (cachedRoot !== undefined) return cachedRoot;
+  cachedRoot = null;
   let dir = dirname(fileURLToPath(import.meta.url));
   for (let depth = 0; depth < 6; depth++, dir = dirname(dir)) {
     try {
@@ -313,7 +314,8 @@ export function stepwiseVersion(): string {
         name?: string;
         version?: string;
       };
-      if (pkg.name === "stepwise" && pkg.version) {
+      if (pkg.name === "stepwise") {
+        cachedRoot = dir;
         cachedVersion = pkg.version;
         break;
       }
@@ -321,5 +323,12 @@ export function stepwiseVersion(): string {
       // no package.json at this level: keep walking up
     }
   }
+  return cachedRoot;
+}
+
+/** The version in Stepwise's package.json. */
+export function stepwiseVersion(): string {
+  if (cachedVersion === undefined) stepwiseRoot();
+  cachedVersion ??= "unknown";
   return cachedVersion;
 }

@@ -91,6 +91,17 @@ export function tinyVaeConfig(scalingFactor: number) {
   };
 }
 
+/** SD1.5's model_index.json (the pipeline's component classes). */
+export const SD15_MODEL_INDEX = {
+  _class_name: "StableDiffusionPipeline",
+  requires_safety_checker: false,
+  scheduler: ["diffusers", "PNDMScheduler"],
+  text_encoder: ["transformers", "CLIPTextModel"],
+  tokenizer: ["transformers", "CLIPTokenizer"],
+  unet: ["diffusers", "UNet2DConditionModel"],
+  vae: ["diffusers", "AutoencoderKL"],
+};
+
 /** The scheduler configs shipped with SD1.5 (PNDM) and SDXL (Euler), as in the real folders. */
 export const SD15_SCHEDULER = {
   _class_name: "PNDMScheduler",

@@ -13,6 +13,7 @@ import type { Tensor } from "../tensor.js";
 import { writeSafetensors } from "../weights/safetensors.js";
 import { randomWeights } from "./random-weights.js";
 import {
+  SD15_MODEL_INDEX,
   SD15_SCHEDULER,
   SDXL_SCHEDULER,
   TINY_SD15_UNET,
@@ -119,15 +120,7 @@ function layout(name: ZooModelName) {
         unet: ["diffusers", "UNet2DConditionModel"],
         vae: ["diffusers", "AutoencoderKL"],
       }
-    : {
-        _class_name: "StableDiffusionPipeline",
-        requires_safety_checker: false,
-        scheduler: ["diffusers", "PNDMScheduler"],
-        text_encoder: ["transformers", "CLIPTextModel"],
-        tokenizer: ["transformers", "CLIPTokenizer"],
-        unet: ["diffusers", "UNet2DConditionModel"],
-        vae: ["diffusers", "AutoencoderKL"],
-      };
+    : SD15_MODEL_INDEX;
   const files: Record<string, string> = {
     "model_index.json": `${JSON.stringify(modelIndex, null, 2)}\n`,
     "scheduler/scheduler_config.json": `${JSON.stringify(xl ? SDXL_SCHEDULER : SD15_SCHEDULER, null, 2)}\n`,

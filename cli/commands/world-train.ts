@@ -1,0 +1,98 @@
+/**
+ * `stepwise world train`: the world's text-to-image recipe (world/recipe/recipe.ts), with one
+ * progress bar per stage on a terminal and a line per finished stage.
+ *
+ *   world train [--out DIR] [--resume] [--stage clip|vae|unet|all] [--minutes M] [--seed N]
+ */
+import { Command, InvalidArgumentError, Option } from "commander";
+import type { ProviderName } from "../../diffusion/engine/execution-provider.js";
+import { DEFAULT_MINUTES, RecipeError, runRecipe, STAGES, type Stage } from "../../world/index.js";
+import { CliError } from "../cli-error.js";
+import type { CommandOutput } from "../command-output.js";
+import { nonNegativeInteger, positiveInteger } from "../option-parsers.js";
+import { type ProgressBar, startProgressBar } from "../progress.js";
+
+interface TrainOptions {
+  out: string;
+  resume: boolean;
+  stage: Stage | "all";
+  minutes: number;
+  seed: number;
+  size: "world" | "tiny";
+  provider: ProviderName;
+  threads?: number;
+}
+
+/** Where the recipe writes by default (checkpoints, metrics, the model folders). */
+export const DEFAULT_TRAIN_OUT = "world-model";
+
+function minutes(text: string): number {
+  const m = Number(text);
+  if (!Number.isFinite(m) || m <= 0)
+    throw new InvalidArgumentError(`must be a positive number of minutes, got ${text}`);
+  return m;
+}
+
+export function worldTrainCommand(output: CommandOutput): Command {
+  return new Command("train")
+    .description(
+      "Train the world's CLIP, VAE and UNet (full weights, onnxruntime) and write a diffusers folder",
+    )
+    .option("--out <dir>", "run folder: checkpoints, metrics.jsonl, pipeline/, clip/", DEFAULT_TRAIN_OUT)
+    .option("--resume", "continue the run in --out from its checkpoints", false)
+    .addOption(new Option("--stage <stage>", "which stage to run").choices([...STAGES, "all"]).default("all"))
+    .option(
+      "--minutes <m>",
+      "time budget of the stages run, split clip 10% / vae 25% / unet 65%",
+      minutes,
+      DEFAULT_MINUTES,
+    )
+    .option("--seed <n>", "recipe seed (weights, batches, noise)", nonNegativeInteger, 0)
+    .addOption(
+      new Option("--size <size>", "model widths (tiny: a 32 px test size)")
+        .choices(["world", "tiny"])
+        .default("world"),
+    )
+    .addOption(
+      new Option("--provider <name>", "execution provider").choices(["cpu", "cuda", "auto"]).default("cpu"),
+    )
+    .option("--threads <n>", "intra-op threads (default: the number of cores)", positiveInteger)
+    .action(async (options: TrainOptions) => {
+      const bars = new Map<Stage, ProgressBar>();
+      try {
+        const result = await runRecipe({
+          out: options.out,
+          size: options.size,
+          stages: options.stage === "all" ? STAGES : [options.stage],
+          minutes: options.minutes,
+          seed: options.seed,
+          resume: options.resume,
+          provider: { provider: options.provider, intraOpThreads: options.threads },
+          onProgress: (p) => {
+            let bar = bars.get(p.stage);
+            if (!bar) {
+              // A stage ends on its time budget (or a step limit): the bar counts its seconds.
+              const total = Math.ceil(p.budgetSeconds);
+              bar = startProgressBar(output.stderr, { label: p.stage, unit: "s", total });
+              bars.set(p.stage, bar);
+            }
+            bar.update(Math.min(Math.floor(p.seconds), Math.ceil(p.budgetSeconds)));
+          },
+          onStage: (r) => {
+            bars.get(r.stage)?.stop();
+            output.stdout.write(
+              `${r.stage}: ${r.steps} steps in ${r.seconds.toFixed(0)} s, loss ${r.firstLoss.toFixed(4)} -> ${r.lastLoss.toFixed(4)}\n`,
+            );
+          },
+        });
+        output.stdout.write(
+          result.exported
+            ? `wrote ${options.out}/pipeline (diffusers) and ${options.out}/clip; VAE scaling factor ${result.vaeScaling?.toFixed(4)}\n`
+            : `stages written to ${options.out}/checkpoints; the model folders follow once all three stages finished\n`,
+        );
+      } catch (err) {
+        if (err instanceof RecipeError) throw new CliError(err.message);
+        throw err;
+      }
+    });
+}

@@ -1,0 +1,82 @@
+/**
+ * The world's recipe (issue 13 item 3) on its tiny size: a real short run of all three stages
+ * through the onnxruntime training program lowers each stage's loss, writes a diffusers folder and
+ * a CLIP folder in float16 that the real converter takes, and refuses to overwrite a run without
+ * --resume.
+ */
+import { readFile } from "node:fs/promises";
+import { join } from "node:path";
+import { beforeAll, describe, expect, it } from "vitest";
+import { convertDiffusers } from "../../diffusion/convert/convert.js";
+import { readSafetensors } from "../../diffusion/weights/safetensors.js";
+import { RecipeError, type RecipeResult, runRecipe, type Stage } from "../../world/index.js";
+import { scratchDir, TEST_PROVIDER } from "../helpers/tiny-engines.js";
+
+/** Steps per stage: enough for each loss to fall clearly, few enough for about a minute on 2 cores. */
+const STEPS = { clip: 120, vae: 100, unet: 120 } as const;
+/** Each stage's mean loss over its last 20 steps must be at most this fraction of its first 20's. */
+const REQUIRED_RATIO: Readonly<Record<Stage, number>> = { clip: 0.9, vae: 0.5, unet: 0.85 };
+
+describe("stepwise world train, tiny size", () => {
+  let out: string;
+  let result: RecipeResult;
+
+  beforeAll(async () => {
+    out = join(await scratchDir("recipe"), "run");
+    result = await runRecipe({
+      out,
+      size: "tiny",
+      stages: ["clip", "vae", "unet"],
+      minutes: 10,
+      seed: 3,
+      resume: false,
+      provider: TEST_PROVIDER,
+      maxSteps: STEPS,
+    });
+  }, 240_000);
+
+  for (const stage of ["clip", "vae", "unet"] as const) {
+    it(`lowers the ${stage} loss`, () => {
+      const r = result.stages.find((s) => s.stage === stage);
+      expect(r?.steps).toBe(STEPS[stage]);
+      expect(r?.lastLoss, `${stage}: ${r?.firstLoss} -> ${r?.lastLoss}`).toBeLessThan(
+        (r?.firstLoss ?? 0) * REQUIRED_RATIO[stage],
+      );
+    });
+  }
+
+  it("writes the diffusers and CLIP folders in float16, which the converter takes", async () => {
+    expect(result.exported).toBe(true);
+    const index = JSON.parse(await readFile(join(out, "pipeline", "model_index.json"), "utf8"));
+    expect(index._class_name).toBe("StableDiffusionPipeline");
+    const vae = JSON.parse(await readFile(join(out, "pipeline", "vae", "config.json"), "utf8"));
+    expect(vae.scaling_factor).toBeCloseTo(result.vaeScaling ?? 0, 6);
+    for (const file of [
+      "pipeline/unet/diffusion_pytorch_model.safetensors",
+      "pipeline/vae/diffusion_pytorch_model.safetensors",
+      "pipeline/text_encoder/model.safetensors",
+      "clip/model.safetensors",
+    ]) {
+      const { tensors } = await readSafetensors(join(out, file));
+      expect([...new Set([...tensors.values()].map((t) => t.dtype))], file).toEqual(["float16"]);
+    }
+    const manifest = await convertDiffusers({ from: join(out, "pipeline"), out: join(out, "engine") });
+    expect(manifest.family).toBe("sd15");
+    const lines = (await readFile(join(out, "metrics.jsonl"), "utf8")).trim().split("\n");
+    expect(lines.length).toBe(STEPS.clip + STEPS.vae + STEPS.unet);
+  }, 120_000);
+
+  it("refuses to start over a run without resume", async () => {
+    await expect(
+      runRecipe({
+        out,
+        size: "tiny",
+        stages: ["clip"],
+        minutes: 1,
+        seed: 3,
+        resume: false,
+        provider: TEST_PROVIDER,
+      }),
+    ).rejects.toThrow(RecipeError);
+  });
+});

@@ -1,0 +1,386 @@
+/**
+ * `stepwise world train`: the world's text-to-image recipe (issue 13 item 3). Three stages, each
+ * full-weight training through the onnxruntime training program:
+ *   1. clip: a small CLIP, contrastive on (image, caption) pairs of the train split;
+ *   2. vae:  an AutoencoderKL (f = 8), reconstruction + a small KL;
+ *   3. unet: an SD1.5-family UNet on epsilon with SD1.5's noise schedule, latents of the frozen
+ *            VAE, states of the frozen CLIP text tower, and 10% of captions dropped (empty) so
+ *            classifier-free guidance works.
+ * Then the diffusers pipeline folder and the CLIP folder are written (export.ts).
+ */
+import { existsSync } from "node:fs";
+import { mkdir, writeFile } from "node:fs/promises";
+import { cpus, loadavg } from "node:os";
+import { join } from "node:path";
+import type { GradientGraphInput } from "../../diffusion/autodiff/gradient-graph.js";
+import type { ExecutionProviderConfig } from "../../diffusion/engine/execution-provider.js";
+import { MapParamSource } from "../../diffusion/ops/params.js";
+import { createGenerator } from "../../diffusion/random/index.js";
+import { alphasCumprodFromBetas, betasFromConfig } from "../../diffusion/schedulers/betas.js";
+import { resolveDdimConfig } from "../../diffusion/schedulers/config.js";
+import { type Float32Tensor, float32, type Tensor } from "../../diffusion/tensor.js";
+import { ClipTokenizer } from "../../diffusion/tokenizer/index.js";
+import { recordTrainingGraph } from "../../diffusion/training/training-program.js";
+import type { AdamWSettings } from "../../trainer/optimizer.js";
+import { batchSeed, captionedPixels, inputIds, STAGES, type Stage } from "./batches.js";
+import {
+  clipConfig,
+  type RecipeSize,
+  SCHEDULER_CONFIG,
+  textEncoderConfig,
+  unetConfig,
+  vaeConfig,
+} from "./configs.js";
+import { PIPELINE_FOLDER, TOKENIZER_FOLDER, writeModelFolders, writeTokenizer } from "./export.js";
+import {
+  clipParams,
+  initialWeights,
+  resolveWorldModels,
+  unetParams,
+  vaeParams,
+  type WorldModels,
+} from "./models.js";
+import { clipContrastiveLoss, unetLoss, vaeLoss } from "./objectives.js";
+import {
+  readStageState,
+  readStageWeights,
+  runStage,
+  type StageProgress,
+  type StageResult,
+  stageFolder,
+} from "./stage.js";
+
+export class RecipeError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "RecipeError";
+  }
+}
+
+/** Share of the time budget per stage when all three run: the UNet is the hard one. */
+export const STAGE_SHARE: Readonly<Record<Stage, number>> = { clip: 0.1, vae: 0.25, unet: 0.65 };
+/** Batch sizes per recipe size. */
+const BATCH: Readonly<Record<RecipeSize, Readonly<Record<Stage, number>>>> = {
+  world: { clip: 32, vae: 8, unet: 16 },
+  tiny: { clip: 8, vae: 4, unet: 4 },
+};
+const LEARNING_RATE: Readonly<Record<Stage, number>> = { clip: 5e-4, vae: 1e-3, unet: 1e-3 };
+/** Captions replaced by the empty caption, so the UNet learns the unconditional prediction (CFG). */
+export const CAPTION_DROPOUT = 0.1;
+/** CLIP clamps its temperature's log (at ln 100); ln 40 keeps exp(logit - scale) above float32's range floor. */
+export const MAX_LOGIT_SCALE = Math.log(40);
+/** The whole recipe's default budget: the issue's "within 60 minutes on this 2-core machine". */
+export const DEFAULT_MINUTES = 60;
+
+function adamW(stage: Stage): AdamWSettings {
+  return {
+    learningRate: LEARNING_RATE[stage],
+    beta1: 0.9,
+    beta2: 0.999,
+    epsilon: 1e-8,
+    weightDecay: 0.01,
+    maxGradNorm: 1,
+  };
+}
+
+export interface RecipeOptions {
+  readonly out: string;
+  readonly size: RecipeSize;
+  /** Stages to run now (the others must have finished before, for the UNet stage). */
+  readonly stages: readonly Stage[];
+  readonly minutes: number;
+  readonly seed: number;
+  readonly resume: boolean;
+  readonly provider: ExecutionProviderConfig;
+  /** Step limits per stage (default: unlimited, the time budget decides). */
+  readonly maxSteps?: Partial<Record<Stage, number>>;
+  readonly onProgress?: (p: StageProgress) => void;
+  /** A stage finished (or was already finished). */
+  readonly onStage?: (r: StageResult) => void;
+}
+
+export interface RecipeResult {
+  readonly stages: StageResult[];
+  /** Whether the model folders were written (all three stages finished). */
+  readonly exported: boolean;
+  readonly vaeScaling?: number;
+}
+
+export const CHECKPOINTS_FOLDER = "checkpoints";
+export const METRICS_FILE = "metrics.jsonl";
+export const PROVENANCE_FILE = "provenance.json";
+
+function inputsOf(feeds: Readonly<Record<string, Tensor>>): GradientGraphInput[] {
+  return Object.entries(feeds).map(([name, t]) => ({
+    name,
+    dtype: t.dtype === "int64" ? "int64" : "float32",
+    shape: t.shape,
+  }));
+}
+
+function union(...maps: ReadonlyMap<string, Float32Tensor>[]): Map<string, Float32Tensor> {
+  const out = new Map<string, Float32Tensor>();
+  for (const m of maps) {
+    for (const [k, v] of m) {
+      if (out.has(k)) throw new RecipeError(`two models of the recipe share the parameter name ${k}`);
+      out.set(k, v);
+    }
+  }
+  return out;
+}
+
+/** The std of every value of a tensor. */
+function spread(t: Tensor): number {
+  const d = t.data as Float32Array;
+  let s = 0;
+  let s2 = 0;
+  for (const x of d) {
+    s += x;
+    s2 += x * x;
+  }
+  const m = s / d.length;
+  return Math.sqrt(Math.max(0, s2 / d.length - m * m));
+}
+
+/** Initial weights' generator seeds start here, far from every batch seed (batches.ts). */
+const WEIGHTS_SEED_OFFSET = 2 ** 45;
+
+function weightsGenerator(seed: number, stage: Stage) {
+  return createGenerator("stepwise", WEIGHTS_SEED_OFFSET + seed * STAGES.length + STAGES.indexOf(stage));
+}
+
+export async function runRecipe(options: RecipeOptions): Promise<RecipeResult> {
+  const { out, size, seed } = options;
+  const checkpoints = join(out, CHECKPOINTS_FOLDER);
+  if (existsSync(checkpoints) && !options.resume) {
+    throw new RecipeError(
+      `${out} already holds a run (${CHECKPOINTS_FOLDER}/); pass --resume to continue it or choose another --out`,
+    );
+  }
+  await mkdir(checkpoints, { recursive: true });
+  const metrics = join(out, METRICS_FILE);
+  const tokenizerFolder = join(out, PIPELINE_FOLDER, TOKENIZER_FOLDER);
+  await writeTokenizer(tokenizerFolder);
+  const tokenizer = await ClipTokenizer.fromFolder(tokenizerFolder);
+  let m: WorldModels = resolveWorldModels(size);
+  const batch = BATCH[size];
+  const shares = options.stages.reduce((n, s) => n + STAGE_SHARE[s], 0);
+  const budget = (stage: Stage) => (options.minutes * 60 * STAGE_SHARE[stage]) / shares;
+  const run = (stage: Stage) => ({
+    folder: stageFolder(checkpoints, stage),
+    provider: options.provider,
+    metrics,
+    onProgress: options.onProgress,
+  });
+  const results: StageResult[] = [];
+  const done = (r: StageResult) => {
+    results.push(r);
+    options.onStage?.(r);
+  };
+  const common = (stage: Stage, parameters: Map<string, Float32Tensor>) => ({
+    stage,
+    parameters,
+    optimizer: adamW(stage),
+    maxSteps: options.maxSteps?.[stage] ?? Number.MAX_SAFE_INTEGER,
+    seconds: budget(stage),
+  });
+  const S = m.imageSize;
+  const latent = S / 8;
+
+  if (options.stages.includes("clip")) {
+    const parameters = initialWeights(clipParams(m), weightsGenerator(seed, "clip"));
+    const B = batch.clip;
+    done(
+      await runStage(
+        {
+          ...common("clip", parameters),
+          feeds: async (step) => {
+            const { pixels, captions } = await captionedPixels(batchSeed(seed, "clip", step), B, S);
+            return { pixels, input_ids: inputIds(tokenizer, captions) };
+          },
+          record: (feeds) =>
+            recordTrainingGraph({
+              params: new MapParamSource(parameters),
+              inputs: inputsOf(feeds),
+              trainParams: () => true,
+              forward: (ops, x) => ({
+                loss: clipContrastiveLoss(ops, m, { pixels: x.pixels, inputIds: x.input_ids }, B),
+              }),
+            }),
+          afterStep: (p) => {
+            const scale = p.get("logit_scale");
+            if (scale && scale.data[0] > MAX_LOGIT_SCALE) scale.data[0] = MAX_LOGIT_SCALE;
+          },
+        },
+        run("clip"),
+      ),
+    );
+  }
+
+  if (options.stages.includes("vae")) {
+    const parameters = initialWeights(vaeParams(m), weightsGenerator(seed, "vae"));
+    const B = batch.vae;
+    done(
+      await runStage(
+        {
+          ...common("vae", parameters),
+          feeds: async (step) => {
+            const s = batchSeed(seed, "vae", step);
+            const { pixels } = await captionedPixels(s, B, S);
+            return { pixels, latent_noise: createGenerator("stepwise", s).randn([B, 4, latent, latent]) };
+          },
+          record: (feeds) =>
+            recordTrainingGraph({
+              params: new MapParamSource(parameters),
+              inputs: inputsOf(feeds),
+              trainParams: () => true,
+              forward: (ops, x) => {
+                const terms = vaeLoss(ops, m, { pixels: x.pixels, latentNoise: x.latent_noise });
+                return {
+                  loss: terms.loss,
+                  outputs: { reconstruction: terms.reconstruction, kl: terms.kl, latent_mean: terms.mean },
+                };
+              },
+            }),
+          statistics: (o) => ({
+            reconstruction: Number(o.reconstruction.data[0]),
+            kl: Number(o.kl.data[0]),
+            latent_std: spread(o.latent_mean),
+          }),
+        },
+        run("vae"),
+      ),
+    );
+  }
+
+  const clipWeights = await readStageWeights(stageFolder(checkpoints, "clip"));
+  const vaeWeights = await readStageWeights(stageFolder(checkpoints, "vae"));
+  const vaeState = await readStageState(stageFolder(checkpoints, "vae"));
+  const latentStd = vaeState?.statistics.latent_std;
+  const vaeScaling = latentStd?.length
+    ? 1 / (latentStd.reduce((a, b) => a + b, 0) / latentStd.length)
+    : undefined;
+
+  if (options.stages.includes("unet")) {
+    if (!clipWeights || !vaeWeights || vaeScaling === undefined || !vaeState?.done) {
+      throw new RecipeError(
+        `the unet stage needs the clip and vae stages' checkpoints in ${checkpoints}; run them first`,
+      );
+    }
+    m = { ...m, vae: { ...m.vae, scalingFactor: vaeScaling } };
+    const parameters = initialWeights(unetParams(m), weightsGenerator(seed, "unet"));
+    const frozen = new Map([...clipWeights].filter(([k]) => k.startsWith("text_model.")));
+    const encoder = new Map(
+      [...vaeWeights].filter(([k]) => k.startsWith("encoder.") || k.startsWith("quant_conv.")),
+    );
+    const all = union(parameters, frozen, encoder);
+    const alphasCumprod = alphasCumprodFromBetas(betasFromConfig(resolveDdimConfig(SCHEDULER_CONFIG)));
+    const T = alphasCumprod.length;
+    const B = batch.unet;
+    done(
+      await runStage(
+        {
+          ...common("unet", parameters),
+          feeds: async (step) => {
+            const s = batchSeed(seed, "unet", step);
+            const { pixels, captions } = await captionedPixels(s, B, S);
+            const generator = createGenerator("stepwise", s);
+            const u = generator.rand([2 * B]).data;
+            const kept = captions.map((c, i) => (u[i] < CAPTION_DROPOUT ? "" : c));
+            const timesteps = Array.from({ length: B }, (_, i) => Math.min(T - 1, Math.floor(u[B + i] * T)));
+            return {
+              pixels,
+              input_ids: inputIds(tokenizer, kept),
+              latent_noise: generator.randn([B, 4, latent, latent]),
+              noise: generator.randn([B, 4, latent, latent]),
+              timestep: float32([B], timesteps),
+              signal: float32(
+                [B, 1, 1, 1],
+                timesteps.map((t) => Math.sqrt(alphasCumprod[t])),
+              ),
+              sigma: float32(
+                [B, 1, 1, 1],
+                timesteps.map((t) => Math.sqrt(1 - alphasCumprod[t])),
+              ),
+            };
+          },
+          record: (feeds) =>
+            recordTrainingGraph({
+              params: new MapParamSource(all),
+              inputs: inputsOf(feeds),
+              trainParams: (name) => parameters.has(name),
+              forward: (ops, x) => ({
+                loss: unetLoss(ops, m, {
+                  pixels: x.pixels,
+                  inputIds: x.input_ids,
+                  latentNoise: x.latent_noise,
+                  noise: x.noise,
+                  timestep: x.timestep,
+                  signal: x.signal,
+                  sigma: x.sigma,
+                }),
+              }),
+            }),
+        },
+        run("unet"),
+      ),
+    );
+  }
+
+  const unetWeights = await readStageWeights(stageFolder(checkpoints, "unet"));
+  const unetState = await readStageState(stageFolder(checkpoints, "unet"));
+  const exported = Boolean(clipWeights && vaeWeights && unetWeights && unetState?.done && vaeScaling);
+  if (clipWeights && vaeWeights && unetWeights && unetState?.done && vaeScaling) {
+    await writeModelFolders(out, size, { clip: clipWeights, vae: vaeWeights, unet: unetWeights, vaeScaling });
+    await writeProvenance(out, options, vaeScaling);
+  }
+  return { stages: results, exported, vaeScaling };
+}
+
+/** What made the folders: the configs, seeds, budget, each stage's figures and the machine. */
+async function writeProvenance(out: string, options: RecipeOptions, vaeScaling: number): Promise<void> {
+  const stages: Record<string, unknown> = {};
+  for (const stage of STAGES)
+    stages[stage] = await readStageState(stageFolder(join(out, CHECKPOINTS_FOLDER), stage));
+  const summary = Object.fromEntries(
+    Object.entries(stages).map(([k, s]) => {
+      const st = s as {
+        step: number;
+        seconds: number;
+        losses: number[];
+        statistics: Record<string, number[]>;
+      };
+      const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / Math.max(1, xs.length);
+      return [
+        k,
+        {
+          steps: st.step,
+          seconds: Math.round(st.seconds),
+          first_loss: mean(st.losses.slice(0, 20)),
+          last_loss: mean(st.losses.slice(-20)),
+        },
+      ];
+    }),
+  );
+  const provenance = {
+    recipe: "stepwise world train",
+    size: options.size,
+    seed: options.seed,
+    minutes: options.minutes,
+    batch: BATCH[options.size],
+    learning_rate: LEARNING_RATE,
+    caption_dropout: CAPTION_DROPOUT,
+    vae_scaling_factor: vaeScaling,
+    stages: summary,
+    configs: {
+      clip: clipConfig(options.size),
+      text_encoder: textEncoderConfig(options.size),
+      vae: vaeConfig(options.size, vaeScaling),
+      unet: unetConfig(options.size),
+      scheduler: SCHEDULER_CONFIG,
+    },
+    machine: { cpus: cpus().length, load_average_at_export: loadavg() },
+    written: new Date().toISOString(),
+  };
+  await writeFile(join(out, PROVENANCE_FILE), `${JSON.stringify(provenance, null, 2)}\n`);
+}

@@ -1,0 +1,227 @@
+/**
+ * One stage of the recipe: full-weight training of one model through the onnxruntime training
+ * program (diffusion/training: every trained parameter a graph input, the frozen models' weights
+ * initializers of the same graph), AdamW with clipping from trainer/optimizer.ts, a checkpoint
+ * every CHECKPOINT_SECONDS and at the end, one metrics line per step. A stage stops at its step
+ * limit or when its time budget is spent (time spent before a resume counts).
+ */
+import { existsSync } from "node:fs";
+import { appendFile, mkdir, readFile, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import type { ExecutionProviderConfig } from "../../diffusion/engine/execution-provider.js";
+import type { Float32Tensor, Tensor } from "../../diffusion/tensor.js";
+import { type TrainingGraph, TrainingProgram } from "../../diffusion/training/training-program.js";
+import { readSafetensors, writeSafetensors } from "../../diffusion/weights/safetensors.js";
+import { AdamW, type AdamWSettings } from "../../trainer/optimizer.js";
+import type { Stage } from "./batches.js";
+
+/** How often a running stage writes its checkpoint: a killed run loses at most this much. */
+export const CHECKPOINT_SECONDS = 60;
+const STATE_FILE = "state.json";
+const WEIGHTS_FILE = "weights.safetensors";
+const OPTIMIZER_PREFIX = "optimizer.";
+
+export class RecipeCheckpointError extends Error {
+  constructor(path: string, problem: string) {
+    super(`${path}: ${problem}`);
+    this.name = "RecipeCheckpointError";
+  }
+}
+
+export interface StageProgress {
+  readonly stage: Stage;
+  readonly step: number;
+  readonly maxSteps: number;
+  readonly loss: number;
+  /** Seconds spent on the stage (resumed time included) and its budget. */
+  readonly seconds: number;
+  readonly budgetSeconds: number;
+}
+
+export interface StageSpec {
+  readonly stage: Stage;
+  /** The trained weights (updated in place). */
+  readonly parameters: Map<string, Float32Tensor>;
+  readonly optimizer: AdamWSettings;
+  readonly maxSteps: number;
+  /** Time budget in seconds, resumed time included. */
+  readonly seconds: number;
+  /** The feeds of step `step` (deterministic in the step). */
+  feeds(step: number): Promise<Record<string, Tensor>>;
+  /** Records the stage's training graph for the feeds' shapes. */
+  record(feeds: Readonly<Record<string, Tensor>>): TrainingGraph;
+  /** Scalar statistics of a step from the graph's extra outputs, for the metrics. */
+  statistics?(outputs: Readonly<Record<string, Tensor>>): Record<string, number>;
+  /** Called after every optimizer step (e.g. to clamp a parameter). */
+  afterStep?(parameters: Map<string, Float32Tensor>): void;
+}
+
+export interface StageRun {
+  readonly folder: string;
+  readonly provider: ExecutionProviderConfig;
+  /** metrics.jsonl of the run. */
+  readonly metrics: string;
+  readonly onProgress?: (p: StageProgress) => void;
+}
+
+export interface StageResult {
+  readonly stage: Stage;
+  readonly steps: number;
+  readonly seconds: number;
+  /** Mean loss of the first and of the last LOSS_WINDOW steps. */
+  readonly firstLoss: number;
+  readonly lastLoss: number;
+  /** Each statistic's mean over the last LOSS_WINDOW steps. */
+  readonly statistics: Record<string, number>;
+}
+
+interface StageState {
+  readonly stage: Stage;
+  readonly step: number;
+  readonly seconds: number;
+  readonly done: boolean;
+  readonly losses: number[];
+  /** The last LOSS_WINDOW values of each statistic. */
+  readonly statistics: Record<string, number[]>;
+  readonly optimizerStep: number;
+}
+
+/** Steps averaged for the first and last loss of a stage's summary. */
+export const LOSS_WINDOW = 20;
+
+function mean(xs: readonly number[]): number {
+  return xs.reduce((a, b) => a + b, 0) / Math.max(1, xs.length);
+}
+
+function summary(state: StageState): StageResult {
+  return {
+    stage: state.stage,
+    steps: state.step,
+    seconds: state.seconds,
+    firstLoss: mean(state.losses.slice(0, LOSS_WINDOW)),
+    lastLoss: mean(state.losses.slice(-LOSS_WINDOW)),
+    statistics: Object.fromEntries(Object.entries(state.statistics).map(([k, v]) => [k, mean(v)])),
+  };
+}
+
+export function stageFolder(checkpoints: string, stage: Stage): string {
+  return join(checkpoints, stage);
+}
+
+/** The stage's saved weights, if a checkpoint exists (the next stages' frozen inputs). */
+export async function readStageWeights(folder: string): Promise<Map<string, Float32Tensor> | undefined> {
+  const file = join(folder, WEIGHTS_FILE);
+  if (!existsSync(file)) return undefined;
+  const { tensors } = await readSafetensors(file);
+  const out = new Map<string, Float32Tensor>();
+  for (const [name, t] of tensors) if (!name.startsWith(OPTIMIZER_PREFIX)) out.set(name, t as Float32Tensor);
+  return out;
+}
+
+export async function readStageState(folder: string): Promise<StageState | undefined> {
+  const file = join(folder, STATE_FILE);
+  if (!existsSync(file)) return undefined;
+  return JSON.parse(await readFile(file, "utf8")) as StageState;
+}
+
+async function writeCheckpoint(folder: string, state: StageState, spec: StageSpec, optimizer: AdamW) {
+  await mkdir(folder, { recursive: true });
+  const tensors = new Map<string, Tensor>(spec.parameters);
+  const optimizerState = optimizer.state();
+  for (const [name, t] of optimizerState.tensors) tensors.set(`${OPTIMIZER_PREFIX}${name}`, t);
+  await writeSafetensors(join(folder, WEIGHTS_FILE), tensors);
+  // The state names the weights it goes with, so it is written second.
+  await writeFile(join(folder, STATE_FILE), `${JSON.stringify(state)}\n`);
+}
+
+async function resume(folder: string, spec: StageSpec, optimizer: AdamW): Promise<StageState | undefined> {
+  const state = await readStageState(folder);
+  if (!state) return undefined;
+  const file = join(folder, WEIGHTS_FILE);
+  const { tensors } = await readSafetensors(file);
+  const slots = new Map<string, Float32Tensor>();
+  for (const [name, t] of tensors) {
+    if (name.startsWith(OPTIMIZER_PREFIX)) {
+      slots.set(name.slice(OPTIMIZER_PREFIX.length), t as Float32Tensor);
+      continue;
+    }
+    const p = spec.parameters.get(name);
+    if (!p)
+      throw new RecipeCheckpointError(file, `holds ${name}, which the ${spec.stage} model does not have`);
+    if (p.data.length !== t.data.length) {
+      throw new RecipeCheckpointError(
+        file,
+        `${name} has ${t.data.length} values, the model ${p.data.length}`,
+      );
+    }
+    p.data.set(t.data as Float32Array);
+  }
+  optimizer.load({ step: state.optimizerStep, pendingMicroBatches: 0, tensors: slots }, file);
+  return state;
+}
+
+/** Train one stage to its step limit or time budget, resuming from its checkpoint when there is one. */
+export async function runStage(spec: StageSpec, run: StageRun): Promise<StageResult> {
+  const optimizer = new AdamW(spec.parameters, spec.optimizer);
+  let state: StageState = (await resume(run.folder, spec, optimizer)) ?? {
+    stage: spec.stage,
+    step: 0,
+    seconds: 0,
+    done: false,
+    losses: [],
+    statistics: {},
+    optimizerStep: 0,
+  };
+  if (state.done) return summary(state);
+  const program = await TrainingProgram.start(run.provider, { label: `world-${spec.stage}` });
+  try {
+    let started = performance.now();
+    let lastCheckpoint = started;
+    const elapsed = () => state.seconds + (performance.now() - started) / 1000;
+    while (state.step < spec.maxSteps && elapsed() < spec.seconds) {
+      const feeds = await spec.feeds(state.step);
+      await program.setParameters(spec.parameters);
+      const result = await program.step(spec.stage, feeds, () => spec.record(feeds));
+      if (!Number.isFinite(result.loss)) {
+        throw new Error(`${spec.stage} stage: the loss became ${result.loss} at step ${state.step}`);
+      }
+      optimizer.accumulate(result.gradients);
+      const report = optimizer.apply();
+      spec.afterStep?.(spec.parameters);
+      const figures = spec.statistics?.(result.outputs) ?? {};
+      const statistics = { ...state.statistics };
+      for (const [k, v] of Object.entries(figures))
+        statistics[k] = [...(statistics[k] ?? []), v].slice(-LOSS_WINDOW);
+      const losses = [...state.losses, result.loss];
+      state = { ...state, step: state.step + 1, losses, statistics, optimizerStep: optimizer.step };
+      const line = {
+        stage: spec.stage,
+        step: state.step,
+        loss: result.loss,
+        ...figures,
+        grad_norm: report.gradNorm,
+        seconds: Number(elapsed().toFixed(2)),
+      };
+      await appendFile(run.metrics, `${JSON.stringify(line)}\n`);
+      run.onProgress?.({
+        stage: spec.stage,
+        step: state.step,
+        maxSteps: spec.maxSteps,
+        loss: result.loss,
+        seconds: elapsed(),
+        budgetSeconds: spec.seconds,
+      });
+      if ((performance.now() - lastCheckpoint) / 1000 >= CHECKPOINT_SECONDS) {
+        state = { ...state, seconds: elapsed() };
+        started = performance.now();
+        await writeCheckpoint(run.folder, state, spec, optimizer);
+        lastCheckpoint = performance.now();
+      }
+    }
+    state = { ...state, seconds: elapsed(), done: true };
+    await writeCheckpoint(run.folder, state, spec, optimizer);
+    return summary(state);
+  } finally {
+    await program.close();
+  }
+}
