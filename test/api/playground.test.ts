@@ -90,16 +90,18 @@ describe.skipIf(!present)("playground in Chromium", () => {
     await expect
       .poll(() => page.locator("#model option").allTextContents())
       .toEqual(["tiny-sd15 (sd15)", "tiny-sdxl (sdxl)"]);
-    // every step the page shows, recorded as it happens
+    // every status the page writes, recorded at the write: a MutationObserver would batch the writes
+    // of several events that arrive in one chunk of the stream and see only the last
     await inPage(
       page,
       `(() => {
         const seen = (window.stepsSeen = []);
         const status = document.getElementById("status");
-        new MutationObserver(() => seen.push(status.textContent)).observe(status, {
-          childList: true,
-          characterData: true,
-          subtree: true,
+        const text = Object.getOwnPropertyDescriptor(Node.prototype, "textContent");
+        Object.defineProperty(status, "textContent", {
+          configurable: true,
+          get() { return text.get.call(this); },
+          set(value) { seen.push(String(value)); text.set.call(this, value); },
         });
       })()`,
     );
