@@ -133,6 +133,11 @@ describe("LoRA hot swap on the filesystem registry", () => {
     });
     await registry.promote("style", "canary", published.version);
     await untilVersion(server, "canary", "style", published.version);
+    // An alias the watcher's snapshot does not know yet (canary, new here) resolves through the
+    // registry directly, so it can be seen before the next poll; `latest` is in the snapshot and
+    // follows within one interval.
+    await untilVersion(server, "latest", "style", published.version);
+    // a request naming no alias takes `latest`
     expect((await generate(server, { loras: [{ name: "style" }] })).loras[0].version).toBe(published.version);
   });
 
