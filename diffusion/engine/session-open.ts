@@ -3,8 +3,9 @@
  * cache (optimized-graph-cache.ts) in front of it. The worker (onnx-worker.ts) opens the engine's
  * sessions through here, and the benchmarks open theirs the same way.
  *
- * Level "all" is kept (and cached) rather than a cheaper level: on the SD1.5 UNet it made the step
- * faster than "basic" (bench/README.md, "Session open"), and with the cache its cost is paid once.
+ * Level "all" is kept (and cached) rather than a cheaper level: on the SD1.5 UNet the step ran ~5%
+ * faster than at "basic" (median of 11 interleaved rounds), and loading the cached graph costs
+ * what opening at "basic" costs (bench/README.md, "Session open").
  */
 
 import { join } from "node:path";
