@@ -46,6 +46,11 @@ const ENTRY_FORMAT = 1;
 /** Hex digits of a key in folder names (64 bits: a collision is also caught by entry.json). */
 const KEY_DIGITS = 16;
 const TMP_PREFIX = ".tmp-";
+/**
+ * A temporary folder this old is a crashed writer's (writing an SD1.5 UNet's entry takes minutes
+ * on a small CPU, not hours): removed by the next writer, since it may hold gigabytes.
+ */
+const ABANDONED_TMP_MS = 6 * 3600 * 1000;
 
 /** A source file's identity: cheap to read on every open, unlike a digest of gigabytes. */
 interface FileIdentity {
@@ -201,13 +206,21 @@ export async function removeEntry(dir: string): Promise<void> {
   await rm(dir, { recursive: true, force: true });
 }
 
-/** Remove the entries beside `entry` that were made from other versions of the same source files. */
+/**
+ * Remove the entries beside `entry` that were made from other versions of the same source files,
+ * and abandoned temporary folders.
+ */
 async function removeStaleEntries(entry: GraphCacheEntry): Promise<void> {
   const root = dirname(entry.dir);
   const sources = JSON.stringify(entry.parts.sources);
   for (const name of await readdir(root)) {
-    if (name === entry.key || name.startsWith(TMP_PREFIX)) continue;
+    if (name === entry.key) continue;
     try {
+      if (name.startsWith(TMP_PREFIX)) {
+        if (Date.now() - (await stat(join(root, name))).mtimeMs > ABANDONED_TMP_MS)
+          await removeEntry(join(root, name));
+        continue;
+      }
       const record = JSON.parse(await readFile(join(root, name, ENTRY_FILE), "utf8")) as EntryRecord;
       if (record.parts.model === entry.parts.model && JSON.stringify(record.parts.sources) !== sources)
         await removeEntry(join(root, name));

@@ -5,7 +5,7 @@
  * are the same bits with and without it. And the VAE encoder, opened on the first image-to-image call.
  */
 import { existsSync } from "node:fs";
-import { cp, readdir, readFile, stat, truncate, utimes, writeFile } from "node:fs/promises";
+import { cp, mkdir, readdir, readFile, stat, truncate, utimes, writeFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { DiffusionEngine } from "../../diffusion/engine/diffusion-engine.js";
@@ -19,6 +19,7 @@ import {
 import type { SessionOpen } from "../../diffusion/engine/worker-protocol.js";
 import { generateOne } from "../../diffusion/pipelines/text-to-image.js";
 import { float32 } from "../../diffusion/tensor.js";
+import { sha256File } from "../../diffusion/weights/file-digest.js";
 import { scratchDir, TEST_PROVIDER, tinyEngineFolder } from "../helpers/tiny-engines.js";
 import { baseRequest, pixelsOf, resultOf, sameBits } from "../pipelines/generation-suite.js";
 
@@ -111,6 +112,16 @@ describe("optimised-graph cache", () => {
       (entry: string) => writeFile(join(entry, "entry.json"), "{"),
       /entry\.json is unreadable/,
     ],
+    [
+      "a graph onnxruntime cannot load, though its digest matches",
+      async (entry: string) => {
+        await writeFile(join(entry, CACHED_GRAPH_FILE), "not a model");
+        const record = JSON.parse(await readFile(join(entry, "entry.json"), "utf8"));
+        record.graphSha256 = await sha256File(join(entry, CACHED_GRAPH_FILE));
+        await writeFile(join(entry, "entry.json"), JSON.stringify(record));
+      },
+      /does not load \(/,
+    ],
   ])("finds %s, says so and rebuilds the entry", async (_, corrupt, problem) => {
     const dir = await scratchDir("graph-cache-dir");
     const folder = await engineCopy();
@@ -119,7 +130,9 @@ describe("optimised-graph cache", () => {
     const reopened = await openAndGenerate(folder, { dir });
     expect(reopened.opens.get("unet")?.cache).toBe("written");
     expect(reopened.warnings).toHaveLength(1);
-    expect(reopened.warnings[0]).toMatch(/^unet: the cached optimised graph .* is unusable \(/);
+    expect(reopened.warnings[0]).toMatch(
+      /^unet: the cached optimised graph .* (is unusable|does not load) \(.*\): rebuilt$/s,
+    );
     expect(reopened.warnings[0]).toMatch(problem);
     expect(unetEntry(reopened)).toBe(entry);
     expect((await openAndGenerate(folder, { dir })).opens.get("unet")?.cache).toBe("hit");
@@ -130,13 +143,23 @@ describe("optimised-graph cache", () => {
     const folder = await engineCopy();
     const before = await openAndGenerate(folder, { dir });
     const stale = unetEntry(before);
+    // A crashed writer's temporary folder, long abandoned, and one a live writer may be filling.
+    const abandoned = join(dirname(stale), ".tmp-abandoned");
+    const recent = join(dirname(stale), ".tmp-recent");
+    await mkdir(abandoned);
+    await mkdir(recent);
+    const hoursAgo = new Date(Date.now() - 7 * 3600 * 1000);
+    await utimes(abandoned, hoursAgo, hoursAgo);
     const later = new Date(Date.now() + 60_000);
     await utimes(join(folder, "unet", "model.onnx"), later, later);
     const after = await openAndGenerate(folder, { dir });
     expect(after.opens.get("unet")?.cache).toBe("written");
     expect(unetEntry(after)).not.toBe(stale);
     expect(existsSync(stale)).toBe(false);
-    expect(await readdir(dirname(stale))).toEqual([unetEntry(after).split("/").pop()]);
+    expect((await readdir(dirname(stale))).sort()).toEqual([
+      ".tmp-recent",
+      unetEntry(after).split("/").pop(),
+    ]);
     // The other models did not change: their entries are used.
     expect(after.opens.get("text_encoder")?.cache).toBe("hit");
   });
