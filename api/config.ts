@@ -81,6 +81,12 @@ export const ServerConfigSchema = Type.Object(
       },
       { additionalProperties: false, default: {} },
     ),
+    graphCache: Type.String({
+      minLength: 1,
+      default: "beside-model",
+      description:
+        'Where optimised onnxruntime graphs are cached: "beside-model" (in each engine folder), "off", or a folder (for read-only engine folders)',
+    }),
     auth: Type.Object(
       {
         keys: Type.Array(ApiKey, { default: [] }),
@@ -151,6 +157,7 @@ export const ENV = {
   STEPWISE_EXECUTION_PROVIDER: "cpu | cuda | auto",
   STEPWISE_CUDA_DEVICE_ID: "CUDA device ordinal",
   STEPWISE_INTRA_OP_THREADS: "onnxruntime intra-op threads (default: cores)",
+  STEPWISE_GRAPH_CACHE: "optimised-graph cache: beside-model | off | a folder",
   STEPWISE_API_KEYS: 'JSON array of {"name","hash","scopes"} (mount from a Secret)',
   STEPWISE_QUEUE_SIZE: "requests waiting per model before 429",
   STEPWISE_REQUEST_TIMEOUT_MS: "per-request timeout",
@@ -195,6 +202,7 @@ function envOverrides(env: NodeJS.ProcessEnv): Record<string, unknown> {
   set(["executionProvider", "provider"], env.STEPWISE_EXECUTION_PROVIDER);
   set(["executionProvider", "deviceId"], int("STEPWISE_CUDA_DEVICE_ID"));
   set(["executionProvider", "intraOpThreads"], int("STEPWISE_INTRA_OP_THREADS"));
+  set(["graphCache"], env.STEPWISE_GRAPH_CACHE);
   set(["limits", "queueSize"], int("STEPWISE_QUEUE_SIZE"));
   set(["limits", "requestTimeoutMs"], int("STEPWISE_REQUEST_TIMEOUT_MS"));
   set(["limits", "memoryBudgetBytes"], int("STEPWISE_MEMORY_BUDGET_BYTES"));

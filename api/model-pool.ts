@@ -9,6 +9,7 @@ import { join, resolve } from "node:path";
 import type { FastifyBaseLogger } from "fastify";
 import { convertDiffusers } from "../diffusion/convert/convert.js";
 import { DiffusionEngine } from "../diffusion/engine/diffusion-engine.js";
+import { parseGraphCacheSetting } from "../diffusion/engine/optimized-graph-cache.js";
 import { writeZooModel, ZOO_MODELS, type ZooModelName } from "../diffusion/zoo/zoo.js";
 import type { ServerConfig } from "./config.js";
 import { GenerationQueue } from "./generation-queue.js";
@@ -60,11 +61,15 @@ export class ModelPool {
         })),
       ));
     const loaded = new Map<string, LoadedModel>();
+    const graphCache = parseGraphCacheSetting(config.graphCache);
     try {
       for (const m of entries) {
         // The worker keeps at most what the adapter cache may hold, so a cached adapter stays resident.
         const engine = await DiffusionEngine.open(resolve(m.engine), config.executionProvider, {
           residentFeedBytes: config.adapters.cacheBytes,
+          graphCache,
+          onCacheWarning: (session, message) =>
+            log.warn({ model: m.id, session }, `optimised-graph cache: ${message}`),
         });
         if (engine.provider.fallbackReason) {
           log.warn(
@@ -75,8 +80,11 @@ export class ModelPool {
         const queue = new GenerationQueue(m.id, engine, config.limits, metrics);
         const memory = await modelMemory(engine.folder, engine.spec.vaeScaleFactor);
         loaded.set(m.id, { id: m.id, engine, queue, memory });
+        const sessions = Object.fromEntries(
+          [...engine.sessionOpens].map(([name, o]) => [name, { cache: o.cache, ms: Math.round(o.ms) }]),
+        );
         log.info(
-          { model: m.id, family: engine.manifest.family, provider: engine.provider.provider },
+          { model: m.id, family: engine.manifest.family, provider: engine.provider.provider, sessions },
           "model loaded",
         );
       }

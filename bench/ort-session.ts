@@ -4,16 +4,13 @@
  * The engine runs sessions in a worker thread (diffusion/engine/onnx-worker.ts), where each call
  * copies its feeds and outputs through a message. The matmul and UNet benchmarks measure the
  * kernels, so they call `session.run` directly on this thread (blocking is fine in a benchmark)
- * with the session options the engine's worker uses; engine-e2e.ts measures the served path,
+ * with the session options the engine's worker uses (session-open.ts); engine-e2e.ts measures the served path,
  * worker included.
  */
 import { join } from "node:path";
 import * as ort from "onnxruntime-node";
-import {
-  defaultIntraOpThreads,
-  type ResolvedProvider,
-  sessionProviderOptions,
-} from "../diffusion/engine/execution-provider.js";
+import { defaultIntraOpThreads, type ResolvedProvider } from "../diffusion/engine/execution-provider.js";
+import { openSession as openEngineSession } from "../diffusion/engine/session-open.js";
 import type { LoraSlotShape } from "../diffusion/lora/adapter.js";
 import { LORA_DOWN_INPUT_SUFFIX, LORA_UP_INPUT_SUFFIX } from "../diffusion/lora/feeds.js";
 import type { Float32Tensor } from "../diffusion/tensor.js";
@@ -30,23 +27,20 @@ export interface BenchSessionOptions {
   readonly profileDir?: string;
 }
 
-/** Open a model as the engine's worker does (same provider options, graph optimisation "all"). */
+/** Open a model as the engine's worker does (same options, diffusion/engine/session-open.ts), uncached. */
 export async function openSession(
   model: string | Uint8Array,
   options: BenchSessionOptions = {},
 ): Promise<ort.InferenceSession> {
-  const sessionOptions: ort.InferenceSession.SessionOptions = {
-    ...sessionProviderOptions(cpuProvider(options.threads)),
-    graphOptimizationLevel: "all",
+  const extra: ort.InferenceSession.SessionOptions = {
     logSeverityLevel: 3,
     ...(options.profileDir
       ? { enableProfiling: true, profileFilePrefix: join(options.profileDir, "ort-profile") }
       : {}),
   };
+  const source = typeof model === "string" ? { path: model } : { model };
   try {
-    return typeof model === "string"
-      ? await ort.InferenceSession.create(model, sessionOptions)
-      : await ort.InferenceSession.create(model, sessionOptions);
+    return (await openEngineSession(source, cpuProvider(options.threads), { cache: "off", extra })).session;
   } catch (err) {
     const what = typeof model === "string" ? model : `an in-memory model of ${model.length} bytes`;
     throw new BenchError(`cannot open ${what}: ${(err as Error).message}`);

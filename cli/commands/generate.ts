@@ -13,6 +13,11 @@ import { STEPWISE_VERSION } from "../../diffusion/convert/convert.js";
 import { DiffusionEngine } from "../../diffusion/engine/diffusion-engine.js";
 import { ExecutionProviderError, type ProviderName } from "../../diffusion/engine/execution-provider.js";
 import { type EngineManifest, ManifestError, readManifest } from "../../diffusion/engine/manifest.js";
+import {
+  DEFAULT_GRAPH_CACHE,
+  type GraphCacheSetting,
+  parseGraphCacheSetting,
+} from "../../diffusion/engine/optimized-graph-cache.js";
 import { CancelledError } from "../../diffusion/pipelines/denoise.js";
 import { formatParameters } from "../../diffusion/pipelines/generation-parameters.js";
 import {
@@ -97,6 +102,7 @@ interface GenerateOptions {
   provider: ProviderName;
   deviceId?: number;
   threads?: number;
+  graphCache: GraphCacheSetting;
   out: string;
 }
 
@@ -104,6 +110,14 @@ function finiteNumber(value: string): number {
   const n = Number(value);
   if (value.trim() === "" || !Number.isFinite(n)) throw new InvalidArgumentError("expected a number");
   return n;
+}
+
+function graphCacheValue(value: string): GraphCacheSetting {
+  try {
+    return parseGraphCacheSetting(value);
+  } catch (err) {
+    throw new InvalidArgumentError((err as Error).message);
+  }
 }
 
 function seedValue(value: string): bigint {
@@ -139,11 +153,14 @@ function imageFormatOf(out: string): ImageFormat {
 async function openEngine(options: GenerateOptions, stderr: TextSink): Promise<DiffusionEngine> {
   let engine: DiffusionEngine;
   try {
-    engine = await DiffusionEngine.open(options.model, {
-      provider: options.provider,
-      deviceId: options.deviceId,
-      intraOpThreads: options.threads,
-    });
+    engine = await DiffusionEngine.open(
+      options.model,
+      { provider: options.provider, deviceId: options.deviceId, intraOpThreads: options.threads },
+      {
+        graphCache: options.graphCache,
+        onCacheWarning: (session, message) => stderr.write(`stepwise: WARNING: ${session}: ${message}\n`),
+      },
+    );
   } catch (err) {
     if (err instanceof ExecutionProviderError || err instanceof ManifestError)
       throw new CliError(err.message);
@@ -354,6 +371,12 @@ export function generateCommand(output: GenerateOutput = processOutput): Command
       )
       .option("--device-id <n>", "CUDA device ordinal", nonNegativeInteger)
       .option("--threads <n>", "intra-op threads (default: the number of cores)", positiveInteger)
+      .option(
+        "--graph-cache <where>",
+        "optimised-graph cache: beside-model (in the engine folder; the first open writes it), off, or a folder",
+        graphCacheValue,
+        DEFAULT_GRAPH_CACHE,
+      )
       .requiredOption("--out <file>", "output image: .png (with generation parameters), .jpg/.jpeg or .webp")
       // Usage errors go where the command's other output goes (tests capture them).
       .configureOutput({

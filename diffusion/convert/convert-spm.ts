@@ -11,7 +11,7 @@
  * leaves nothing behind.
  */
 import { createHash } from "node:crypto";
-import { createReadStream, existsSync } from "node:fs";
+import { existsSync } from "node:fs";
 import { copyFile, mkdir, readdir, rename, rm, stat, writeFile } from "node:fs/promises";
 import { basename, dirname, join, resolve } from "node:path";
 import { type ClipModelConfig, resolveSpmConfig } from "../models/clip-model.js";
@@ -38,6 +38,7 @@ import {
 } from "../tokenizer/folder.js";
 import { ClipTokenizer } from "../tokenizer/index.js";
 import { CheckpointParamSource } from "../weights/checkpoint-source.js";
+import { sha256File } from "../weights/file-digest.js";
 import { ConvertError, componentWeightFiles, STEPWISE_VERSION } from "./convert.js";
 
 /** The files of a Hugging Face CLIP tokenizer folder that the engine keeps (never the weights beside them). */
@@ -208,12 +209,6 @@ export function planSpmConversion(
     graphs,
     parameters: measureSpm(config).parameters,
   };
-}
-
-async function sha256File(path: string): Promise<string> {
-  const hash = createHash("sha256");
-  for await (const chunk of createReadStream(path)) hash.update(chunk as Buffer);
-  return hash.digest("hex");
 }
 
 /** Convert; returns the manifest written. */

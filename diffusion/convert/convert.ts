@@ -8,7 +8,7 @@
  * end, so a failed conversion leaves nothing behind.
  */
 import { createHash } from "node:crypto";
-import { createReadStream, existsSync } from "node:fs";
+import { existsSync } from "node:fs";
 import { cp, mkdir, rename, rm, writeFile } from "node:fs/promises";
 import { basename, dirname, join, relative, resolve } from "node:path";
 import {
@@ -34,6 +34,7 @@ import { writeOnnxModel } from "../onnx/writer.js";
 import type { ParamSource } from "../ops/params.js";
 import { shapeString } from "../tensor.js";
 import { CheckpointParamSource, shardFiles } from "../weights/checkpoint-source.js";
+import { sha256File } from "../weights/file-digest.js";
 import { recordComponentGraph } from "./component-graph.js";
 
 export const STEPWISE_VERSION = "0.1.0";
@@ -178,12 +179,6 @@ export function checkParameters(
       ...list("mis-shaped", misshaped),
     ].join("\n  "),
   );
-}
-
-async function sha256File(path: string): Promise<string> {
-  const hash = createHash("sha256");
-  for await (const chunk of createReadStream(path)) hash.update(chunk as Buffer);
-  return hash.digest("hex");
 }
 
 /** Record one component's graph and write it to `dir`. */

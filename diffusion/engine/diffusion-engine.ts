@@ -8,6 +8,9 @@
  * then named by a key, so a UNet step sends only the latents, timestep and conditioning. The key is
  * the identity of the `LoraFeeds` object (immutable by contract), so other feeds, even for the same
  * adapter, are never mistaken for stale ones; `releaseLora` frees them when their owner drops them.
+ *
+ * The VAE encoder is opened on the first image-to-image call, not with the engine: text-to-image
+ * never runs it, and its session costs seconds to create (bench/README.md, "Session open").
  */
 import { join } from "node:path";
 import { slotFeeds } from "../lora/feeds.js";
@@ -29,6 +32,7 @@ import {
   type RuntimeOptions,
   type TransferStats,
 } from "./onnx-runtime.js";
+import type { SessionOpen, SessionSpec } from "./worker-protocol.js";
 
 export class EngineInputError extends Error {
   constructor(message: string) {
@@ -39,11 +43,20 @@ export class EngineInputError extends Error {
 
 /** The resident key of "no adapter": every slot at rank 0. */
 const NO_LORA_KEY = "lora:none";
+/** Opened on first use (image-to-image), not with the engine. */
+const LAZY_GRAPHS: ReadonlySet<GraphComponent> = new Set(["vae_encoder"]);
+
+/** A graph's session: a path, not a buffer, since onnxruntime finds model.onnx_data beside the model file. */
+function graphSession(folder: string, manifest: EngineManifest, name: GraphComponent): SessionSpec {
+  return { name, path: join(folder, manifest.graphs[name]!.file) };
+}
 
 export class DiffusionEngine implements PipelineModels {
   /** Resident keys of the LoraFeeds objects seen, by identity (never by content: see the header). */
   private readonly loraKeys = new WeakMap<LoraFeeds, string>();
   private loraCount = 0;
+  /** Lazy graphs being opened or open, by name. */
+  private readonly lazyOpens = new Map<GraphComponent, Promise<void>>();
 
   private constructor(
     readonly folder: string,
@@ -74,13 +87,27 @@ export class DiffusionEngine implements PipelineModels {
       addTimeIds: manifest.unet.addTimeIds,
       schedulerConfig: scheduler.values,
     };
-    const sessions = (Object.keys(manifest.graphs) as GraphComponent[]).map((name) => ({
-      name,
-      // A path, not a buffer: onnxruntime finds model.onnx_data relative to the model file.
-      path: join(folder, manifest.graphs[name]!.file),
-    }));
+    const sessions = (Object.keys(manifest.graphs) as GraphComponent[])
+      .filter((name) => !LAZY_GRAPHS.has(name))
+      .map((name) => graphSession(folder, manifest, name));
     const runtime = await OnnxRuntimeWorker.start(sessions, provider, options);
     return new DiffusionEngine(folder, manifest, spec, tokenizers, runtime);
+  }
+
+  /** How each open session was opened (optimised-graph cache hit or not, time); lazy ones once used. */
+  get sessionOpens(): ReadonlyMap<string, SessionOpen> {
+    return this.runtime.opens;
+  }
+
+  /** Open a lazy graph once; a failed open is retried by the next call. */
+  private openLazy(name: GraphComponent): Promise<void> {
+    let opening = this.lazyOpens.get(name);
+    if (!opening) {
+      opening = this.runtime.loadSessions([graphSession(this.folder, this.manifest, name)]);
+      opening.catch(() => this.lazyOpens.delete(name));
+      this.lazyOpens.set(name, opening);
+    }
+    return opening;
   }
 
   get provider(): ResolvedProvider {
@@ -184,6 +211,7 @@ export class DiffusionEngine implements PipelineModels {
   async vaeEncode(images: Float32Tensor): Promise<{ mean: Float32Tensor; logvar: Float32Tensor }> {
     if (!this.manifest.graphs.vae_encoder)
       throw new InferenceError("this engine has no VAE encoder (img2img needs one)", "vae_encoder");
+    await this.openLazy("vae_encoder");
     const out = await this.runtime.run("vae_encoder", { image: images }, [
       "posterior_mean",
       "posterior_logvar",

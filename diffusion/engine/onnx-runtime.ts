@@ -22,8 +22,10 @@ import {
   type ResolvedProvider,
   validateProviderConfig,
 } from "./execution-provider.js";
+import { DEFAULT_GRAPH_CACHE, type GraphCacheSetting } from "./optimized-graph-cache.js";
 import type {
   SessionInfo,
+  SessionOpen,
   SessionSpec,
   WireTensor,
   WorkerRequest,
@@ -59,6 +61,17 @@ export interface ResidentFeeds {
 export interface RuntimeOptions {
   /** Most bytes of resident feeds the worker keeps (LRU); feeds larger than this are sent per run. */
   readonly residentFeedBytes?: number;
+  /** Where optimised graphs are cached (optimized-graph-cache.ts); beside each model file by default. */
+  readonly graphCache?: GraphCacheSetting;
+  /**
+   * Told when a session was opened without its cache, or its cache entry was rebuilt (the session
+   * opened all the same). By default a process warning.
+   */
+  readonly onCacheWarning?: (session: string, message: string) => void;
+}
+
+function warnProcess(session: string, message: string): void {
+  process.emitWarning(`${session}: ${message}`, "GraphCacheWarning");
 }
 
 /** What crossed to the worker since it started: for tests, metrics and benchmarks. */
@@ -133,6 +146,8 @@ export class OnnxRuntimeWorker {
   private closed = false;
   provider: ResolvedProvider | undefined;
   readonly sessions = new Map<string, SessionInfo>();
+  /** How each loaded session was opened (cache hit or not, time): for logs, tests and benchmarks. */
+  readonly opens = new Map<string, SessionOpen>();
   readonly transfers: TransferStats = { feedBytes: 0, residentUploadBytes: 0, residentUploads: 0 };
   /** Lazy groups the worker holds: key -> bytes, least recently used first. */
   private readonly resident = new Map<string, number>();
@@ -141,12 +156,16 @@ export class OnnxRuntimeWorker {
   /** Keys the worker may hold but the books gave up on (a failed run): dropped with the next message. */
   private readonly unsure = new Set<string>();
   private readonly residentLimit: number;
+  private readonly graphCache: GraphCacheSetting;
+  private readonly onCacheWarning: (session: string, message: string) => void;
 
   private constructor(
     private readonly config: ExecutionProviderConfig,
     options: RuntimeOptions,
   ) {
     this.residentLimit = options.residentFeedBytes ?? DEFAULT_RESIDENT_FEED_BYTES;
+    this.graphCache = options.graphCache ?? DEFAULT_GRAPH_CACHE;
+    this.onCacheWarning = options.onCacheWarning ?? warnProcess;
     this.worker = spawnWorker();
     this.worker.on("message", (res: WorkerResponse) => {
       const p = this.pending.get(res.id);
@@ -198,10 +217,15 @@ export class OnnxRuntimeWorker {
       provider: decided ? (this.provider as ResolvedProvider).provider : this.config.provider,
       deviceId: this.config.deviceId ?? 0,
       intraOpThreads: this.config.intraOpThreads ?? defaultIntraOpThreads(),
+      graphCache: this.graphCache,
     });
     if (res.type !== "loaded") throw new InferenceError(`unexpected worker reply ${res.type}`);
     if (!decided || res.provider.fallbackReason !== undefined) this.provider = res.provider;
     for (const [name, info] of Object.entries(res.sessions)) this.sessions.set(name, info);
+    for (const [name, open] of Object.entries(res.opens)) {
+      this.opens.set(name, open);
+      if (open.warning !== undefined) this.onCacheWarning(name, open.warning);
+    }
   }
 
   /**
@@ -243,7 +267,10 @@ export class OnnxRuntimeWorker {
     this.unsure.clear();
     const res = await this.request({ type: "release", id: 0, keys, sessions });
     if (res.type !== "done") throw new InferenceError(`unexpected worker reply ${res.type}`);
-    for (const name of sessions) this.sessions.delete(name);
+    for (const name of sessions) {
+      this.sessions.delete(name);
+      this.opens.delete(name);
+    }
   }
 
   private failAll(err: Error): void {

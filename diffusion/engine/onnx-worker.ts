@@ -1,5 +1,6 @@
 /**
- * The onnxruntime worker thread: the only module that creates onnxruntime sessions.
+ * The onnxruntime worker thread: where the engine's onnxruntime sessions live (created through
+ * session-open.ts, with its optimised-graph cache).
  *
  * `session.run` blocks the thread it runs on, so sessions live here and the main thread talks to
  * them through messages (diffusion/engine/onnx-runtime.ts). One request runs at a time; the main
@@ -8,9 +9,11 @@
 import { parentPort } from "node:worker_threads";
 import * as ort from "onnxruntime-node";
 import type { DType } from "../tensor.js";
-import { CUDA_INSTALL_HINT, type ResolvedProvider, sessionProviderOptions } from "./execution-provider.js";
+import { CUDA_INSTALL_HINT, type ResolvedProvider } from "./execution-provider.js";
+import { type OpenedSession, openSession } from "./session-open.js";
 import type {
   SessionInfo,
+  SessionOpen,
   SessionSpec,
   ValueInfo,
   WireTensor,
@@ -96,16 +99,6 @@ function describe(session: ort.InferenceSession): SessionInfo {
   return { inputs: info(session.inputMetadata), outputs: info(session.outputMetadata) };
 }
 
-async function createSession(spec: SessionSpec, provider: ResolvedProvider): Promise<ort.InferenceSession> {
-  const options: ort.InferenceSession.SessionOptions = {
-    ...sessionProviderOptions(provider),
-    graphOptimizationLevel: "all",
-  };
-  return "path" in spec
-    ? ort.InferenceSession.create(spec.path, options)
-    : ort.InferenceSession.create(spec.model, options);
-}
-
 function sessionLabel(spec: SessionSpec): string {
   return "path" in spec ? spec.path : `the in-memory model ${spec.name}`;
 }
@@ -118,10 +111,12 @@ async function load(req: Extract<WorkerRequest, { type: "load" }>): Promise<Work
   };
   let provider = wanted;
   const infos: Record<string, SessionInfo> = {};
+  const opens: Record<string, SessionOpen> = {};
+  const options = { cache: req.graphCache };
   for (const spec of req.sessions) {
-    let session: ort.InferenceSession;
+    let opened: OpenedSession;
     try {
-      session = await createSession(spec, provider);
+      opened = await openSession(spec, provider, options);
     } catch (err) {
       const message = (err as Error).message;
       if (provider.provider !== "cuda") throw new Error(`cannot load ${sessionLabel(spec)}: ${message}`);
@@ -133,13 +128,14 @@ async function load(req: Extract<WorkerRequest, { type: "load" }>): Promise<Work
         throw e;
       }
       provider = { ...provider, provider: "cpu", fallbackReason: message };
-      session = await createSession(spec, provider);
+      opened = await openSession(spec, provider, options);
     }
     sessions.get(spec.name)?.release();
-    sessions.set(spec.name, session);
-    infos[spec.name] = describe(session);
+    sessions.set(spec.name, opened.session);
+    infos[spec.name] = describe(opened.session);
+    opens[spec.name] = opened.open;
   }
-  return { type: "loaded", id: req.id, provider, sessions: infos };
+  return { type: "loaded", id: req.id, provider, sessions: infos, opens };
 }
 
 async function run(

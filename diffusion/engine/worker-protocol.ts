@@ -10,6 +10,7 @@
  */
 import type { DType } from "../tensor.js";
 import type { ResolvedProvider } from "./execution-provider.js";
+import type { GraphCacheSetting } from "./optimized-graph-cache.js";
 
 export interface WireTensor {
   readonly dtype: DType;
@@ -36,6 +37,21 @@ export interface SessionInfo {
   readonly outputs: readonly ValueInfo[];
 }
 
+/**
+ * How a session was opened: from the optimised-graph cache ("hit"), from its source with the cache
+ * entry written ("written"), from its source with no cache ("off": not a file, not the CPU, or
+ * turned off) or with a cache that could not be used ("unavailable", `warning` says why).
+ */
+export interface SessionOpen {
+  readonly cache: "hit" | "written" | "off" | "unavailable";
+  /** Wall time of the session's creation, cache work included. */
+  readonly ms: number;
+  /** The cache entry's folder, on "hit" and "written". */
+  readonly entry?: string;
+  /** Why the cache was not used, or why an entry was rebuilt. */
+  readonly warning?: string;
+}
+
 export type WorkerRequest =
   | {
       readonly type: "load";
@@ -44,6 +60,7 @@ export type WorkerRequest =
       readonly provider: "cpu" | "cuda" | "auto";
       readonly deviceId: number;
       readonly intraOpThreads: number;
+      readonly graphCache: GraphCacheSetting;
     }
   | {
       readonly type: "run";
@@ -84,6 +101,7 @@ export type WorkerResponse =
       readonly id: number;
       readonly provider: ResolvedProvider;
       readonly sessions: Readonly<Record<string, SessionInfo>>;
+      readonly opens: Readonly<Record<string, SessionOpen>>;
     }
   | { readonly type: "result"; readonly id: number; readonly outputs: Readonly<Record<string, WireTensor>> }
   | { readonly type: "closed"; readonly id: number }

@@ -143,6 +143,7 @@ describe("environment variables", () => {
       STEPWISE_EXECUTION_PROVIDER: ["auto", (c) => c.executionProvider.provider, "auto"],
       STEPWISE_CUDA_DEVICE_ID: ["3", (c) => c.executionProvider.deviceId, 3],
       STEPWISE_INTRA_OP_THREADS: ["6", (c) => c.executionProvider.intraOpThreads, 6],
+      STEPWISE_GRAPH_CACHE: ["/var/cache/stepwise-graphs", (c) => c.graphCache, "/var/cache/stepwise-graphs"],
       STEPWISE_API_KEYS: [JSON.stringify([key.entry]), (c) => c.auth.keys, [key.entry]],
       STEPWISE_QUEUE_SIZE: ["12", (c) => c.limits.queueSize, 12],
       STEPWISE_REQUEST_TIMEOUT_MS: ["60000", (c) => c.limits.requestTimeoutMs, 60000],

@@ -3,6 +3,7 @@ import {
   DIFFUSERS_UNET_SLOWDOWN,
   GENERATION_STEPS,
   generationFigures,
+  generationWithOpen,
   type Stage,
 } from "../../bench/generation.js";
 
@@ -52,5 +53,23 @@ describe("generation figures", () => {
     const total = MACS.text + GENERATION_STEPS * MACS.unet + MACS.decode;
     const ours = (total - MACS.decode) / 1e8 + MACS.decode / 2.5e7;
     expect(slowDecode).toBeCloseTo((DIFFUSERS_UNET_SLOWDOWN * total) / 1e8 / ours, 9);
+  });
+});
+
+describe("a whole generation including session creation", () => {
+  it("adds the opens of the text encoder, UNet and VAE decoder, not the lazily opened encoder", () => {
+    const opens = {
+      text: { coldMs: 20, cachedMs: 2 },
+      unet: { coldMs: 100, cachedMs: 10 },
+      decode: { coldMs: 6, cachedMs: 1 },
+      encode: { coldMs: 3000, cachedMs: 3000 },
+    };
+    expect(generationWithOpen(1000, opens)).toEqual({ coldMs: 1126, cachedMs: 1013 });
+  });
+
+  it("reports the generation's milliseconds: GENERATION_STEPS UNet steps, a text encoding, a decode and the host work", () => {
+    const f = generationFigures(rounds({}, 7), MACS, MATMUL_MACS);
+    const total = (MACS.text + GENERATION_STEPS * MACS.unet + MACS.decode) / 1e8 + 7;
+    expect(f.generation.median).toBeCloseTo(total, 9);
   });
 });
