@@ -1,7 +1,7 @@
 /**
  * `stepwise world eval`: how faithfully an engine (optionally with LoRAs) draws the world's
  * captions, read by the judge (world/evaluation.ts). Fixed captions and seeds, DDIM, eta 0, at the
- * asked guidance scale and at CFG 1; prints colour, shape and position accuracy per group and
+ * asked guidance scale and at CFG 1 (cli/world-samples.ts); prints colour, shape and position accuracy per group and
  * writes a grid PNG of the guided samples (16 per row, in caption order).
  *
  *   world eval --model ENGINE [--lora FILE[:W]]... [--count 256] [--steps 20] [--cfg 5] [--grid FILE]
@@ -11,7 +11,6 @@ import { dirname } from "node:path";
 import { Command } from "commander";
 import { DiffusionEngine } from "../../diffusion/engine/diffusion-engine.js";
 import { readManifest } from "../../diffusion/engine/manifest.js";
-import { generateOne } from "../../diffusion/pipelines/text-to-image.js";
 import type { Float32Tensor } from "../../diffusion/tensor.js";
 import { composeGrid } from "../../trainer/sample-grid.js";
 import {
@@ -25,6 +24,7 @@ import type { CommandOutput } from "../command-output.js";
 import { type LoraSpec, loadLoras, parseLoraSpec } from "../lora-option.js";
 import { positiveInteger } from "../option-parsers.js";
 import { startProgressBar } from "../progress.js";
+import { sampleCaptions } from "../world-samples.js";
 
 interface EvalOptions {
   model: string;
@@ -94,24 +94,13 @@ export function worldEvalCommand(output: CommandOutput): Command {
             unit: "images",
             total: captions.length,
           });
-          const samples = [];
-          const pixels: Float32Tensor[] = [];
-          for (const [i, caption] of captions.entries()) {
-            const result = await generateOne(engine, {
-              prompt: caption.caption,
-              steps: options.steps,
-              guidanceScale: cfg,
-              scheduler: "ddim",
-              eta: 0,
-              seed: caption.seed,
-              width: options.size,
-              height: options.size,
-              lora: loras.lora,
-            });
-            pixels.push(result.images[0].pixels);
-            samples.push({ caption, image: rgbImageFromPixels(result.images[0].pixels) });
-            bar.update(i + 1);
-          }
+          const pixels = await sampleCaptions(
+            engine,
+            captions,
+            { steps: options.steps, guidanceScale: cfg, size: options.size, lora: loras.lora },
+            (done) => bar.update(done),
+          );
+          const samples = captions.map((caption, i) => ({ caption, image: rgbImageFromPixels(pixels[i]) }));
           bar.stop();
           const report = scoreEvaluation(samples);
           reports[`cfg ${cfg}`] = report;
