@@ -22,6 +22,7 @@ export {
   type TrainConfig,
   type TrainFamily,
 } from "./config.js";
+export { runDpoTraining } from "./dpo-trainer.js";
 export {
   PolicyWeightsError,
   PromptFileError,
@@ -51,6 +52,7 @@ export {
   type LoraParameters,
   loraAdapterOf,
 } from "./lora-parameters.js";
+export type { LoraRunResult, TrainerLog, TrainingProgress } from "./lora-run.js";
 export { FLAT_LOSS_TOLERANCE, type MetricsSummary, readMetrics, type StepMetrics } from "./metrics.js";
 export { OnnxPolicy } from "./onnx-policy.js";
 export { AdamW, type AdamWSettings, type OptimizerState } from "./optimizer.js";
@@ -61,5 +63,12 @@ export { type SampledRound, type SamplingSettings, sampleRound } from "./samplin
 export { type CandidateScorer, SpmCandidateScorer } from "./scorer.js";
 export { loadSessionConfig, type RunControls, TrainingSession } from "./session.js";
 export { spoLoss } from "./spo-loss.js";
-export { type LossSettings, type MicroBatchStats, planMicroBatch, spoObjective } from "./spo-objective.js";
-export { runSpoTraining, type SpoRunResult, type TrainerLog, type TrainingProgress } from "./spo-trainer.js";
+export {
+  type LossSettings,
+  type MicroBatchStats,
+  planMicroBatch,
+  spoMicroBatchGradients,
+  spoObjective,
+  spoPolicyObjective,
+} from "./spo-objective.js";
+export { runSpoTraining, type SpoRunResult } from "./spo-trainer.js";

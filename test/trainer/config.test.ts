@@ -85,7 +85,7 @@ describe("training config", () => {
     expect(c.train.train_batch_size).toBe(3);
     expect(c.model).toBe("/base/engine");
     expect(c.output_dir).toBe("/base/out");
-    expect(resolved({ prompts: ["a", "b"] }).prompts).toEqual(["a", "b"]);
+    expect(resolved({ prompts: ["a", "b"] })).toMatchObject({ objective: "spo", prompts: ["a", "b"] });
   });
 
   it("names unknown keys with the closest known key", () => {

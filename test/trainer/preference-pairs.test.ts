@@ -55,7 +55,10 @@ describe("preference pair folders", () => {
       JSON.stringify({ ...pair("9", "train"), winner: "c" }),
       /line 2: winner must be "a", "b" or "tie", got "c"/,
     ],
-    [JSON.stringify({ ...pair("9", "train"), split: "dev" }), /line 2: split must be one of train, validation, test/],
+    [
+      JSON.stringify({ ...pair("9", "train"), split: "dev" }),
+      /line 2: split must be one of train, validation, test/,
+    ],
     [
       JSON.stringify({ ...pair("9", "train"), image_a: "../../etc/passwd" }),
       /line 2: image_a must be a path inside/,

@@ -22,7 +22,7 @@ import { Registry } from "../../registry/registry.js";
 import { latestCheckpoint, readCheckpoint } from "../../trainer/checkpoint.js";
 import { TrainerCheckpointError } from "../../trainer/errors.js";
 import { exportPath } from "../../trainer/export.js";
-import { readMetrics, type StepMetrics } from "../../trainer/metrics.js";
+import { readMetrics, type SpoStepMetrics } from "../../trainer/metrics.js";
 import { GRID_TEXT_KEYWORD } from "../../trainer/sample-grid.js";
 import type { SpoRunResult } from "../../trainer/spo-trainer.js";
 import { openTinyEngine, scratchDir } from "../helpers/tiny-engines.js";
@@ -43,7 +43,7 @@ function bytesOf(t: Float32Tensor): Buffer {
 }
 
 /** Everything of a metrics line but the wall-clock timings and the memory measurement. */
-function withoutTimings(m: StepMetrics): Partial<StepMetrics> {
+function withoutTimings(m: SpoStepMetrics): Partial<SpoStepMetrics> {
   const { sampling_ms, scoring_ms, reference_ms, gradient_ms, gradient_peak_rss_mib, ...rest } = m;
   return rest;
 }
@@ -80,7 +80,7 @@ describe("SPO training on tiny-sd15", () => {
   it("gives finite losses that are not constant and changes the LoRA", async () => {
     expect(full.completed).toBe(true);
     expect(full.rounds).toBe(4);
-    const steps = await readMetrics(join(fullDir, "metrics.jsonl"));
+    const steps = await readMetrics<SpoStepMetrics>(join(fullDir, "metrics.jsonl"));
     expect(steps.length).toBeGreaterThanOrEqual(2);
     expect(steps.map((s) => s.step)).toEqual(steps.map((_, i) => i + 1));
     for (const s of steps) {
@@ -140,8 +140,8 @@ describe("SPO training on tiny-sd15", () => {
       expect(other && bytesOf(other.up).equals(bytesOf(m.up)), `${module} up`).toBe(true);
     }
     const [a, b] = await Promise.all([
-      readMetrics(join(fullDir, "metrics.jsonl")),
-      readMetrics(join(dir, "metrics.jsonl")),
+      readMetrics<SpoStepMetrics>(join(fullDir, "metrics.jsonl")),
+      readMetrics<SpoStepMetrics>(join(dir, "metrics.jsonl")),
     ]);
     expect(b.map(withoutTimings)).toEqual(a.map(withoutTimings));
     // Some checkpoint of the run was written with half an accumulation pending.
