@@ -93,6 +93,18 @@ describe("SPO training on tiny-sd15", () => {
       expect(s.pairs_offered).toBe(8);
     }
     expect(new Set(steps.map((s) => s.loss)).size).toBeGreaterThan(1);
+    // The margin beta (log r_w - log r_l) and the implicit accuracy, per step. The first step starts
+    // at the reference (margin ~0); each pair's loss is -log sigmoid(its margin), convex, so the
+    // step's mean loss is at least -log sigmoid(mean margin) (Jensen): a margin of the wrong sign
+    // or scale breaks that. An accumulation window averages 2 micro-batches of at most 3 pairs.
+    expect(Math.abs(steps[0].margin)).toBeLessThan(1e-3);
+    for (const s of steps) {
+      expect(s.loss, `step ${s.step}`).toBeGreaterThanOrEqual(Math.log1p(Math.exp(-s.margin)) - 1e-6);
+      expect(s.implicit_accuracy).toBeGreaterThanOrEqual(0);
+      expect(s.implicit_accuracy).toBeLessThanOrEqual(1);
+    }
+    expect(steps.some((s) => Math.abs(s.margin) > 1e-3)).toBe(true);
+    expect(full.summary.final_margin).toBe(steps.at(-1)?.margin);
     // up starts at 0 (SPO's init): after training every module's up has moved.
     for (const [module, m] of full.adapter.modules) {
       expect(
@@ -111,7 +123,7 @@ describe("SPO training on tiny-sd15", () => {
       expect([meta.width, meta.height]).toEqual([2 * 64, 64]);
       expect(JSON.parse(readPngText(png)[GRID_TEXT_KEYWORD])).toEqual({ rows: ["a cat"], columns: [1, 2] });
     }
-    for (const plot of ["loss.svg", "scores.svg"]) {
+    for (const plot of ["loss.svg", "scores.svg", "accuracy.svg"]) {
       const svg = await readFile(join(fullDir, "plots", plot), "utf8");
       expect(svg).toMatch(/^<svg [^>]*xmlns="http:\/\/www\.w3\.org\/2000\/svg"/);
       expect(svg).toContain("<polyline");
