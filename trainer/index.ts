@@ -14,14 +14,21 @@ export {
 export { encodeRound, type RoundConditioning } from "./conditioning.js";
 export {
   closestKey,
+  type DpoTrainConfig,
   parseTrainConfig,
   type RawTrainConfig,
   readTrainConfigFile,
   resolveTrainConfig,
+  type SpoTrainConfig,
   TRAIN_CONFIG_KEYS,
+  TRAIN_OBJECTIVES,
   type TrainConfig,
   type TrainFamily,
+  type TrainObjective,
 } from "./config.js";
+export { type DpoPair, type DpoPairSet, loadDpoPairs, prepareDpoPairs } from "./dpo-data.js";
+export { diffusionDpoLoss } from "./dpo-loss.js";
+export { dpoMicroBatchGradients, dpoObjective, planDpoMicroBatch } from "./dpo-objective.js";
 export { runDpoTraining } from "./dpo-trainer.js";
 export {
   PolicyWeightsError,
@@ -57,6 +64,7 @@ export { FLAT_LOSS_TOLERANCE, type MetricsSummary, readMetrics, type StepMetrics
 export { OnnxPolicy } from "./onnx-policy.js";
 export { AdamW, type AdamWSettings, type OptimizerState } from "./optimizer.js";
 export { SpoPolicy } from "./policy.js";
+export { TRAIN_PRESETS, type TrainPresetName } from "./presets.js";
 export { loadPrompts } from "./prompts.js";
 export { type TrainingPair, withReferenceLogProbs } from "./reference.js";
 export { type SampledRound, type SamplingSettings, sampleRound } from "./sampling.js";
