@@ -40,7 +40,7 @@ export async function runDpoTraining(options: DpoRunOptions): Promise<LoraRunRes
 class DpoRun extends LoraRun<DpoTrainConfig> {
   private constructor(
     private readonly dpo: DpoRunOptions,
-    start: Awaited<ReturnType<typeof startLoraRun>>,
+    start: RunStart,
     private readonly scheduler: DDIMScheduler,
     private readonly data: DpoDataSettings,
     private readonly loss: DpoSettings,

@@ -48,7 +48,7 @@ export async function runSpoTraining(options: SpoRunOptions): Promise<SpoRunResu
 class SpoRun extends LoraRun<SpoTrainConfig> {
   private constructor(
     private readonly spo: SpoRunOptions,
-    start: Awaited<ReturnType<typeof startLoraRun>>,
+    start: RunStart,
     private readonly scheduler: DDIMScheduler,
     private readonly sampling: SamplingSettings,
     private readonly loss: LossSettings,

@@ -15,7 +15,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { unetLoraFeeds } from "../../diffusion/lora/feeds.js";
 import { createGenerator } from "../../diffusion/random/index.js";
 import { DDIMScheduler } from "../../diffusion/schedulers/index.js";
-import { type Float32Tensor, float32, maxAbs, maxAbsDiff } from "../../diffusion/tensor.js";
+import { type Float32Tensor, float32, maxAbsDiff } from "../../diffusion/tensor.js";
 import { parseTrainConfig } from "../../trainer/config.js";
 import { loadDpoPairs, prepareDpoPairs } from "../../trainer/dpo-data.js";
 import { diffusionDpoLoss, SMOOTH_ABS } from "../../trainer/dpo-loss.js";
@@ -26,7 +26,7 @@ import {
   planDpoMicroBatch,
 } from "../../trainer/dpo-objective.js";
 import type { PolicyGradients } from "../../trainer/gradient-backend.js";
-import { initialLoraParameters, type LoraParameters, loraAdapterOf } from "../../trainer/lora-parameters.js";
+import { initialLoraParameters, loraAdapterOf } from "../../trainer/lora-parameters.js";
 import { OnnxPolicy } from "../../trainer/onnx-policy.js";
 import { AdamW } from "../../trainer/optimizer.js";
 import { marginFigures } from "../../trainer/pair-objective.js";
@@ -34,6 +34,7 @@ import { openPolicyWeights } from "../../trainer/policy-weights.js";
 import type { TrainingSession } from "../../trainer/session.js";
 import { scratchDir, TEST_PROVIDER, tinyEngineFolder } from "../helpers/tiny-engines.js";
 import { useWasmBackend } from "../tfjs/wasm.js";
+import { expectSameGradients, trainedLikeParameters } from "./gradient-checks.js";
 import { tfjsOps } from "./tfjs-objective.js";
 import { writeTinyPairs } from "./tiny-pairs.js";
 import { openTinySession } from "./tiny-training.js";
@@ -235,27 +236,6 @@ describe("Diffusion-DPO step on a fixed batch of pairs (tiny-sd15, onnxruntime a
     await session?.close();
   });
 
-  /** Factors away from the init (up = 0 would zero every gradient of down). */
-  function trainedLike(seed: number, scale: number): LoraParameters {
-    const params = initialLoraParameters(
-      session.modules,
-      session.config.lora_rank,
-      createGenerator("stepwise", 11),
-    );
-    const noise = createGenerator("stepwise", seed);
-    for (const [name, t] of params) {
-      if (name.endsWith(".lora_up"))
-        params.set(
-          name,
-          float32(
-            t.shape,
-            noise.randn(t.shape).data.map((z) => z * scale),
-          ),
-        );
-    }
-    return params;
-  }
-
   it("lays out winners then losers sharing t and eps, and starts at z = 0, loss ln 2", async () => {
     expect(plan.unet.sample.shape).toEqual([2 * PAIRS, 4, 8, 8]);
     const t = Array.from(plan.unet.timestep.data);
@@ -275,7 +255,7 @@ describe("Diffusion-DPO step on a fixed batch of pairs (tiny-sd15, onnxruntime a
   });
 
   it("equals the formula on the engine's own predictions with a trained-like LoRA (ONNX)", async () => {
-    const parameters = trainedLike(12, 0.05);
+    const parameters = trainedLikeParameters(session, 12);
     await onnx.setParameters(parameters);
     const { stats } = await dpoMicroBatchGradients(onnx, plan, SETTINGS);
     const lora = unetLoraFeeds([{ adapter: loraAdapterOf(parameters, session.config.lora_rank), weight: 1 }]);
@@ -306,7 +286,7 @@ describe("Diffusion-DPO step on a fixed batch of pairs (tiny-sd15, onnxruntime a
   });
 
   it("gives the same loss and gradients through ONNX as through TF.js", async () => {
-    const parameters = trainedLike(13, 0.05);
+    const parameters = trainedLikeParameters(session, 13);
     await onnx.setParameters(parameters);
     await tfjs.setParameters(parameters);
     const a = await dpoMicroBatchGradients(onnx, plan, SETTINGS);
@@ -315,11 +295,8 @@ describe("Diffusion-DPO step on a fixed batch of pairs (tiny-sd15, onnxruntime a
     expect(Math.abs(a.stats.margin - b.stats.margin)).toBeLessThanOrEqual(
       1e-2 * Math.max(1, Math.abs(a.stats.margin)),
     );
-    const largest = Math.max(...[...b.grads.values()].map((g) => maxAbs(g)));
-    expect(largest).toBeGreaterThan(0);
-    for (const [name, g] of a.grads) {
-      expect(maxAbsDiff(g, b.grads.get(name) as Float32Tensor), name).toBeLessThanOrEqual(1e-3 * largest);
-    }
+    // beta_dpo = 5000 amplifies the two runtimes' rounding of the errors more than SPO's beta = 10.
+    expectSameGradients(a.grads, b.grads, 1e-3);
   });
 
   it("lowers the loss and raises the margin under repeated AdamW steps (ONNX)", async () => {

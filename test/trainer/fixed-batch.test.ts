@@ -26,6 +26,7 @@ import {
   spoMicroBatchGradients,
 } from "../../trainer/spo-objective.js";
 import { scratchDir, TEST_PROVIDER } from "../helpers/tiny-engines.js";
+import { expectSameGradients, trainedLikeParameters } from "./gradient-checks.js";
 import { openTinySession, tinyRawConfig } from "./tiny-training.js";
 
 const STEPS = 6;
@@ -62,27 +63,6 @@ async function onnxPolicy(session: TrainingSession, checkpointing: boolean): Pro
     provider: TEST_PROVIDER,
     checkpointing,
   });
-}
-
-/** Factors away from SPO's init (up = 0 would zero every gradient of down). */
-function trainedLikeParameters(session: TrainingSession): LoraParameters {
-  const params = initialLoraParameters(
-    session.modules,
-    session.config.lora_rank,
-    createGenerator("stepwise", 11),
-  );
-  const noise = createGenerator("stepwise", 12);
-  for (const [name, t] of params) {
-    if (name.endsWith(".lora_up"))
-      params.set(
-        name,
-        float32(
-          t.shape,
-          noise.randn(t.shape).data.map((z) => z * 0.05),
-        ),
-      );
-  }
-  return params;
 }
 
 describe("SPO training step on a fixed batch of pairs (tiny-sd15), ONNX and TF.js gradients", () => {
@@ -167,14 +147,7 @@ describe("SPO training step on a fixed batch of pairs (tiny-sd15), ONNX and TF.j
     expect(Math.abs(a.stats.margin - b.stats.margin)).toBeLessThanOrEqual(
       SETTINGS.beta * BACKEND_LOSS_TOLERANCE,
     );
-    expect([...a.grads.keys()].sort()).toEqual([...b.grads.keys()].sort());
-    const largest = Math.max(...[...b.grads.values()].map((g) => maxAbs(g)));
-    expect(largest).toBeGreaterThan(0);
-    for (const [name, g] of a.grads) {
-      expect(maxAbsDiff(g, b.grads.get(name) as Float32Tensor), name).toBeLessThanOrEqual(
-        BACKEND_GRADIENT_TOLERANCE * largest,
-      );
-    }
+    expectSameGradients(a.grads, b.grads, BACKEND_GRADIENT_TOLERANCE);
   });
 
   it("pads a short micro-batch with weight-0 copies of its last pair: the given pairs' loss and gradients", async () => {
@@ -189,12 +162,7 @@ describe("SPO training step on a fixed batch of pairs (tiny-sd15), ONNX and TF.j
     expect(b.stats.pairs).toBe(2);
     expect(Math.abs(a.stats.loss - b.stats.loss)).toBeLessThanOrEqual(BACKEND_LOSS_TOLERANCE);
     expect(Math.abs(a.stats.ratioWin - b.stats.ratioWin)).toBeLessThanOrEqual(BACKEND_LOSS_TOLERANCE);
-    const largest = Math.max(...[...a.grads.values()].map((g) => maxAbs(g)));
-    for (const [name, g] of a.grads) {
-      expect(maxAbsDiff(g, b.grads.get(name) as Float32Tensor), name).toBeLessThanOrEqual(
-        BACKEND_GRADIENT_TOLERANCE * largest,
-      );
-    }
+    expectSameGradients(a.grads, b.grads, BACKEND_GRADIENT_TOLERANCE);
   });
 
   it("gives the same loss and gradients with activations recomputed per UNet block (checkpointing)", async () => {
@@ -206,12 +174,7 @@ describe("SPO training step on a fixed batch of pairs (tiny-sd15), ONNX and TF.j
       const a = await step(onnx, pairs);
       const b = await step(recomputing, pairs);
       expect(Math.abs(a.stats.loss - b.stats.loss)).toBeLessThanOrEqual(BACKEND_LOSS_TOLERANCE);
-      const largest = Math.max(...[...a.grads.values()].map((g) => maxAbs(g)));
-      for (const [name, g] of a.grads) {
-        expect(maxAbsDiff(g, b.grads.get(name) as Float32Tensor), name).toBeLessThanOrEqual(
-          BACKEND_GRADIENT_TOLERANCE * largest,
-        );
-      }
+      expectSameGradients(a.grads, b.grads, BACKEND_GRADIENT_TOLERANCE);
     } finally {
       await recomputing.close();
     }
