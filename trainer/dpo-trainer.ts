@@ -20,7 +20,14 @@ import { DDIMScheduler } from "../diffusion/schedulers/index.js";
 import type { DpoTrainConfig } from "./config.js";
 import { type DpoDataSettings, type DpoPair, prepareDpoPairs } from "./dpo-data.js";
 import { type DpoSettings, dpoMicroBatchGradients, planDpoMicroBatch } from "./dpo-objective.js";
-import { LoraRun, type LoraRunOptions, type LoraRunResult, runToEnd, startLoraRun } from "./lora-run.js";
+import {
+  LoraRun,
+  type LoraRunOptions,
+  type LoraRunResult,
+  type RunStart,
+  runToEnd,
+  startLoraRun,
+} from "./lora-run.js";
 import type { DpoStepMetrics } from "./metrics.js";
 import { permutation } from "./rng.js";
 

@@ -22,7 +22,14 @@ import type { PipelineModels } from "../diffusion/pipelines/pipeline-models.js";
 import { DDIMScheduler, ddimTransitionOptions } from "../diffusion/schedulers/index.js";
 import { encodeRound, type RoundConditioning } from "./conditioning.js";
 import type { SpoTrainConfig } from "./config.js";
-import { LoraRun, type LoraRunOptions, type LoraRunResult, runToEnd, startLoraRun } from "./lora-run.js";
+import {
+  LoraRun,
+  type LoraRunOptions,
+  type LoraRunResult,
+  type RunStart,
+  runToEnd,
+  startLoraRun,
+} from "./lora-run.js";
 import { meanAndStd, type RoundFigures } from "./metrics.js";
 import { type TrainingPair, withReferenceLogProbs } from "./reference.js";
 import { permutation } from "./rng.js";
