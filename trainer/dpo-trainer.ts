@@ -28,16 +28,12 @@ import {
   runToEnd,
   startLoraRun,
 } from "./lora-run.js";
-import type { DpoStepMetrics } from "./metrics.js";
 import { permutation } from "./rng.js";
 
 export interface DpoRunOptions extends LoraRunOptions<DpoTrainConfig> {
   /** The train pairs, ties dropped, winner first. */
   readonly pairs: readonly DpoPair[];
 }
-
-/** What a DPO step's metrics line carries besides the common figures, per round. */
-type DpoRoundFigures = Pick<DpoStepMetrics, "round" | "epoch">;
 
 /** Train (or continue) until every epoch is done or the options stop it; see the file comment. */
 export async function runDpoTraining(options: DpoRunOptions): Promise<LoraRunResult> {
@@ -101,11 +97,7 @@ class DpoRun extends LoraRun<DpoTrainConfig> {
       gradients.padsMicroBatches ? size : undefined,
     );
     const { grads, stats } = await dpoMicroBatchGradients(gradients, plan, this.loss);
-    // 4. accumulate, and step when the window is full
-    const figures: DpoRoundFigures = {
-      round: this.state.progress.round + 1,
-      epoch: this.state.progress.epoch + 1,
-    };
+    // 4. accumulate, and step when the window is full (DpoStepMetrics: no round-level figures)
     await this.addMicroBatch(
       {
         grads,
@@ -116,7 +108,7 @@ class DpoRun extends LoraRun<DpoTrainConfig> {
         extra: { model_mse: stats.modelMse, reference_mse: stats.referenceMse },
         ms: performance.now() - started,
       },
-      figures,
+      {},
     );
     // 5. counters, the epoch's end, checkpoint
     await this.completeRound(order, batch.length, batch.length);

@@ -193,6 +193,9 @@ describe("Diffusion-DPO step on a fixed batch of pairs (tiny-sd15, onnxruntime a
   let onnx: OnnxPolicy;
   let tfjs: PolicyGradients;
   let plan: DpoMicroBatchPlan;
+  /** The first two pairs, padded to the full four with weight-0 copies (a round's short last micro-batch). */
+  let padded: DpoMicroBatchPlan;
+  let short: DpoMicroBatchPlan;
 
   beforeAll(async () => {
     const folder = await scratchDir("dpo-pairs");
@@ -229,6 +232,9 @@ describe("Diffusion-DPO step on a fixed batch of pairs (tiny-sd15, onnxruntime a
       createGenerator("stepwise", 3),
     );
     plan = await planDpoMicroBatch(session.engine, prepared.conditioning, scheduler, prepared.pairs);
+    const few = prepared.pairs.slice(0, 2);
+    short = await planDpoMicroBatch(session.engine, prepared.conditioning, scheduler, few);
+    padded = await planDpoMicroBatch(session.engine, prepared.conditioning, scheduler, few, PAIRS);
   });
 
   afterAll(async () => {
@@ -297,6 +303,19 @@ describe("Diffusion-DPO step on a fixed batch of pairs (tiny-sd15, onnxruntime a
     );
     // beta_dpo = 5000 amplifies the two runtimes' rounding of the errors more than SPO's beta = 10.
     expectSameGradients(a.grads, b.grads, 1e-3);
+  });
+
+  it("pads a short micro-batch with weight-0 copies: the given pairs' loss, figures and gradients", async () => {
+    expect([padded.pairs, padded.paddedPairs]).toEqual([2, PAIRS]);
+    await onnx.setParameters(trainedLikeParameters(session, 14));
+    const a = await dpoMicroBatchGradients(onnx, short, SETTINGS);
+    const b = await dpoMicroBatchGradients(onnx, padded, SETTINGS);
+    expect(b.stats.pairs).toBe(2);
+    expect(Array.from(b.stats.logits)).toHaveLength(2);
+    expect(Math.abs(a.stats.loss - b.stats.loss)).toBeLessThanOrEqual(1e-5 * Math.max(1, a.stats.loss));
+    expect(b.stats.implicitAccuracy).toBe(a.stats.implicitAccuracy);
+    expect(Math.abs(a.stats.modelMse - b.stats.modelMse)).toBeLessThanOrEqual(1e-6 * a.stats.modelMse);
+    expectSameGradients(a.grads, b.grads, 1e-4);
   });
 
   it("lowers the loss and raises the margin under repeated AdamW steps (ONNX)", async () => {
