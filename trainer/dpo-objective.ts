@@ -25,6 +25,7 @@ import {
   marginFigures,
   PAIR_LOGITS,
   PAIR_WEIGHT,
+  type PairLossStats,
   pairWeights,
   scalarFigure,
   tensorFigure,
@@ -175,13 +176,7 @@ export function dpoPolicyObjective(plan: DpoMicroBatchPlan, settings: DpoSetting
   };
 }
 
-export interface DpoMicroBatchStats {
-  readonly pairs: number;
-  /** The micro-batch's mean loss (not divided by the accumulation steps). */
-  readonly loss: number;
-  /** Mean z and the fraction of pairs with z > 0. */
-  readonly margin: number;
-  readonly implicitAccuracy: number;
+export interface DpoMicroBatchStats extends PairLossStats {
   readonly modelMse: number;
   readonly referenceMse: number;
   /** z of each pair (padding excluded). */

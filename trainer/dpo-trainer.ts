@@ -101,10 +101,7 @@ class DpoRun extends LoraRun<DpoTrainConfig> {
     await this.addMicroBatch(
       {
         grads,
-        pairs: stats.pairs,
-        loss: stats.loss,
-        margin: stats.margin,
-        implicitAccuracy: stats.implicitAccuracy,
+        stats,
         extra: { model_mse: stats.modelMse, reference_mse: stats.referenceMse },
         ms: performance.now() - started,
       },

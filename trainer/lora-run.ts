@@ -49,6 +49,7 @@ import {
   summarizeMetrics,
 } from "./metrics.js";
 import { AdamW } from "./optimizer.js";
+import type { PairLossStats } from "./pair-objective.js";
 import { writeRunPlots } from "./plots.js";
 import { createTrainerRandom, restoreTrainerRandom, type TrainerRandom, trainerRandomState } from "./rng.js";
 import { writeSampleGrid } from "./sample-grid.js";
@@ -107,11 +108,8 @@ export interface LoraRunResult {
 /** One micro-batch's contribution to the pending optimizer step. */
 export interface MicroBatchFigures {
   readonly grads: ReadonlyMap<string, Float32Tensor>;
-  readonly pairs: number;
-  /** Mean loss, margin and implicit accuracy over the micro-batch's pairs. */
-  readonly loss: number;
-  readonly margin: number;
-  readonly implicitAccuracy: number;
+  /** Pairs, and the mean loss, margin and implicit accuracy over them. */
+  readonly stats: PairLossStats;
   /** The objective's own per-micro-batch means, by metrics name (averaged over the step likewise). */
   readonly extra: Readonly<Record<string, number>>;
   /** Time spent on the micro-batch (preparation and gradients). */
@@ -298,15 +296,16 @@ export abstract class LoraRun<C extends TrainConfig = TrainConfig> {
     const { gradients } = this.options;
     this.optimizer.accumulate(new Map(figures.grads));
     const p = this.state.pending;
+    const { stats } = figures;
     const means: Record<string, number> = {
-      loss: figures.loss,
-      margin: figures.margin,
-      implicit_accuracy: figures.implicitAccuracy,
+      loss: stats.loss,
+      margin: stats.margin,
+      implicit_accuracy: stats.implicitAccuracy,
       ...figures.extra,
     };
     for (const [name, value] of Object.entries(means)) p.sums[name] = (p.sums[name] ?? 0) + value;
     p.microBatches++;
-    p.pairs += figures.pairs;
+    p.pairs += stats.pairs;
     p.gradientMs += figures.ms;
     if (this.optimizer.pendingMicroBatches < this.config.train.gradient_accumulation_steps) return;
     const started = performance.now();

@@ -30,6 +30,16 @@ export function weightedPairMean<T>(ops: Ops<T>, t: T, weights: T): T {
   return ops.div(ops.reduceSum(ops.mul(t, weights), 0, false), count);
 }
 
+/** What every pair objective reports for a micro-batch. */
+export interface PairLossStats {
+  readonly pairs: number;
+  /** The micro-batch's mean loss (not divided by the accumulation steps). */
+  readonly loss: number;
+  /** Mean per-pair logit and the fraction of pairs with a logit > 0. */
+  readonly margin: number;
+  readonly implicitAccuracy: number;
+}
+
 export interface MarginFigures {
   /** Mean per-pair logit over the real pairs. */
   readonly margin: number;

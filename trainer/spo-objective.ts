@@ -31,6 +31,7 @@ import {
   marginFigures,
   PAIR_LOGITS,
   PAIR_WEIGHT,
+  type PairLossStats,
   pairWeights,
   scalarFigure,
   tensorFigure,
@@ -48,17 +49,10 @@ export interface LossSettings extends DdimTransitionOptions {
   readonly accumulationSteps: number;
 }
 
-export interface MicroBatchStats {
-  readonly pairs: number;
-  /** The micro-batch's mean loss (not divided by the accumulation steps). */
-  readonly loss: number;
+export interface MicroBatchStats extends PairLossStats {
   /** Mean clamped ratios. */
   readonly ratioWin: number;
   readonly ratioLose: number;
-  /** Mean of beta log ratio_w - beta log ratio_l: what the loss pushes up. */
-  readonly margin: number;
-  /** Fraction of the pairs with beta log ratio_w - beta log ratio_l > 0. */
-  readonly implicitAccuracy: number;
 }
 
 export interface MicroBatchResult {

@@ -167,10 +167,7 @@ class SpoRun extends LoraRun<SpoTrainConfig> {
       await this.addMicroBatch(
         {
           grads,
-          pairs: stats.pairs,
-          loss: stats.loss,
-          margin: stats.margin,
-          implicitAccuracy: stats.implicitAccuracy,
+          stats,
           extra: { ratio_win: stats.ratioWin, ratio_lose: stats.ratioLose },
           ms: performance.now() - started,
         },

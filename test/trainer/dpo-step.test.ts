@@ -28,13 +28,12 @@ import {
 import type { PolicyGradients } from "../../trainer/gradient-backend.js";
 import { initialLoraParameters, loraAdapterOf } from "../../trainer/lora-parameters.js";
 import { OnnxPolicy } from "../../trainer/onnx-policy.js";
-import { AdamW } from "../../trainer/optimizer.js";
 import { marginFigures } from "../../trainer/pair-objective.js";
 import { openPolicyWeights } from "../../trainer/policy-weights.js";
 import type { TrainingSession } from "../../trainer/session.js";
 import { scratchDir, TEST_PROVIDER, tinyEngineFolder } from "../helpers/tiny-engines.js";
 import { useWasmBackend } from "../tfjs/wasm.js";
-import { expectSameGradients, trainedLikeParameters } from "./gradient-checks.js";
+import { expectSameGradients, fitFixedBatch, trainedLikeParameters } from "./gradient-checks.js";
 import { tfjsOps } from "./tfjs-objective.js";
 import { writeTinyPairs } from "./tiny-pairs.js";
 import { openTinySession } from "./tiny-training.js";
@@ -319,30 +318,13 @@ describe("Diffusion-DPO step on a fixed batch of pairs (tiny-sd15, onnxruntime a
   });
 
   it("lowers the loss and raises the margin under repeated AdamW steps (ONNX)", async () => {
-    const parameters = initialLoraParameters(
-      session.modules,
-      session.config.lora_rank,
-      createGenerator("stepwise", 11),
-    );
-    const optimizer = new AdamW(parameters, {
-      learningRate: 1e-3,
-      beta1: 0.9,
-      beta2: 0.999,
-      epsilon: 1e-8,
-      weightDecay: 1e-2,
-      maxGradNorm: 1,
-    });
-    const losses: number[] = [];
-    const margins: number[] = [];
     const STEPS = 6;
-    for (let i = 0; i <= STEPS; i++) {
-      await onnx.setParameters(parameters);
-      const { grads, stats } = await dpoMicroBatchGradients(onnx, plan, SETTINGS);
-      losses.push(stats.loss);
-      margins.push(stats.margin);
-      optimizer.accumulate(grads);
-      optimizer.apply();
-    }
+    const { losses, margins } = await fitFixedBatch(
+      session,
+      onnx,
+      () => dpoMicroBatchGradients(onnx, plan, SETTINGS),
+      { learningRate: 1e-3, weightDecay: 1e-2, steps: STEPS },
+    );
     expect(losses[STEPS]).toBeLessThan(losses[0] - 0.05);
     expect(margins[STEPS]).toBeGreaterThan(margins[0] + 0.1);
   });

@@ -13,7 +13,6 @@ import { encodeRound, type RoundConditioning } from "../../trainer/conditioning.
 import type { PolicyGradients } from "../../trainer/gradient-backend.js";
 import { initialLoraParameters, type LoraParameters } from "../../trainer/lora-parameters.js";
 import { OnnxPolicy } from "../../trainer/onnx-policy.js";
-import { AdamW } from "../../trainer/optimizer.js";
 import { openPolicyWeights } from "../../trainer/policy-weights.js";
 import { type TrainingPair, withReferenceLogProbs } from "../../trainer/reference.js";
 import { sampleRound } from "../../trainer/sampling.js";
@@ -26,7 +25,7 @@ import {
   spoMicroBatchGradients,
 } from "../../trainer/spo-objective.js";
 import { scratchDir, TEST_PROVIDER } from "../helpers/tiny-engines.js";
-import { expectSameGradients, trainedLikeParameters } from "./gradient-checks.js";
+import { expectSameGradients, fitFixedBatch, trainedLikeParameters } from "./gradient-checks.js";
 import { openTinySession, tinyRawConfig } from "./tiny-training.js";
 
 const STEPS = 6;
@@ -204,29 +203,11 @@ describe("SPO training step on a fixed batch of pairs (tiny-sd15), ONNX and TF.j
   });
 
   it("raises beta (log ratio_w - log ratio_l) and lowers the loss under repeated AdamW steps (ONNX)", async () => {
-    const parameters = initialLoraParameters(
-      session.modules,
-      session.config.lora_rank,
-      createGenerator("stepwise", 11),
-    );
-    const optimizer = new AdamW(parameters, {
+    const { losses, margins } = await fitFixedBatch(session, onnx, () => step(onnx, pairs), {
       learningRate: 1e-2,
-      beta1: 0.9,
-      beta2: 0.999,
-      epsilon: 1e-8,
       weightDecay: 1e-4,
-      maxGradNorm: 1,
+      steps: OPTIMIZER_STEPS,
     });
-    const margins: number[] = [];
-    const losses: number[] = [];
-    for (let i = 0; i <= OPTIMIZER_STEPS; i++) {
-      await onnx.setParameters(parameters);
-      const { grads, stats } = await step(onnx, pairs);
-      margins.push(stats.margin);
-      losses.push(stats.loss);
-      optimizer.accumulate(grads);
-      optimizer.apply();
-    }
     expect(margins[OPTIMIZER_STEPS]).toBeGreaterThan(margins[0] + 0.1);
     expect(losses[OPTIMIZER_STEPS]).toBeLessThan(losses[0] - 0.01);
   });

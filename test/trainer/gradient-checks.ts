@@ -1,11 +1,15 @@
 /**
  * What the training-step suites share: LoRA factors away from the init (up = 0 would zero every
- * gradient of down), and the comparison of two backends' gradients relative to the largest element.
+ * gradient of down), the comparison of two backends' gradients relative to the largest element,
+ * and AdamW fitting one fixed micro-batch.
  */
 import { expect } from "vitest";
 import { createGenerator } from "../../diffusion/random/index.js";
 import { type Float32Tensor, float32, maxAbs, maxAbsDiff } from "../../diffusion/tensor.js";
+import type { PolicyGradients } from "../../trainer/gradient-backend.js";
 import { initialLoraParameters, type LoraParameters } from "../../trainer/lora-parameters.js";
+import { AdamW } from "../../trainer/optimizer.js";
+import type { PairLossStats } from "../../trainer/pair-objective.js";
 import type { TrainingSession } from "../../trainer/session.js";
 
 /** The init's down factors (seed 11) and up factors drawn as N(0, scale^2) from `seed`. */
@@ -44,4 +48,40 @@ export function expectSameGradients(
       tolerance * largest,
     );
   }
+}
+
+/**
+ * Fit one fixed micro-batch from the LoRA init with AdamW (clipping at 1): the loss and margin
+ * before each of `steps` updates and after the last.
+ */
+export async function fitFixedBatch(
+  session: TrainingSession,
+  backend: PolicyGradients,
+  gradients: () => Promise<{ grads: Map<string, Float32Tensor>; stats: PairLossStats }>,
+  options: { readonly learningRate: number; readonly weightDecay: number; readonly steps: number },
+): Promise<{ losses: number[]; margins: number[] }> {
+  const parameters = initialLoraParameters(
+    session.modules,
+    session.config.lora_rank,
+    createGenerator("stepwise", 11),
+  );
+  const optimizer = new AdamW(parameters, {
+    learningRate: options.learningRate,
+    beta1: 0.9,
+    beta2: 0.999,
+    epsilon: 1e-8,
+    weightDecay: options.weightDecay,
+    maxGradNorm: 1,
+  });
+  const losses: number[] = [];
+  const margins: number[] = [];
+  for (let i = 0; i <= options.steps; i++) {
+    await backend.setParameters(parameters);
+    const { grads, stats } = await gradients();
+    losses.push(stats.loss);
+    margins.push(stats.margin);
+    optimizer.accumulate(grads);
+    optimizer.apply();
+  }
+  return { losses, margins };
 }
