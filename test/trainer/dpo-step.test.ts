@@ -27,13 +27,12 @@ import {
 } from "../../trainer/dpo-objective.js";
 import type { PolicyGradients } from "../../trainer/gradient-backend.js";
 import { initialLoraParameters, loraAdapterOf } from "../../trainer/lora-parameters.js";
-import { OnnxPolicy } from "../../trainer/onnx-policy.js";
+import type { OnnxPolicy } from "../../trainer/onnx-policy.js";
 import { marginFigures } from "../../trainer/pair-objective.js";
-import { openPolicyWeights } from "../../trainer/policy-weights.js";
 import type { TrainingSession } from "../../trainer/session.js";
-import { scratchDir, TEST_PROVIDER, tinyEngineFolder } from "../helpers/tiny-engines.js";
+import { scratchDir, tinyEngineFolder } from "../helpers/tiny-engines.js";
 import { useWasmBackend } from "../tfjs/wasm.js";
-import { expectSameGradients, fitFixedBatch, trainedLikeParameters } from "./gradient-checks.js";
+import { expectSameGradients, fitFixedBatch, onnxPolicy, trainedLikeParameters } from "./gradient-checks.js";
 import { tfjsOps } from "./tfjs-objective.js";
 import { writeTinyPairs } from "./tiny-pairs.js";
 import { openTinySession } from "./tiny-training.js";
@@ -211,15 +210,7 @@ describe("Diffusion-DPO step on a fixed batch of pairs (tiny-sd15, onnxruntime a
       }),
     });
     tfjs = session.gradients;
-    const weights = await openPolicyWeights(session.engine.manifest, session.config.model);
-    onnx = await OnnxPolicy.start({
-      unet: session.engineContext.unet,
-      weights: weights.params,
-      label: weights.folder,
-      modules: session.modules,
-      rank: session.config.lora_rank,
-      provider: TEST_PROVIDER,
-    });
+    onnx = await onnxPolicy(session);
     const { pairs } = await loadDpoPairs(folder);
     expect(pairs).toHaveLength(PAIRS);
     const scheduler = new DDIMScheduler(session.engine.spec.schedulerConfig);

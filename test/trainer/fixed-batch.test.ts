@@ -12,8 +12,7 @@ import { type Float32Tensor, float32, maxAbs, maxAbsDiff } from "../../diffusion
 import { encodeRound, type RoundConditioning } from "../../trainer/conditioning.js";
 import type { PolicyGradients } from "../../trainer/gradient-backend.js";
 import { initialLoraParameters, type LoraParameters } from "../../trainer/lora-parameters.js";
-import { OnnxPolicy } from "../../trainer/onnx-policy.js";
-import { openPolicyWeights } from "../../trainer/policy-weights.js";
+import type { OnnxPolicy } from "../../trainer/onnx-policy.js";
 import { type TrainingPair, withReferenceLogProbs } from "../../trainer/reference.js";
 import { sampleRound } from "../../trainer/sampling.js";
 import { SpmCandidateScorer } from "../../trainer/scorer.js";
@@ -24,8 +23,8 @@ import {
   planMicroBatch,
   spoMicroBatchGradients,
 } from "../../trainer/spo-objective.js";
-import { scratchDir, TEST_PROVIDER } from "../helpers/tiny-engines.js";
-import { expectSameGradients, fitFixedBatch, trainedLikeParameters } from "./gradient-checks.js";
+import { scratchDir } from "../helpers/tiny-engines.js";
+import { expectSameGradients, fitFixedBatch, onnxPolicy, trainedLikeParameters } from "./gradient-checks.js";
 import { openTinySession, tinyRawConfig } from "./tiny-training.js";
 
 const STEPS = 6;
@@ -49,20 +48,6 @@ const SHARED_PASS_TOLERANCE = 1e-6;
 const BACKEND_GRADIENT_TOLERANCE = 1e-4;
 /** The losses of the two backends: float32 sums in different orders. */
 const BACKEND_LOSS_TOLERANCE = 1e-5;
-
-/** The ONNX gradient backend over the session's policy weights. */
-async function onnxPolicy(session: TrainingSession, checkpointing: boolean): Promise<OnnxPolicy> {
-  const weights = await openPolicyWeights(session.engine.manifest, session.config.model);
-  return OnnxPolicy.start({
-    unet: session.engineContext.unet,
-    weights: weights.params,
-    label: weights.folder,
-    modules: session.modules,
-    rank: session.config.lora_rank,
-    provider: TEST_PROVIDER,
-    checkpointing,
-  });
-}
 
 describe("SPO training step on a fixed batch of pairs (tiny-sd15), ONNX and TF.js gradients", () => {
   let session: TrainingSession;

@@ -1,16 +1,19 @@
 /**
  * What the training-step suites share: LoRA factors away from the init (up = 0 would zero every
  * gradient of down), the comparison of two backends' gradients relative to the largest element,
- * and AdamW fitting one fixed micro-batch.
+ * AdamW fitting one fixed micro-batch, and an ONNX gradient backend beside a session's.
  */
 import { expect } from "vitest";
 import { createGenerator } from "../../diffusion/random/index.js";
 import { type Float32Tensor, float32, maxAbs, maxAbsDiff } from "../../diffusion/tensor.js";
 import type { PolicyGradients } from "../../trainer/gradient-backend.js";
 import { initialLoraParameters, type LoraParameters } from "../../trainer/lora-parameters.js";
+import { OnnxPolicy } from "../../trainer/onnx-policy.js";
 import { AdamW } from "../../trainer/optimizer.js";
 import type { PairLossStats } from "../../trainer/pair-objective.js";
+import { openPolicyWeights } from "../../trainer/policy-weights.js";
 import type { TrainingSession } from "../../trainer/session.js";
+import { TEST_PROVIDER } from "../helpers/tiny-engines.js";
 
 /** The init's down factors (seed 11) and up factors drawn as N(0, scale^2) from `seed`. */
 export function trainedLikeParameters(session: TrainingSession, seed = 12, scale = 0.05): LoraParameters {
@@ -84,4 +87,18 @@ export async function fitFixedBatch(
     optimizer.apply();
   }
   return { losses, margins };
+}
+
+/** The ONNX gradient backend over a session's policy weights (beside the session's own backend). */
+export async function onnxPolicy(session: TrainingSession, checkpointing = false): Promise<OnnxPolicy> {
+  const weights = await openPolicyWeights(session.engine.manifest, session.config.model);
+  return OnnxPolicy.start({
+    unet: session.engineContext.unet,
+    weights: weights.params,
+    label: weights.folder,
+    modules: session.modules,
+    rank: session.config.lora_rank,
+    provider: TEST_PROVIDER,
+    checkpointing,
+  });
 }
