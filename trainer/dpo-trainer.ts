@@ -16,7 +16,6 @@
  * Upstream trains the whole UNet; here both objectives train the same LoRA, so the comparison with
  * SPO is the controlled one of docs/spo.md section 12.5.
  */
-import { DDIMScheduler } from "../diffusion/schedulers/index.js";
 import type { DpoTrainConfig } from "./config.js";
 import { type DpoDataSettings, type DpoPair, prepareDpoPairs } from "./dpo-data.js";
 import { type DpoSettings, dpoMicroBatchGradients, planDpoMicroBatch } from "./dpo-objective.js";
@@ -44,7 +43,6 @@ class DpoRun extends LoraRun<DpoTrainConfig> {
   private constructor(
     private readonly dpo: DpoRunOptions,
     start: RunStart,
-    private readonly scheduler: DDIMScheduler,
     private readonly data: DpoDataSettings,
     private readonly loss: DpoSettings,
   ) {
@@ -52,10 +50,7 @@ class DpoRun extends LoraRun<DpoTrainConfig> {
   }
 
   static async start(options: DpoRunOptions): Promise<DpoRun> {
-    const { config, engine } = options;
-    // The training schedule's alphas (x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps) are the
-    // engine's scheduler config's; DDIM's constructor computes them as DDPM's would.
-    const scheduler = new DDIMScheduler(engine.spec.schedulerConfig, "the engine's scheduler config");
+    const { config } = options;
     const data: DpoDataSettings = {
       resolution: config.resolution,
       captionDropout: config.data.caption_dropout,
@@ -65,7 +60,7 @@ class DpoRun extends LoraRun<DpoTrainConfig> {
       beta: config.train.beta_dpo,
       accumulationSteps: config.train.gradient_accumulation_steps,
     };
-    return new DpoRun(options, await startLoraRun(options), scheduler, data, loss);
+    return new DpoRun(options, await startLoraRun(options), data, loss);
   }
 
   protected get roundsPerEpoch(): number {
@@ -86,6 +81,8 @@ class DpoRun extends LoraRun<DpoTrainConfig> {
       engine,
       batch,
       this.data,
+      // x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps on the engine's training schedule
+      // (DDIM's constructor computes its alphas as DDPM's does).
       this.scheduler.alphasCumprod.length,
       this.random.sampling,
     );

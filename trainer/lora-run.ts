@@ -15,6 +15,7 @@ import { join } from "node:path";
 import type { LoraAdapter } from "../diffusion/lora/adapter.js";
 import { unetLoraFeeds } from "../diffusion/lora/feeds.js";
 import type { LoraFeeds, PipelineModels } from "../diffusion/pipelines/pipeline-models.js";
+import { DDIMScheduler } from "../diffusion/schedulers/index.js";
 import type { Float32Tensor } from "../diffusion/tensor.js";
 import type { EngineContext } from "../registry/import.js";
 import {
@@ -161,6 +162,11 @@ function checkIdentity(resume: Checkpoint, identity: RunIdentity): void {
 
 /** The parts of a run that exist before its first round: optimizer, random streams, metrics, state. */
 export interface RunStart {
+  /**
+   * The engine's scheduler: its training alphas (Diffusion-DPO's x_t) and, once SPO sets its
+   * timesteps, the sampler's and the transition's.
+   */
+  readonly scheduler: DDIMScheduler;
   readonly optimizer: AdamW;
   readonly random: TrainerRandom;
   readonly runId: string;
@@ -170,7 +176,8 @@ export interface RunStart {
 
 /** The LoRA (fresh, or the checkpoint's), its AdamW, the random streams and the metrics log. */
 export async function startLoraRun(options: LoraRunOptions): Promise<RunStart> {
-  const { config, gradients, log, resume } = options;
+  const { config, engine, gradients, log, resume } = options;
+  const scheduler = new DDIMScheduler(engine.spec.schedulerConfig, "the engine's scheduler config");
   await mkdir(config.output_dir, { recursive: true });
   const metricsPath = join(config.output_dir, METRICS_FILE);
   const adamW = (parameters: LoraParameters) =>
@@ -202,6 +209,7 @@ export async function startLoraRun(options: LoraRunOptions): Promise<RunStart> {
     };
     log.info({ checkpoint: resume.folder, round: state.progress.round, step: optimizer.step }, "resuming");
     return {
+      scheduler,
       optimizer,
       random: restoreTrainerRandom(resume.state.random),
       runId: resume.state.runId,
@@ -214,6 +222,7 @@ export async function startLoraRun(options: LoraRunOptions): Promise<RunStart> {
   const optimizer = adamW(parameters);
   await gradients.setParameters(parameters);
   return {
+    scheduler,
     optimizer,
     random,
     runId: randomUUID(),
@@ -238,6 +247,7 @@ export abstract class LoraRun<C extends TrainConfig = TrainConfig> {
   protected readonly warnings: string[] = [];
   private lastCheckpoint: string | undefined;
   private lastStep: StepMetrics | undefined;
+  protected readonly scheduler: DDIMScheduler;
   protected readonly optimizer: AdamW;
   protected readonly random: TrainerRandom;
   protected readonly runId: string;
@@ -248,6 +258,7 @@ export abstract class LoraRun<C extends TrainConfig = TrainConfig> {
     protected readonly options: LoraRunOptions<C>,
     start: RunStart,
   ) {
+    this.scheduler = start.scheduler;
     this.optimizer = start.optimizer;
     this.random = start.random;
     this.runId = start.runId;

@@ -19,7 +19,7 @@
  * Steps 5's accumulation and step 6 are every LoRA trainer's (trainer/lora-run.ts).
  */
 import type { PipelineModels } from "../diffusion/pipelines/pipeline-models.js";
-import { DDIMScheduler, ddimTransitionOptions } from "../diffusion/schedulers/index.js";
+import { ddimTransitionOptions } from "../diffusion/schedulers/index.js";
 import { encodeRound, type RoundConditioning } from "./conditioning.js";
 import type { SpoTrainConfig } from "./config.js";
 import {
@@ -56,7 +56,6 @@ class SpoRun extends LoraRun<SpoTrainConfig> {
   private constructor(
     private readonly spo: SpoRunOptions,
     start: RunStart,
-    private readonly scheduler: DDIMScheduler,
     private readonly sampling: SamplingSettings,
     private readonly loss: LossSettings,
   ) {
@@ -65,7 +64,8 @@ class SpoRun extends LoraRun<SpoTrainConfig> {
 
   static async start(options: SpoRunOptions): Promise<SpoRun> {
     const { config, engine } = options;
-    const scheduler = new DDIMScheduler(engine.spec.schedulerConfig, "the engine's scheduler config");
+    const start = await startLoraRun(options);
+    const scheduler = start.scheduler;
     scheduler.setTimesteps(config.sample.num_steps);
     const sampling: SamplingSettings = {
       numSteps: config.sample.num_steps,
@@ -85,7 +85,7 @@ class SpoRun extends LoraRun<SpoTrainConfig> {
       ...ddimTransitionOptions(scheduler),
       accumulationSteps: config.train.gradient_accumulation_steps,
     };
-    return new SpoRun(options, await startLoraRun(options), scheduler, sampling, loss);
+    return new SpoRun(options, start, sampling, loss);
   }
 
   protected get roundsPerEpoch(): number {
