@@ -122,6 +122,11 @@ export class TrainingSession {
         const { prompts, spmFolder } = inputs;
         data = { objective: "spo", prompts, spm: await SpmEngine.open(spmFolder, options.provider) };
       } else {
+        if (!engine.manifest.graphs.vae_encoder) {
+          throw new TrainerUserError(
+            `${config.model}: the engine has no VAE encoder graph, which Diffusion-DPO needs to encode the pair images; convert the model again (stepwise convert writes one)`,
+          );
+        }
         data = inputs;
         log.info(
           { pairs: inputs.pairs.pairs.length, tiesDropped: inputs.pairs.ties, folder: inputs.folder },
