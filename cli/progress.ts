@@ -12,8 +12,8 @@ export interface TextSink {
 }
 
 export interface ProgressBar {
-  /** Move the bar to `value` (of the total it was started with). */
-  update(value: number): void;
+  /** Move the bar to `value` (of the total it was started with), with a new status text if given. */
+  update(value: number, status?: string): void;
   /** Draw the final state and release the line. */
   stop(): void;
 }
@@ -24,6 +24,8 @@ export interface ProgressOptions {
   readonly total: number;
   /** A short label shown before the bar ("generating"). */
   readonly label: string;
+  /** Show a status text after the bar (`update`'s second argument: "loss 0.69"). */
+  readonly status?: boolean;
 }
 
 const QUIET: ProgressBar = { update: () => {}, stop: () => {} };
@@ -35,15 +37,15 @@ export function startProgressBar(sink: TextSink, options: ProgressOptions): Prog
     {
       // A terminal sink is a tty.WriteStream (or behaves as one): cli-progress moves its cursor.
       stream: sink as NodeJS.WritableStream,
-      format: `${options.label} [{bar}] {value}/{total} ${options.unit} | {duration_formatted} | eta {eta_formatted}`,
+      format: `${options.label} [{bar}] {value}/{total} ${options.unit} | {duration_formatted} | eta {eta_formatted}${options.status ? "{status}" : ""}`,
       hideCursor: true,
       clearOnComplete: false,
     },
     Presets.shades_classic,
   );
-  bar.start(options.total, 0);
+  bar.start(options.total, 0, { status: "" });
   return {
-    update: (value) => bar.update(value),
+    update: (value, status) => bar.update(value, status === undefined ? {} : { status: ` | ${status}` }),
     stop: () => bar.stop(),
   };
 }

@@ -23,8 +23,11 @@ import type { OptimizerState } from "./optimizer.js";
 import type { TrainerRandomState } from "./rng.js";
 
 export const CHECKPOINT_FORMAT = "stepwise-spo-checkpoint";
-/** 2: the gradient backend is recorded (`gradBackend`), not only the TF.js one. */
-export const CHECKPOINT_VERSION = 2;
+/**
+ * 2: the gradient backend is recorded (`gradBackend`), not only the TF.js one.
+ * 3: a pending step's figures are sums by metrics name (any objective's), and Diffusion-DPO runs.
+ */
+export const CHECKPOINT_VERSION = 3;
 export const CHECKPOINTS_FOLDER = "checkpoints";
 const STATE_FILE = "state.json";
 const LORA_FILE = "lora.safetensors";
@@ -38,10 +41,12 @@ export interface RunIdentity {
   readonly configHash: string;
   /** The engine's base model hash (manifest source.modelHash). */
   readonly modelHash: string;
-  /** The SPM's model hash. */
-  readonly spmHash: string;
-  /** sha256 of the prompt list. */
-  readonly promptsHash: string;
+  /** SPO: the SPM's model hash. */
+  readonly spmHash?: string;
+  /** SPO: sha256 of the prompt list. */
+  readonly promptsHash?: string;
+  /** Diffusion-DPO: sha256 of the training pairs' records and image bytes. */
+  readonly pairsHash?: string;
 }
 
 export interface RunProgress {
@@ -64,9 +69,8 @@ export interface EpochLossSummary {
 
 /** Figures of an optimizer step still being accumulated (its micro-batches may span rounds). */
 export interface PendingStepFigures {
-  readonly lossSum: number;
-  readonly ratioWinSum: number;
-  readonly ratioLoseSum: number;
+  /** Sums of the micro-batches' means, by metrics name (loss, margin, implicit_accuracy, ...). */
+  readonly sums: Readonly<Record<string, number>>;
   readonly microBatches: number;
   readonly pairs: number;
   readonly gradientMs: number;

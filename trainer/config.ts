@@ -6,8 +6,13 @@
  *
  * Reading is two steps, because the defaults depend on the family and the family on the model:
  * `readTrainConfigFile` parses and flattens the file and rejects unknown keys (naming the closest
- * known one); `resolveTrainConfig` applies the family's defaults and checks every value against its
- * constraint. Relative paths are taken relative to the config file's folder.
+ * known one); `resolveTrainConfig` applies a preset's values, then the family's defaults, and
+ * checks every value against its constraint. Relative paths are taken relative to the config
+ * file's folder.
+ *
+ * `objective` picks the trainer: `spo` (online, an SPM judging sampled pools) or `diffusion-dpo`
+ * (offline, on the preference pairs `data.pairs` names; docs/spo.md section 12). Keys that only
+ * one objective reads are errors with the other.
  */
 import { readFile } from "node:fs/promises";
 import { dirname, resolve } from "node:path";
@@ -16,8 +21,12 @@ import { DEFAULT_MAX_LORA_RANK } from "../diffusion/lora/validate.js";
 import { MAX_SIDE } from "../diffusion/pipelines/text-to-image.js";
 import { TrainConfigError } from "./errors.js";
 import { DEFAULT_GRAD_BACKEND, GRAD_BACKENDS, type GradBackendName } from "./gradient-backend.js";
+import { TRAIN_PRESETS, type TrainPresetName } from "./presets.js";
 
 export type TrainFamily = "sd15" | "sdxl";
+
+export const TRAIN_OBJECTIVES = ["spo", "diffusion-dpo"] as const;
+export type TrainObjective = (typeof TRAIN_OBJECTIVES)[number];
 
 export interface SampleConfig {
   /** DDIM steps per trajectory (SPO: 20, leading spacing from the model's scheduler config). */
@@ -45,7 +54,10 @@ export interface TrainSection {
   /** Pairs per micro-batch. */
   readonly train_batch_size: number;
   readonly gradient_accumulation_steps: number;
-  /** Global-norm clipping bound; 0 turns clipping off. */
+  /**
+   * Global-norm clipping bound; 0 turns clipping off. SPO's own code never clipped (its clip call
+   * got an exhausted parameter iterator), so 0 is what reproduces it exactly.
+   */
   readonly max_grad_norm: number;
   readonly adam_beta1: number;
   readonly adam_beta2: number;
@@ -54,6 +66,18 @@ export interface TrainSection {
   readonly adam_epsilon: number;
   /** Classifier-free guidance inside the loss, with sample.guidance_scale (SPO: true). */
   readonly cfg: boolean;
+  /** Diffusion-DPO's temperature on the error differences (upstream: 5000, with per-element means and the 1/2). */
+  readonly beta_dpo: number;
+}
+
+/** Diffusion-DPO's data (docs/spo.md section 12.1). */
+export interface DpoDataConfig {
+  /** A preference-pair folder (trainer/preference-pairs.ts); its train split trains, ties dropped. */
+  readonly pairs: string;
+  /** Probability that a pair's caption is replaced by "" each time it is loaded (upstream: 0.2). */
+  readonly caption_dropout: number;
+  /** Flip each image horizontally with probability 0.5, independently (upstream: on). */
+  readonly random_flip: boolean;
 }
 
 export interface ValidationConfig {
@@ -61,7 +85,8 @@ export interface ValidationConfig {
   readonly seeds: readonly number[];
 }
 
-export interface TrainConfig {
+/** What every objective's config holds. */
+export interface CommonTrainConfig {
   readonly family: TrainFamily;
   /** Engine folder (`stepwise convert`) the sampling rounds run on. */
   readonly model: string;
@@ -77,10 +102,8 @@ export interface TrainConfig {
    * backend only): less memory for about one more forward pass.
    */
   readonly gradient_checkpointing: boolean;
-  /** SPM engine folder (`stepwise convert-spm`). */
-  readonly spm: string;
-  /** A prompt file (JSON list, SPO's `[{"caption": ...}]`, or one prompt per line) or the list itself. */
-  readonly prompts: string | readonly string[];
+  /** The preset whose values stand in for keys the file leaves out, if any. */
+  readonly preset?: TrainPresetName;
   readonly output_dir: string;
   readonly seed: number;
   readonly num_epochs: number;
@@ -95,6 +118,23 @@ export interface TrainConfig {
   readonly compare_func_cfg: { readonly threshold: number };
   readonly validation: ValidationConfig;
 }
+
+/** An SPO run: sampling rounds judged by an SPM. */
+export interface SpoTrainConfig extends CommonTrainConfig {
+  readonly objective: "spo";
+  /** SPM engine folder (`stepwise convert-spm`). */
+  readonly spm: string;
+  /** A prompt file (JSON list, SPO's `[{"caption": ...}]`, or one prompt per line) or the list itself. */
+  readonly prompts: string | readonly string[];
+}
+
+/** A Diffusion-DPO run: offline preference pairs. */
+export interface DpoTrainConfig extends CommonTrainConfig {
+  readonly objective: "diffusion-dpo";
+  readonly data: DpoDataConfig;
+}
+
+export type TrainConfig = SpoTrainConfig | DpoTrainConfig;
 
 /** The config file as flat dotted keys, before defaults; paths already resolved. */
 export interface RawTrainConfig {
@@ -113,6 +153,8 @@ interface KeySpec {
   readonly only?: TrainFamily;
   /** The value is a path, resolved against the config file's folder. */
   readonly path?: boolean;
+  /** The key is read by this objective only; giving it with the other is an error. */
+  readonly objective?: TrainObjective;
 }
 
 function fail(key: string, message: string): never {
@@ -189,6 +231,20 @@ const gradBackend: Check = (v, key) => {
   return v;
 };
 
+const objectiveValue: Check = (v, key) => {
+  if (!(TRAIN_OBJECTIVES as readonly unknown[]).includes(v)) {
+    fail(key, `must be one of ${TRAIN_OBJECTIVES.join(", ")}, got ${shown(v)}`);
+  }
+  return v;
+};
+
+const presetValue: Check = (v, key) => {
+  if (typeof v !== "string" || !(v in TRAIN_PRESETS)) {
+    fail(key, `must be one of ${Object.keys(TRAIN_PRESETS).join(", ")}, got ${shown(v)}`);
+  }
+  return v;
+};
+
 const family = (sd15: unknown, sdxl: unknown) => ({ sd15, sdxl });
 
 /**
@@ -197,12 +253,22 @@ const family = (sd15: unknown, sdxl: unknown) => ({ sd15, sdxl });
  * 6e-5 / 1e-5, threshold 0.3 / 0.4, resolution 512 / 1024.
  */
 const KEYS: Readonly<Record<string, KeySpec>> = {
+  objective: { check: objectiveValue, defaults: family("spo", "spo") },
+  preset: { check: presetValue, defaults: family(undefined, undefined) },
   model: { check: nonEmptyString, path: true },
   model_weights: { check: nonEmptyString, path: true, defaults: family(undefined, undefined) },
-  spm: { check: nonEmptyString, path: true },
+  spm: { check: nonEmptyString, path: true, objective: "spo" },
   grad_backend: { check: gradBackend, defaults: family(DEFAULT_GRAD_BACKEND, DEFAULT_GRAD_BACKEND) },
   gradient_checkpointing: { check: boolean, defaults: family(false, false) },
-  prompts: { check: promptsValue, path: true },
+  prompts: { check: promptsValue, path: true, objective: "spo" },
+  "data.pairs": { check: nonEmptyString, path: true, objective: "diffusion-dpo" },
+  // Upstream's --proportion_empty_prompts default, used by both launchers.
+  "data.caption_dropout": {
+    check: numberIn(0, 1, true),
+    defaults: family(0.2, 0.2),
+    objective: "diffusion-dpo",
+  },
+  "data.random_flip": { check: boolean, defaults: family(true, true), objective: "diffusion-dpo" },
   output_dir: { check: nonEmptyString, path: true },
   seed: { check: integerIn(0), defaults: family(42, 42) },
   num_epochs: { check: integerIn(1), defaults: family(10, 10) },
@@ -213,16 +279,26 @@ const KEYS: Readonly<Record<string, KeySpec>> = {
   checkpoint_every: { check: integerIn(1), defaults: family(25, 25) },
   export_formats: { check: formatList, defaults: family(["diffusers"], ["diffusers"]) },
   "sample.num_steps": { check: integerIn(2, 1000), defaults: family(20, 20) },
-  "sample.eta": { check: numberIn(0, 1, false), defaults: family(1, 1) },
+  "sample.eta": { check: numberIn(0, 1, false), defaults: family(1, 1), objective: "spo" },
   "sample.guidance_scale": { check: numberIn(0, UNBOUNDED, true), defaults: family(5, 5) },
-  "sample.sample_batch_size": { check: integerIn(1), defaults: family(10, 2) },
+  "sample.sample_batch_size": { check: integerIn(1), defaults: family(10, 2), objective: "spo" },
   // Up to 64: the resampler's uniform picks are exact enough for pools that size (rng.ts).
-  "sample.num_sample_each_step": { check: integerIn(2, 64), defaults: family(4, 2) },
-  "sample.num_inner_step": { check: integerIn(0, 1000), defaults: family(0, 3), only: "sdxl" },
+  "sample.num_sample_each_step": { check: integerIn(2, 64), defaults: family(4, 2), objective: "spo" },
+  "sample.num_inner_step": {
+    check: integerIn(0, 1000),
+    defaults: family(0, 3),
+    only: "sdxl",
+    objective: "spo",
+  },
   "train.learning_rate": { check: numberIn(0, 1, false), defaults: family(6e-5, 1e-5) },
-  "train.beta": { check: numberIn(0, UNBOUNDED, false), defaults: family(10, 10) },
-  "train.eps": { check: numberIn(0, 1, false), defaults: family(0.1, 0.1) },
-  "train.divert_start_step": { check: integerIn(0, 999), defaults: family(4, 4) },
+  "train.beta": { check: numberIn(0, UNBOUNDED, false), defaults: family(10, 10), objective: "spo" },
+  "train.eps": { check: numberIn(0, 1, false), defaults: family(0.1, 0.1), objective: "spo" },
+  "train.beta_dpo": {
+    check: numberIn(0, UNBOUNDED, false),
+    defaults: family(5000, 5000),
+    objective: "diffusion-dpo",
+  },
+  "train.divert_start_step": { check: integerIn(0, 999), defaults: family(4, 4), objective: "spo" },
   "train.train_batch_size": { check: integerIn(1), defaults: family(10, 2) },
   "train.gradient_accumulation_steps": { check: integerIn(1), defaults: family(1, 2) },
   "train.max_grad_norm": { check: numberIn(0, UNBOUNDED, true), defaults: family(1, 1) },
@@ -230,8 +306,12 @@ const KEYS: Readonly<Record<string, KeySpec>> = {
   "train.adam_beta2": { check: numberIn(0, 1, true), defaults: family(0.999, 0.999) },
   "train.adam_weight_decay": { check: numberIn(0, 1, true), defaults: family(1e-4, 1e-4) },
   "train.adam_epsilon": { check: numberIn(0, 1, false), defaults: family(1e-8, 1e-8) },
-  "train.cfg": { check: boolean, defaults: family(true, true) },
-  "compare_func_cfg.threshold": { check: numberIn(0, 1, true), defaults: family(0.3, 0.4) },
+  "train.cfg": { check: boolean, defaults: family(true, true), objective: "spo" },
+  "compare_func_cfg.threshold": {
+    check: numberIn(0, 1, true),
+    defaults: family(0.3, 0.4),
+    objective: "spo",
+  },
   "validation.prompts": { check: stringList, defaults: family(["A beautiful lake"], ["A beautiful lake"]) },
   "validation.seeds": { check: seedList, defaults: family([42, 43], [42, 43]) },
 };
@@ -363,28 +443,46 @@ export function resolveTrainConfig(raw: RawTrainConfig, family: TrainFamily): Tr
 }
 
 function resolveChecked(raw: RawTrainConfig, f: TrainFamily): TrainConfig {
+  const objective = (
+    raw.values.has("objective") ? objectiveValue(raw.values.get("objective"), "objective") : "spo"
+  ) as TrainObjective;
+  const presetName = raw.values.has("preset")
+    ? (presetValue(raw.values.get("preset"), "preset") as TrainPresetName)
+    : undefined;
+  const preset = presetName === undefined ? undefined : TRAIN_PRESETS[presetName];
+  if (preset && preset.family !== f) {
+    fail("preset", `${presetName} is for ${preset.family} models; this model is ${f}`);
+  }
+  if (preset && preset.objective !== objective) {
+    fail("preset", `${presetName} is a preset of objective ${preset.objective}, not ${objective}`);
+  }
   const v = new Map<string, unknown>();
   for (const [key, spec] of Object.entries(KEYS)) {
     const given = raw.values.get(key);
     if (given !== undefined && spec.only && spec.only !== f) {
       fail(key, `applies to the ${spec.only} variant only; this model is ${f}`);
     }
-    if (given === undefined) {
-      if (spec.defaults === undefined) fail(key, "is required");
-      v.set(key, spec.defaults[f]);
-    } else {
+    if (given !== undefined && spec.objective && spec.objective !== objective) {
+      fail(key, `applies to objective ${spec.objective} only; this config's objective is ${objective}`);
+    }
+    if (given !== undefined) {
       v.set(key, spec.check(given, key));
+    } else if (preset && key in preset.values) {
+      v.set(key, preset.values[key]);
+    } else if (spec.defaults !== undefined) {
+      v.set(key, spec.defaults[f]);
+    } else if (spec.objective === undefined || spec.objective === objective) {
+      fail(key, spec.objective ? `is required with objective ${spec.objective}` : "is required");
     }
   }
   const get = <T>(key: string) => v.get(key) as T;
-  const config: TrainConfig = {
+  const common: CommonTrainConfig = {
     family: f,
     model: get("model"),
     ...(v.get("model_weights") === undefined ? {} : { model_weights: get<string>("model_weights") }),
-    spm: get("spm"),
+    ...(presetName === undefined ? {} : { preset: presetName }),
     grad_backend: get("grad_backend"),
     gradient_checkpointing: get("gradient_checkpointing"),
-    prompts: get("prompts"),
     output_dir: get("output_dir"),
     seed: get("seed"),
     num_epochs: get("num_epochs"),
@@ -413,16 +511,42 @@ function resolveChecked(raw: RawTrainConfig, f: TrainFamily): TrainConfig {
       adam_weight_decay: get("train.adam_weight_decay"),
       adam_epsilon: get("train.adam_epsilon"),
       cfg: get("train.cfg"),
+      beta_dpo: get("train.beta_dpo"),
     },
     compare_func_cfg: { threshold: get("compare_func_cfg.threshold") },
     validation: { prompts: get("validation.prompts"), seeds: get("validation.seeds") },
   };
+  const config: TrainConfig =
+    objective === "spo"
+      ? { ...common, objective, spm: get("spm"), prompts: get("prompts") }
+      : {
+          ...common,
+          objective,
+          data: {
+            pairs: get("data.pairs"),
+            caption_dropout: get("data.caption_dropout"),
+            random_flip: get("data.random_flip"),
+          },
+        };
   checkRelations(config);
   return config;
 }
 
 /** Constraints between keys. */
 function checkRelations(c: TrainConfig): void {
+  if (c.resolution % 64 !== 0)
+    fail(
+      "resolution",
+      `must be a multiple of 64 (8 pixels per latent, three halvings in the UNet), got ${c.resolution}`,
+    );
+  if (c.gradient_checkpointing && c.grad_backend !== "onnx") {
+    fail("gradient_checkpointing", `applies to grad_backend onnx only, got grad_backend ${c.grad_backend}`);
+  }
+  if (c.objective === "spo") checkSpoRelations(c);
+}
+
+/** SPO's sampling settings against each other. */
+function checkSpoRelations(c: SpoTrainConfig): void {
   const steps = c.sample.num_steps;
   const divert = c.train.divert_start_step;
   // SD1.5: the last step may open the pool (its children are scored clean). SDXL: a branch at the
@@ -433,14 +557,6 @@ function checkRelations(c: TrainConfig): void {
       "train.divert_start_step",
       `must be at most ${lastDivert} with sample.num_steps ${steps} (${c.family}: ${c.family === "sdxl" ? "a branch needs a later step to be scored at" : "the pool opens at a sampling step"}), got ${divert}`,
     );
-  }
-  if (c.resolution % 64 !== 0)
-    fail(
-      "resolution",
-      `must be a multiple of 64 (8 pixels per latent, three halvings in the UNet), got ${c.resolution}`,
-    );
-  if (c.gradient_checkpointing && c.grad_backend !== "onnx") {
-    fail("gradient_checkpointing", `applies to grad_backend onnx only, got grad_backend ${c.grad_backend}`);
   }
   if (c.train.cfg && !(c.sample.guidance_scale > 1)) {
     fail(
@@ -465,6 +581,8 @@ const RESUMABLE_KEYS = new Set([
   "gradient_checkpointing",
   "spm",
   "prompts",
+  // The values it gave are in the config; its name is not what a round computes.
+  "preset",
   "output_dir",
   "checkpoint_every",
   "export_formats",
@@ -477,6 +595,11 @@ export function trainingIdentity(config: TrainConfig): Record<string, unknown> {
   const out: Record<string, unknown> = {};
   for (const key of Object.keys(config).sort()) {
     if (!RESUMABLE_KEYS.has(key)) out[key] = (config as unknown as Record<string, unknown>)[key];
+  }
+  // The pairs' content hash (RunIdentity.pairsHash) stands for their folder; the rest of data.* counts.
+  if (config.objective === "diffusion-dpo") {
+    const { pairs: _folder, ...data } = config.data;
+    out.data = data;
   }
   return out;
 }

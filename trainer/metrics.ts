@@ -3,9 +3,13 @@
  * published with the LoRA, and SPO's failure symptom (docs/spo.md section 5): a loss that stays at
  * ln 2 means the ratios never left 1 (or all sit clamped), so nothing is learned.
  *
- * Round-level figures (pairs kept and offered, the candidates' score mean and std, time sampling
- * and scoring) are those of the round in which the step completed; steps of one round repeat them,
- * and `round` tells them apart.
+ * Every objective logs the loss, the margin (the per-pair logit the DPO loss pushes up: SPO's
+ * beta (log r_w - log r_l), Diffusion-DPO's -(beta_dpo / 2)(d_theta - d_ref)) and the implicit
+ * accuracy (the fraction of pairs whose margin is > 0), each the mean over the step's micro-batches.
+ *
+ * SPO's round-level figures (pairs kept and offered, the candidates' score mean and std, time
+ * sampling and scoring) are those of the round in which the step completed; steps of one round
+ * repeat them, and `round` tells them apart.
  */
 import { existsSync } from "node:fs";
 import { appendFile, readFile, truncate, writeFile } from "node:fs/promises";
@@ -24,12 +28,18 @@ export interface RoundFigures {
   readonly reference_ms: number;
 }
 
-export interface StepMetrics extends RoundFigures {
+/** What every objective logs per optimizer step. */
+export interface StepMetrics {
+  /** The round (SPO: sampling round; Diffusion-DPO: micro-batch) in which the step completed. */
+  readonly round: number;
+  readonly epoch: number;
   readonly step: number;
   readonly loss: number;
-  readonly ratio_win: number;
-  readonly ratio_lose: number;
-  /** Policy forward and backward of the step's micro-batches, and the optimizer update. */
+  /** Mean per-pair margin: the logit inside -log sigmoid. */
+  readonly margin: number;
+  /** Fraction of pairs with margin > 0 (Diffusion-DPO's `implicit_acc_accumulated`). */
+  readonly implicit_accuracy: number;
+  /** Policy forward and backward of the step's micro-batches (with their preparation), and the optimizer update. */
   readonly gradient_ms: number;
   readonly grad_norm: number;
   readonly clip_scale: number;
@@ -40,6 +50,25 @@ export interface StepMetrics extends RoundFigures {
    * MiB (ONNX gradient backend only; a measurement, like the timings).
    */
   readonly gradient_peak_rss_mib?: number;
+}
+
+/** An SPO step: its round's figures and the mean clamped ratios. */
+export interface SpoStepMetrics extends StepMetrics, RoundFigures {
+  readonly ratio_win: number;
+  readonly ratio_lose: number;
+}
+
+/** A Diffusion-DPO step: the errors of policy and reference (docs/spo.md section 12.2). */
+export interface DpoStepMetrics extends StepMetrics {
+  /** 0.5 (mean err_theta(w) + mean err_theta(l)). */
+  readonly model_mse: number;
+  /** Mean err_ref over winners and losers. */
+  readonly reference_mse: number;
+}
+
+/** Whether a metrics line is an SPO step's (it carries the round's sampling figures). */
+export function isSpoStep(step: StepMetrics): step is SpoStepMetrics {
+  return "score_mean" in step;
 }
 
 /**
@@ -94,12 +123,12 @@ export class MetricsLog {
   }
 }
 
-export async function readMetrics(path: string): Promise<StepMetrics[]> {
+export async function readMetrics<M extends StepMetrics = StepMetrics>(path: string): Promise<M[]> {
   const text = await readFile(path, "utf8");
   return text
     .split("\n")
     .filter((line) => line.trim() !== "")
-    .map((line) => JSON.parse(line) as StepMetrics);
+    .map((line) => JSON.parse(line) as M);
 }
 
 /** Whether an epoch's losses stayed within FLAT_LOSS_TOLERANCE of ln 2 (needs at least one step). */
@@ -126,6 +155,8 @@ export interface MetricsSummary {
   readonly final_loss: number | null;
   /** Mean loss over the last epoch's steps. */
   readonly last_epoch_loss: number | null;
+  readonly final_margin: number | null;
+  readonly final_implicit_accuracy: number | null;
   readonly final_ratio_win: number | null;
   readonly final_ratio_lose: number | null;
   readonly score_mean_first_round: number | null;
@@ -134,10 +165,11 @@ export interface MetricsSummary {
 
 /** What the published manifest carries about the run. */
 export function summarizeMetrics(steps: readonly StepMetrics[], totals: RunTotals): MetricsSummary {
-  const byRound = new Map<number, StepMetrics>();
-  for (const s of steps) if (!byRound.has(s.round)) byRound.set(s.round, s);
+  const byRound = new Map<number, SpoStepMetrics>();
+  for (const s of steps) if (isSpoStep(s) && !byRound.has(s.round)) byRound.set(s.round, s);
   const rounds = [...byRound.values()];
   const last = steps.at(-1);
+  const lastSpo = last && isSpoStep(last) ? last : undefined;
   const lastEpoch = last ? steps.filter((s) => s.epoch === last.epoch) : [];
   return {
     steps: steps.length,
@@ -147,8 +179,10 @@ export function summarizeMetrics(steps: readonly StepMetrics[], totals: RunTotal
     first_loss: steps[0]?.loss ?? null,
     final_loss: last?.loss ?? null,
     last_epoch_loss: lastEpoch.length > 0 ? meanAndStd(lastEpoch.map((s) => s.loss)).mean : null,
-    final_ratio_win: last?.ratio_win ?? null,
-    final_ratio_lose: last?.ratio_lose ?? null,
+    final_margin: last?.margin ?? null,
+    final_implicit_accuracy: last?.implicit_accuracy ?? null,
+    final_ratio_win: lastSpo?.ratio_win ?? null,
+    final_ratio_lose: lastSpo?.ratio_lose ?? null,
     score_mean_first_round: rounds[0]?.score_mean ?? null,
     score_mean_last_round: rounds.at(-1)?.score_mean ?? null,
   };

@@ -1,6 +1,6 @@
 /**
- * The ONNX gradient backend (`grad_backend: onnx`, the default): the UNet definition and SPO's
- * objective (trainer/spo-objective.ts) recorded as one gradient graph (diffusion/autodiff/: LoRA
+ * The ONNX gradient backend (`grad_backend: onnx`, the default): the UNet definition and the
+ * run's objective (SPO's or Diffusion-DPO's, over `Ops`) recorded as one gradient graph (diffusion/autodiff/: LoRA
  * factors as inputs, base weights frozen initializers) and run by onnxruntime with the engine's
  * execution provider (diffusion/training/training-program.ts), one graph per micro-batch layout.
  * The LoRA factors stay in the worker between optimizer steps. With `checkpointing`, each UNet
@@ -9,7 +9,6 @@
 import { unetBlockSegment } from "../diffusion/autodiff/backward.js";
 import type { ExecutionProviderConfig } from "../diffusion/engine/execution-provider.js";
 import { type UNetConfig, unet2DConditionModel } from "../diffusion/models/unet2d-condition.js";
-import type { OnnxValue } from "../diffusion/onnx/graph.js";
 import type { ParamSource } from "../diffusion/ops/params.js";
 import type { Float32Tensor, Tensor } from "../diffusion/tensor.js";
 import {
@@ -18,17 +17,14 @@ import {
   type TrainingGraph,
   TrainingProgram,
 } from "../diffusion/training/training-program.js";
-import type { GradBackendName, PolicyGradients } from "./gradient-backend.js";
+import type {
+  GradBackendName,
+  ObjectiveGradients,
+  PolicyBatch,
+  PolicyGradients,
+  PolicyObjective,
+} from "./gradient-backend.js";
 import type { LoraModuleShape } from "./lora-parameters.js";
-import {
-  type LossSettings,
-  type MicroBatchPlan,
-  type MicroBatchResult,
-  spoObjective,
-} from "./spo-objective.js";
-
-/** The statistics the graph returns beside the loss and gradients. */
-const STAT_OUTPUTS = ["micro_batch_loss", "ratio_win", "ratio_lose", "margin"] as const;
 
 export interface OnnxPolicyOptions {
   readonly unet: UNetConfig;
@@ -43,9 +39,9 @@ export interface OnnxPolicyOptions {
   readonly checkpointing?: boolean;
 }
 
-/** The UNet's graph inputs of a plan, by the engine's names. */
-function unetInputs(plan: MicroBatchPlan): Record<string, Tensor> {
-  const { unet } = plan;
+/** The UNet's graph inputs of a batch, by the engine's names. */
+function unetInputs(batch: PolicyBatch): Record<string, Tensor> {
+  const { unet } = batch;
   const out: Record<string, Tensor> = {
     sample: unet.sample,
     timestep: unet.timestep,
@@ -85,30 +81,16 @@ export class OnnxPolicy implements PolicyGradients {
     return this.program.setParameters(parameters);
   }
 
-  async lossAndGradients(plan: MicroBatchPlan, settings: LossSettings): Promise<MicroBatchResult> {
-    const feeds: Record<string, Tensor> = { ...unetInputs(plan), ...plan.side };
-    const result = await this.program.step(`${plan.structure};${JSON.stringify(settings)}`, feeds, () =>
-      this.record(plan, feeds, settings),
-    );
+  async objectiveGradients(batch: PolicyBatch, objective: PolicyObjective): Promise<ObjectiveGradients> {
+    const feeds: Record<string, Tensor> = { ...unetInputs(batch), ...batch.side };
+    const result = await this.program.step(objective.structure, feeds, () => this.record(feeds, objective));
     this.peakRss = result.memory.peakRssBytes;
-    const stat = (name: (typeof STAT_OUTPUTS)[number]) => Number(result.outputs[name].data[0]);
-    return {
-      grads: result.gradients,
-      stats: {
-        pairs: plan.pairs,
-        loss: stat("micro_batch_loss"),
-        ratioWin: stat("ratio_win"),
-        ratioLose: stat("ratio_lose"),
-        margin: stat("margin"),
-      },
-    };
+    const stats = new Map<string, Float32Tensor>();
+    for (const [name, t] of Object.entries(result.outputs)) stats.set(name, t as Float32Tensor);
+    return { grads: result.gradients, stats };
   }
 
-  private record(
-    plan: MicroBatchPlan,
-    feeds: Readonly<Record<string, Tensor>>,
-    settings: LossSettings,
-  ): TrainingGraph {
+  private record(feeds: Readonly<Record<string, Tensor>>, objective: PolicyObjective): TrainingGraph {
     const { unet, weights, label, rank } = this.options;
     return recordTrainingGraph({
       params: weights,
@@ -125,17 +107,8 @@ export class OnnxPolicy implements PolicyGradients {
           textEmbeds: inputs.text_embeds,
           timeIds: inputs.time_ids,
         }).sample;
-        const side = inputs as Parameters<typeof spoObjective<OnnxValue>>[2];
-        const terms = spoObjective(ops, out, side, plan, settings);
-        return {
-          loss: terms.scaledLoss,
-          outputs: {
-            micro_batch_loss: terms.loss,
-            ratio_win: terms.ratioWin,
-            ratio_lose: terms.ratioLose,
-            margin: terms.margin,
-          },
-        };
+        const terms = objective.evaluate(ops, out, inputs);
+        return { loss: terms.scaledLoss, outputs: terms.stats };
       },
     });
   }

@@ -1,12 +1,19 @@
 /**
  * Small hand-written SVG line plots of a run's metrics, written at the end of training:
  * `plots/loss.svg` (loss per optimizer step, with ln 2 marked: a loss that stays on that line
- * learns nothing) and `plots/scores.svg` (the candidates' mean preference score per round, with a
- * band of one standard deviation). No dependencies: axes, five ticks, polylines, a legend.
+ * learns nothing), `plots/accuracy.svg` (the implicit accuracy per step, with chance marked) and,
+ * for SPO, `plots/scores.svg` (the candidates' mean preference score per round, with a band of one
+ * standard deviation). No dependencies: axes, five ticks, polylines, a legend.
  */
 import { mkdir, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import type { StepMetrics } from "./metrics.js";
+import type { TrainObjective } from "./config.js";
+import { isSpoStep, type SpoStepMetrics, type StepMetrics } from "./metrics.js";
+
+const OBJECTIVE_TITLE: Readonly<Record<TrainObjective, string>> = {
+  spo: "SPO",
+  "diffusion-dpo": "Diffusion-DPO",
+};
 
 const WIDTH = 640;
 const HEIGHT = 360;
@@ -140,42 +147,76 @@ export function renderLinePlot(plot: LinePlot): string {
   return `${parts.join("\n")}\n`;
 }
 
-/** The two plots of a run, from its metrics; returns the files written. */
-export async function writeRunPlots(folder: string, steps: readonly StepMetrics[]): Promise<string[]> {
+/** The plots of a run, from its metrics; returns the files written. */
+export async function writeRunPlots(
+  folder: string,
+  steps: readonly StepMetrics[],
+  objective: TrainObjective,
+): Promise<string[]> {
   await mkdir(folder, { recursive: true });
+  const firstStep = steps[0]?.step ?? 0;
   const lastStep = steps.at(-1)?.step ?? 1;
-  const loss = renderLinePlot({
-    title: "SPO loss per optimizer step",
-    xLabel: "optimizer step",
-    yLabel: "loss",
-    series: [
-      { name: "loss", color: "#1f77b4", points: steps.map((s) => [s.step, s.loss]) },
-      {
-        name: "ln 2 (no learning)",
-        color: "#d62728",
-        dashed: true,
-        points: [
-          [steps[0]?.step ?? 0, Math.LN2],
-          [lastStep, Math.LN2],
+  const level = (name: string, value: number) => ({
+    name,
+    color: "#d62728",
+    dashed: true,
+    points: [
+      [firstStep, value],
+      [lastStep, value],
+    ] as [number, number][],
+  });
+  const plots: [string, string][] = [
+    [
+      "loss.svg",
+      renderLinePlot({
+        title: `${OBJECTIVE_TITLE[objective]} loss per optimizer step`,
+        xLabel: "optimizer step",
+        yLabel: "loss",
+        series: [
+          { name: "loss", color: "#1f77b4", points: steps.map((s) => [s.step, s.loss]) },
+          level("ln 2 (no learning)", Math.LN2),
         ],
-      },
+      }),
     ],
-  });
-  const rounds = new Map<number, StepMetrics>();
-  for (const s of steps) if (!rounds.has(s.round)) rounds.set(s.round, s);
+    [
+      "accuracy.svg",
+      renderLinePlot({
+        title: "Implicit accuracy (pairs with margin > 0) per optimizer step",
+        xLabel: "optimizer step",
+        yLabel: "implicit accuracy",
+        series: [
+          {
+            name: "implicit accuracy",
+            color: "#1f77b4",
+            points: steps.map((s) => [s.step, s.implicit_accuracy]),
+          },
+          level("chance", 0.5),
+        ],
+      }),
+    ],
+  ];
+  const rounds = new Map<number, SpoStepMetrics>();
+  for (const s of steps) if (isSpoStep(s) && !rounds.has(s.round)) rounds.set(s.round, s);
   const perRound = [...rounds.values()];
-  const scores = renderLinePlot({
-    title: "Candidate preference scores per round",
-    xLabel: "round",
-    yLabel: "SPM score",
-    series: [{ name: "mean", color: "#2ca02c", points: perRound.map((r) => [r.round, r.score_mean]) }],
-    band: {
-      color: "#2ca02c",
-      points: perRound.map((r) => [r.round, r.score_mean - r.score_std, r.score_mean + r.score_std]),
-    },
-  });
-  const files = [join(folder, "loss.svg"), join(folder, "scores.svg")];
-  await writeFile(files[0], loss);
-  await writeFile(files[1], scores);
+  if (perRound.length > 0) {
+    plots.push([
+      "scores.svg",
+      renderLinePlot({
+        title: "Candidate preference scores per round",
+        xLabel: "round",
+        yLabel: "SPM score",
+        series: [{ name: "mean", color: "#2ca02c", points: perRound.map((r) => [r.round, r.score_mean]) }],
+        band: {
+          color: "#2ca02c",
+          points: perRound.map((r) => [r.round, r.score_mean - r.score_std, r.score_mean + r.score_std]),
+        },
+      }),
+    ]);
+  }
+  const files: string[] = [];
+  for (const [name, svg] of plots) {
+    files.push(join(folder, name));
+    await writeFile(files.at(-1) as string, svg);
+  }
   return files;
 }

@@ -2,7 +2,7 @@
  * The TF.js gradient backend (`grad_backend: tfjs`): the same UNet definition the engine was
  * recorded from, run eagerly on TensorFlow.js with the base weights frozen and the LoRA factors as
  * tf.Variables, differentiated with `tf.variableGrads` (DESIGN.md, "Training path"). Only LoRA
- * parameters train, in float32. The objective is trainer/spo-objective.ts, run through TfjsOps.
+ * parameters train, in float32. The objective (SPO's or Diffusion-DPO's, over `Ops`) runs through TfjsOps.
  */
 import * as tf from "@tensorflow/tfjs-core";
 import { type UNetConfig, unet2DConditionModel } from "../diffusion/models/unet2d-condition.js";
@@ -15,14 +15,14 @@ import { loraGradients } from "../diffusion/tfjs/lora.js";
 import { TfjsParameters } from "../diffusion/tfjs/parameters.js";
 import { TfjsOps } from "../diffusion/tfjs/tfjs-ops.js";
 import { TrainerStateError } from "./errors.js";
-import type { GradBackendName, PolicyGradients } from "./gradient-backend.js";
+import type {
+  GradBackendName,
+  ObjectiveGradients,
+  PolicyBatch,
+  PolicyGradients,
+  PolicyObjective,
+} from "./gradient-backend.js";
 import { downName, type LoraModuleShape, upName } from "./lora-parameters.js";
-import {
-  type LossSettings,
-  type MicroBatchPlan,
-  type MicroBatchResult,
-  spoObjective,
-} from "./spo-objective.js";
 
 export class SpoPolicy implements PolicyGradients {
   readonly padsMicroBatches = false;
@@ -105,25 +105,24 @@ export class SpoPolicy implements PolicyGradients {
     }).sample;
   }
 
-  async lossAndGradients(plan: MicroBatchPlan, settings: LossSettings): Promise<MicroBatchResult> {
-    let kept: tf.Tensor[] = [];
+  async objectiveGradients(batch: PolicyBatch, objective: PolicyObjective): Promise<ObjectiveGradients> {
+    let kept: [string, tf.Tensor][] = [];
     const { value, grads } = loraGradients(() => {
-      const side = Object.fromEntries(
-        Object.entries(plan.side).map(([name, t]) => [name, toTf(t, name)]),
-      ) as Parameters<typeof spoObjective<tf.Tensor>>[2];
-      const terms = spoObjective(this.ops, this.noisePrediction(plan.unet), side, plan, settings);
-      kept = [terms.loss, terms.ratioWin, terms.ratioLose, terms.margin].map((t) => tf.keep(t));
+      const side = Object.fromEntries(Object.entries(batch.side).map(([name, t]) => [name, toTf(t, name)]));
+      const terms = objective.evaluate(this.ops, this.noisePrediction(batch.unet), side);
+      kept = Object.entries(terms.stats).map(([name, t]) => [name, tf.keep(t)]);
       return terms.scaledLoss as tf.Scalar;
     }, this.variables);
-    const [loss, ratioWin, ratioLose, margin] = kept.map((t) => t.dataSync()[0]);
-    tf.dispose([value, ...kept]);
+    const stats = new Map<string, Float32Tensor>();
+    for (const [name, t] of kept) stats.set(name, (await toHost(t, name)) as Float32Tensor);
+    tf.dispose([value, ...kept.map(([, t]) => t)]);
     const hostGrads = new Map<string, Float32Tensor>();
     for (const [module, g] of grads) {
       hostGrads.set(downName(module), (await toHost(g.down, downName(module))) as Float32Tensor);
       hostGrads.set(upName(module), (await toHost(g.up, upName(module))) as Float32Tensor);
       tf.dispose([g.down, g.up]);
     }
-    return { grads: hostGrads, stats: { pairs: plan.pairs, loss, ratioWin, ratioLose, margin } };
+    return { grads: hostGrads, stats };
   }
 
   async close(): Promise<void> {

@@ -1,9 +1,10 @@
 /**
  * Everything a training run opens, in order, and closes again: the config (from a file, or from
- * the checkpoint being resumed), the diffusion engine and the SPM engine (onnxruntime workers), the
- * policy's base weights (hash-checked against the engine), the gradient backend (`grad_backend`:
- * onnx, in a worker of its own with the engine's provider; or tfjs, its backend logged with why the
- * others were passed over), and the identity a checkpoint must match.
+ * the checkpoint being resumed), the diffusion engine, what the objective learns from (SPO: the
+ * SPM engine and the prompts; Diffusion-DPO: the preference pairs), the policy's base weights
+ * (hash-checked against the engine), the gradient backend (`grad_backend`: onnx, in a worker of its
+ * own with the engine's provider; or tfjs, its backend logged with why the others were passed
+ * over), and the identity a checkpoint must match.
  */
 import { createHash } from "node:crypto";
 import { DiffusionEngine } from "../diffusion/engine/diffusion-engine.js";
@@ -23,15 +24,39 @@ import {
   type TrainFamily,
   trainingIdentity,
 } from "./config.js";
-import { TrainConfigError, TrainerUserError } from "./errors.js";
+import { type DpoPairSet, loadDpoPairs } from "./dpo-data.js";
+import { runDpoTraining } from "./dpo-trainer.js";
+import { TrainConfigError, TrainerStateError, TrainerUserError } from "./errors.js";
 import type { PolicyGradients } from "./gradient-backend.js";
 import type { LoraModuleShape } from "./lora-parameters.js";
+import type { LoraRunResult, TrainerLog, TrainingProgress } from "./lora-run.js";
 import { OnnxPolicy } from "./onnx-policy.js";
 import { SpoPolicy } from "./policy.js";
 import { openPolicyWeights } from "./policy-weights.js";
 import { loadPrompts } from "./prompts.js";
 import { SpmCandidateScorer } from "./scorer.js";
-import { runSpoTraining, type SpoRunResult, type TrainerLog, type TrainingProgress } from "./spo-trainer.js";
+import { runSpoTraining } from "./spo-trainer.js";
+
+/** What the objective learns from. */
+export type SessionData =
+  | { readonly objective: "spo"; readonly spm: SpmEngine; readonly prompts: readonly string[] }
+  | { readonly objective: "diffusion-dpo"; readonly pairs: DpoPairSet; readonly folder: string };
+
+type SessionInputs =
+  | { readonly objective: "spo"; readonly prompts: readonly string[]; readonly spmFolder: string }
+  | Extract<SessionData, { objective: "diffusion-dpo" }>;
+
+/** The prompts (and where the SPM is), or the preference pairs. */
+async function readInputs(config: TrainConfig): Promise<SessionInputs> {
+  if (config.objective === "spo") {
+    return { objective: "spo", prompts: await loadPrompts(config.prompts), spmFolder: config.spm };
+  }
+  return {
+    objective: "diffusion-dpo",
+    pairs: await loadDpoPairs(config.data.pairs),
+    folder: config.data.pairs,
+  };
+}
 
 export interface SessionConfigOptions {
   /** A config file; optional when resuming (the checkpoint holds the config it ran with). */
@@ -75,11 +100,10 @@ export class TrainingSession {
   private constructor(
     readonly config: TrainConfig,
     readonly engine: DiffusionEngine,
-    readonly spm: SpmEngine,
+    readonly data: SessionData,
     readonly engineContext: EngineContext,
     readonly gradients: PolicyGradients,
     readonly modules: readonly LoraModuleShape[],
-    readonly prompts: readonly string[],
     readonly identity: RunIdentity,
     private readonly log: TrainerLog,
     readonly checkpoint?: Checkpoint,
@@ -87,15 +111,36 @@ export class TrainingSession {
 
   static async open(options: TrainingSessionOptions): Promise<TrainingSession> {
     const { log, config, checkpoint } = options;
-    const prompts = await loadPrompts(config.prompts);
+    // Read first: a bad prompt or pair file is reported before any engine starts.
+    const inputs = await readInputs(config);
     const engineContext = await loadEngineContext(config.model);
     const engine = await DiffusionEngine.open(config.model, options.provider);
-    let spm: SpmEngine | undefined;
+    let data: SessionData | undefined;
     let gradients: PolicyGradients | undefined;
     try {
-      spm = await SpmEngine.open(config.spm, options.provider);
+      if (inputs.objective === "spo") {
+        const { prompts, spmFolder } = inputs;
+        data = { objective: "spo", prompts, spm: await SpmEngine.open(spmFolder, options.provider) };
+      } else {
+        if (!engine.manifest.graphs.vae_encoder) {
+          throw new TrainerUserError(
+            `${config.model}: the engine has no VAE encoder graph, which Diffusion-DPO needs to encode the pair images; convert the model again (stepwise convert writes one)`,
+          );
+        }
+        data = inputs;
+        log.info(
+          { pairs: inputs.pairs.pairs.length, tiesDropped: inputs.pairs.ties, folder: inputs.folder },
+          "preference pairs read (train split, ties dropped)",
+        );
+      }
       log.info(
-        { model: config.model, provider: engine.provider, spm: config.spm, family: config.family },
+        {
+          objective: config.objective,
+          model: config.model,
+          provider: engine.provider,
+          ...(config.objective === "spo" ? { spm: config.spm } : {}),
+          family: config.family,
+        },
         "engines open",
       );
       const modules = trainedModules(engineContext, config.model);
@@ -107,52 +152,79 @@ export class TrainingSession {
       const identity: RunIdentity = {
         configHash: sha256(JSON.stringify(trainingIdentity(config))),
         modelHash: engine.manifest.source.modelHash,
-        spmHash: spm.manifest.source.modelHash,
-        promptsHash: sha256(JSON.stringify(prompts)),
+        ...(data.objective === "spo"
+          ? { spmHash: data.spm.manifest.source.modelHash, promptsHash: sha256(JSON.stringify(data.prompts)) }
+          : { pairsHash: data.pairs.hash }),
       };
       return new TrainingSession(
         config,
         engine,
-        spm,
+        data,
         engineContext,
         gradients,
         modules,
-        prompts,
         identity,
         log,
         checkpoint,
       );
     } catch (err) {
       await gradients?.close();
-      await spm?.close();
+      if (data?.objective === "spo") await data.spm.close();
       await engine.close();
       throw err;
     }
   }
 
+  /** SPO's preference model (an SPO session only). */
+  get spm(): SpmEngine {
+    if (this.data.objective !== "spo") throw new TrainerStateError("a Diffusion-DPO session has no SPM");
+    return this.data.spm;
+  }
+
+  /** Rounds of a whole run: SPO's sampling rounds, or Diffusion-DPO's micro-batches. */
+  get totalRounds(): number {
+    const per =
+      this.data.objective === "spo"
+        ? Math.ceil(this.data.prompts.length / this.config.sample.sample_batch_size)
+        : Math.ceil(this.data.pairs.pairs.length / this.config.train.train_batch_size);
+    return per * this.config.num_epochs;
+  }
+
   /** Train (or continue) until every epoch is done or the controls stop it. */
-  run(controls: RunControls = {}): Promise<SpoRunResult> {
-    return runSpoTraining({
-      config: this.config,
+  run(controls: RunControls = {}): Promise<LoraRunResult> {
+    const common = {
       engine: this.engine,
       engineContext: this.engineContext,
-      scorer: new SpmCandidateScorer(this.engine, this.spm),
       gradients: this.gradients,
       modules: this.modules,
       rank: this.config.lora_rank,
-      prompts: this.prompts,
       identity: this.identity,
       log: this.log,
       resume: this.checkpoint,
       ...controls,
-    });
+    };
+    const { config, data } = this;
+    if (config.objective === "spo" && data.objective === "spo") {
+      return runSpoTraining({
+        ...common,
+        config,
+        scorer: new SpmCandidateScorer(this.engine, data.spm),
+        prompts: data.prompts,
+      });
+    }
+    if (config.objective === "diffusion-dpo" && data.objective === "diffusion-dpo") {
+      return runDpoTraining({ ...common, config, pairs: data.pairs.pairs });
+    }
+    throw new TrainerStateError(
+      `the session's data is for ${data.objective}, the config's objective ${config.objective}`,
+    );
   }
 
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
     await this.gradients.close();
-    await this.spm.close();
+    if (this.data.objective === "spo") await this.data.spm.close();
     await this.engine.close();
   }
 }

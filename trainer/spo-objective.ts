@@ -25,6 +25,18 @@ import { type Float32Tensor, float32 } from "../diffusion/tensor.js";
 import { concat } from "../diffusion/tensor-layout.js";
 import { type RoundConditioning, unetFeeds } from "./conditioning.js";
 import { TrainerStateError } from "./errors.js";
+import type { PolicyGradients, PolicyObjective } from "./gradient-backend.js";
+import {
+  MICRO_BATCH_LOSS,
+  marginFigures,
+  PAIR_LOGITS,
+  PAIR_WEIGHT,
+  type PairLossStats,
+  pairWeights,
+  scalarFigure,
+  tensorFigure,
+  weightedPairMean,
+} from "./pair-objective.js";
 import { parentRows, type TrainingPair } from "./reference.js";
 import { spoLoss } from "./spo-loss.js";
 
@@ -37,15 +49,10 @@ export interface LossSettings extends DdimTransitionOptions {
   readonly accumulationSteps: number;
 }
 
-export interface MicroBatchStats {
-  readonly pairs: number;
-  /** The micro-batch's mean loss (not divided by the accumulation steps). */
-  readonly loss: number;
+export interface MicroBatchStats extends PairLossStats {
   /** Mean clamped ratios. */
   readonly ratioWin: number;
   readonly ratioLose: number;
-  /** Mean of beta log ratio_w - beta log ratio_l: what the loss pushes up. */
-  readonly margin: number;
 }
 
 export interface MicroBatchResult {
@@ -62,7 +69,7 @@ export const SIDE_INPUTS = [
   "loses",
   "ref_logprob_win",
   "ref_logprob_lose",
-  "pair_weight",
+  PAIR_WEIGHT,
 ] as const;
 export type SideInput = (typeof SIDE_INPUTS)[number];
 
@@ -136,10 +143,7 @@ export function planMicroBatch(
       [n],
       pairs.map((p) => p.refLogProbLose),
     ),
-    pair_weight: float32(
-      [n],
-      pairs.map((_, i) => (i < real ? 1 : 0)),
-    ),
+    [PAIR_WEIGHT]: float32([n], pairWeights(real, n)),
   } as Record<SideInput | DdimTransitionTerm, Float32Tensor>;
   for (const name of DDIM_TRANSITION_TERMS) side[name] = float32([n, 1, 1, 1], terms[name]);
   return {
@@ -173,7 +177,8 @@ export interface ObjectiveTerms<T> {
   /** Means over the pairs (scalars). */
   readonly ratioWin: T;
   readonly ratioLose: T;
-  readonly margin: T;
+  /** beta log ratio_w - beta log ratio_l per pair, [padded pairs]. */
+  readonly logits: T;
 }
 
 /**
@@ -217,15 +222,59 @@ export function spoObjective<T>(
   });
   // Means over the pairs weighted by pair_weight (0 for padding), so a padded layout computes the
   // given pairs' loss and the graph does not depend on how many there are.
-  const weights = side.pair_weight;
-  const count = ops.reduceSum(weights, 0, false);
-  const mean = (t: T) => ops.div(ops.reduceSum(ops.mul(t, weights), 0, false), count);
+  const mean = (t: T) => weightedPairMean(ops, t, side.pair_weight);
   const pairLoss = mean(loss.pairLoss);
   return {
     scaledLoss: ops.div(pairLoss, ops.scalar(settings.accumulationSteps)),
     loss: pairLoss,
     ratioWin: mean(loss.ratioWin),
     ratioLose: mean(loss.ratioLose),
-    margin: mean(loss.logits),
+    logits: loss.logits,
+  };
+}
+
+/** SPO's objective for one planned micro-batch, as the gradient backends take it. */
+export function spoPolicyObjective(plan: MicroBatchPlan, settings: LossSettings): PolicyObjective {
+  return {
+    structure: `spo;${plan.structure};${JSON.stringify(settings)}`,
+    evaluate: (ops, prediction, side) => {
+      const terms = spoObjective(
+        ops,
+        prediction,
+        side as Readonly<Record<SideInput | DdimTransitionTerm, typeof prediction>>,
+        plan,
+        settings,
+      );
+      return {
+        scaledLoss: terms.scaledLoss,
+        stats: {
+          [MICRO_BATCH_LOSS]: terms.loss,
+          ratio_win: terms.ratioWin,
+          ratio_lose: terms.ratioLose,
+          [PAIR_LOGITS]: terms.logits,
+        },
+      };
+    },
+  };
+}
+
+/** One SPO micro-batch's loss figures and gradients on a backend. */
+export async function spoMicroBatchGradients(
+  backend: PolicyGradients,
+  plan: MicroBatchPlan,
+  settings: LossSettings,
+): Promise<MicroBatchResult> {
+  const { grads, stats } = await backend.objectiveGradients(plan, spoPolicyObjective(plan, settings));
+  const { margin, implicitAccuracy } = marginFigures(tensorFigure(stats, PAIR_LOGITS), plan.pairs);
+  return {
+    grads,
+    stats: {
+      pairs: plan.pairs,
+      loss: scalarFigure(stats, MICRO_BATCH_LOSS),
+      ratioWin: scalarFigure(stats, "ratio_win"),
+      ratioLose: scalarFigure(stats, "ratio_lose"),
+      margin,
+      implicitAccuracy,
+    },
   };
 }

@@ -1,7 +1,8 @@
 /**
  * `stepwise train --config cfg.json [--resume DIR] [--publish URL --name N [--alias A]]`: train a
- * LoRA with Step-aware Preference Optimization (trainer/), export it into the config's output_dir
- * and optionally publish it to a registry.
+ * LoRA with the config's objective (trainer/): Step-aware Preference Optimization (`spo`, the
+ * default) or Diffusion-DPO (`diffusion-dpo`, on offline preference pairs), export it into the
+ * config's output_dir and optionally publish it to a registry.
  *
  * Output: the exported files (and the published reference) on stdout; a progress bar with ETA over
  * the rounds on stderr when it is a terminal. The run log (pino JSON lines: the gradient backend,
@@ -21,11 +22,13 @@ import { TFJS_BACKENDS, TfjsBackendError, type TfjsBackendName } from "../../dif
 import { RegistryError } from "../../registry/errors.js";
 import { assertAliasName, assertLoraName } from "../../registry/names.js";
 import { Registry } from "../../registry/registry.js";
+import { TRAIN_OBJECTIVES } from "../../trainer/config.js";
 import { TrainerUserError } from "../../trainer/errors.js";
 import { type LoraPublisher, publishTrainedLora } from "../../trainer/export.js";
 import { GRAD_BACKENDS, type GradBackendName } from "../../trainer/gradient-backend.js";
+import type { LoraRunResult, TrainerLog, TrainingProgress } from "../../trainer/lora-run.js";
+import { TRAIN_PRESETS } from "../../trainer/presets.js";
 import { loadSessionConfig, TrainingSession } from "../../trainer/session.js";
-import type { SpoRunResult, TrainerLog } from "../../trainer/spo-trainer.js";
 import { CliError } from "../cli-error.js";
 import { type CommandOutput, processOutput } from "../command-output.js";
 import { nonNegativeInteger, positiveInteger } from "../option-parsers.js";
@@ -108,7 +111,7 @@ function runLog(outputDir: string, stderr: CommandOutput["stderr"]): { log: Trai
 async function publish(
   options: TrainOptions,
   session: TrainingSession,
-  result: SpoRunResult,
+  result: LoraRunResult,
   openRegistry: RegistryOpener,
 ): Promise<string> {
   const registry = await openRegistry(options.publish as string);
@@ -117,7 +120,7 @@ async function publish(
       name: options.name as string,
       alias: options.alias,
       metadata: {
-        training: "spo",
+        training: session.config.objective,
         run_id: result.runId,
         config: session.config,
         identity: session.identity,
@@ -169,6 +172,14 @@ async function runTrain(
   }
 }
 
+/** The last optimizer step's figures, for the progress bar. */
+function progressStatus(p: TrainingProgress): string | undefined {
+  if (p.loss === undefined) return undefined;
+  const accuracy = p.implicitAccuracy === undefined ? "" : ` acc ${(100 * p.implicitAccuracy).toFixed(0)}%`;
+  const margin = p.margin === undefined ? "" : ` margin ${p.margin.toPrecision(3)}`;
+  return `step ${p.step} loss ${p.loss.toFixed(4)}${margin}${accuracy}`;
+}
+
 /** Run the session with a progress bar and Ctrl-C, then print, and publish what it exported. */
 async function trainSession(
   session: TrainingSession,
@@ -187,14 +198,14 @@ async function trainSession(
   process.on("SIGINT", interrupt);
   if (command.signal?.aborted) controller.abort();
   else command.signal?.addEventListener("abort", () => controller.abort(), { once: true });
-  const { config } = session;
   // The bar counts this session's rounds, so its ETA holds for a resumed run too.
   const startRound = session.checkpoint?.state.progress.round ?? 0;
-  const totalRounds = Math.ceil(session.prompts.length / config.sample.sample_batch_size) * config.num_epochs;
+  const totalRounds = session.totalRounds;
   const bar = startProgressBar(output.stderr, {
     label: "training",
     unit: "rounds",
     total: totalRounds - startRound,
+    status: true,
   });
   try {
     if (session.engine.provider.fallbackReason) {
@@ -204,7 +215,7 @@ async function trainSession(
     }
     const result = await session.run({
       signal: controller.signal,
-      onProgress: (p) => bar.update(p.round - startRound),
+      onProgress: (p) => bar.update(p.round - startRound, progressStatus(p)),
     });
     bar.stop();
     for (const warning of result.warnings) output.stderr.write(`stepwise: WARNING: ${warning}\n`);
@@ -235,8 +246,13 @@ async function trainSession(
 export function trainCommand(options: TrainCommandOptions = {}): Command {
   const output = options.output ?? processOutput;
   return new Command("train")
-    .description("Train a LoRA with Step-aware Preference Optimization (SPO) and export or publish it")
-    .option("--config <file>", "training config (JSON; keys as SPO's: sample.*, train.*, lora_rank, ...)")
+    .description(
+      "Train a LoRA with Step-aware Preference Optimization (SPO) or Diffusion-DPO and export or publish it",
+    )
+    .option(
+      "--config <file>",
+      `training config (JSON; objective: ${TRAIN_OBJECTIVES.join(" or ")}; keys as SPO's: sample.*, train.*, lora_rank, ...; preset: ${Object.keys(TRAIN_PRESETS).join(", ")})`,
+    )
     .option(
       "--resume <dir>",
       "continue from a checkpoint folder, or the newest checkpoint of an output folder",

@@ -146,18 +146,29 @@ export async function imageSize(
 }
 
 /**
+ * How a decoded image meets the asked size: `fill` stretches it (AUTOMATIC1111's "just resize");
+ * `cover` scales its shorter edge to the size and crops the centre (bilinear, as torchvision's
+ * Resize + CenterCrop in Diffusion-DPO's data transform).
+ */
+export type ImageFit = "fill" | "cover";
+
+/**
  * Decode PNG / JPEG / WebP bytes to [1, 3, H, W] in [-1, 1] (alpha dropped), resized to the given
- * size when one is asked for (stretched, as AUTOMATIC1111's "just resize").
+ * size when one is asked for (stretched unless `fit` says `cover`).
  */
 export async function decodeImage(
   bytes: Uint8Array,
   field: string,
-  size?: { readonly width: number; readonly height: number },
+  size?: { readonly width: number; readonly height: number; readonly fit?: ImageFit },
 ): Promise<Float32Tensor> {
   let raw: { data: Buffer; info: sharp.OutputInfo };
   try {
     let img = sharp(bytes, { limitInputPixels: MAX_INPUT_PIXELS }).removeAlpha().toColourspace("srgb");
-    if (size) img = img.resize(size.width, size.height, { fit: "fill" });
+    if (size?.fit === "cover") {
+      img = img.resize(size.width, size.height, { fit: "cover", position: "centre", kernel: "linear" });
+    } else if (size) {
+      img = img.resize(size.width, size.height, { fit: "fill" });
+    }
     raw = await img.raw().toBuffer({ resolveWithObject: true });
   } catch (err) {
     throw new ImageDecodeError(`not a decodable PNG, JPEG or WebP image (${(err as Error).message})`, field);

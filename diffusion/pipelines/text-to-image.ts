@@ -32,6 +32,7 @@ import { concat } from "../tensor-layout.js";
 import { CancelledError, type DenoiseJob, type DenoiseTimings, denoise, type StepEvent } from "./denoise.js";
 import type { LoraFeeds, PipelineModels, PipelineSpec } from "./pipeline-models.js";
 import { encodePrompts, LONG_PROMPT_MODES, type LongPromptMode } from "./prompt-encoding.js";
+import { samplePosterior } from "./vae-posterior.js";
 
 export class PipelineInputError extends Error {
   constructor(
@@ -264,13 +265,7 @@ async function prepareLatents(
   timings.vaeEncodeMs = performance.now() - t0;
   // diffusers: latent_dist.sample(generator) * scaling_factor, then noise to the first timestep
   const rows = generators.map((g) => {
-    const eps = g.randn(latentShape);
-    const z = new Float32Array(eps.size);
-    for (let i = 0; i < z.length; i++) {
-      const std = Math.fround(Math.exp(Math.fround(0.5 * posterior.logvar.data[i])));
-      z[i] = Math.fround(posterior.mean.data[i] + Math.fround(std * eps.data[i]));
-    }
-    const init = scaled(new Tensor("float32", latentShape, z), spec.vaeScalingFactor);
+    const init = samplePosterior(posterior, g.randn(latentShape), spec.vaeScalingFactor);
     return scheduler.addNoise(init, g.randn(latentShape), startTimestep);
   });
   return concat(rows, 0);

@@ -1,7 +1,8 @@
 /**
  * The denoising objective diffusion models are trained with (DDPM's simple loss), written over
  * `Ops` so a training graph records it: the UNet's epsilon prediction for noisy latents against the
- * noise that was added, as a mean squared error over every element.
+ * noise that was added, as a mean squared error over every element, or per sample (Diffusion-DPO
+ * compares each sample's error with the reference's, docs/spo.md section 12.2).
  */
 import { type UNetConfig, type UNetInputs, unet2DConditionModel } from "../models/unet2d-condition.js";
 import type { Ops } from "../ops/ops.js";
@@ -16,4 +17,10 @@ export function denoisingLoss<T>(ops: Ops<T>, unet: UNetConfig, inputs: Denoisin
   const prediction = unet2DConditionModel(ops, unet, inputs).sample;
   const error = ops.sub(prediction, inputs.noise);
   return ops.reduceMean(ops.reshape(ops.mul(error, error), [-1]), 0, false);
+}
+
+/** Per sample, the mean over (C, h, w) of (prediction - noise)^2: [B] from [B, C, h, w]. */
+export function denoisingErrors<T>(ops: Ops<T>, prediction: T, noise: T): T {
+  const error = ops.sub(prediction, noise);
+  return ops.reduceMean(ops.reshape(ops.mul(error, error), [0, -1]), 1, false);
 }

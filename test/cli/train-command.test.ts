@@ -14,6 +14,7 @@ import { Registry } from "../../registry/registry.js";
 import { exportPath } from "../../trainer/export.js";
 import { scratchDir, TEST_THREADS, tinyEngineFolder } from "../helpers/tiny-engines.js";
 import { tinySpmFolders } from "../scoring/tiny-spm.js";
+import { writeTinyPairs } from "../trainer/tiny-pairs.js";
 
 interface Captured {
   stdout: string;
@@ -131,6 +132,54 @@ describe("stepwise train", () => {
     // Not a terminal: the log also went to stderr, and no progress bar was drawn.
     expect(out.stderr).toContain('"msg":"round sampled"');
     expect(out.stderr).not.toContain("training [");
+  });
+
+  it("trains Diffusion-DPO on a pair folder, with loss, margin and accuracy on the progress line", async () => {
+    const dir = await scratchDir("train-command-dpo");
+    await writeTinyPairs(join(dir, "pairs"), 4);
+    const file = join(dir, "dpo.json");
+    const config = {
+      model: relative(dir, await tinyEngineFolder("tiny-sd15")),
+      objective: "diffusion-dpo",
+      data: { pairs: "pairs" },
+      output_dir: "out",
+      resolution: 64,
+      lora_rank: 2,
+      num_epochs: 1,
+      sample: { num_steps: 4 },
+      train: { learning_rate: 1e-3, train_batch_size: 2 },
+      validation: { prompts: ["a cat"], seeds: [1] },
+    };
+    await writeFile(file, JSON.stringify(config));
+    const registryDir = join(dir, "registry");
+    const out = await runTrain(
+      ["--config", file, "--publish", registryDir, "--name", "tiny-dpo"],
+      undefined,
+      true,
+    );
+    expect(out.stdout.trim().split("\n")).toEqual([
+      exportPath(join(dir, "out"), "diffusers"),
+      "published tiny-dpo@1",
+    ]);
+    // Two micro-batches of two pairs, one step each: the bar ends on the second step's figures.
+    expect(out.stderr).toMatch(
+      /training \[.*\] 2\/2 rounds \| .* \| step 2 loss \d\.\d{4} margin -?[\d.e+-]+ acc \d+%/,
+    );
+    const manifest = (await (await Registry.open(registryDir)).show("tiny-dpo")).versions[0];
+    expect(manifest.metadata).toMatchObject({
+      training: "diffusion-dpo",
+      config: { objective: "diffusion-dpo" },
+    });
+    expect(manifest.metadata.identity).toMatchObject({ pairsHash: expect.stringMatching(/^[0-9a-f]{64}$/) });
+
+    const noPairs = join(dir, "no-pairs.json");
+    await writeFile(noPairs, JSON.stringify({ ...config, data: undefined }));
+    expect((await cliError(runTrain(["--config", noPairs]))).message).toBe(
+      `${noPairs}: data.pairs: is required with objective diffusion-dpo`,
+    );
+    const help = trainCommand().helpInformation();
+    expect(help).toContain("spo or diffusion-dpo");
+    expect(help).toContain("spo-sd15, spo-sdxl");
   });
 
   it("reports user errors as one line naming the key or option", async () => {

@@ -12,10 +12,12 @@ import {
   parseTrainConfig,
   readTrainConfigFile,
   resolveTrainConfig,
+  type TrainConfig,
   type TrainFamily,
   trainingIdentity,
 } from "../../trainer/config.js";
 import { PromptFileError, TrainConfigError } from "../../trainer/errors.js";
+import { SPO_GPUS } from "../../trainer/presets.js";
 import { loadPrompts } from "../../trainer/prompts.js";
 
 const REQUIRED = { model: "engine", spm: "spm", prompts: "prompts.txt", output_dir: "out" };
@@ -85,7 +87,7 @@ describe("training config", () => {
     expect(c.train.train_batch_size).toBe(3);
     expect(c.model).toBe("/base/engine");
     expect(c.output_dir).toBe("/base/out");
-    expect(resolved({ prompts: ["a", "b"] }).prompts).toEqual(["a", "b"]);
+    expect(resolved({ prompts: ["a", "b"] })).toMatchObject({ objective: "spo", prompts: ["a", "b"] });
   });
 
   it("names unknown keys with the closest known key", () => {
@@ -164,6 +166,115 @@ describe("training config", () => {
     expect(trainingIdentity(resolved({ grad_backend: "tfjs" }))).toEqual(base);
     expect(trainingIdentity(resolved({ train: { beta: 5 } }))).not.toEqual(base);
     expect(trainingIdentity(resolved({ seed: 1 }))).not.toEqual(base);
+  });
+});
+
+describe("Diffusion-DPO config", () => {
+  const DPO = { model: "engine", output_dir: "out", objective: "diffusion-dpo" };
+  const dpo = (extra: Record<string, unknown>, family: TrainFamily = "sd15") =>
+    resolveTrainConfig(parseTrainConfig({ ...DPO, ...extra }, { baseDir: "/base" }), family);
+
+  it("reads data.pairs and upstream's defaults (beta_dpo 5000, caption dropout 0.2, flips)", () => {
+    const c = dpo({ data: { pairs: "pairs" } });
+    expect(c).toMatchObject({
+      objective: "diffusion-dpo",
+      data: { pairs: "/base/pairs", caption_dropout: 0.2, random_flip: true },
+      train: { beta_dpo: 5000 },
+    });
+    expect(dpo({ data: { pairs: "p", caption_dropout: 0, random_flip: false } })).toMatchObject({
+      data: { caption_dropout: 0, random_flip: false },
+    });
+    // The TF.js backend differentiates the same objective.
+    expect(dpo({ data: { pairs: "p" }, grad_backend: "tfjs" }).grad_backend).toBe("tfjs");
+  });
+
+  it("names the missing data.pairs, and keys of the other objective", () => {
+    expect(configError(() => dpo({})).message).toBe("data.pairs: is required with objective diffusion-dpo");
+    expect(configError(() => dpo({})).key).toBe("data.pairs");
+    expect(configError(() => dpo({ data: { pairs: "p" }, spm: "s" })).message).toBe(
+      "spm: applies to objective spo only; this config's objective is diffusion-dpo",
+    );
+    expect(configError(() => dpo({ data: { pairs: "p" }, train: { beta: 10 } })).key).toBe("train.beta");
+    expect(configError(() => resolved({ data: { pairs: "p" } })).message).toBe(
+      "data.pairs: applies to objective diffusion-dpo only; this config's objective is spo",
+    );
+    expect(configError(() => resolved({ train: { beta_dpo: 2500 } })).key).toBe("train.beta_dpo");
+    expect(configError(() => dpo({ data: { pairs: "p", caption_dropout: 1.5 } })).message).toBe(
+      "data.caption_dropout: must be a number in [0, 1], got 1.5",
+    );
+    expect(configError(() => resolved({ objective: "dpo" })).message).toBe(
+      'objective: must be one of spo, diffusion-dpo, got "dpo"',
+    );
+    // SPO still needs its SPM and prompts.
+    expect(
+      configError(() =>
+        resolveTrainConfig(parseTrainConfig({ model: "m", output_dir: "o", prompts: "p" }), "sd15"),
+      ).message,
+    ).toBe("spm: is required with objective spo");
+  });
+
+  it("identifies a run by its pairs' settings, not the pair folder's path", () => {
+    const base = trainingIdentity(dpo({ data: { pairs: "p" } }));
+    expect(trainingIdentity(dpo({ data: { pairs: "elsewhere" } }))).toEqual(base);
+    expect(trainingIdentity(dpo({ data: { pairs: "p", caption_dropout: 0 } }))).not.toEqual(base);
+    expect(trainingIdentity(dpo({ data: { pairs: "p" }, train: { beta_dpo: 2500 } }))).not.toEqual(base);
+  });
+});
+
+describe("presets", () => {
+  /** Pairs an optimizer step averages: per micro-batch x accumulated (one device). */
+  const effectiveBatch = (c: TrainConfig) => c.train.train_batch_size * c.train.gradient_accumulation_steps;
+
+  it("spo-sd15 and spo-sdxl reproduce SPO's 4-GPU effective batch on one device", () => {
+    // SPO per GPU (docs/spo.md section 6): SD1.5 10 prompts, 10 pairs, accumulation 1; SDXL 2, 2, 2.
+    const sd15 = resolved({ preset: "spo-sd15" });
+    expect(sd15.sample.sample_batch_size).toBe(SPO_GPUS * 10);
+    expect(sd15.train.train_batch_size).toBe(10);
+    expect(sd15.train.gradient_accumulation_steps).toBe(4);
+    expect(effectiveBatch(sd15)).toBe(SPO_GPUS * 10 * 1);
+    expect(effectiveBatch(sd15)).toBe(40);
+    const sdxl = resolved({ preset: "spo-sdxl" }, "sdxl");
+    expect(sdxl.sample.sample_batch_size).toBe(8);
+    expect(sdxl.train.train_batch_size).toBe(2);
+    expect(sdxl.train.gradient_accumulation_steps).toBe(8);
+    expect(effectiveBatch(sdxl)).toBe(SPO_GPUS * 2 * 2);
+    // The defaults copy the per-GPU numbers: a quarter of that.
+    expect(effectiveBatch(resolved({}))).toBe(10);
+    expect(effectiveBatch(resolved({}, "sdxl"))).toBe(4);
+    // Everything else is the family's default, learning rate included (SPO does not scale it).
+    expect(sd15.train.learning_rate).toBe(6e-5);
+    expect(sd15.preset).toBe("spo-sd15");
+  });
+
+  it("lets keys the file gives win, and names a preset of the wrong family or objective", () => {
+    const c = resolved({ preset: "spo-sd15", train: { gradient_accumulation_steps: 2 } });
+    expect(c.train.gradient_accumulation_steps).toBe(2);
+    expect(c.sample.sample_batch_size).toBe(40);
+    expect(configError(() => resolved({ preset: "spo-sdxl" })).message).toBe(
+      "preset: spo-sdxl is for sdxl models; this model is sd15",
+    );
+    expect(configError(() => resolved({ preset: "spo-sd14" })).message).toBe(
+      'preset: must be one of spo-sd15, spo-sdxl, got "spo-sd14"',
+    );
+    expect(
+      configError(() =>
+        resolveTrainConfig(
+          parseTrainConfig({
+            model: "m",
+            output_dir: "o",
+            objective: "diffusion-dpo",
+            data: { pairs: "p" },
+            preset: "spo-sd15",
+          }),
+          "sd15",
+        ),
+      ).message,
+    ).toBe("preset: spo-sd15 is a preset of objective spo, not diffusion-dpo");
+  });
+
+  it("accepts max_grad_norm 0 (SPO's own code never clipped)", () => {
+    expect(resolved({ train: { max_grad_norm: 0 } }).train.max_grad_norm).toBe(0);
+    expect(configError(() => resolved({ train: { max_grad_norm: -1 } })).key).toBe("train.max_grad_norm");
   });
 });
 

@@ -12,15 +12,19 @@ import { type Float32Tensor, float32, maxAbs, maxAbsDiff } from "../../diffusion
 import { encodeRound, type RoundConditioning } from "../../trainer/conditioning.js";
 import type { PolicyGradients } from "../../trainer/gradient-backend.js";
 import { initialLoraParameters, type LoraParameters } from "../../trainer/lora-parameters.js";
-import { OnnxPolicy } from "../../trainer/onnx-policy.js";
-import { AdamW } from "../../trainer/optimizer.js";
-import { openPolicyWeights } from "../../trainer/policy-weights.js";
+import type { OnnxPolicy } from "../../trainer/onnx-policy.js";
 import { type TrainingPair, withReferenceLogProbs } from "../../trainer/reference.js";
 import { sampleRound } from "../../trainer/sampling.js";
 import { SpmCandidateScorer } from "../../trainer/scorer.js";
 import type { TrainingSession } from "../../trainer/session.js";
-import { type LossSettings, type MicroBatchResult, planMicroBatch } from "../../trainer/spo-objective.js";
-import { scratchDir, TEST_PROVIDER } from "../helpers/tiny-engines.js";
+import {
+  type LossSettings,
+  type MicroBatchResult,
+  planMicroBatch,
+  spoMicroBatchGradients,
+} from "../../trainer/spo-objective.js";
+import { scratchDir } from "../helpers/tiny-engines.js";
+import { expectSameGradients, fitFixedBatch, onnxPolicy, trainedLikeParameters } from "./gradient-checks.js";
 import { openTinySession, tinyRawConfig } from "./tiny-training.js";
 
 const STEPS = 6;
@@ -44,41 +48,6 @@ const SHARED_PASS_TOLERANCE = 1e-6;
 const BACKEND_GRADIENT_TOLERANCE = 1e-4;
 /** The losses of the two backends: float32 sums in different orders. */
 const BACKEND_LOSS_TOLERANCE = 1e-5;
-
-/** The ONNX gradient backend over the session's policy weights. */
-async function onnxPolicy(session: TrainingSession, checkpointing: boolean): Promise<OnnxPolicy> {
-  const weights = await openPolicyWeights(session.engine.manifest, session.config.model);
-  return OnnxPolicy.start({
-    unet: session.engineContext.unet,
-    weights: weights.params,
-    label: weights.folder,
-    modules: session.modules,
-    rank: session.config.lora_rank,
-    provider: TEST_PROVIDER,
-    checkpointing,
-  });
-}
-
-/** Factors away from SPO's init (up = 0 would zero every gradient of down). */
-function trainedLikeParameters(session: TrainingSession): LoraParameters {
-  const params = initialLoraParameters(
-    session.modules,
-    session.config.lora_rank,
-    createGenerator("stepwise", 11),
-  );
-  const noise = createGenerator("stepwise", 12);
-  for (const [name, t] of params) {
-    if (name.endsWith(".lora_up"))
-      params.set(
-        name,
-        float32(
-          t.shape,
-          noise.randn(t.shape).data.map((z) => z * 0.05),
-        ),
-      );
-  }
-  return params;
-}
 
 describe("SPO training step on a fixed batch of pairs (tiny-sd15), ONNX and TF.js gradients", () => {
   let session: TrainingSession;
@@ -133,7 +102,8 @@ describe("SPO training step on a fixed batch of pairs (tiny-sd15), ONNX and TF.j
   }
 
   function step(backend: PolicyGradients, batch: readonly TrainingPair[]): Promise<MicroBatchResult> {
-    return backend.lossAndGradients(
+    return spoMicroBatchGradients(
+      backend,
       planMicroBatch(session.engine, conditioning, scheduler, batch, SETTINGS),
       SETTINGS,
     );
@@ -161,14 +131,7 @@ describe("SPO training step on a fixed batch of pairs (tiny-sd15), ONNX and TF.j
     expect(Math.abs(a.stats.margin - b.stats.margin)).toBeLessThanOrEqual(
       SETTINGS.beta * BACKEND_LOSS_TOLERANCE,
     );
-    expect([...a.grads.keys()].sort()).toEqual([...b.grads.keys()].sort());
-    const largest = Math.max(...[...b.grads.values()].map((g) => maxAbs(g)));
-    expect(largest).toBeGreaterThan(0);
-    for (const [name, g] of a.grads) {
-      expect(maxAbsDiff(g, b.grads.get(name) as Float32Tensor), name).toBeLessThanOrEqual(
-        BACKEND_GRADIENT_TOLERANCE * largest,
-      );
-    }
+    expectSameGradients(a.grads, b.grads, BACKEND_GRADIENT_TOLERANCE);
   });
 
   it("pads a short micro-batch with weight-0 copies of its last pair: the given pairs' loss and gradients", async () => {
@@ -176,19 +139,14 @@ describe("SPO training step on a fixed batch of pairs (tiny-sd15), ONNX and TF.j
     const few = pairs.slice(0, 2);
     const plan = (padTo?: number) =>
       planMicroBatch(session.engine, conditioning, scheduler, few, SETTINGS, padTo);
-    const a = await tfjs.lossAndGradients(plan(), SETTINGS);
+    const a = await spoMicroBatchGradients(tfjs, plan(), SETTINGS);
     const padded = plan(few.length + 3);
     expect(padded.paddedPairs).toBe(5);
-    const b = await onnx.lossAndGradients(padded, SETTINGS);
+    const b = await spoMicroBatchGradients(onnx, padded, SETTINGS);
     expect(b.stats.pairs).toBe(2);
     expect(Math.abs(a.stats.loss - b.stats.loss)).toBeLessThanOrEqual(BACKEND_LOSS_TOLERANCE);
     expect(Math.abs(a.stats.ratioWin - b.stats.ratioWin)).toBeLessThanOrEqual(BACKEND_LOSS_TOLERANCE);
-    const largest = Math.max(...[...a.grads.values()].map((g) => maxAbs(g)));
-    for (const [name, g] of a.grads) {
-      expect(maxAbsDiff(g, b.grads.get(name) as Float32Tensor), name).toBeLessThanOrEqual(
-        BACKEND_GRADIENT_TOLERANCE * largest,
-      );
-    }
+    expectSameGradients(a.grads, b.grads, BACKEND_GRADIENT_TOLERANCE);
   });
 
   it("gives the same loss and gradients with activations recomputed per UNet block (checkpointing)", async () => {
@@ -200,12 +158,7 @@ describe("SPO training step on a fixed batch of pairs (tiny-sd15), ONNX and TF.j
       const a = await step(onnx, pairs);
       const b = await step(recomputing, pairs);
       expect(Math.abs(a.stats.loss - b.stats.loss)).toBeLessThanOrEqual(BACKEND_LOSS_TOLERANCE);
-      const largest = Math.max(...[...a.grads.values()].map((g) => maxAbs(g)));
-      for (const [name, g] of a.grads) {
-        expect(maxAbsDiff(g, b.grads.get(name) as Float32Tensor), name).toBeLessThanOrEqual(
-          BACKEND_GRADIENT_TOLERANCE * largest,
-        );
-      }
+      expectSameGradients(a.grads, b.grads, BACKEND_GRADIENT_TOLERANCE);
     } finally {
       await recomputing.close();
     }
@@ -235,29 +188,11 @@ describe("SPO training step on a fixed batch of pairs (tiny-sd15), ONNX and TF.j
   });
 
   it("raises beta (log ratio_w - log ratio_l) and lowers the loss under repeated AdamW steps (ONNX)", async () => {
-    const parameters = initialLoraParameters(
-      session.modules,
-      session.config.lora_rank,
-      createGenerator("stepwise", 11),
-    );
-    const optimizer = new AdamW(parameters, {
+    const { losses, margins } = await fitFixedBatch(session, onnx, () => step(onnx, pairs), {
       learningRate: 1e-2,
-      beta1: 0.9,
-      beta2: 0.999,
-      epsilon: 1e-8,
       weightDecay: 1e-4,
-      maxGradNorm: 1,
+      steps: OPTIMIZER_STEPS,
     });
-    const margins: number[] = [];
-    const losses: number[] = [];
-    for (let i = 0; i <= OPTIMIZER_STEPS; i++) {
-      await onnx.setParameters(parameters);
-      const { grads, stats } = await step(onnx, pairs);
-      margins.push(stats.margin);
-      losses.push(stats.loss);
-      optimizer.accumulate(grads);
-      optimizer.apply();
-    }
     expect(margins[OPTIMIZER_STEPS]).toBeGreaterThan(margins[0] + 0.1);
     expect(losses[OPTIMIZER_STEPS]).toBeLessThan(losses[0] - 0.01);
   });

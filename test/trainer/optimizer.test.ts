@@ -114,6 +114,27 @@ describe("AdamW", () => {
     expect(() => optimizer.apply()).toThrow(/at least one accumulated micro-batch/);
   });
 
+  it("with max_grad_norm 0 does not clip: moments hold the raw gradient (SPO's own behaviour)", () => {
+    // A gradient of norm 50: clipping at 1 would scale it by 1/50 before the moments see it.
+    const raw = [30, -40];
+    const moments = (maxGradNorm: number) => {
+      const { optimizer } = setup({ down: [0, 0], up: [0] }, { ...SETTINGS, maxGradNorm });
+      optimizer.accumulate(grads(raw, [0]));
+      const report = optimizer.apply();
+      const m = optimizer.state().tensors.get("m.lora_down.exp_avg") as Float32Tensor;
+      return { report, m: Array.from(m.data) };
+    };
+    const off = moments(0);
+    expect(off.report.gradNorm).toBeCloseTo(50, 4);
+    expect(off.report.clipScale).toBe(1);
+    // exp_avg = (1 - beta1) g, unscaled.
+    expect(off.m[0]).toBeCloseTo(0.1 * 30, 5);
+    expect(off.m[1]).toBeCloseTo(0.1 * -40, 5);
+    const on = moments(1);
+    expect(on.report.clipScale).toBeCloseTo(1 / 50, 6);
+    expect(on.m[0]).toBeCloseTo((0.1 * 30) / 50, 5);
+  });
+
   it("restores from its state exactly, a pending accumulation included", () => {
     const start = { down: [0.5, -1], up: [0.1] };
     const a = setup(start);

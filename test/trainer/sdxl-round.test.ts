@@ -13,7 +13,7 @@ import { DDIMScheduler } from "../../diffusion/schedulers/index.js";
 import { readSafetensors } from "../../diffusion/weights/safetensors.js";
 import { encodeRound } from "../../trainer/conditioning.js";
 import { exportPath } from "../../trainer/export.js";
-import { readMetrics } from "../../trainer/metrics.js";
+import { readMetrics, type SpoStepMetrics } from "../../trainer/metrics.js";
 import { sharesParent } from "../../trainer/pools.js";
 import { sampleRound } from "../../trainer/sampling.js";
 import { SpmCandidateScorer } from "../../trainer/scorer.js";
@@ -55,7 +55,7 @@ describe("SPO on tiny-sdxl: one round of the SDXL variant", () => {
     expect(session.config.lora_rank).toBe(2);
     expect(result.completed).toBe(true);
     expect(result.rounds).toBe(1);
-    const steps = await readMetrics(`${dir}/metrics.jsonl`);
+    const steps = await readMetrics<SpoStepMetrics>(`${dir}/metrics.jsonl`);
     expect(steps.length).toBeGreaterThanOrEqual(1);
     // Five transitions per prompt are judged: segments [1, 2] and [3, 4, 5].
     expect(steps[0].pairs_offered).toBe(2 * 5);

@@ -5,8 +5,8 @@
  */
 import type { TrainConfig } from "../../trainer/config.js";
 import { parseTrainConfig, type RawTrainConfig } from "../../trainer/config.js";
+import type { TrainerLog } from "../../trainer/lora-run.js";
 import { loadSessionConfig, TrainingSession } from "../../trainer/session.js";
-import type { TrainerLog } from "../../trainer/spo-trainer.js";
 import { TEST_PROVIDER, tinyEngineFolder } from "../helpers/tiny-engines.js";
 import { tinySpmFolders } from "../scoring/tiny-spm.js";
 

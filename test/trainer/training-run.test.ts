@@ -22,7 +22,7 @@ import { Registry } from "../../registry/registry.js";
 import { latestCheckpoint, readCheckpoint } from "../../trainer/checkpoint.js";
 import { TrainerCheckpointError } from "../../trainer/errors.js";
 import { exportPath } from "../../trainer/export.js";
-import { readMetrics, type StepMetrics } from "../../trainer/metrics.js";
+import { readMetrics, type SpoStepMetrics } from "../../trainer/metrics.js";
 import { GRID_TEXT_KEYWORD } from "../../trainer/sample-grid.js";
 import type { SpoRunResult } from "../../trainer/spo-trainer.js";
 import { openTinyEngine, scratchDir } from "../helpers/tiny-engines.js";
@@ -43,7 +43,7 @@ function bytesOf(t: Float32Tensor): Buffer {
 }
 
 /** Everything of a metrics line but the wall-clock timings and the memory measurement. */
-function withoutTimings(m: StepMetrics): Partial<StepMetrics> {
+function withoutTimings(m: SpoStepMetrics): Partial<SpoStepMetrics> {
   const { sampling_ms, scoring_ms, reference_ms, gradient_ms, gradient_peak_rss_mib, ...rest } = m;
   return rest;
 }
@@ -80,7 +80,7 @@ describe("SPO training on tiny-sd15", () => {
   it("gives finite losses that are not constant and changes the LoRA", async () => {
     expect(full.completed).toBe(true);
     expect(full.rounds).toBe(4);
-    const steps = await readMetrics(join(fullDir, "metrics.jsonl"));
+    const steps = await readMetrics<SpoStepMetrics>(join(fullDir, "metrics.jsonl"));
     expect(steps.length).toBeGreaterThanOrEqual(2);
     expect(steps.map((s) => s.step)).toEqual(steps.map((_, i) => i + 1));
     for (const s of steps) {
@@ -93,6 +93,18 @@ describe("SPO training on tiny-sd15", () => {
       expect(s.pairs_offered).toBe(8);
     }
     expect(new Set(steps.map((s) => s.loss)).size).toBeGreaterThan(1);
+    // The margin beta (log r_w - log r_l) and the implicit accuracy, per step. The first step starts
+    // at the reference (margin ~0); each pair's loss is -log sigmoid(its margin), convex, so the
+    // step's mean loss is at least -log sigmoid(mean margin) (Jensen): a margin of the wrong sign
+    // or scale breaks that. An accumulation window averages 2 micro-batches of at most 3 pairs.
+    expect(Math.abs(steps[0].margin)).toBeLessThan(1e-3);
+    for (const s of steps) {
+      expect(s.loss, `step ${s.step}`).toBeGreaterThanOrEqual(Math.log1p(Math.exp(-s.margin)) - 1e-6);
+      expect(s.implicit_accuracy).toBeGreaterThanOrEqual(0);
+      expect(s.implicit_accuracy).toBeLessThanOrEqual(1);
+    }
+    expect(steps.some((s) => Math.abs(s.margin) > 1e-3)).toBe(true);
+    expect(full.summary.final_margin).toBe(steps.at(-1)?.margin);
     // up starts at 0 (SPO's init): after training every module's up has moved.
     for (const [module, m] of full.adapter.modules) {
       expect(
@@ -111,7 +123,7 @@ describe("SPO training on tiny-sd15", () => {
       expect([meta.width, meta.height]).toEqual([2 * 64, 64]);
       expect(JSON.parse(readPngText(png)[GRID_TEXT_KEYWORD])).toEqual({ rows: ["a cat"], columns: [1, 2] });
     }
-    for (const plot of ["loss.svg", "scores.svg"]) {
+    for (const plot of ["loss.svg", "scores.svg", "accuracy.svg"]) {
       const svg = await readFile(join(fullDir, "plots", plot), "utf8");
       expect(svg).toMatch(/^<svg [^>]*xmlns="http:\/\/www\.w3\.org\/2000\/svg"/);
       expect(svg).toContain("<polyline");
@@ -140,8 +152,8 @@ describe("SPO training on tiny-sd15", () => {
       expect(other && bytesOf(other.up).equals(bytesOf(m.up)), `${module} up`).toBe(true);
     }
     const [a, b] = await Promise.all([
-      readMetrics(join(fullDir, "metrics.jsonl")),
-      readMetrics(join(dir, "metrics.jsonl")),
+      readMetrics<SpoStepMetrics>(join(fullDir, "metrics.jsonl")),
+      readMetrics<SpoStepMetrics>(join(dir, "metrics.jsonl")),
     ]);
     expect(b.map(withoutTimings)).toEqual(a.map(withoutTimings));
     // Some checkpoint of the run was written with half an accumulation pending.
