@@ -26,6 +26,7 @@ import { CliError } from "../cli-error.js";
 import { type CommandOutput, processOutput } from "../command-output.js";
 import { nonNegativeInteger, positiveInteger } from "../option-parsers.js";
 import { worldEvalCommand } from "./world-eval.js";
+import { worldTableCommand } from "./world-table.js";
 import { worldTrainCommand } from "./world-train.js";
 
 interface RenderOptions {
@@ -102,5 +103,6 @@ export function worldCommand(output: CommandOutput = processOutput): Command {
     .addCommand(renderCommand(output))
     .addCommand(judgeCommand(output))
     .addCommand(worldTrainCommand(output))
-    .addCommand(worldEvalCommand(output));
+    .addCommand(worldEvalCommand(output))
+    .addCommand(worldTableCommand(output));
 }

@@ -1,0 +1,332 @@
+/**
+ * `stepwise world table` (issue 14 item 6): SPO against Diffusion-DPO on the world's model, at the
+ * same training wall time, judged by the world's ground truth.
+ *
+ * Both methods train a LoRA of the same rank on the same targets from the same base engine: SPO
+ * online (its SPM judges sampled pools of the train-split captions), Diffusion-DPO offline on the
+ * train split of the preference pairs. Each gets `--minutes` of training, in `--segments` equal
+ * slices; after every slice its LoRA draws the held-out captions (the pairs' test split) with fixed
+ * seeds, so every image has a twin from the base model, and the ground-truth taste scores them (the
+ * curve). Evaluation time is not training time. Writes the table (markdown, with the command,
+ * seeds and wall times) and the reward-against-time plot, and publishes the SPO LoRA (`shapes-spo`).
+ *
+ *   world table --model ENGINE --pairs DIR --spm DIR --stand-in DIR [--minutes 20] [--segments 4]
+ *               [--captions 128] [--out docs/alignment-table.md] [--work .scratch/table] [--publish URL]
+ */
+import { mkdir, writeFile } from "node:fs/promises";
+import { cpus } from "node:os";
+import { dirname, join, resolve } from "node:path";
+import { Command, InvalidArgumentError } from "commander";
+import pino from "pino";
+import { DiffusionEngine } from "../../diffusion/engine/diffusion-engine.js";
+import { SpmEngine } from "../../diffusion/engine/spm-engine.js";
+import type { LoraAdapter } from "../../diffusion/lora/adapter.js";
+import { engineLoraFeeds } from "../../diffusion/lora/feeds.js";
+import { scoreImages } from "../../diffusion/pipelines/scoring.js";
+import { type Float32Tensor, Tensor } from "../../diffusion/tensor.js";
+import { loadEngineContext } from "../../registry/import.js";
+import { Registry } from "../../registry/registry.js";
+import { registryUrlFromEnv } from "../../registry/store-url.js";
+import { publishTrainedLora } from "../../trainer/export.js";
+import { readPreferencePairs } from "../../trainer/preference-pairs.js";
+import { loadSessionConfig, TrainingSession } from "../../trainer/session.js";
+import {
+  type AlignmentSample,
+  type CurvePoint,
+  formatAlignmentTable,
+  type MethodRun,
+  renderRewardCurves,
+  summarizeMethods,
+} from "../../world/alignment.js";
+import { rgbImageFromPixels, taste } from "../../world/index.js";
+import type { CommandOutput } from "../command-output.js";
+import { positiveInteger } from "../option-parsers.js";
+import { type CaptionSeed, sampleCaptions } from "../world-samples.js";
+
+/** Sampling seeds of the held-out captions: caption i is drawn with TABLE_SAMPLE_SEED + i. */
+export const TABLE_SAMPLE_SEED = 5000;
+/** The evaluation's sampler settings: world eval's (20 DDIM steps, CFG 5, 64 px). */
+const EVAL_SETTINGS = { steps: 20, guidanceScale: 5, size: 64 } as const;
+/** The name the SPO LoRA is published under, for the playground's side-by-side. */
+export const SPO_LORA_NAME = "shapes-spo";
+
+export const METHODS = ["diffusion-dpo", "spo"] as const;
+export type TableMethod = (typeof METHODS)[number];
+const METHOD_LABEL: Readonly<Record<TableMethod, string>> = { "diffusion-dpo": "Diffusion-DPO", spo: "SPO" };
+
+/**
+ * Training settings shared by both methods (a config of the trainer, docs in trainer/README.md),
+ * sized for the world's 64 px model on 2 cores: rank 4 on SPO's targets, one learning rate.
+ */
+const COMMON_CONFIG = {
+  resolution: 64,
+  lora_rank: 4,
+  seed: 0,
+  // Many epochs: the wall-time budget, not the data, ends each run.
+  num_epochs: 1000,
+  checkpoint_every: 1,
+  export_formats: ["diffusers"],
+  "train.learning_rate": 1e-4,
+  "validation.prompts": [],
+};
+const METHOD_CONFIG: Readonly<Record<TableMethod, Record<string, unknown>>> = {
+  spo: {
+    objective: "spo",
+    "sample.num_steps": 20,
+    "sample.guidance_scale": 5,
+    "sample.sample_batch_size": 4,
+    "sample.num_sample_each_step": 4,
+    "train.train_batch_size": 4,
+  },
+  "diffusion-dpo": {
+    objective: "diffusion-dpo",
+    "train.train_batch_size": 8,
+    // A mirrored caption "on the left" is a picture "on the right": the world's captions forbid flips.
+    "data.random_flip": false,
+  },
+};
+
+interface TableOptions {
+  model: string;
+  pairs: string;
+  spm: string;
+  standIn: string;
+  minutes: number;
+  segments: number;
+  captions: number;
+  out: string;
+  plot?: string;
+  work: string;
+  publish?: string;
+  threads?: number;
+}
+
+function positiveMinutes(text: string): number {
+  const x = Number(text);
+  if (!Number.isFinite(x) || x <= 0)
+    throw new InvalidArgumentError(`must be a positive number of minutes, got ${text}`);
+  return x;
+}
+
+/** Dotted keys ("sample.num_steps") to the nested object a config file holds. */
+function nested(flat: Readonly<Record<string, unknown>>): Record<string, unknown> {
+  const out: Record<string, Record<string, unknown> | unknown> = {};
+  for (const [key, value] of Object.entries(flat)) {
+    const [head, tail] = key.split(".", 2);
+    if (tail === undefined) out[head] = value;
+    else out[head] = { ...((out[head] as Record<string, unknown> | undefined) ?? {}), [tail]: value };
+  }
+  return out;
+}
+
+/** Images in [0, 1] as the preference model's [-1, 1] input. */
+function signedPixels(image: Float32Tensor): Float32Tensor {
+  const data = new Float32Array(image.data.length);
+  for (let i = 0; i < data.length; i++) data[i] = image.data[i] * 2 - 1;
+  return new Tensor("float32", image.shape, data);
+}
+
+interface Evaluator {
+  evaluate(label: string, adapter?: LoraAdapter): Promise<AlignmentSample[]>;
+}
+
+function evaluator(engine: DiffusionEngine, standIn: SpmEngine, captions: readonly CaptionSeed[]): Evaluator {
+  return {
+    async evaluate(label, adapter) {
+      const lora = adapter
+        ? {
+            key: `world-table:${label}`,
+            feeds: engineLoraFeeds(engine.manifest, [{ adapter, weight: 1, source: label }]).feeds,
+          }
+        : undefined;
+      const images = await sampleCaptions(engine, captions, { ...EVAL_SETTINGS, lora });
+      const { scores } = await scoreImages(standIn, {
+        images: images.map(signedPixels),
+        prompts: captions.map((c) => c.caption),
+      });
+      return images.map((image, i) => {
+        const t = taste(captions[i].caption, rgbImageFromPixels(image));
+        return { reward: t.reward, fidelity: t.fidelity.score, standIn: scores.data[i] };
+      });
+    },
+  };
+}
+
+interface MethodOutcome {
+  readonly run: MethodRun;
+  readonly curve: CurvePoint[];
+  readonly adapter: LoraAdapter;
+}
+
+/** Train one method in slices of the budget, evaluating after each. */
+async function trainMethod(
+  method: TableMethod,
+  options: TableOptions,
+  trainCaptions: string,
+  evaluate: Evaluator,
+  output: CommandOutput,
+): Promise<MethodOutcome> {
+  const folder = resolve(options.work, method);
+  await mkdir(folder, { recursive: true });
+  const configPath = join(folder, "config.json");
+  const flat = {
+    ...COMMON_CONFIG,
+    ...METHOD_CONFIG[method],
+    model: resolve(options.model),
+    output_dir: join(folder, "run"),
+    ...(method === "spo"
+      ? { spm: resolve(options.spm), prompts: trainCaptions }
+      : { "data.pairs": resolve(options.pairs) }),
+  };
+  await writeFile(configPath, `${JSON.stringify(nested(flat), null, 2)}\n`);
+  const log = pino(
+    { name: `world-table-${method}`, base: undefined },
+    pino.destination(join(folder, "train.log")),
+  );
+  const sliceMs = (options.minutes * 60_000) / options.segments;
+  const curve: CurvePoint[] = [];
+  let seconds = 0;
+  let checkpoint: string | undefined;
+  let adapter: LoraAdapter | undefined;
+  let samples: AlignmentSample[] = [];
+  for (let segment = 1; segment <= options.segments; segment++) {
+    const loaded = await loadSessionConfig(checkpoint ? { resume: checkpoint } : { configPath });
+    const session = await TrainingSession.open({
+      config: loaded.config,
+      checkpoint: loaded.checkpoint,
+      provider: { provider: "cpu", intraOpThreads: options.threads },
+      log,
+    });
+    let result: Awaited<ReturnType<TrainingSession["run"]>>;
+    const start = performance.now();
+    try {
+      result = await session.run({ signal: AbortSignal.timeout(sliceMs) });
+    } finally {
+      await session.close();
+    }
+    seconds += (performance.now() - start) / 1000;
+    checkpoint = result.checkpoint;
+    adapter = result.adapter;
+    samples = await evaluate.evaluate(`${method}-${segment}`, adapter);
+    const { reward } = summarizeMethods({ method, samples, wallSeconds: seconds }, [])[0];
+    curve.push({ seconds, reward });
+    output.stderr.write(
+      `${METHOD_LABEL[method]}: slice ${segment}/${options.segments}, ${Math.round(seconds)} s trained, ${result.steps} optimizer steps, reward ${reward.value.toFixed(4)}\n`,
+    );
+    if (!checkpoint)
+      throw new Error(`${METHOD_LABEL[method]} wrote no checkpoint to continue from (${folder})`);
+  }
+  return { run: { method: METHOD_LABEL[method], samples, wallSeconds: seconds }, curve, adapter: adapter! };
+}
+
+export function worldTableCommand(output: CommandOutput): Command {
+  return new Command("table")
+    .description(
+      "Train SPO and Diffusion-DPO LoRAs at equal wall time and judge them by the world's ground truth",
+    )
+    .requiredOption("--model <engine>", "the base engine folder (stepwise convert output)")
+    .requiredOption(
+      "--pairs <dir>",
+      "preference pairs (stepwise world pairs output): DPO trains on them; their test captions are held out",
+    )
+    .requiredOption("--spm <dir>", "SPM engine folder SPO trains with (stepwise train-spm output)")
+    .requiredOption("--stand-in <dir>", "the PickScore stand-in's SPM engine folder, for its score column")
+    .option("--minutes <m>", "training wall time per method", positiveMinutes, 20)
+    .option("--segments <n>", "evaluations along each run (points of the curve)", positiveInteger, 4)
+    .option("--captions <n>", "held-out captions evaluated", positiveInteger, 128)
+    .option("--out <file>", "the table", "docs/alignment-table.md")
+    .option("--plot <file>", "the reward-against-wall-time SVG (default: beside --out)")
+    .option("--work <dir>", "training runs and logs", ".scratch/table")
+    .option(
+      "--publish <url>",
+      "registry for the SPO LoRA (default: STEPWISE_REGISTRY_URL or the local registry)",
+    )
+    .option("--threads <n>", "intra-op threads", positiveInteger)
+    .action(async (options: TableOptions) => {
+      const started = Date.now();
+      const testPairs = await readPreferencePairs(options.pairs, "test");
+      const heldOut = [...new Set(testPairs.map((p) => p.caption))].slice(0, options.captions);
+      const captions = heldOut.map((caption, i) => ({ caption, seed: TABLE_SAMPLE_SEED + i }));
+      const trainPairs = await readPreferencePairs(options.pairs, "train");
+      const trainCaptions = join(resolve(options.work), "train-captions.txt");
+      await mkdir(dirname(trainCaptions), { recursive: true });
+      await writeFile(trainCaptions, `${[...new Set(trainPairs.map((p) => p.caption))].join("\n")}\n`);
+
+      const engine = await DiffusionEngine.open(options.model, {
+        provider: "cpu",
+        intraOpThreads: options.threads,
+      });
+      const standIn = await SpmEngine.open(options.standIn, {
+        provider: "cpu",
+        intraOpThreads: options.threads,
+      });
+      let outcomes: MethodOutcome[];
+      let base: MethodRun;
+      try {
+        const evaluate = evaluator(engine, standIn, captions);
+        base = { method: "base", samples: await evaluate.evaluate("base"), wallSeconds: 0 };
+        output.stderr.write(`base: ${captions.length} held-out captions evaluated\n`);
+        outcomes = [];
+        for (const method of METHODS)
+          outcomes.push(await trainMethod(method, options, trainCaptions, evaluate, output));
+      } finally {
+        await standIn.close();
+        await engine.close();
+      }
+
+      const rows = summarizeMethods(
+        base,
+        outcomes.map((o) => o.run),
+      );
+      const plot = options.plot ?? join(dirname(options.out), "alignment-reward.svg");
+      const baseReward = rows[0].reward.value;
+      await mkdir(dirname(plot), { recursive: true });
+      await writeFile(
+        plot,
+        renderRewardCurves(new Map(outcomes.map((o) => [o.run.method, o.curve])), baseReward),
+      );
+      const spo = outcomes.find((o) => o.run.method === METHOD_LABEL.spo)!;
+      const registryUrl = options.publish ?? registryUrlFromEnv();
+      const registry = await Registry.open(registryUrl);
+      let published: string;
+      try {
+        const context = await loadEngineContext(resolve(options.model));
+        const manifest = await publishTrainedLora(registry, spo.adapter, context, {
+          name: SPO_LORA_NAME,
+          metadata: { training: "spo", table: options.out, minutes: options.minutes },
+        });
+        published = `${manifest.name}@${manifest.version}`;
+      } finally {
+        registry.close?.();
+      }
+      const minutesTotal = ((Date.now() - started) / 60_000).toFixed(1);
+      const body = [
+        "# SPO against Diffusion-DPO in the miniature world",
+        "",
+        `Command: \`stepwise world table --model ${options.model} --pairs ${options.pairs} --spm ${options.spm} --stand-in ${options.standIn} --minutes ${options.minutes} --segments ${options.segments} --captions ${options.captions}\``,
+        `(${new Date(started).toISOString()}, ${minutesTotal} minutes in all on ${cpus().length} cores).`,
+        "",
+        `Each method trained a rank-${COMMON_CONFIG.lora_rank} LoRA for ${options.minutes} minutes of wall time (training only; evaluation excluded), seed ${COMMON_CONFIG.seed}.`,
+        `Evaluation: ${captions.length} held-out captions (the pairs' test split), sampling seeds ${TABLE_SAMPLE_SEED} + i, ${EVAL_SETTINGS.steps} DDIM steps, CFG ${EVAL_SETTINGS.guidanceScale}; every method's image has a twin from the base model.`,
+        "Reward: the world's ground-truth taste (world/taste.ts); win rate: share of twins where the method's reward is higher (ties half), 95% Wilson interval; stand-in: the PickScore stand-in's score.",
+        "",
+        formatAlignmentTable(rows),
+        `Reward against training wall time: [${plot}](${plot}). SPO's LoRA is published as \`${published}\`.`,
+        "",
+        "| method | slice end (s) | reward (95% CI) |",
+        "| --- | --- | --- |",
+        ...outcomes.flatMap((o) =>
+          o.curve.map(
+            (p) =>
+              `| ${o.run.method} | ${Math.round(p.seconds)} | ${p.reward.value.toFixed(4)} (${p.reward.low.toFixed(4)}-${p.reward.high.toFixed(4)}) |`,
+          ),
+        ),
+        "",
+      ].join("\n");
+      await mkdir(dirname(options.out), { recursive: true });
+      await writeFile(options.out, body);
+      output.stdout.write(
+        `${formatAlignmentTable(rows)}wrote ${options.out} and ${plot}; published ${published}\n`,
+      );
+    });
+}
