@@ -67,7 +67,9 @@ const COMMON_CONFIG = {
   checkpoint_every: 1,
   export_formats: ["diffusers"],
   "train.learning_rate": 1e-4,
-  "validation.prompts": [],
+  // One validation image per checkpoint: the table, not the grid, is what this run is for.
+  "validation.prompts": ["a red circle"],
+  "validation.seeds": [0],
 };
 const METHOD_CONFIG: Readonly<Record<TableMethod, Record<string, unknown>>> = {
   spo: {

@@ -1,0 +1,104 @@
+/**
+ * `stepwise world table` on a tiny budget (issue 14's test): tiny-sd15 as the base, a tiny SPM as
+ * both the SPO judge and the stand-in, a handful of pairs with world captions. The table file must
+ * hold every row with its figures, the plot both curves, and the registry the published SPO LoRA.
+ */
+import { existsSync } from "node:fs";
+import { mkdtemp, readFile, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { worldCommand } from "../../cli/commands/world.js";
+import { Registry } from "../../registry/registry.js";
+import { readPreferencePairs, writePreferencePairs } from "../../trainer/preference-pairs.js";
+import { tinyEngineFolder } from "../helpers/tiny-engines.js";
+import { tinySpmFolders } from "../scoring/tiny-spm.js";
+import { writeTinyPairs } from "../trainer/tiny-pairs.js";
+
+const WORLD_CAPTIONS = [
+  "a red circle",
+  "a small blue square on the left",
+  "a green star at the top",
+  "a big pink cross",
+];
+
+describe("stepwise world table", () => {
+  let dir: string;
+  beforeAll(async () => {
+    dir = await mkdtemp(join(tmpdir(), "world-table-"));
+  });
+  afterAll(async () => rm(dir, { recursive: true, force: true }));
+
+  it("trains both methods on a tiny budget and writes a table with every row", async () => {
+    const pairs = join(dir, "pairs");
+    const written = await writeTinyPairs(pairs, 6);
+    // World captions (the taste parses them) and a test split to hold out.
+    await writePreferencePairs(
+      pairs,
+      written.map((p, i) => ({
+        ...p,
+        caption: WORLD_CAPTIONS[i % WORLD_CAPTIONS.length],
+        split: i >= 4 ? "test" : p.split,
+      })),
+    );
+    expect((await readPreferencePairs(pairs, "test")).length).toBe(4);
+    const spm = (await tinySpmFolders()).engine;
+    const out = join(dir, "docs", "table.md");
+    const registryRoot = join(dir, "registry");
+    let stdout = "";
+    const stderr: string[] = [];
+    const command = worldCommand({
+      stdout: { write: (t: string) => (stdout += t) },
+      stderr: { write: (t: string) => stderr.push(t) },
+    });
+    command.exitOverride();
+    await command.parseAsync(
+      [
+        "table",
+        "--model",
+        await tinyEngineFolder("tiny-sd15"),
+        "--pairs",
+        pairs,
+        "--spm",
+        spm,
+        "--stand-in",
+        spm,
+        "--minutes",
+        "0.01",
+        "--segments",
+        "2",
+        "--captions",
+        "3",
+        "--out",
+        out,
+        "--work",
+        join(dir, "work"),
+        "--publish",
+        registryRoot,
+        "--threads",
+        "1",
+      ],
+      { from: "user" },
+    );
+    const table = await readFile(out, "utf8");
+    for (const method of ["base", "Diffusion-DPO", "SPO"]) {
+      expect(table).toMatch(new RegExp(`\\| ${method} \\| 3 \\| \\d\\.\\d{3} \\(`));
+    }
+    // Two curve points per method, each after a slice of training.
+    expect(table.match(/\| (SPO|Diffusion-DPO) \| \d+ \| -?\d\.\d{4} \(/g)).toHaveLength(4);
+    expect(stderr.join("")).toMatch(/SPO: slice 2\/2/);
+    const svg = await readFile(join(dir, "docs", "alignment-reward.svg"), "utf8");
+    expect(svg).toContain(">SPO<");
+    expect(svg).toContain(">Diffusion-DPO<");
+    const registry = await Registry.open(registryRoot);
+    try {
+      const manifest = await registry.resolve({ name: "shapes-spo" });
+      expect(manifest.name).toBe("shapes-spo");
+      expect(table).toContain(`shapes-spo@${manifest.version}`);
+    } finally {
+      registry.close?.();
+    }
+    expect(stdout).toContain("wrote");
+    expect(existsSync(join(dir, "work", "spo", "config.json"))).toBe(true);
+  }, 600_000);
+});
