@@ -31,7 +31,7 @@ export const PAIRS_CAPTION_SEED = 2 ** 39 + 2 ** 30;
 export const MAX_PAIRS = 2 ** 20;
 /** Offset of the generator that draws guidance scales, and of the labeller, from the seed. */
 const SETTINGS_SEED_OFFSET = 2 ** 37;
-const LABEL_SEED_OFFSET = 2 ** 36;
+export const LABEL_SEED_OFFSET = 2 ** 36;
 /**
  * Guidance scales the two images draw from: from nearly unguided to strongly guided, so pairs
  * differ in faithfulness as well as in the draw (Pick-a-Pic's images came from several models and
