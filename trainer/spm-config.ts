@@ -9,6 +9,7 @@
  */
 import { readFile } from "node:fs/promises";
 import { dirname, resolve } from "node:path";
+import { boolean, type Check, fail, integerIn, isPlainObject, numberIn, shown } from "./config.js";
 import { TrainConfigError } from "./errors.js";
 import { PAIR_SPLITS, type PairSplit } from "./preference-pairs.js";
 
@@ -52,39 +53,6 @@ export interface SpmTrainConfig {
   readonly checkpoint_every: number;
   readonly evaluation: SpmEvaluationConfig;
 }
-
-type Check = (value: unknown, key: string) => unknown;
-
-function fail(key: string, message: string): never {
-  throw new TrainConfigError(key, message);
-}
-
-const shown = (v: unknown) => JSON.stringify(v) ?? String(v);
-
-const integerIn =
-  (min: number, max = Number.MAX_SAFE_INTEGER): Check =>
-  (v, key) => {
-    if (typeof v !== "number" || !Number.isInteger(v) || v < min || v > max)
-      fail(
-        key,
-        `must be an integer in [${min}, ${max === Number.MAX_SAFE_INTEGER ? "inf" : max}], got ${shown(v)}`,
-      );
-    return v;
-  };
-
-const numberIn =
-  (min: number, max: number, closedMin: boolean): Check =>
-  (v, key) => {
-    const ok = typeof v === "number" && Number.isFinite(v) && (closedMin ? v >= min : v > min) && v <= max;
-    const upper = max === Number.POSITIVE_INFINITY ? "inf)" : `${max}]`;
-    if (!ok) fail(key, `must be a number in ${closedMin ? "[" : "("}${min}, ${upper}, got ${shown(v)}`);
-    return v;
-  };
-
-const boolean: Check = (v, key) => {
-  if (typeof v !== "boolean") fail(key, `must be true or false, got ${shown(v)}`);
-  return v;
-};
 
 const path: Check = (v, key) => {
   if (typeof v !== "string" || v.trim() === "") fail(key, `must be a non-empty path string, got ${shown(v)}`);
@@ -143,10 +111,6 @@ const KEYS: Readonly<Record<string, KeySpec>> = {
 };
 
 export const SPM_CONFIG_KEYS: readonly string[] = Object.keys(KEYS);
-
-function isPlainObject(v: unknown): v is Record<string, unknown> {
-  return typeof v === "object" && v !== null && !Array.isArray(v);
-}
 
 function flatten(raw: unknown): Map<string, unknown> {
   if (!isPlainObject(raw)) fail("config", `must be a JSON object, got ${shown(raw)}`);

@@ -161,10 +161,6 @@ class PairOrder {
   }
 }
 
-function float32Feed(shape: readonly number[], values: readonly number[]): Float32Tensor {
-  return float32(shape, values);
-}
-
 /** Writes model/ (a CLIP checkpoint folder) from the trained weights. */
 async function writeModelFolder(
   out: string,
@@ -226,8 +222,8 @@ export async function trainSpm(options: SpmTrainOptions): Promise<SpmTrainResult
     await mkdir(checkpoints, { recursive: true });
     const parameters = start.parameters;
 
-    const feeds = async (step: number): Promise<Record<string, Tensor>> => {
-      const batch = Array.from({ length: B }, (_, k) => train[order.at(step * B + k)]);
+    const batchAt = (step: number) => Array.from({ length: B }, (_, k) => train[order.at(step * B + k)]);
+    const feeds = async (step: number, batch: readonly PreferencePair[]): Promise<Record<string, Tensor>> => {
       const captions = batch.map((p) => p.caption);
       let images = await readPairImages(c.pairs, batch);
       const generator = createGenerator("stepwise", BigInt(c.seed) * STEP_SEED_SPACING + BigInt(step));
@@ -250,15 +246,15 @@ export async function trainSpm(options: SpmTrainOptions): Promise<SpmTrainResult
         pixel_values: preprocessForSpm(concat([images.a, images.b], 0), imageSize, normalization),
         ...(c.time_conditioning ? { timesteps: int64([2 * B], [...timesteps, ...timesteps]) } : {}),
         input_ids: int64(ids.shape, ids.data),
-        labels: float32Feed(
+        labels: float32(
           [B, 2],
           batch.flatMap((p) => [...pairLabel(p.winner)]),
         ),
-        tie_offsets: float32Feed(
+        tie_offsets: float32(
           [B],
           batch.map((p, i) => (p.winner === "tie" ? weights[i] * tieLog : 0)),
         ),
-        weights: float32Feed([B], weights),
+        weights: float32([B], weights),
       };
     };
 
@@ -278,8 +274,8 @@ export async function trainSpm(options: SpmTrainOptions): Promise<SpmTrainResult
         maxSteps: c.max_steps,
         seconds: c.minutes > 0 ? c.minutes * 60 : Number.POSITIVE_INFINITY,
         feeds: async (step) => {
-          lastBatch = Array.from({ length: B }, (_, k) => train[order.at(step * B + k)]);
-          return feeds(step);
+          lastBatch = batchAt(step);
+          return feeds(step, lastBatch);
         },
         record: (f) =>
           recordTrainingGraph({
