@@ -24,6 +24,7 @@ import {
   PREPROCESSOR_CONFIG_FILE,
   readImageNormalization,
   resolveSpmSource,
+  TOKENIZER_FILES,
 } from "../diffusion/convert/convert-spm.js";
 import { type EngineFolder, engineFolderFor } from "../diffusion/convert/engine-folder.js";
 import { DiffusionEngine } from "../diffusion/engine/diffusion-engine.js";
@@ -37,12 +38,6 @@ import { bindSpmWeights, readAllParams } from "../diffusion/spm/checkpoint.js";
 import { preprocessForSpm } from "../diffusion/spm/preprocess.js";
 import { type Float32Tensor, float32, int64, type Tensor, toFloat32 } from "../diffusion/tensor.js";
 import { concat } from "../diffusion/tensor-layout.js";
-import {
-  MERGES_FILE,
-  SPECIAL_TOKENS_MAP_FILE,
-  TOKENIZER_CONFIG_FILE,
-  VOCAB_FILE,
-} from "../diffusion/tokenizer/folder.js";
 import { ClipTokenizer } from "../diffusion/tokenizer/index.js";
 import { recordTrainingGraph } from "../diffusion/training/training-program.js";
 import { CheckpointParamSource } from "../diffusion/weights/checkpoint-source.js";
@@ -66,7 +61,6 @@ export const SPM_MODEL_FOLDER = "model";
 export const SPM_ENGINE_FOLDER = "engine";
 export const SPM_EVALUATION_FILE = "evaluation";
 const MODEL_WEIGHTS_FILE = "model.safetensors";
-const TOKENIZER_FILES = [VOCAB_FILE, MERGES_FILE, TOKENIZER_CONFIG_FILE, SPECIAL_TOKENS_MAP_FILE] as const;
 /** SPO's draw for the timestep MLP's weights (transformers' init of new Linear layers): N(0, 0.02^2). */
 const TIMESTEP_MLP_INIT_STD = 0.02;
 /** The SD schedules' training timesteps: t is drawn from [0, 1000). */

@@ -41,7 +41,12 @@ import { CheckpointParamSource } from "../weights/checkpoint-source.js";
 import { ConvertError, componentWeightFiles, STEPWISE_VERSION } from "./convert.js";
 
 /** The files of a Hugging Face CLIP tokenizer folder that the engine keeps (never the weights beside them). */
-const TOKENIZER_FILES = [VOCAB_FILE, MERGES_FILE, TOKENIZER_CONFIG_FILE, SPECIAL_TOKENS_MAP_FILE] as const;
+export const TOKENIZER_FILES = [
+  VOCAB_FILE,
+  MERGES_FILE,
+  TOKENIZER_CONFIG_FILE,
+  SPECIAL_TOKENS_MAP_FILE,
+] as const;
 const CONFIG_FILE = "config.json";
 /** transformers' image processor config, beside a CLIP checkpoint: its image_mean and image_std. */
 export const PREPROCESSOR_CONFIG_FILE = "preprocessor_config.json";
