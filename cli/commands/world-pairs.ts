@@ -8,7 +8,7 @@
  */
 import { existsSync } from "node:fs";
 import { join } from "node:path";
-import { Command, InvalidArgumentError } from "commander";
+import { Command, InvalidArgumentError, Option } from "commander";
 import { engineFolderFor } from "../../diffusion/convert/engine-folder.js";
 import { DiffusionEngine } from "../../diffusion/engine/diffusion-engine.js";
 import type { ProviderName } from "../../diffusion/engine/execution-provider.js";
@@ -72,7 +72,9 @@ export function worldPairsCommand(output: CommandOutput): Command {
       ...DEFAULT_GUIDANCE_SCALES,
     ])
     .option("--tau <t>", "Bradley-Terry temperature of the labels", positiveNumber, DEFAULT_TAU)
-    .option("--provider <name>", "execution provider (cpu, cuda, auto)", "cpu")
+    .addOption(
+      new Option("--provider <name>", "execution provider").choices(["cpu", "cuda", "auto"]).default("cpu"),
+    )
     .option("--threads <n>", "intra-op threads", positiveInteger)
     .action(async (options: PairsOptions) => {
       if (existsSync(join(options.out, PAIRS_FILE)))

@@ -83,6 +83,15 @@ describe("world pairs", () => {
     expect(pairs.some((p) => Math.abs((p.probability_a ?? 0.5) - 0.5) > 0.2)).toBe(true);
   });
 
+  it("takes an engine or a diffusers folder, and names a folder that is neither", async () => {
+    expect(model.converted).toBe(true);
+    const again = await engineFolderFor(model.folder);
+    expect(again).toMatchObject({ folder: model.folder, converted: false });
+    await expect(engineFolderFor(scratch)).rejects.toThrow(
+      `${scratch}: neither an engine folder (manifest.json) nor a diffusers folder (model_index.json)`,
+    );
+  });
+
   it("puts each caption in one split only, and uses all three splits", () => {
     const plan = planPreferencePairs({ count: 2000, seed: SEED });
     const splitOf = new Map<string, string>();
