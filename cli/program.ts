@@ -15,6 +15,7 @@ import { scoreCommand } from "./commands/score.js";
 import { serveCommand } from "./commands/serve.js";
 import { tokenizeCommand } from "./commands/tokenize.js";
 import { trainCommand } from "./commands/train.js";
+import { trainSpmCommand } from "./commands/train-spm.js";
 import { worldCommand } from "./commands/world.js";
 import { zooCommand } from "./commands/zoo.js";
 
@@ -35,6 +36,7 @@ export function buildProgram(): Command {
   program.addCommand(convertSpmCommand());
   program.addCommand(scoreCommand());
   program.addCommand(trainCommand());
+  program.addCommand(trainSpmCommand());
   program.addCommand(tokenizeCommand());
   program.addCommand(keysCommand());
   program.addCommand(openapiCommand());

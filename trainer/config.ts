@@ -143,7 +143,8 @@ export interface RawTrainConfig {
   readonly file?: string;
 }
 
-type Check = (value: unknown, key: string) => unknown;
+/** Checks one value of a key and returns it (as it is kept); throws TrainConfigError naming the key. */
+export type Check = (value: unknown, key: string) => unknown;
 
 interface KeySpec {
   readonly check: Check;
@@ -157,15 +158,15 @@ interface KeySpec {
   readonly objective?: TrainObjective;
 }
 
-function fail(key: string, message: string): never {
+export function fail(key: string, message: string): never {
   throw new TrainConfigError(key, message);
 }
 
-function shown(value: unknown): string {
+export function shown(value: unknown): string {
   return typeof value === "string" ? JSON.stringify(value) : String(JSON.stringify(value) ?? value);
 }
 
-const integerIn =
+export const integerIn =
   (min: number, max = Number.MAX_SAFE_INTEGER): Check =>
   (v, key) => {
     if (typeof v !== "number" || !Number.isInteger(v) || v < min || v > max) {
@@ -178,7 +179,7 @@ const integerIn =
   };
 
 /** A finite number in (min, max] or [min, max] as `closedMin` says (max Infinity: no upper bound). */
-const numberIn =
+export const numberIn =
   (min: number, max: number, closedMin: boolean): Check =>
   (v, key) => {
     const ok = typeof v === "number" && Number.isFinite(v) && (closedMin ? v >= min : v > min) && v <= max;
@@ -189,7 +190,7 @@ const numberIn =
 
 const UNBOUNDED = Number.POSITIVE_INFINITY;
 
-const boolean: Check = (v, key) => {
+export const boolean: Check = (v, key) => {
   if (typeof v !== "boolean") fail(key, `must be true or false, got ${shown(v)}`);
   return v;
 };
@@ -357,7 +358,7 @@ function unknownKey(key: string): never {
   fail(key, `unknown key${suggestion ? ` (did you mean ${suggestion}?)` : ""}`);
 }
 
-function isPlainObject(v: unknown): v is Record<string, unknown> {
+export function isPlainObject(v: unknown): v is Record<string, unknown> {
   return typeof v === "object" && v !== null && !Array.isArray(v);
 }
 

@@ -32,6 +32,15 @@ export type { Relation } from "./grammar.js";
 export { type ColourShape, HELD_OUT_PAIRS, isHeldOut } from "./held-out.js";
 export { type Judged, type JudgedObject, type Judgement, judge, judgeImage } from "./judge.js";
 export {
+  captionSplit,
+  DEFAULT_GUIDANCE_SCALES,
+  DEFAULT_PAIR_STEPS,
+  PreferenceDataError,
+  type PreferenceDataOptions,
+  planPreferencePairs,
+  writeWorldPreferencePairs,
+} from "./preference-data.js";
+export {
   DEFAULT_TAU,
   labelPairs,
   type PreferenceLabel,

@@ -5,6 +5,8 @@
  *       writes K samples as DIR/NNNNNN.png and one JSON line each to DIR/captions.jsonl
  *   world judge IMAGE [--caption TEXT]
  *       prints what the judge reads in IMAGE as JSON, with fidelity and taste when a caption is given
+ *   world pairs --model M --out DIR --count N --seed S
+ *       generates preference pairs with model M, labelled by the taste (world-pairs.ts)
  */
 import { mkdir, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
@@ -26,6 +28,7 @@ import { CliError } from "../cli-error.js";
 import { type CommandOutput, processOutput } from "../command-output.js";
 import { nonNegativeInteger, positiveInteger } from "../option-parsers.js";
 import { worldEvalCommand } from "./world-eval.js";
+import { worldPairsCommand } from "./world-pairs.js";
 import { worldTableCommand } from "./world-table.js";
 import { worldTrainCommand } from "./world-train.js";
 
@@ -104,5 +107,6 @@ export function worldCommand(output: CommandOutput = processOutput): Command {
     .addCommand(judgeCommand(output))
     .addCommand(worldTrainCommand(output))
     .addCommand(worldEvalCommand(output))
+    .addCommand(worldPairsCommand(output))
     .addCommand(worldTableCommand(output));
 }

@@ -29,7 +29,7 @@ import {
   type SpmEngineManifest,
   type SpmGraphEntry,
 } from "../spm/manifest.js";
-import { CLIP_IMAGE_MEAN, CLIP_IMAGE_STD } from "../spm/preprocess.js";
+import { CLIP_IMAGE_MEAN, CLIP_IMAGE_STD, type ImageNormalization } from "../spm/preprocess.js";
 import {
   MERGES_FILE,
   SPECIAL_TOKENS_MAP_FILE,
@@ -42,8 +42,15 @@ import { sha256File } from "../weights/file-digest.js";
 import { ConvertError, componentWeightFiles, STEPWISE_VERSION } from "./convert.js";
 
 /** The files of a Hugging Face CLIP tokenizer folder that the engine keeps (never the weights beside them). */
-const TOKENIZER_FILES = [VOCAB_FILE, MERGES_FILE, TOKENIZER_CONFIG_FILE, SPECIAL_TOKENS_MAP_FILE] as const;
+export const TOKENIZER_FILES = [
+  VOCAB_FILE,
+  MERGES_FILE,
+  TOKENIZER_CONFIG_FILE,
+  SPECIAL_TOKENS_MAP_FILE,
+] as const;
 const CONFIG_FILE = "config.json";
+/** transformers' image processor config, beside a CLIP checkpoint: its image_mean and image_std. */
+export const PREPROCESSOR_CONFIG_FILE = "preprocessor_config.json";
 const WEIGHT_FILE = /\.(safetensors|bin|pt|pth|ckpt)$/;
 
 export class SpmConvertError extends Error {
@@ -174,6 +181,37 @@ export function checkTokenizerFits(tokenizer: ClipTokenizer, config: ClipModelCo
   }
 }
 
+function channelTriple(value: unknown, field: string, file: string): readonly number[] {
+  if (
+    !Array.isArray(value) ||
+    value.length !== 3 ||
+    !value.every((x) => typeof x === "number" && Number.isFinite(x))
+  )
+    throw new SpmConvertError(
+      `${field} must be a list of 3 finite numbers, got ${JSON.stringify(value)}`,
+      file,
+    );
+  if (field === "image_std" && value.some((x) => x <= 0))
+    throw new SpmConvertError(`image_std must be positive, got ${JSON.stringify(value)}`, file);
+  return value as number[];
+}
+
+/**
+ * The normalisation the model was trained with: `preprocessor_config.json` in `folder` (a CLIP
+ * folder, e.g. the miniature world's, whose mean and std 0.5 give [-1, 1] pixels), else CLIP's
+ * (PickScore and SPO's checkpoints ship none beside the weights).
+ */
+export async function readImageNormalization(folder: string): Promise<ImageNormalization> {
+  const file = join(folder, PREPROCESSOR_CONFIG_FILE);
+  if (!existsSync(file)) return { mean: [...CLIP_IMAGE_MEAN], std: [...CLIP_IMAGE_STD] };
+  const raw = await readConfigFile(file);
+  return {
+    mean:
+      raw.image_mean === undefined ? [...CLIP_IMAGE_MEAN] : channelTriple(raw.image_mean, "image_mean", file),
+    std: raw.image_std === undefined ? [...CLIP_IMAGE_STD] : channelTriple(raw.image_std, "image_std", file),
+  };
+}
+
 export interface SpmConversionPlan {
   readonly config: ClipModelConfig;
   readonly report: SpmWeightsReport;
@@ -217,6 +255,7 @@ export async function convertSpm(options: ConvertSpmOptions): Promise<SpmEngineM
   if (existsSync(out)) throw new SpmConvertError("already exists; choose another --out or remove it", out);
   const paths = await resolveSpmSource(options);
   const rawConfig = await readConfigFile(paths.config);
+  const normalization = await readImageNormalization(dirname(paths.config));
   const dtype = options.dtype ?? "float32";
 
   options.onProgress?.({ phase: "check", item: paths.weights.join(", ") });
@@ -258,6 +297,8 @@ export async function convertSpm(options: ConvertSpmOptions): Promise<SpmEngineM
       if (existsSync(from)) await copyFile(from, join(tmp, SPM_TOKENIZER_FOLDER, file));
     }
     await copyFile(paths.config, join(tmp, CONFIG_FILE));
+    const preprocessor = join(dirname(paths.config), PREPROCESSOR_CONFIG_FILE);
+    if (existsSync(preprocessor)) await copyFile(preprocessor, join(tmp, PREPROCESSOR_CONFIG_FILE));
 
     // 4. source hashes
     const files: Record<string, string> = {};
@@ -282,8 +323,8 @@ export async function convertSpm(options: ConvertSpmOptions): Promise<SpmEngineM
       createdWith: `stepwise ${STEPWISE_VERSION}`,
       config: rawConfig,
       imageSize: plan.config.vision.imageSize,
-      imageMean: [...CLIP_IMAGE_MEAN],
-      imageStd: [...CLIP_IMAGE_STD],
+      imageMean: [...normalization.mean],
+      imageStd: [...normalization.std],
       projectionDim: plan.config.projectionDim,
       tokenizer: SPM_TOKENIZER_FOLDER,
       source: {

@@ -232,12 +232,24 @@ async function guidedX0(
   return ddimPredictX0(scheduler, modelOutput, r.timesteps, r.sample).predOriginalSample;
 }
 
-/** Score noisy latents x_t at their timesteps (steps 1-7 above). */
-export async function scoreLatents(
+export interface DecodedPredictions {
+  /** The decoded images, [B, 3, H, W] in about [-1, 1]. */
+  readonly images: Float32Tensor;
+  /** x̂0 per row (the latents themselves for rows at t = 0). */
+  readonly predictedX0: Float32Tensor;
+  readonly timesteps: readonly number[];
+  readonly prompts: readonly string[];
+  readonly timings: ScoringTimings;
+}
+
+/**
+ * Steps 1-5: what the SPM sees of noisy latents x_t, the decoded guided x̂0 of each row. Also what
+ * SPM training feeds its model (docs/spo.md section 11.2), so it is one function.
+ */
+export async function decodePredictions(
   models: PipelineModels,
-  spm: PreferenceModel,
   request: ScoreLatentsRequest,
-): Promise<LatentScoreResult> {
+): Promise<DecodedPredictions> {
   // 1. check inputs
   checkLatentRequest(models, request);
   const spec = models.spec;
@@ -275,12 +287,21 @@ export async function scoreLatents(
   }
 
   // 5. decode
-  let t0 = performance.now();
+  const t0 = performance.now();
   const images = await models.vaeDecode(divided(predictedX0, spec.vaeScalingFactor));
   timings.vaeDecodeMs = performance.now() - t0;
+  return { images, predictedX0, timesteps, prompts, timings };
+}
 
+/** Score noisy latents x_t at their timesteps (steps 1-7 above). */
+export async function scoreLatents(
+  models: PipelineModels,
+  spm: PreferenceModel,
+  request: ScoreLatentsRequest,
+): Promise<LatentScoreResult> {
+  const { images, predictedX0, timesteps, prompts, timings } = await decodePredictions(models, request);
   // 6-7. preprocess and score at the same timesteps
-  t0 = performance.now();
+  const t0 = performance.now();
   const scores = await scoreDecodedImages(spm, images, timesteps, prompts);
   timings.spmMs = performance.now() - t0;
   return { scores, timesteps, images, predictedX0, timings };

@@ -21,6 +21,14 @@ import { resolveDdimConfig } from "../../diffusion/schedulers/config.js";
 import { type Float32Tensor, float32, type Tensor } from "../../diffusion/tensor.js";
 import { ClipTokenizer } from "../../diffusion/tokenizer/index.js";
 import { recordTrainingGraph } from "../../diffusion/training/training-program.js";
+import {
+  readStageState,
+  readStageWeights,
+  runStage,
+  type StageProgress,
+  type StageResult,
+  stageFolder,
+} from "../../trainer/full-weight-stage.js";
 import type { AdamWSettings } from "../../trainer/optimizer.js";
 import { batchSeed, captionedPixels, inputIds, STAGES, type Stage } from "./batches.js";
 import {
@@ -41,14 +49,6 @@ import {
   type WorldModels,
 } from "./models.js";
 import { clipContrastiveLoss, unetLoss, vaeLoss } from "./objectives.js";
-import {
-  readStageState,
-  readStageWeights,
-  runStage,
-  type StageProgress,
-  type StageResult,
-  stageFolder,
-} from "./stage.js";
 
 export class RecipeError extends Error {
   constructor(message: string) {
@@ -94,13 +94,13 @@ export interface RecipeOptions {
   readonly provider: ExecutionProviderConfig;
   /** Step limits per stage (default: unlimited, the time budget decides). */
   readonly maxSteps?: Partial<Record<Stage, number>>;
-  readonly onProgress?: (p: StageProgress) => void;
+  readonly onProgress?: (p: StageProgress<Stage>) => void;
   /** A stage finished (or was already finished). */
-  readonly onStage?: (r: StageResult) => void;
+  readonly onStage?: (r: StageResult<Stage>) => void;
 }
 
 export interface RecipeResult {
-  readonly stages: StageResult[];
+  readonly stages: StageResult<Stage>[];
   /** Whether the model folders were written (all three stages finished). */
   readonly exported: boolean;
   readonly vaeScaling?: number;
@@ -168,12 +168,13 @@ export async function runRecipe(options: RecipeOptions): Promise<RecipeResult> {
   const budget = (stage: Stage) => (options.minutes * 60 * STAGE_SHARE[stage]) / shares;
   const run = (stage: Stage) => ({
     folder: stageFolder(checkpoints, stage),
+    label: `world-${stage}`,
     provider: options.provider,
     metrics,
     onProgress: options.onProgress,
   });
-  const results: StageResult[] = [];
-  const done = (r: StageResult) => {
+  const results: StageResult<Stage>[] = [];
+  const done = (r: StageResult<Stage>) => {
     results.push(r);
     options.onStage?.(r);
   };

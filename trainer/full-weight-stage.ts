@@ -1,19 +1,21 @@
 /**
- * One stage of the recipe: full-weight training of one model through the onnxruntime training
- * program (diffusion/training: every trained parameter a graph input, the frozen models' weights
- * initializers of the same graph), AdamW with clipping from trainer/optimizer.ts, a checkpoint
- * every CHECKPOINT_SECONDS and at the end, one metrics line per step. A stage stops at its step
- * limit or when its time budget is spent (time spent before a resume counts).
+ * One stage of full-weight training of a small model through the onnxruntime training program
+ * (diffusion/training: every trained parameter a graph input, the frozen models' weights
+ * initializers of the same graph), AdamW with clipping from optimizer.ts, a checkpoint every
+ * CHECKPOINT_SECONDS (or every N steps when asked) and at the end, one metrics line per step. A
+ * stage stops at its step limit or when its time budget is spent (time spent before a resume
+ * counts); resumed with higher limits, a finished stage trains on. The miniature world's recipe
+ * (world/recipe) and the preference-model trainer (spm-trainer.ts) both run on it.
  */
 import { existsSync } from "node:fs";
 import { appendFile, mkdir, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import type { ExecutionProviderConfig } from "../../diffusion/engine/execution-provider.js";
-import type { Float32Tensor, Tensor } from "../../diffusion/tensor.js";
-import { type TrainingGraph, TrainingProgram } from "../../diffusion/training/training-program.js";
-import { readSafetensors, writeSafetensors } from "../../diffusion/weights/safetensors.js";
-import { AdamW, type AdamWSettings } from "../../trainer/optimizer.js";
-import type { Stage } from "./batches.js";
+import type { ExecutionProviderConfig } from "../diffusion/engine/execution-provider.js";
+import type { Float32Tensor, Tensor } from "../diffusion/tensor.js";
+import { type TrainingGraph, TrainingProgram } from "../diffusion/training/training-program.js";
+import { readSafetensors, writeSafetensors } from "../diffusion/weights/safetensors.js";
+import { TrainerCheckpointError } from "./errors.js";
+import { AdamW, type AdamWSettings } from "./optimizer.js";
 
 /** How often a running stage writes its checkpoint: a killed run loses at most this much. */
 export const CHECKPOINT_SECONDS = 60;
@@ -21,15 +23,8 @@ const STATE_FILE = "state.json";
 const WEIGHTS_FILE = "weights.safetensors";
 const OPTIMIZER_PREFIX = "optimizer.";
 
-export class RecipeCheckpointError extends Error {
-  constructor(path: string, problem: string) {
-    super(`${path}: ${problem}`);
-    this.name = "RecipeCheckpointError";
-  }
-}
-
-export interface StageProgress {
-  readonly stage: Stage;
+export interface StageProgress<S extends string = string> {
+  readonly stage: S;
   readonly step: number;
   readonly maxSteps: number;
   readonly loss: number;
@@ -38,8 +33,8 @@ export interface StageProgress {
   readonly budgetSeconds: number;
 }
 
-export interface StageSpec {
-  readonly stage: Stage;
+export interface StageSpec<S extends string = string> {
+  readonly stage: S;
   /** The trained weights (updated in place). */
   readonly parameters: Map<string, Float32Tensor>;
   readonly optimizer: AdamWSettings;
@@ -56,16 +51,20 @@ export interface StageSpec {
   afterStep?(parameters: Map<string, Float32Tensor>): void;
 }
 
-export interface StageRun {
+export interface StageRun<S extends string = string> {
   readonly folder: string;
   readonly provider: ExecutionProviderConfig;
   /** metrics.jsonl of the run. */
   readonly metrics: string;
-  readonly onProgress?: (p: StageProgress) => void;
+  /** Names the training graphs (default: the stage). */
+  readonly label?: string;
+  /** Also checkpoint every this many steps (default: by time only). */
+  readonly checkpointEverySteps?: number;
+  readonly onProgress?: (p: StageProgress<S>) => void;
 }
 
-export interface StageResult {
-  readonly stage: Stage;
+export interface StageResult<S extends string = string> {
+  readonly stage: S;
   readonly steps: number;
   readonly seconds: number;
   /** Mean loss of the first and of the last LOSS_WINDOW steps. */
@@ -75,8 +74,8 @@ export interface StageResult {
   readonly statistics: Record<string, number>;
 }
 
-interface StageState {
-  readonly stage: Stage;
+interface StageState<S extends string = string> {
+  readonly stage: S;
   readonly step: number;
   readonly seconds: number;
   readonly done: boolean;
@@ -93,7 +92,7 @@ function mean(xs: readonly number[]): number {
   return xs.reduce((a, b) => a + b, 0) / Math.max(1, xs.length);
 }
 
-function summary(state: StageState): StageResult {
+function summary<S extends string>(state: StageState<S>): StageResult<S> {
   return {
     stage: state.stage,
     steps: state.step,
@@ -104,7 +103,7 @@ function summary(state: StageState): StageResult {
   };
 }
 
-export function stageFolder(checkpoints: string, stage: Stage): string {
+export function stageFolder(checkpoints: string, stage: string): string {
   return join(checkpoints, stage);
 }
 
@@ -124,7 +123,12 @@ export async function readStageState(folder: string): Promise<StageState | undef
   return JSON.parse(await readFile(file, "utf8")) as StageState;
 }
 
-async function writeCheckpoint(folder: string, state: StageState, spec: StageSpec, optimizer: AdamW) {
+async function writeCheckpoint<S extends string>(
+  folder: string,
+  state: StageState<S>,
+  spec: StageSpec<S>,
+  optimizer: AdamW,
+) {
   await mkdir(folder, { recursive: true });
   const tensors = new Map<string, Tensor>(spec.parameters);
   const optimizerState = optimizer.state();
@@ -134,8 +138,12 @@ async function writeCheckpoint(folder: string, state: StageState, spec: StageSpe
   await writeFile(join(folder, STATE_FILE), `${JSON.stringify(state)}\n`);
 }
 
-async function resume(folder: string, spec: StageSpec, optimizer: AdamW): Promise<StageState | undefined> {
-  const state = await readStageState(folder);
+async function resume<S extends string>(
+  folder: string,
+  spec: StageSpec<S>,
+  optimizer: AdamW,
+): Promise<StageState<S> | undefined> {
+  const state = (await readStageState(folder)) as StageState<S> | undefined;
   if (!state) return undefined;
   const file = join(folder, WEIGHTS_FILE);
   const { tensors } = await readSafetensors(file);
@@ -147,9 +155,9 @@ async function resume(folder: string, spec: StageSpec, optimizer: AdamW): Promis
     }
     const p = spec.parameters.get(name);
     if (!p)
-      throw new RecipeCheckpointError(file, `holds ${name}, which the ${spec.stage} model does not have`);
+      throw new TrainerCheckpointError(file, `holds ${name}, which the ${spec.stage} model does not have`);
     if (p.data.length !== t.data.length) {
-      throw new RecipeCheckpointError(
+      throw new TrainerCheckpointError(
         file,
         `${name} has ${t.data.length} values, the model ${p.data.length}`,
       );
@@ -161,9 +169,12 @@ async function resume(folder: string, spec: StageSpec, optimizer: AdamW): Promis
 }
 
 /** Train one stage to its step limit or time budget, resuming from its checkpoint when there is one. */
-export async function runStage(spec: StageSpec, run: StageRun): Promise<StageResult> {
+export async function runStage<S extends string>(
+  spec: StageSpec<S>,
+  run: StageRun<S>,
+): Promise<StageResult<S>> {
   const optimizer = new AdamW(spec.parameters, spec.optimizer);
-  let state: StageState = (await resume(run.folder, spec, optimizer)) ?? {
+  let state: StageState<S> = (await resume(run.folder, spec, optimizer)) ?? {
     stage: spec.stage,
     step: 0,
     seconds: 0,
@@ -172,8 +183,9 @@ export async function runStage(spec: StageSpec, run: StageRun): Promise<StageRes
     statistics: {},
     optimizerStep: 0,
   };
-  if (state.done) return summary(state);
-  const program = await TrainingProgram.start(run.provider, { label: `world-${spec.stage}` });
+  // A finished stage trains on only when it was resumed with a higher step limit or time budget.
+  if (state.done && !(state.step < spec.maxSteps && state.seconds < spec.seconds)) return summary(state);
+  const program = await TrainingProgram.start(run.provider, { label: run.label ?? spec.stage });
   try {
     let started = performance.now();
     let lastCheckpoint = started;
@@ -211,7 +223,9 @@ export async function runStage(spec: StageSpec, run: StageRun): Promise<StageRes
         seconds: elapsed(),
         budgetSeconds: spec.seconds,
       });
-      if ((performance.now() - lastCheckpoint) / 1000 >= CHECKPOINT_SECONDS) {
+      const everySteps = run.checkpointEverySteps;
+      const stepDue = everySteps !== undefined && state.step % everySteps === 0;
+      if (stepDue || (performance.now() - lastCheckpoint) / 1000 >= CHECKPOINT_SECONDS) {
         state = { ...state, seconds: elapsed() };
         started = performance.now();
         await writeCheckpoint(run.folder, state, spec, optimizer);
