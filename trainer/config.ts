@@ -415,14 +415,18 @@ function withFile(err: unknown, file: string | undefined): unknown {
   return err;
 }
 
-export async function readTrainConfigFile(path: string): Promise<RawTrainConfig> {
-  let raw: unknown;
+/** A JSON config file's value and the folder its relative paths start from (every trainer's configs). */
+export async function readConfigJson(path: string): Promise<{ raw: unknown; baseDir: string }> {
   try {
-    raw = JSON.parse(await readFile(path, "utf8"));
+    return { raw: JSON.parse(await readFile(path, "utf8")), baseDir: dirname(resolve(path)) };
   } catch (err) {
     throw new TrainConfigError("config", `cannot read the config (${(err as Error).message})`, path);
   }
-  return parseTrainConfig(raw, { baseDir: dirname(resolve(path)), file: path });
+}
+
+export async function readTrainConfigFile(path: string): Promise<RawTrainConfig> {
+  const { raw, baseDir } = await readConfigJson(path);
+  return parseTrainConfig(raw, { baseDir, file: path });
 }
 
 /** The engine folder the config names (needed before the family's defaults can apply). */

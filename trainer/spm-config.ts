@@ -7,9 +7,17 @@
  * values (section 11.6) where SPO has one. Relative paths are taken relative to the config file.
  * Every error names the key (and the file).
  */
-import { readFile } from "node:fs/promises";
-import { dirname, resolve } from "node:path";
-import { boolean, type Check, fail, integerIn, isPlainObject, numberIn, shown } from "./config.js";
+import { resolve } from "node:path";
+import {
+  boolean,
+  type Check,
+  fail,
+  integerIn,
+  isPlainObject,
+  numberIn,
+  readConfigJson,
+  shown,
+} from "./config.js";
 import { TrainConfigError } from "./errors.js";
 import { PAIR_SPLITS, type PairSplit } from "./preference-pairs.js";
 
@@ -190,11 +198,6 @@ export function parseSpmTrainConfig(
 }
 
 export async function readSpmTrainConfig(file: string): Promise<SpmTrainConfig> {
-  let raw: unknown;
-  try {
-    raw = JSON.parse(await readFile(file, "utf8"));
-  } catch (err) {
-    throw new TrainConfigError("config", `cannot read the config (${(err as Error).message})`, file);
-  }
-  return parseSpmTrainConfig(raw, { baseDir: dirname(resolve(file)), file });
+  const { raw, baseDir } = await readConfigJson(file);
+  return parseSpmTrainConfig(raw, { baseDir, file });
 }
