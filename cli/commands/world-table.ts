@@ -15,7 +15,7 @@
  */
 import { mkdir, writeFile } from "node:fs/promises";
 import { cpus } from "node:os";
-import { dirname, join, resolve } from "node:path";
+import { dirname, join, relative, resolve } from "node:path";
 import { Command, InvalidArgumentError } from "commander";
 import pino from "pino";
 import { DiffusionEngine } from "../../diffusion/engine/diffusion-engine.js";
@@ -313,7 +313,7 @@ export function worldTableCommand(output: CommandOutput): Command {
         "Reward: the world's ground-truth taste (world/taste.ts); win rate: share of twins where the method's reward is higher (ties half), 95% Wilson interval; stand-in: the PickScore stand-in's score.",
         "",
         formatAlignmentTable(rows),
-        `Reward against training wall time: [${plot}](${plot}). SPO's LoRA is published as \`${published}\`.`,
+        `Reward against training wall time: [${relative(dirname(options.out), plot)}](${relative(dirname(options.out), plot)}). SPO's LoRA is published as \`${published}\`.`,
         "",
         "| method | slice end (s) | reward (95% CI) |",
         "| --- | --- | --- |",
