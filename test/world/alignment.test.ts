@@ -67,6 +67,9 @@ describe("alignment statistics", () => {
       0.5,
     );
     expect(svg.startsWith("<svg")).toBe(true);
+    expect(svg).toContain(
+      "<title>Ground-truth reward on held-out captions against training wall time</title>",
+    );
     for (const name of ["SPO", "Diffusion-DPO", "base"]) expect(svg).toContain(`>${name}<`);
   });
 });
