@@ -110,17 +110,6 @@ function positiveMinutes(text: string): number {
   return x;
 }
 
-/** Dotted keys ("sample.num_steps") to the nested object a config file holds. */
-function nested(flat: Readonly<Record<string, unknown>>): Record<string, unknown> {
-  const out: Record<string, Record<string, unknown> | unknown> = {};
-  for (const [key, value] of Object.entries(flat)) {
-    const [head, tail] = key.split(".", 2);
-    if (tail === undefined) out[head] = value;
-    else out[head] = { ...((out[head] as Record<string, unknown> | undefined) ?? {}), [tail]: value };
-  }
-  return out;
-}
-
 /** Images in [0, 1] as the preference model's [-1, 1] input. */
 function signedPixels(image: Float32Tensor): Float32Tensor {
   const data = new Float32Array(image.data.length);
@@ -180,7 +169,8 @@ async function trainMethod(
       ? { spm: resolve(options.spm), prompts: trainCaptions }
       : { "data.pairs": resolve(options.pairs) }),
   };
-  await writeFile(configPath, `${JSON.stringify(nested(flat), null, 2)}\n`);
+  // Dotted keys are a config file's own spelling of nested ones (trainer/config.ts flattens both).
+  await writeFile(configPath, `${JSON.stringify(flat, null, 2)}\n`);
   const log = pino(
     { name: `world-table-${method}`, base: undefined },
     pino.destination(join(folder, "train.log")),
