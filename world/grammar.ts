@@ -89,3 +89,20 @@ export function relationBetween(first: Position, second: Position): Relation | u
     return row.indexOf(first) < row.indexOf(second) ? "left of" : "right of";
   return undefined;
 }
+
+/** Every word the grammar can write, once each: the corpus the world's tokenizer is learnt from. */
+export function grammarWords(): string[] {
+  const phrases = [
+    ...Object.values(SIZE_WORDS).flat(),
+    ...Object.values(SHAPE_WORDS).flat(),
+    ...Object.values(OBJECT_COLOUR_WORDS).flat(),
+    ...Object.values(BACKGROUND_WORDS).flat(),
+    ...Object.values(POSITION_PHRASES).flat(),
+    ...Object.values(RELATION_PHRASES),
+    backgroundClause("comma", "white"),
+    backgroundClause("on", "white"),
+    "a an and",
+  ];
+  const words = phrases.flatMap((p) => p.split(/[\s,]+/)).filter((w) => w.length > 0);
+  return [...new Set(words)].sort();
+}

@@ -1,6 +1,6 @@
 /**
  * A tiny CLIP-style BPE vocabulary for the zoo models, trained deterministically on a built-in
- * corpus of prompts, laid out exactly like CLIP's: the 256 byte symbols, the same with `</w>`, the
+ * corpus of prompts (or on a corpus of the caller's, such as the miniature world's words), laid out exactly like CLIP's: the 256 byte symbols, the same with `</w>`, the
  * merges in order, then `<|startoftext|>` and `<|endoftext|>` (so the end token has the largest id,
  * as in real CLIP). The real tokenizer code loads it like any Hugging Face CLIP tokenizer folder.
  */
@@ -10,7 +10,8 @@ import { CLIP_SPLIT_PATTERN, END_OF_WORD_SUFFIX } from "../tokenizer/clip-bpe.js
 export const TINY_VOCAB_SIZE = 1000;
 const SPECIAL_TOKENS = ["<|startoftext|>", "<|endoftext|>"];
 
-const CORPUS = `
+/** The zoo's corpus: prompts of the kind users write. */
+export const PROMPT_CORPUS = `
 a photo of a cat sitting on a red sofa, highly detailed, studio lighting
 a watercolor painting of a lighthouse on a cliff at sunset, soft colors
 portrait of an astronaut riding a horse on the moon, digital art, trending
@@ -76,7 +77,18 @@ export interface TinyVocabulary {
   readonly eosTokenId: number;
 }
 
-export function tinyVocabulary(size = TINY_VOCAB_SIZE): TinyVocabulary {
+export interface TinyVocabularyOptions {
+  /** Ids in all (default TINY_VOCAB_SIZE). */
+  readonly size?: number;
+  /**
+   * Text the merges are learnt from (default PROMPT_CORPUS). Merges are learnt until every word of
+   * the corpus is one token or the size is reached, so a small corpus's words all become whole tokens.
+   */
+  readonly corpus?: string;
+}
+
+export function tinyVocabulary(options: TinyVocabularyOptions = {}): TinyVocabulary {
+  const { size = TINY_VOCAB_SIZE, corpus = PROMPT_CORPUS } = options;
   const { symbolOf, vocabOrder: ordered } = byteSymbolTable();
   const base = [...ordered, ...ordered.map((s) => s + END_OF_WORD_SUFFIX)];
   const numMerges = size - base.length - SPECIAL_TOKENS.length;
@@ -85,7 +97,7 @@ export function tinyVocabulary(size = TINY_VOCAB_SIZE): TinyVocabulary {
 
   const pattern = new RegExp(CLIP_SPLIT_PATTERN, "gu");
   const counts = new Map<string, number>();
-  for (const word of CORPUS.toLowerCase().match(pattern) ?? []) counts.set(word, (counts.get(word) ?? 0) + 1);
+  for (const word of corpus.toLowerCase().match(pattern) ?? []) counts.set(word, (counts.get(word) ?? 0) + 1);
   const words = [...counts].map(([w, n]) => ({ symbols: byteSymbols(w, symbolOf), n }));
 
   const merges: Array<[string, string]> = [];

@@ -8,8 +8,12 @@ import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { beforeAll, describe, expect, it } from "vitest";
 import { convertDiffusers } from "../../diffusion/convert/convert.js";
+import { ClipTokenizer } from "../../diffusion/tokenizer/index.js";
 import { readSafetensors } from "../../diffusion/weights/safetensors.js";
+import { worldCaptions } from "../../world/dataset.js";
+import { grammarWords } from "../../world/grammar.js";
 import { RecipeError, type RecipeResult, runRecipe, type Stage } from "../../world/index.js";
+import { writeTokenizer } from "../../world/recipe/export.js";
 import { scratchDir, TEST_PROVIDER } from "../helpers/tiny-engines.js";
 
 /** Steps per stage: enough for each loss to fall clearly, few enough for about a minute on 2 cores. */
@@ -78,5 +82,38 @@ describe("stepwise world train, tiny size", () => {
         provider: TEST_PROVIDER,
       }),
     ).rejects.toThrow(RecipeError);
+  });
+});
+
+describe("the world's tokenizer", () => {
+  let tokenizer: ClipTokenizer;
+  beforeAll(async () => {
+    const folder = join(await scratchDir("world-tokenizer"), "tokenizer");
+    await writeTokenizer(folder);
+    tokenizer = await ClipTokenizer.fromFolder(folder);
+  });
+
+  /** The ids between the start token and the first end token. */
+  const tokensOf = (text: string): number[] => {
+    const ids = Array.from(tokenizer.encodeBatch([text]).ids.data, Number);
+    return ids.slice(1, ids.indexOf(tokenizer.eosTokenId));
+  };
+
+  it("makes every word of the grammar one token, each its own", () => {
+    const words = grammarWords();
+    expect(words).toEqual(
+      expect.arrayContaining(["left", "centre", "center", "triangle", "maroon", "above"]),
+    );
+    const ids = words.map((w) => tokensOf(w));
+    for (const [i, w] of words.entries()) expect(ids[i], w).toHaveLength(1);
+    expect(new Set(ids.map((x) => x[0])).size).toBe(words.length);
+  });
+
+  it("spends one position per word or comma of a caption", () => {
+    for (const { index, caption } of worldCaptions({ seed: 11, split: "train" })) {
+      if (index === 300) break;
+      const pieces = caption.match(/[a-z]+|,/g) ?? [];
+      expect(tokensOf(caption), caption).toHaveLength(pieces.length);
+    }
   });
 });

@@ -7,8 +7,9 @@ import { mkdir, writeFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { type Float32Tensor, type Tensor, toFloat16 } from "../../diffusion/tensor.js";
 import { writeSafetensors } from "../../diffusion/weights/safetensors.js";
-import { tinyVocabulary } from "../../diffusion/zoo/tiny-vocabulary.js";
+import { type TinyVocabulary, tinyVocabulary } from "../../diffusion/zoo/tiny-vocabulary.js";
 import { tokenizerFiles } from "../../diffusion/zoo/zoo.js";
+import { grammarWords } from "../grammar.js";
 import {
   clipConfig,
   clipPreprocessorConfig,
@@ -29,10 +30,19 @@ async function writeJson(path: string, value: unknown): Promise<void> {
   await writeFile(path, `${JSON.stringify(value, null, 2)}\n`);
 }
 
-/** The zoo's CLIP tokenizer files (its BPE vocabulary, CLIP's special tokens) into `folder`. */
+/**
+ * The world's BPE vocabulary: learnt from the grammar's words, so every word a caption can hold is
+ * one token. (The zoo's prompt vocabulary split most of them into letters, so a caption spent up to
+ * 60 of its 77 positions on fragments that the 3-layer text tower had to reassemble into words.)
+ */
+export function worldVocabulary(): TinyVocabulary {
+  return tinyVocabulary({ corpus: grammarWords().join(" ") });
+}
+
+/** The world's CLIP tokenizer files (its BPE vocabulary, CLIP's special tokens) into `folder`. */
 export async function writeTokenizer(folder: string): Promise<void> {
   await mkdir(folder, { recursive: true });
-  for (const [file, text] of Object.entries(tokenizerFiles("<|endoftext|>", tinyVocabulary()))) {
+  for (const [file, text] of Object.entries(tokenizerFiles("<|endoftext|>", worldVocabulary()))) {
     await writeFile(join(folder, file), text);
   }
 }
