@@ -1,5 +1,6 @@
 /** commander argument parsers shared by the commands: a bad value names what was expected. */
 import { InvalidArgumentError } from "commander";
+import { type GraphCacheSetting, parseGraphCacheSetting } from "../diffusion/engine/optimized-graph-cache.js";
 
 export function positiveInteger(text: string): number {
   const n = Number(text);
@@ -34,4 +35,13 @@ export function duration(text: string): number {
     );
   }
   return ms;
+}
+
+/** An optimised-graph cache setting: beside-model, off, or a folder. */
+export function graphCacheValue(value: string): GraphCacheSetting {
+  try {
+    return parseGraphCacheSetting(value);
+  } catch (err) {
+    throw new InvalidArgumentError((err as Error).message);
+  }
 }

@@ -1,15 +1,21 @@
 /**
  * `stepwise convert --from <diffusers folder> --out <engine folder> [--dtype fp32|fp16]
- * [--lora-targets spo|attn|none] [--variant fp16]`: records every component's ONNX graph from the
- * model definitions and writes the engine folder (manifest.json, graphs, tokenizers, scheduler).
+ * [--lora-targets spo|attn|none] [--variant fp16] [--graph-cache <where>]`: records every
+ * component's ONNX graph from the model definitions and writes the engine folder (manifest.json,
+ * graphs, tokenizers, scheduler). Then it optimises the graphs for this machine's CPU into the
+ * optimised-graph cache, so the first generation opens them as fast as every later one.
  * A progress bar on stderr counts the graphs when stderr is a terminal.
  */
 import { Command } from "commander";
 import { type ConvertProgress, convertDiffusers } from "../../diffusion/convert/convert.js";
 import type { EngineManifest } from "../../diffusion/engine/manifest.js";
+import { DEFAULT_GRAPH_CACHE, type GraphCacheSetting } from "../../diffusion/engine/optimized-graph-cache.js";
+import { warmGraphCache } from "../../diffusion/engine/session-open.js";
+import type { SessionOpen } from "../../diffusion/engine/worker-protocol.js";
 import { isLoraTargetSetName, LORA_TARGET_SET_NAMES } from "../../diffusion/lora/targets.js";
 import { CliError } from "../cli-error.js";
 import { type CommandOutput, processOutput } from "../command-output.js";
+import { graphCacheValue } from "../option-parsers.js";
 import { startProgressBar } from "../progress.js";
 import { withUserErrors } from "../user-errors.js";
 
@@ -24,6 +30,7 @@ interface ConvertCommandOptions {
   dtype: string;
   loraTargets: string;
   variant?: string;
+  graphCache: GraphCacheSetting;
 }
 
 export function convertCommand(output: CommandOutput = processOutput): Command {
@@ -38,6 +45,12 @@ export function convertCommand(output: CommandOutput = processOutput): Command {
       "spo",
     )
     .option("--variant <variant>", "read the *.fp16.safetensors weight files when the folder has them")
+    .option(
+      "--graph-cache <where>",
+      "where to put the graphs optimised for this CPU: beside-model (in the engine folder), a folder (as generate and the server are given), or off (skip; CUDA hosts do not use them)",
+      graphCacheValue,
+      DEFAULT_GRAPH_CACHE,
+    )
     .action(async (options: ConvertCommandOptions) => {
       if (!(options.dtype in DTYPES)) {
         throw new CliError(`--dtype must be fp32 or fp16, got "${options.dtype}"`);
@@ -70,6 +83,10 @@ export function convertCommand(output: CommandOutput = processOutput): Command {
         );
         bar?.stop();
         output.stdout.write(summary(options.out, manifest));
+        if (options.graphCache !== "off") {
+          const opens = await warmGraphCache(options.out, manifest, options.graphCache);
+          output.stdout.write(cacheSummary(opens));
+        }
       } catch (err) {
         bar?.stop();
         throw err;
@@ -84,6 +101,16 @@ function summary(out: string, m: EngineManifest): string {
     lines.push(
       `  ${name.padEnd(15)} ${g.parameters.toLocaleString("en-US").padStart(14)} parameters, ${g.bytes.toLocaleString("en-US")} bytes${slots}`,
     );
+  }
+  return `${lines.join("\n")}\n`;
+}
+
+function cacheSummary(opens: Readonly<Record<string, SessionOpen>>): string {
+  const lines = ["optimised graphs for this CPU (the first open of each graph then loads them):"];
+  for (const [name, open] of Object.entries(opens)) {
+    const where = open.entry ? ` in ${open.entry}` : "";
+    const note = open.warning ? ` (${open.warning})` : "";
+    lines.push(`  ${name.padEnd(15)} ${open.cache}${where}, ${(open.ms / 1000).toFixed(1)} s${note}`);
   }
   return `${lines.join("\n")}\n`;
 }

@@ -13,11 +13,7 @@ import { STEPWISE_VERSION } from "../../diffusion/convert/convert.js";
 import { DiffusionEngine } from "../../diffusion/engine/diffusion-engine.js";
 import { ExecutionProviderError, type ProviderName } from "../../diffusion/engine/execution-provider.js";
 import { type EngineManifest, ManifestError, readManifest } from "../../diffusion/engine/manifest.js";
-import {
-  DEFAULT_GRAPH_CACHE,
-  type GraphCacheSetting,
-  parseGraphCacheSetting,
-} from "../../diffusion/engine/optimized-graph-cache.js";
+import { DEFAULT_GRAPH_CACHE, type GraphCacheSetting } from "../../diffusion/engine/optimized-graph-cache.js";
 import { CancelledError } from "../../diffusion/pipelines/denoise.js";
 import { formatParameters } from "../../diffusion/pipelines/generation-parameters.js";
 import {
@@ -37,7 +33,7 @@ import { GENERATOR_KINDS, type GeneratorKind } from "../../diffusion/random/inde
 import { SCHEDULER_NAMES, type SchedulerName } from "../../diffusion/schedulers/index.js";
 import { CliError } from "../cli-error.js";
 import { type LoraSpec, loadLoras, parseLoraSpec } from "../lora-option.js";
-import { nonNegativeInteger, positiveInteger } from "../option-parsers.js";
+import { graphCacheValue, nonNegativeInteger, positiveInteger } from "../option-parsers.js";
 import { type ProgressBar, startProgressBar, type TextSink } from "../progress.js";
 
 /** Where the command writes: file paths on stdout, warnings and the progress bar on stderr. */
@@ -110,14 +106,6 @@ function finiteNumber(value: string): number {
   const n = Number(value);
   if (value.trim() === "" || !Number.isFinite(n)) throw new InvalidArgumentError("expected a number");
   return n;
-}
-
-function graphCacheValue(value: string): GraphCacheSetting {
-  try {
-    return parseGraphCacheSetting(value);
-  } catch (err) {
-    throw new InvalidArgumentError((err as Error).message);
-  }
 }
 
 function seedValue(value: string): bigint {

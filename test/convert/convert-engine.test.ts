@@ -257,6 +257,13 @@ describe("stepwise convert", () => {
       new RegExp(`^wrote sd15 engine \\(float16, LoRA targets attn\\) to ${out}\\n`),
     );
     expect(io.stdout()).toMatch(/ {2}unet\s+1,427,012 parameters, [\d,]+ bytes, 72 LoRA slots\n/);
+    // Then the graphs optimised for this CPU, beside each model, for the first generation to load.
+    expect(io.stdout()).toMatch(/optimised graphs for this CPU/);
+    for (const graph of ["text_encoder", "unet", "vae_decoder", "vae_encoder"]) {
+      expect(io.stdout()).toMatch(
+        new RegExp(` {2}${graph}\\s+written in ${out}/${graph}/\\.optimized/[0-9a-f]+, `),
+      );
+    }
     const manifest = JSON.parse(await readFile(join(out, "manifest.json"), "utf8")) as EngineManifest;
     expect(manifest).toMatchObject({ dtype: "float16", loraTargets: "attn" });
 

@@ -2,13 +2,15 @@
  * The optimised-graph cache (diffusion/engine/optimized-graph-cache.ts, session-open.ts) on real
  * onnxruntime sessions of the tiny SD1.5 engine: written on the first open, used on the second,
  * rebuilt when corrupt or stale, skipped with a warning where it cannot be written, and the images
- * are the same bits with and without it. And the VAE encoder, opened on the first image-to-image call.
+ * are the same bits with and without it; warmed ahead (as `stepwise convert` does), so the first open
+ * is a hit. And the VAE encoder, opened on the first image-to-image call.
  */
 import { existsSync } from "node:fs";
 import { cp, mkdir, readdir, readFile, stat, truncate, utimes, writeFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { DiffusionEngine } from "../../diffusion/engine/diffusion-engine.js";
+import type { EngineManifest } from "../../diffusion/engine/manifest.js";
 import type { RuntimeOptions } from "../../diffusion/engine/onnx-runtime.js";
 import {
   BESIDE_MODEL_FOLDER,
@@ -16,6 +18,7 @@ import {
   CACHED_GRAPH_FILE,
   type GraphCacheSetting,
 } from "../../diffusion/engine/optimized-graph-cache.js";
+import { warmGraphCache } from "../../diffusion/engine/session-open.js";
 import type { SessionOpen } from "../../diffusion/engine/worker-protocol.js";
 import { generateOne } from "../../diffusion/pipelines/text-to-image.js";
 import { float32 } from "../../diffusion/tensor.js";
@@ -162,6 +165,28 @@ describe("optimised-graph cache", () => {
     ]);
     // The other models did not change: their entries are used.
     expect(after.opens.get("text_encoder")?.cache).toBe("hit");
+  });
+
+  it("is warmed ahead for every graph, so the engine's first open loads cached graphs", async () => {
+    const folder = await engineCopy();
+    const manifest = JSON.parse(await readFile(join(folder, "manifest.json"), "utf8")) as EngineManifest;
+    const warmed = await warmGraphCache(folder, manifest, "beside-model", 1);
+    const written = Object.fromEntries(Object.entries(warmed).map(([name, o]) => [name, o.cache]));
+    expect(written).toEqual({
+      text_encoder: "written",
+      unet: "written",
+      vae_decoder: "written",
+      vae_encoder: "written",
+    });
+    // Warming again leaves the valid entries as they are.
+    const again = await warmGraphCache(folder, manifest, "beside-model", 1);
+    expect(Object.values(again).map((o) => o.cache)).toEqual(["hit", "hit", "hit", "hit"]);
+
+    const first = await openAndGenerate(folder, "beside-model");
+    expect(cacheStates(first.opens)).toEqual({ text_encoder: "hit", unet: "hit", vae_decoder: "hit" });
+    expect(unetEntry(first)).toBe(warmed.unet?.entry);
+    const uncached = await openAndGenerate(folder, "off");
+    expect(sameBits(first.pixels, uncached.pixels)).toBe(true);
   });
 
   it("opens without the cache, with a warning, where the cache cannot be written", async () => {
