@@ -2,8 +2,8 @@
  * Server configuration: embedded defaults, then a JSON or YAML file, then environment variables
  * (the names in ENV below are the only ones read; deploy/ manifests use exactly these).
  *
- * With no configuration at all the server serves the tiny zoo models, built on first start under
- * `.stepwise/`, from the filesystem registry there, on 127.0.0.1:8080.
+ * With no configuration at all the server serves the shapes model Stepwise trained, then the tiny
+ * zoo models, built on first start under `.stepwise/`, from the filesystem registry there, on 127.0.0.1:8080.
  */
 import { readFile } from "node:fs/promises";
 import { extname, resolve } from "node:path";

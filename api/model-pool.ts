@@ -1,20 +1,27 @@
 /**
  * The models a server serves: engine folders loaded into onnxruntime workers, each with its own
- * generation queue. With no models configured, the embedded defaults are used: the tiny zoo models,
+ * generation queue. With no models configured, the embedded defaults are used: first `shapes`, the
+ * model Stepwise trained (when the package carries it), then the tiny random-weight zoo models;
  * converted on first start under `<dataDir>/engines/` and reused afterwards.
  */
 import { existsSync } from "node:fs";
-import { mkdir } from "node:fs/promises";
+import { mkdir, rename, rm } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import type { FastifyBaseLogger } from "fastify";
 import { convertDiffusers } from "../diffusion/convert/convert.js";
 import { DiffusionEngine } from "../diffusion/engine/diffusion-engine.js";
+import { readManifest } from "../diffusion/engine/manifest.js";
 import { parseGraphCacheSetting } from "../diffusion/engine/optimized-graph-cache.js";
+import { sha256File } from "../diffusion/weights/file-digest.js";
+import { SHAPES_MODEL_ID, shapesModelFolder } from "../diffusion/zoo/shapes-model.js";
 import { writeZooModel, ZOO_MODELS, type ZooModelName } from "../diffusion/zoo/zoo.js";
 import type { ServerConfig } from "./config.js";
 import { GenerationQueue } from "./generation-queue.js";
 import { type ModelMemory, modelMemory } from "./memory-budget.js";
 import type { Metrics } from "./metrics.js";
+
+/** A model to serve: its id and engine folder (as the config's `models` lists them). */
+type ModelEntry = NonNullable<ServerConfig["models"]>[number];
 
 export interface LoadedModel {
   readonly id: string;
@@ -45,6 +52,58 @@ export async function ensureZooEngine(
   return engine;
 }
 
+/** Whether `engine` was converted from the weight files `source` holds now (the manifest's hashes). */
+async function convertedFrom(engine: string, source: string): Promise<boolean> {
+  if (!existsSync(join(engine, "manifest.json"))) return false;
+  const files = Object.entries((await readManifest(engine)).source.files);
+  for (const [file, hash] of files) {
+    const path = join(source, file);
+    if (!existsSync(path) || (await sha256File(path)) !== hash) return false;
+  }
+  return files.length > 0;
+}
+
+/**
+ * Build the engine folder of a diffusers folder the package carries (the shapes model) under
+ * dataDir, and build it again when the package's weights changed (an upgrade with a retrained
+ * model), so a server never serves a stale conversion. The new folder replaces the old by rename.
+ */
+export async function ensurePackagedEngine(
+  dataDir: string,
+  id: string,
+  source: string,
+  log?: FastifyBaseLogger,
+): Promise<string> {
+  const engine = resolve(dataDir, "engines", id);
+  if (await convertedFrom(engine, source)) return engine;
+  await mkdir(resolve(dataDir, "engines"), { recursive: true });
+  const stale = existsSync(engine);
+  log?.info({ model: id, engine, source, stale }, "building the embedded default engine");
+  const tmp = resolve(dataDir, "engines", `.${id}.tmp-${process.pid}-${Date.now()}`);
+  try {
+    await convertDiffusers({ from: source, out: tmp });
+    if (await convertedFrom(engine, source)) return engine; // another process finished first
+    await rm(engine, { recursive: true, force: true });
+    await rename(tmp, engine);
+  } finally {
+    await rm(tmp, { recursive: true, force: true });
+  }
+  return engine;
+}
+
+/** The engines served when none are configured: shapes (when packaged), then the zoo's. */
+async function embeddedEngines(dataDir: string, log: FastifyBaseLogger): Promise<ModelEntry[]> {
+  const shapes = shapesModelFolder();
+  const zoo = await Promise.all(
+    ZOO_MODELS.map(async (name) => ({ id: name, engine: await ensureZooEngine(dataDir, name, log) })),
+  );
+  if (!shapes) return zoo;
+  return [
+    { id: SHAPES_MODEL_ID, engine: await ensurePackagedEngine(dataDir, SHAPES_MODEL_ID, shapes, log) },
+    ...zoo,
+  ];
+}
+
 export class ModelPool {
   private constructor(
     private readonly models: ReadonlyMap<string, LoadedModel>,
@@ -52,14 +111,7 @@ export class ModelPool {
   ) {}
 
   static async load(config: ServerConfig, metrics: Metrics, log: FastifyBaseLogger): Promise<ModelPool> {
-    const entries =
-      config.models ??
-      (await Promise.all(
-        ZOO_MODELS.map(async (name) => ({
-          id: name,
-          engine: await ensureZooEngine(config.dataDir, name, log),
-        })),
-      ));
+    const entries = config.models ?? (await embeddedEngines(config.dataDir, log));
     const loaded = new Map<string, LoadedModel>();
     const graphCache = parseGraphCacheSetting(config.graphCache);
     try {

@@ -51,8 +51,11 @@ WORKDIR /app
 COPY --from=build /src/package.json ./package.json
 COPY --from=build /src/node_modules ./node_modules
 COPY --from=build /src/dist ./dist
-# dataDir, writable by the service user: with no models configured, the tiny default engines are
-# built here on first start. (The environment overrides the config file's `dataDir`.)
+# The model Stepwise trained (the first embedded default), found beside package.json.
+COPY --from=build /src/world/model/shapes ./world/model/shapes
+# dataDir, writable by the service user: with no models configured, the default engines (shapes and
+# the tiny random-weight ones) are built here on first start. (The environment overrides the config
+# file's `dataDir`.)
 ENV STEPWISE_DATA_DIR=/var/lib/stepwise
 USER 10001:10001
 EXPOSE 8080

@@ -3,6 +3,14 @@
  * ships it without an asset step. It uses only the public API: /v1/models, /v1/loras, and
  * /v1/images/generations with `stream: true` (read with fetch, since EventSource cannot POST).
  */
+/**
+ * The prompt the page opens with: a caption in the grammar of the shapes world, since the first
+ * model the server serves by default is the one Stepwise trained there (world/model/shapes).
+ */
+export const PLAYGROUND_DEFAULT_PROMPT = "a large red circle on the left, navy background";
+/** The guidance scale the shapes model was evaluated at (world eval: CFG 5). */
+export const PLAYGROUND_DEFAULT_GUIDANCE = 5;
+
 export const PLAYGROUND_HTML = `<!doctype html>
 <html lang="en">
 <head>
@@ -35,7 +43,7 @@ export const PLAYGROUND_HTML = `<!doctype html>
 <body>
 <form id="form">
   <h1>Stepwise playground</h1>
-  <label>Prompt <textarea id="prompt" rows="3" required>a photo of a cat</textarea></label>
+  <label>Prompt <textarea id="prompt" rows="3" required>${PLAYGROUND_DEFAULT_PROMPT}</textarea></label>
   <label>Negative prompt <textarea id="negative" rows="2"></textarea></label>
   <div class="row">
     <label>Model <select id="model"></select></label>
@@ -43,7 +51,7 @@ export const PLAYGROUND_HTML = `<!doctype html>
   </div>
   <div class="row">
     <label>Steps <input id="steps" type="number" min="1" max="150" value="20"></label>
-    <label>Guidance <input id="guidance" type="number" min="0" max="30" step="0.5" value="7.5"></label>
+    <label>Guidance <input id="guidance" type="number" min="0" max="30" step="0.5" value="${PLAYGROUND_DEFAULT_GUIDANCE}"></label>
   </div>
   <div class="row">
     <label>Seed <input id="seed" type="number" min="0" placeholder="random"></label>

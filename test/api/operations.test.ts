@@ -4,13 +4,19 @@
  * grace deadline is cancelled), and the embedded defaults (no models configured).
  */
 import { once } from "node:events";
-import { statSync } from "node:fs";
+import { readdirSync, statSync } from "node:fs";
+import { cp, readFile, writeFile } from "node:fs/promises";
 import { connect } from "node:net";
 import { join } from "node:path";
+import sharp from "sharp";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { resolveConfig } from "../../api/config.js";
+import { ensurePackagedEngine } from "../../api/model-pool.js";
 import type { LoraRegistryApi } from "../../api/registry-api.js";
 import { CANCEL_GRACE_MS, type RunningServer, startServer } from "../../api/server.js";
+import { readManifest } from "../../diffusion/engine/manifest.js";
+import { sha256File } from "../../diffusion/weights/file-digest.js";
+import { shapesModelFolder } from "../../diffusion/zoo/shapes-model.js";
 import { RegistryUnavailableError } from "../../registry/errors.js";
 import { scratchDir, TEST_PROVIDER } from "../helpers/tiny-engines.js";
 import {
@@ -238,27 +244,65 @@ describe("graceful shutdown", () => {
 });
 
 describe("embedded defaults", () => {
-  it("with no models configured, builds and serves both tiny zoo engines under dataDir, and reuses them", async () => {
+  it("with no models configured, builds and serves shapes first, then both tiny zoo engines, under dataDir, and reuses them", async () => {
     const dataDir = await scratchDir("embedded");
     const config = resolveConfig({ port: 0, dataDir, executionProvider: TEST_PROVIDER, logLevel: "silent" });
     expect(config.host).toBe("127.0.0.1");
-    const manifest = join(dataDir, "engines", "tiny-sd15", "manifest.json");
-    const built: number[] = [];
+    const manifests = ["shapes", "tiny-sd15"].map((id) => join(dataDir, "engines", id, "manifest.json"));
+    const built: number[][] = [];
     for (let start = 0; start < 2; start++) {
       const server = await startServer(config);
-      built.push(statSync(manifest).mtimeMs);
+      built.push(manifests.map((m) => statSync(m).mtimeMs));
       try {
         const ready = (await (await fetch(`${server.url}/readyz`)).json()) as {
           models: Array<{ id: string }>;
         };
-        expect(ready.models.map((m) => m.id)).toEqual(["tiny-sd15", "tiny-sdxl"]);
-        const res = await postJson(`${server.url}/v1/images/generations`, tinyBody({ steps: 1 }));
+        expect(ready.models.map((m) => m.id)).toEqual(["shapes", "tiny-sd15", "tiny-sdxl"]);
+        // A request that names no model gets the first: the shapes model, at its own 64 px.
+        const res = await postJson(`${server.url}/v1/images/generations`, {
+          prompt: "a large red circle on the left",
+          steps: 2,
+          seed: 1,
+        });
         expect(res.status).toBe(200);
-        expect(((await res.json()) as { model: string }).model).toBe("tiny-sd15");
+        const body = (await res.json()) as { model: string; data: Array<{ b64_json: string }> };
+        expect(body.model).toBe("shapes");
+        const png = await sharp(Buffer.from(body.data[0].b64_json, "base64")).metadata();
+        expect([png.width, png.height]).toEqual([64, 64]);
+        const tiny = await postJson(
+          `${server.url}/v1/images/generations`,
+          tinyBody({ steps: 1, model: "tiny-sd15" }),
+        );
+        expect(tiny.status).toBe(200);
       } finally {
         await server.close();
       }
     }
-    expect(built[1]).toBe(built[0]); // the second start reused the folder
+    expect(built[1]).toEqual(built[0]); // the second start reused the folders
+  });
+
+  it("converts a packaged model again when its weights change (an upgrade), and only then", async () => {
+    const dataDir = await scratchDir("packaged");
+    const source = join(dataDir, "package-shapes");
+    const packaged = shapesModelFolder();
+    if (!packaged) throw new Error("world/model/shapes is missing from this checkout");
+    await cp(packaged, source, { recursive: true });
+    const engine = await ensurePackagedEngine(dataDir, "shapes", source);
+    const manifest = join(engine, "manifest.json");
+    const first = statSync(manifest).mtimeMs;
+    expect(await ensurePackagedEngine(dataDir, "shapes", source)).toBe(engine);
+    expect(statSync(manifest).mtimeMs).toBe(first);
+
+    // A retrained UNet: one byte of its last tensor changes.
+    const unet = join(source, "unet", "diffusion_pytorch_model.safetensors");
+    const bytes = await readFile(unet);
+    bytes[bytes.length - 1] ^= 1;
+    await writeFile(unet, bytes);
+    expect(await ensurePackagedEngine(dataDir, "shapes", source)).toBe(engine);
+    expect(statSync(manifest).mtimeMs).not.toBe(first);
+    expect((await readManifest(engine)).source.files["unet/diffusion_pytorch_model.safetensors"]).toBe(
+      await sha256File(unet),
+    );
+    expect(readdirSync(join(dataDir, "engines"))).toEqual(["shapes"]); // no temporary folder left
   });
 });

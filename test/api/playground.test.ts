@@ -10,6 +10,7 @@ import { type Browser, chromium, type Page } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createApiKey } from "../../api/auth.js";
 import type { RunningServer } from "../../api/server.js";
+import { parseCaption } from "../../world/caption-parser.js";
 import { startTinyServer, TINY_SIZE } from "./tiny-server.js";
 
 const CHROMIUM = "/usr/bin/chromium";
@@ -105,6 +106,13 @@ describe.skipIf(!present)("playground in Chromium", () => {
         });
       })()`,
     );
+
+    // It opens on a caption of the shapes world (the first embedded model's), at its evaluated guidance.
+    expect(parseCaption(await page.inputValue("#prompt"))).toEqual({
+      objects: [{ colour: "red", shape: "circle", size: "large", position: "left" }],
+      background: "navy",
+    });
+    expect(await page.inputValue("#guidance")).toBe("5");
 
     await page.fill("#prompt", "a lighthouse at dusk");
     await page.fill("#steps", String(STEPS));

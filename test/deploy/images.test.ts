@@ -7,7 +7,7 @@
  * failing one, and a .dockerignore that lets the sources in and keeps everything else out.
  */
 import { execFile } from "node:child_process";
-import { readdirSync } from "node:fs";
+import { readdirSync, readFileSync } from "node:fs";
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { join, relative } from "node:path";
@@ -44,6 +44,10 @@ const RUNTIME_COPIES = [
   "build /src/node_modules",
   "build /src/dist",
 ];
+/** Model folders an image carries beside its code: the API serves the shapes model first by default. */
+const PACKAGED_MODELS: Readonly<Record<string, readonly string[]>> = {
+  "stepwise/api": ["build /src/world/model/shapes"],
+};
 const SECRET_LIKE = /SECRET|PASSWORD|TOKEN|ACCESS_KEY|API_KEYS|CREDENTIAL/i;
 const runsOf = (file: Dockerfile, stage: string) =>
   instructionsOf(file.stages.find((s) => s.name === stage) ?? finalStage(file), "RUN").map((i) => i.text);
@@ -71,12 +75,12 @@ describe.each(STEPWISE_IMAGES)("%s Dockerfile", (image) => {
     expect(created).toContain(`--gid ${IMAGE_UID}`);
   });
 
-  it("takes only Node.js and the pruned build output into the runtime stage, no sources", () => {
+  it("takes only Node.js, the pruned build output and the packaged model into the runtime stage, no sources", () => {
     const copies = instructionsOf(runtime, "COPY").map((ins) => {
       const { from, sources } = copyOperands(ins);
       return `${from ?? "<build context>"} ${sources.join(" ")}`;
     });
-    expect(copies.sort()).toEqual([...RUNTIME_COPIES].sort());
+    expect(copies.sort()).toEqual([...RUNTIME_COPIES, ...(PACKAGED_MODELS[image] ?? [])].sort());
     expect(instructionsOf(runtime, "ADD")).toEqual([]);
     expect(runsOf(file, "build").join("\n")).toMatch(/npm run build && npm prune --omit=dev/);
   });
@@ -193,6 +197,10 @@ describe(".dockerignore", () => {
       .filter((e) => e.isFile() && e.name.endsWith(".ts") && !e.name.endsWith(".test.ts"))
       .map((e) => relative(REPO_ROOT, join(e.parentPath, e.name)));
 
+  const buildFolders = (): string[] =>
+    (JSON.parse(readFileSync(join(REPO_ROOT, "tsconfig.build.json"), "utf8")) as { include: string[] })
+      .include;
+
   it("lets in the package files, the TypeScript configs and every source file of the build", () => {
     const needed = [
       "package.json",
@@ -200,7 +208,11 @@ describe(".dockerignore", () => {
       ".npmrc",
       "tsconfig.json",
       "tsconfig.build.json",
-      ...["api", "cli", "diffusion", "registry"].flatMap(sourceFiles),
+      // Every folder the build compiles (tsconfig.build.json), so the two cannot drift apart.
+      ...buildFolders().flatMap(sourceFiles),
+      // The model the server serves first (the API image copies it).
+      "world/model/shapes/unet/diffusion_pytorch_model.safetensors",
+      "world/model/shapes/model_index.json",
     ];
     expect(needed.length).toBeGreaterThan(50);
     expect(needed.filter((path) => isIgnored(path, patterns))).toEqual([]);

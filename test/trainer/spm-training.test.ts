@@ -31,7 +31,7 @@ import { parseSpmTrainConfig, readSpmTrainConfig, type SpmTrainConfig } from "..
 import { readPairImages } from "../../trainer/spm-inputs.js";
 import { trainSpm } from "../../trainer/spm-trainer.js";
 import { writeWorldPreferencePairs } from "../../world/index.js";
-import { shapesModelFolder } from "../../world/shapes-model.js";
+import { shapesModelFolder } from "../../diffusion/zoo/shapes-model.js";
 import { scratchDir, TEST_PROVIDER } from "../helpers/tiny-engines.js";
 
 const PAIRS = 24;

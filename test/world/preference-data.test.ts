@@ -19,7 +19,7 @@ import {
   writeWorldPreferencePairs,
 } from "../../world/index.js";
 import { LABEL_SEED_OFFSET } from "../../world/preference-data.js";
-import { shapesModelFolder } from "../../world/shapes-model.js";
+import { shapesModelFolder } from "../../diffusion/zoo/shapes-model.js";
 import { scratchDir, TEST_PROVIDER } from "../helpers/tiny-engines.js";
 
 /** Few pairs and DDIM steps: the files' determinism does not depend on how good the images are. */

@@ -17,7 +17,7 @@ import { generateOne } from "../../diffusion/pipelines/text-to-image.js";
 import { evaluationCaptions } from "../../world/evaluation.js";
 import { fidelity } from "../../world/fidelity.js";
 import { rgbImageFromPixels } from "../../world/rgb-image.js";
-import { shapesModelFolder } from "../../world/shapes-model.js";
+import { shapesModelFolder } from "../../diffusion/zoo/shapes-model.js";
 import { scratchDir, TEST_PROVIDER } from "../helpers/tiny-engines.js";
 
 const CAPTIONS = 16;

@@ -1,11 +1,12 @@
 /**
- * The committed model of the world, `shapes` (issue 13 item 4): the diffusers folder that
- * `stepwise world train` wrote (world/model/shapes/, float16, with its provenance). Not yet among
- * the server's embedded defaults: it misses issue 13's targets (world/model/shapes/EVALUATION.md).
+ * The model Stepwise trained itself, `shapes` (issue 13): the diffusers folder that
+ * `stepwise world train` wrote and the repository carries (world/model/shapes/, float16, with its
+ * provenance and evaluation). The server serves it first among its embedded defaults; it is found
+ * here, beside the zoo's random-weight models, so the API needs nothing of the world's code.
  */
 import { existsSync } from "node:fs";
 import { join } from "node:path";
-import { stepwiseRoot } from "../diffusion/onnx/writer.js";
+import { stepwiseRoot } from "../onnx/writer.js";
 
 export const SHAPES_MODEL_ID = "shapes";
 /** Inside the package: world/model/shapes. */
