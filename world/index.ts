@@ -49,6 +49,7 @@ export {
   preferenceProbability,
 } from "./preference-labels.js";
 export { STAGES, type Stage } from "./recipe/batches.js";
+export { TRAINING_NOISES, type TrainingNoise } from "./recipe/objectives.js";
 export {
   DEFAULT_MINUTES,
   RecipeError,

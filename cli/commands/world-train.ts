@@ -6,7 +6,15 @@
  */
 import { Command, InvalidArgumentError, Option } from "commander";
 import type { ProviderName } from "../../diffusion/engine/execution-provider.js";
-import { DEFAULT_MINUTES, RecipeError, runRecipe, STAGES, type Stage } from "../../world/index.js";
+import {
+  DEFAULT_MINUTES,
+  RecipeError,
+  runRecipe,
+  STAGES,
+  type Stage,
+  TRAINING_NOISES,
+  type TrainingNoise,
+} from "../../world/index.js";
 import { CliError } from "../cli-error.js";
 import type { CommandOutput } from "../command-output.js";
 import { nonNegativeInteger, positiveInteger } from "../option-parsers.js";
@@ -18,6 +26,7 @@ interface TrainOptions {
   stage: Stage | "all";
   minutes: number;
   seed: number;
+  noise: TrainingNoise;
   size: "world" | "tiny";
   provider: ProviderName;
   threads?: number;
@@ -49,6 +58,14 @@ export function worldTrainCommand(output: CommandOutput): Command {
     )
     .option("--seed <n>", "recipe seed (weights, batches, noise)", nonNegativeInteger, 0)
     .addOption(
+      new Option(
+        "--noise <kind>",
+        "the UNet's training noise: gaussian (SD1.5's) or pyramid (more power at low frequencies, so layouts follow the caption, not the seed)",
+      )
+        .choices([...TRAINING_NOISES])
+        .default("gaussian"),
+    )
+    .addOption(
       new Option("--size <size>", "model widths (tiny: a 32 px test size)")
         .choices(["world", "tiny"])
         .default("world"),
@@ -66,6 +83,7 @@ export function worldTrainCommand(output: CommandOutput): Command {
           stages: options.stage === "all" ? STAGES : [options.stage],
           minutes: options.minutes,
           seed: options.seed,
+          noise: options.noise,
           resume: options.resume,
           provider: { provider: options.provider, intraOpThreads: options.threads },
           onProgress: (p) => {

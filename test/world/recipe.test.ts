@@ -8,12 +8,14 @@ import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { beforeAll, describe, expect, it } from "vitest";
 import { convertDiffusers } from "../../diffusion/convert/convert.js";
+import { createGenerator } from "../../diffusion/random/index.js";
 import { ClipTokenizer } from "../../diffusion/tokenizer/index.js";
 import { readSafetensors } from "../../diffusion/weights/safetensors.js";
 import { worldCaptions } from "../../world/dataset.js";
 import { grammarWords } from "../../world/grammar.js";
 import { RecipeError, type RecipeResult, runRecipe, type Stage } from "../../world/index.js";
 import { writeTokenizer } from "../../world/recipe/export.js";
+import { PYRAMID_DISCOUNT, pyramidNoise } from "../../world/recipe/objectives.js";
 import { scratchDir, TEST_PROVIDER } from "../helpers/tiny-engines.js";
 
 /** Steps per stage: enough for each loss to fall clearly, few enough for about a minute on 2 cores. */
@@ -115,5 +117,40 @@ describe("the world's tokenizer", () => {
       const pieces = caption.match(/[a-z]+|,/g) ?? [];
       expect(tokensOf(caption), caption).toHaveLength(pieces.length);
     }
+  });
+});
+
+describe("pyramid noise", () => {
+  const SHAPE = [256, 4, 8, 8] as const;
+  const draw = (seed: number) => pyramidNoise(createGenerator("stepwise", seed), SHAPE).data;
+  /** Variance of each 8 x 8 plane's mean: 1/64 for white noise; the coarse levels add their power. */
+  const planeMeanVariance = (x: Float32Array): number => {
+    const means: number[] = [];
+    for (let p = 0; p < x.length; p += 64) means.push(x.subarray(p, p + 64).reduce((a, b) => a + b, 0) / 64);
+    return means.reduce((a, m) => a + m * m, 0) / means.length;
+  };
+
+  it("is standard normal per element, seeded, and far stronger than white noise at low frequencies", () => {
+    const a = draw(1);
+    expect(draw(1)).toEqual(a);
+    expect(draw(2)).not.toEqual(a);
+    const mean = a.reduce((s, v) => s + v, 0) / a.length;
+    const variance = a.reduce((s, v) => s + (v - mean) ** 2, 0) / a.length;
+    expect(Math.abs(mean)).toBeLessThan(0.05);
+    expect(variance).toBeGreaterThan(0.95);
+    expect(variance).toBeLessThan(1.05);
+    // Levels 8, 4, 2, 1: the plane mean holds the 1 x 1 level's whole power and 1/4, 1/16, 1/64 of the others'.
+    const d = PYRAMID_DISCOUNT;
+    const total = 1 + d ** 2 + d ** 4 + d ** 6;
+    const expected = (1 / 64 + d ** 2 / 16 + d ** 4 / 4 + d ** 6) / total;
+    expect(planeMeanVariance(a)).toBeGreaterThan(0.8 * expected);
+    expect(planeMeanVariance(a)).toBeLessThan(1.2 * expected);
+    expect(expected).toBeGreaterThan(10 / 64);
+  });
+
+  it("refuses a latent that is not a square power of two", () => {
+    expect(() => pyramidNoise(createGenerator("stepwise", 0), [1, 4, 6, 6])).toThrow(
+      /square power-of-two latent, got 6 x 6/,
+    );
   });
 });

@@ -7,6 +7,8 @@ import { vaeDecoder, vaeEncoder } from "../../diffusion/models/autoencoder-kl.js
 import { clipModel, logitScale } from "../../diffusion/models/clip-model.js";
 import { clipTextModel } from "../../diffusion/models/clip-text.js";
 import type { Ops } from "../../diffusion/ops/ops.js";
+import type { RandomGenerator } from "../../diffusion/random/index.js";
+import { type Float32Tensor, float32 } from "../../diffusion/tensor.js";
 import { denoisingLoss } from "../../diffusion/training/denoising-loss.js";
 import type { WorldModels } from "./models.js";
 
@@ -112,4 +114,52 @@ export function unetLoss<T>(ops: Ops<T>, m: WorldModels, batch: UnetBatch<T>): T
     encoderHiddenStates: text.lastHiddenState,
     noise: batch.noise,
   });
+}
+
+/** The UNet stage's training noise: white Gaussian (SD1.5's), or multi-resolution ("pyramid"). */
+export const TRAINING_NOISES = ["gaussian", "pyramid"] as const;
+export type TrainingNoise = (typeof TRAINING_NOISES)[number];
+
+/**
+ * Weight of each coarser level of pyramid noise against the one finer (Whitaker's multi-resolution
+ * noise uses 0.8-0.9). SD1.5's schedule leaves sqrt(alpha_bar) = 0.07 of the latents in x_t even
+ * at t = 999, and on an 8 x 8 latent an object's coarse position is a low-frequency component that
+ * survives that: a UNet trained on white noise learns to read the layout from the noise itself, and
+ * at sampling time places objects where the seed's noise happens to be bright, whatever the caption
+ * says. Noise with more power at low frequencies makes that leaked layout unreliable, so the layout
+ * must come from the text.
+ */
+export const PYRAMID_DISCOUNT = 0.8;
+
+/**
+ * [B, C, S, S] noise: white noise plus white noise drawn at S/2, S/4, ..., 1 and upsampled (nearest),
+ * level i weighted PYRAMID_DISCOUNT^i, the sum divided by its exact standard deviation, so every
+ * element is still standard normal. The UNet predicts this noise (the epsilon objective unchanged).
+ */
+export function pyramidNoise(
+  generator: RandomGenerator,
+  shape: readonly [number, number, number, number],
+): Float32Tensor {
+  const [b, c, h, w] = shape;
+  if (h !== w || (h & (h - 1)) !== 0)
+    throw new RangeError(`pyramid noise needs a square power-of-two latent, got ${h} x ${w}`);
+  const out = float32([b, c, h, w], generator.randn(shape).data);
+  let variance = 1;
+  for (let level = 1, side = h / 2; side >= 1; level++, side /= 2) {
+    const weight = PYRAMID_DISCOUNT ** level;
+    variance += weight * weight;
+    const coarse = generator.randn([b, c, side, side]).data;
+    const cell = h / side;
+    for (let plane = 0; plane < b * c; plane++) {
+      for (let y = 0; y < h; y++) {
+        for (let x = 0; x < w; x++) {
+          const v = coarse[plane * side * side + Math.floor(y / cell) * side + Math.floor(x / cell)];
+          out.data[plane * h * w + y * w + x] += weight * v;
+        }
+      }
+    }
+  }
+  const scale = 1 / Math.sqrt(variance);
+  for (let i = 0; i < out.data.length; i++) out.data[i] *= scale;
+  return out;
 }

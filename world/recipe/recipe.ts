@@ -48,7 +48,7 @@ import {
   vaeParams,
   type WorldModels,
 } from "./models.js";
-import { clipContrastiveLoss, unetLoss, vaeLoss } from "./objectives.js";
+import { clipContrastiveLoss, pyramidNoise, type TrainingNoise, unetLoss, vaeLoss } from "./objectives.js";
 
 export class RecipeError extends Error {
   constructor(message: string) {
@@ -90,6 +90,8 @@ export interface RecipeOptions {
   readonly stages: readonly Stage[];
   readonly minutes: number;
   readonly seed: number;
+  /** The UNet stage's noise (default gaussian, SD1.5's); objectives.ts says why pyramid exists. */
+  readonly noise?: TrainingNoise;
   readonly resume: boolean;
   readonly provider: ExecutionProviderConfig;
   /** Step limits per stage (default: unlimited, the time budget decides). */
@@ -293,7 +295,10 @@ export async function runRecipe(options: RecipeOptions): Promise<RecipeResult> {
               pixels,
               input_ids: inputIds(tokenizer, kept),
               latent_noise: generator.randn([B, 4, latent, latent]),
-              noise: generator.randn([B, 4, latent, latent]),
+              noise:
+                options.noise === "pyramid"
+                  ? pyramidNoise(generator, [B, 4, latent, latent])
+                  : generator.randn([B, 4, latent, latent]),
               timestep: float32([B], timesteps),
               signal: float32(
                 [B, 1, 1, 1],
@@ -371,6 +376,8 @@ async function writeProvenance(out: string, options: RecipeOptions, vaeScaling: 
     batch: BATCH[options.size],
     learning_rate: LEARNING_RATE,
     caption_dropout: CAPTION_DROPOUT,
+    // The last UNet run's noise: a run resumed with another one lists both commands beside the model.
+    unet_noise: options.noise ?? "gaussian",
     vae_scaling_factor: vaeScaling,
     stages: summary,
     configs: {
