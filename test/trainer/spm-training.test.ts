@@ -25,13 +25,13 @@ import { ReferencePreferenceModel } from "../../diffusion/spm/preference-model.j
 import { concat } from "../../diffusion/tensor-layout.js";
 import { ClipTokenizer } from "../../diffusion/tokenizer/index.js";
 import { readSafetensors } from "../../diffusion/weights/safetensors.js";
+import { shapesModelFolder } from "../../diffusion/zoo/shapes-model.js";
 import { TrainConfigError, TrainerUserError } from "../../trainer/errors.js";
 import { readPreferencePairs } from "../../trainer/preference-pairs.js";
 import { parseSpmTrainConfig, readSpmTrainConfig, type SpmTrainConfig } from "../../trainer/spm-config.js";
 import { readPairImages } from "../../trainer/spm-inputs.js";
 import { trainSpm } from "../../trainer/spm-trainer.js";
 import { writeWorldPreferencePairs } from "../../world/index.js";
-import { shapesModelFolder } from "../../diffusion/zoo/shapes-model.js";
 import { scratchDir, TEST_PROVIDER } from "../helpers/tiny-engines.js";
 
 const PAIRS = 24;

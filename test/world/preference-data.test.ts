@@ -8,6 +8,7 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type EngineFolder, engineFolderFor } from "../../diffusion/convert/engine-folder.js";
 import { DiffusionEngine } from "../../diffusion/engine/diffusion-engine.js";
+import { shapesModelFolder } from "../../diffusion/zoo/shapes-model.js";
 import { PAIRS_FILE, readPreferencePairs } from "../../trainer/preference-pairs.js";
 import {
   captionSplit,
@@ -19,7 +20,6 @@ import {
   writeWorldPreferencePairs,
 } from "../../world/index.js";
 import { LABEL_SEED_OFFSET } from "../../world/preference-data.js";
-import { shapesModelFolder } from "../../diffusion/zoo/shapes-model.js";
 import { scratchDir, TEST_PROVIDER } from "../helpers/tiny-engines.js";
 
 /** Few pairs and DDIM steps: the files' determinism does not depend on how good the images are. */

@@ -14,10 +14,10 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { convertDiffusers } from "../../diffusion/convert/convert.js";
 import { DiffusionEngine } from "../../diffusion/engine/diffusion-engine.js";
 import { generateOne } from "../../diffusion/pipelines/text-to-image.js";
+import { shapesModelFolder } from "../../diffusion/zoo/shapes-model.js";
 import { evaluationCaptions } from "../../world/evaluation.js";
 import { fidelity } from "../../world/fidelity.js";
 import { rgbImageFromPixels } from "../../world/rgb-image.js";
-import { shapesModelFolder } from "../../diffusion/zoo/shapes-model.js";
 import { scratchDir, TEST_PROVIDER } from "../helpers/tiny-engines.js";
 
 const CAPTIONS = 16;
