@@ -3,7 +3,7 @@
  * by test/helpers/tiny-engines.ts), and the small HTTP helpers the API tests share: JSON posts,
  * PNG inspection, a Server-Sent Events reader and metric lookups.
  */
-import { request } from "node:http";
+import { type IncomingMessage, request, type ServerResponse } from "node:http";
 import sharp from "sharp";
 import { resolveConfig, type ServerConfig } from "../../api/config.js";
 import type { Metrics } from "../../api/metrics.js";
@@ -150,6 +150,28 @@ export async function stepsRun(metrics: Metrics, model = "tiny-sd15"): Promise<n
     (v) => v.metricName === "stepwise_denoise_step_seconds_count" && v.labels.model === model,
   );
   return count?.value ?? 0;
+}
+
+/**
+ * The steps a model had run when the server saw the next request to `path` close its response.
+ * Read on the server's own "close" event, so it measures the server's reaction to a disconnect,
+ * not the time the client's close takes to cross a loaded machine.
+ */
+export function stepsAtServerClose(
+  server: RunningServer,
+  path: string,
+  model = "tiny-sd15",
+): Promise<number> {
+  const httpServer = server.app.server;
+  return new Promise((resolve) => {
+    const onRequest = (req: IncomingMessage, res: ServerResponse) => {
+      if (req.url !== path) return;
+      httpServer.off("request", onRequest);
+      // stepsRun reads the histogram synchronously before its first await: the count at this event
+      res.once("close", () => resolve(stepsRun(server.app.stepwise.metrics, model)));
+    };
+    httpServer.on("request", onRequest);
+  });
 }
 
 /** stepwise_http_requests_total for one route, method and status. */
