@@ -3,13 +3,14 @@
  * one at a time, rendering a small batch ahead (sharp rasterises concurrently), so nothing is held
  * in bulk. The same seed and split give the same stream on every machine: scenes and captions come
  * from Stepwise generators (diffusion/random), one stream each, so a change to the captions does not
- * move the scenes.
+ * move the scenes. With `twins`, every scene is followed by its twin (scene-sampler.ts): the same
+ * colours, other shapes, sizes and positions, for contrastive batches.
  */
 import { createGenerator } from "../diffusion/random/index.js";
 import { captionScene } from "./captions.js";
 import { checkImageSize, renderScene } from "./render.js";
 import type { RgbImage } from "./rgb-image.js";
-import { type Split, sampleScene } from "./scene-sampler.js";
+import { type Split, sampleScene, sampleTwin } from "./scene-sampler.js";
 import { DEFAULT_IMAGE_SIZE, type Scene } from "./vocabulary.js";
 
 export interface WorldSample {
@@ -29,6 +30,8 @@ export interface WorldSampleOptions {
   readonly count?: number;
   /** Renders in flight at once (default RENDER_BATCH). */
   readonly batch?: number;
+  /** Follow every scene by its twin (odd indices), drawn from a stream of its own. */
+  readonly twins?: boolean;
 }
 
 /** Renders in flight at once: enough to keep sharp's threads busy, small enough to stay streaming. */
@@ -38,9 +41,11 @@ export const RENDER_BATCH = 16;
  * Offsets of the generator seeds from the user's seed, one per split and purpose; fixed forever (a
  * change would change every dataset). 2^40 apart, so no two seeds under 2^40 share a stream.
  */
-const STREAM_OFFSETS: Readonly<Record<Split, { readonly scenes: bigint; readonly captions: bigint }>> = {
-  train: { scenes: 0n, captions: 1n << 40n },
-  "held-out": { scenes: 2n << 40n, captions: 3n << 40n },
+const STREAM_OFFSETS: Readonly<
+  Record<Split, { readonly scenes: bigint; readonly captions: bigint; readonly twins: bigint }>
+> = {
+  train: { scenes: 0n, captions: 1n << 40n, twins: 4n << 40n },
+  "held-out": { scenes: 2n << 40n, captions: 3n << 40n, twins: 5n << 40n },
 };
 
 export class WorldDatasetError extends Error {
@@ -54,6 +59,7 @@ export class WorldDatasetError extends Error {
 export function* worldCaptions(options: {
   readonly seed: number;
   readonly split: Split;
+  readonly twins?: boolean;
 }): Generator<{ readonly index: number; readonly scene: Scene; readonly caption: string }> {
   if (!Number.isSafeInteger(options.seed) || options.seed < 0)
     throw new WorldDatasetError(`seed must be a non-negative integer, got ${options.seed}`);
@@ -62,9 +68,14 @@ export function* worldCaptions(options: {
     throw new WorldDatasetError(`split must be "train" or "held-out", got ${JSON.stringify(options.split)}`);
   const scenes = createGenerator("stepwise", BigInt(options.seed) + offsets.scenes);
   const captions = createGenerator("stepwise", BigInt(options.seed) + offsets.captions);
+  const twins = createGenerator("stepwise", BigInt(options.seed) + offsets.twins);
   for (let index = 0; ; index++) {
     const scene = sampleScene(scenes, options.split);
     yield { index, scene, caption: captionScene(scene, captions) };
+    if (options.twins) {
+      const twin = sampleTwin(twins, scene, options.split);
+      yield { index: ++index, scene: twin, caption: captionScene(twin, captions) };
+    }
   }
 }
 

@@ -49,7 +49,12 @@ export {
   preferenceProbability,
 } from "./preference-labels.js";
 export { STAGES, type Stage } from "./recipe/batches.js";
-export { TRAINING_NOISES, type TrainingNoise } from "./recipe/objectives.js";
+export {
+  TIMESTEP_SAMPLINGS,
+  type TimestepSampling,
+  TRAINING_NOISES,
+  type TrainingNoise,
+} from "./recipe/objectives.js";
 export {
   DEFAULT_MINUTES,
   RecipeError,

@@ -1,7 +1,8 @@
 /**
  * Random scenes for a split. Training scenes never contain a held-out colour-shape pair; held-out
  * scenes contain at least one (the other object, if any, is free). Two objects never overlap: their
- * bounding squares keep MIN_OBJECT_GAP apart along x or y.
+ * bounding squares keep MIN_OBJECT_GAP apart along x or y. A scene's twin (`sampleTwin`) keeps its
+ * colours and redraws the rest: contrastive training needs pairs that colour alone cannot tell apart.
  */
 import type { RandomGenerator } from "../diffusion/random/index.js";
 import { chance, pick, symmetric } from "./draws.js";
@@ -52,6 +53,17 @@ export function objectsApart(a: WorldObject, b: WorldObject): boolean {
   return Math.abs(boxA.x - boxB.x) >= reach || Math.abs(boxA.y - boxB.y) >= reach;
 }
 
+/** Two objects that may not share a scene: the same anchor, the same pair, or boxes too close. */
+function clash(objects: readonly WorldObject[]): boolean {
+  const [first, second] = objects;
+  return (
+    second !== undefined &&
+    (first.position === second.position ||
+      (first.colour === second.colour && first.shape === second.shape) ||
+      !objectsApart(first, second))
+  );
+}
+
 /** One random scene of `split`, drawn from `generator`. */
 export function sampleScene(generator: RandomGenerator, split: Split): Scene {
   const background = pick(generator, BACKGROUND_COLOUR_NAMES);
@@ -66,13 +78,26 @@ export function sampleScene(generator: RandomGenerator, split: Split): Scene {
       const pairs = split === "train" ? TRAIN_PAIRS : slot === heldOutSlot ? HELD_OUT_PAIRS : ALL_PAIRS;
       objects.push(placeObject(generator, pick(generator, pairs)));
     }
-    const [first, second] = objects;
-    const clash =
-      second !== undefined &&
-      (first.position === second.position ||
-        (first.colour === second.colour && first.shape === second.shape) ||
-        !objectsApart(first, second));
-    if (!clash) return { background, objects };
+    if (!clash(objects)) return { background, objects };
   }
   throw new Error(`could not place ${count} objects apart after ${MAX_PLACEMENT_TRIES} tries`);
+}
+
+/**
+ * A scene with `scene`'s background and object colours, each object's shape, size and position
+ * redrawn (they may come out the same by chance). It stays in `split`: a train twin never holds a
+ * held-out pair, and a held-out object's twin is held out too, so a held-out scene's twin still has one.
+ */
+export function sampleTwin(generator: RandomGenerator, scene: Scene, split: Split): Scene {
+  const pairsFor = (object: WorldObject) =>
+    (split === "train" ? TRAIN_PAIRS : isHeldOut(object) ? HELD_OUT_PAIRS : ALL_PAIRS).filter(
+      (pair) => pair.colour === object.colour,
+    );
+  for (let tries = 0; tries < MAX_PLACEMENT_TRIES; tries++) {
+    const objects = scene.objects.map((object) => placeObject(generator, pick(generator, pairsFor(object))));
+    if (!clash(objects)) return { background: scene.background, objects };
+  }
+  throw new Error(
+    `could not place the twin's ${scene.objects.length} objects apart after ${MAX_PLACEMENT_TRIES} tries`,
+  );
 }

@@ -3,6 +3,7 @@
  * progress bar per stage on a terminal and a line per finished stage.
  *
  *   world train [--out DIR] [--resume] [--stage clip|vae|unet|all] [--minutes M] [--seed N]
+ *               [--noise gaussian|pyramid] [--timesteps uniform|snr]
  */
 import { Command, InvalidArgumentError, Option } from "commander";
 import type { ProviderName } from "../../diffusion/engine/execution-provider.js";
@@ -12,6 +13,8 @@ import {
   runRecipe,
   STAGES,
   type Stage,
+  TIMESTEP_SAMPLINGS,
+  type TimestepSampling,
   TRAINING_NOISES,
   type TrainingNoise,
 } from "../../world/index.js";
@@ -27,6 +30,7 @@ interface TrainOptions {
   minutes: number;
   seed: number;
   noise: TrainingNoise;
+  timesteps: TimestepSampling;
   size: "world" | "tiny";
   provider: ProviderName;
   threads?: number;
@@ -66,6 +70,14 @@ export function worldTrainCommand(output: CommandOutput): Command {
         .default("gaussian"),
     )
     .addOption(
+      new Option(
+        "--timesteps <sampling>",
+        "how the UNet draws training timesteps: uniform (SD1.5's) or snr (weighted toward high noise, where the layout is decided)",
+      )
+        .choices([...TIMESTEP_SAMPLINGS])
+        .default("uniform"),
+    )
+    .addOption(
       new Option("--size <size>", "model widths (tiny: a 32 px test size)")
         .choices(["world", "tiny"])
         .default("world"),
@@ -84,6 +96,7 @@ export function worldTrainCommand(output: CommandOutput): Command {
           minutes: options.minutes,
           seed: options.seed,
           noise: options.noise,
+          timesteps: options.timesteps,
           resume: options.resume,
           provider: { provider: options.provider, intraOpThreads: options.threads },
           onProgress: (p) => {

@@ -114,6 +114,33 @@ describe("world dataset", () => {
     expect(pairs.every(({ objects: [a, b] }) => objectsApart(a, b) && a.position !== b.position)).toBe(true);
   });
 
+  it("follows every scene by its twin: the same colours, shapes and places redrawn, in the same split", () => {
+    for (const split of ["train", "held-out"] as const) {
+      const items = take(worldCaptions({ seed: 6, split, twins: true }), 2000);
+      expect(items.map((item) => item.index)).toEqual(items.map((_, i) => i));
+      // the scenes at even indices are the plain stream's: twins come from a stream of their own
+      const plain = take(worldCaptions({ seed: 6, split }), 1000).map((item) => item.scene);
+      expect(items.filter((_, i) => i % 2 === 0).map((item) => item.scene)).toEqual(plain);
+      let moved = 0;
+      let reshaped = 0;
+      for (let i = 0; i < items.length; i += 2) {
+        const [scene, twin] = [items[i].scene, items[i + 1].scene];
+        expect(twin.background).toBe(scene.background);
+        expect(twin.objects.map((o) => o.colour)).toEqual(scene.objects.map((o) => o.colour));
+        if (split === "train") expect(twin.objects.some(isHeldOut)).toBe(false);
+        else expect(twin.objects.some(isHeldOut)).toBe(true);
+        const [a, b] = twin.objects;
+        if (b) expect(objectsApart(a, b) && a.position !== b.position).toBe(true);
+        if (twin.objects[0].position !== scene.objects[0].position) moved++;
+        if (twin.objects[0].shape !== scene.objects[0].shape) reshaped++;
+      }
+      // five places, and in training four or five shapes per colour: most twins differ in each (a
+      // held-out colour has one held-out shape, so a held-out object's twin keeps its shape)
+      expect(moved / 1000).toBeGreaterThan(0.7);
+      if (split === "train") expect(reshaped / 1000).toBeGreaterThan(0.65);
+    }
+  });
+
   it("splits draw different streams from the same seed", async () => {
     const train = await collect(trainSamples({ seed: 5, count: 4 }));
     const heldOut = await collect(heldOutSamples({ seed: 5, count: 4 }));

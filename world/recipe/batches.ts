@@ -37,11 +37,17 @@ export interface CaptionedPixels {
   readonly captions: string[];
 }
 
-export async function captionedPixels(seed: number, count: number, size: number): Promise<CaptionedPixels> {
+/** `count` training samples of one batch seed; with `twins`, scene and twin alternate (dataset.ts). */
+export async function captionedPixels(
+  seed: number,
+  count: number,
+  size: number,
+  twins = false,
+): Promise<CaptionedPixels> {
   const plane = 3 * size * size;
   const pixels = float32([count, 3, size, size]);
   const captions: string[] = [];
-  for await (const sample of worldSamples({ seed, split: "train", count, size })) {
+  for await (const sample of worldSamples({ seed, split: "train", count, size, twins })) {
     pixels.data.set(pixelsFromRgbImage(sample.image).data, sample.index * plane);
     captions.push(sample.caption);
   }

@@ -163,3 +163,46 @@ export function pyramidNoise(
   for (let i = 0; i < out.data.length; i++) out.data[i] *= scale;
   return out;
 }
+
+/** How the UNet stage draws training timesteps: uniformly (SD1.5's), or weighted toward noise. */
+export const TIMESTEP_SAMPLINGS = ["uniform", "snr"] as const;
+export type TimestepSampling = (typeof TIMESTEP_SAMPLINGS)[number];
+
+/**
+ * Cap of the "snr" weight 1 + 1/SNR(t). The epsilon loss weights an error in the predicted
+ * latents by SNR(t), 0.0047 at t = 999 under SD1.5's schedule: where the layout is decided, a
+ * wrong layout barely costs anything, so a short run never learns to take it from the caption.
+ * 1 + 1/SNR is v-prediction's weighting (errors in the latents weighted 1 + SNR); capped at 10,
+ * three quarters of the draws fall at t >= 600 and 7% below t = 300, where the details are learnt.
+ */
+export const SNR_WEIGHT_CAP = 10;
+
+/**
+ * The cumulative distribution of the training timestep over [0, T): uniform, or with probability
+ * proportional to min(1 + 1/SNR(t), SNR_WEIGHT_CAP). Drawing t that way has the expected gradient of
+ * the epsilon loss weighted by it, with less variance than weighting uniform draws.
+ */
+export function timestepCdf(alphasCumprod: ArrayLike<number>, sampling: TimestepSampling): Float64Array {
+  const T = alphasCumprod.length;
+  const cdf = new Float64Array(T);
+  let total = 0;
+  for (let t = 0; t < T; t++) {
+    const ab = alphasCumprod[t];
+    total += sampling === "uniform" ? 1 : Math.min(1 + (1 - ab) / ab, SNR_WEIGHT_CAP);
+    cdf[t] = total;
+  }
+  for (let t = 0; t < T; t++) cdf[t] /= total;
+  return cdf;
+}
+
+/** The timestep of a uniform draw u in [0, 1): the first t whose cumulative probability exceeds u. */
+export function drawTimestep(cdf: Float64Array, u: number): number {
+  let lo = 0;
+  let hi = cdf.length - 1;
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    if (cdf[mid] > u) hi = mid;
+    else lo = mid + 1;
+  }
+  return lo;
+}

@@ -1,7 +1,8 @@
 /**
  * `stepwise world train`: the world's text-to-image recipe (issue 13 item 3). Three stages, each
  * full-weight training through the onnxruntime training program:
- *   1. clip: a small CLIP, contrastive on (image, caption) pairs of the train split;
+ *   1. clip: a small CLIP, contrastive on (image, caption) pairs of the train split, each scene
+ *            beside its twin (the same colours, other shapes and places);
  *   2. vae:  an AutoencoderKL (f = 8), reconstruction + a small KL;
  *   3. unet: an SD1.5-family UNet on epsilon with SD1.5's noise schedule, latents of the frozen
  *            VAE, states of the frozen CLIP text tower, and 10% of captions dropped (empty) so
@@ -48,7 +49,17 @@ import {
   vaeParams,
   type WorldModels,
 } from "./models.js";
-import { clipContrastiveLoss, pyramidNoise, type TrainingNoise, unetLoss, vaeLoss } from "./objectives.js";
+import {
+  clipContrastiveLoss,
+  drawTimestep,
+  pyramidNoise,
+  type TimestepSampling,
+  type TrainingNoise,
+  timestepCdf,
+  unetLoss,
+  vaeLoss,
+} from "./objectives.js";
+import { TWIN_CHECK_PAIRS, twinRetrievalAccuracy } from "./twin-retrieval.js";
 
 export class RecipeError extends Error {
   constructor(message: string) {
@@ -92,6 +103,8 @@ export interface RecipeOptions {
   readonly seed: number;
   /** The UNet stage's noise (default gaussian, SD1.5's); objectives.ts says why pyramid exists. */
   readonly noise?: TrainingNoise;
+  /** How the UNet stage draws timesteps (default uniform, SD1.5's); objectives.ts says why snr exists. */
+  readonly timesteps?: TimestepSampling;
   readonly resume: boolean;
   readonly provider: ExecutionProviderConfig;
   /** Step limits per stage (default: unlimited, the time budget decides). */
@@ -198,7 +211,9 @@ export async function runRecipe(options: RecipeOptions): Promise<RecipeResult> {
         {
           ...common("clip", parameters),
           feeds: async (step) => {
-            const { pixels, captions } = await captionedPixels(batchSeed(seed, "clip", step), B, S);
+            // Scene and twin side by side: random pairs differ in colour, which alone tells them
+            // apart, and a text tower trained on them encodes little else (positions stayed at chance).
+            const { pixels, captions } = await captionedPixels(batchSeed(seed, "clip", step), B, S, true);
             return { pixels, input_ids: inputIds(tokenizer, captions) };
           },
           record: (feeds) =>
@@ -278,7 +293,7 @@ export async function runRecipe(options: RecipeOptions): Promise<RecipeResult> {
     );
     const all = union(parameters, frozen, encoder);
     const alphasCumprod = alphasCumprodFromBetas(betasFromConfig(resolveDdimConfig(SCHEDULER_CONFIG)));
-    const T = alphasCumprod.length;
+    const cdf = timestepCdf(alphasCumprod, options.timesteps ?? "uniform");
     const B = batch.unet;
     done(
       await runStage(
@@ -290,7 +305,7 @@ export async function runRecipe(options: RecipeOptions): Promise<RecipeResult> {
             const generator = createGenerator("stepwise", s);
             const u = generator.rand([2 * B]).data;
             const kept = captions.map((c, i) => (u[i] < CAPTION_DROPOUT ? "" : c));
-            const timesteps = Array.from({ length: B }, (_, i) => Math.min(T - 1, Math.floor(u[B + i] * T)));
+            const timesteps = Array.from({ length: B }, (_, i) => drawTimestep(cdf, u[B + i]));
             return {
               pixels,
               input_ids: inputIds(tokenizer, kept),
@@ -338,13 +353,22 @@ export async function runRecipe(options: RecipeOptions): Promise<RecipeResult> {
   const exported = Boolean(clipWeights && vaeWeights && unetWeights && unetState?.done && vaeScaling);
   if (clipWeights && vaeWeights && unetWeights && unetState?.done && vaeScaling) {
     await writeModelFolders(out, size, { clip: clipWeights, vae: vaeWeights, unet: unetWeights, vaeScaling });
-    await writeProvenance(out, options, vaeScaling);
+    const twins = {
+      train: await twinRetrievalAccuracy(clipWeights, m, tokenizer, { split: "train" }),
+      held_out: await twinRetrievalAccuracy(clipWeights, m, tokenizer, { split: "held-out" }),
+    };
+    await writeProvenance(out, options, vaeScaling, twins);
   }
   return { stages: results, exported, vaeScaling };
 }
 
 /** What made the folders: the configs, seeds, budget, each stage's figures and the machine. */
-async function writeProvenance(out: string, options: RecipeOptions, vaeScaling: number): Promise<void> {
+async function writeProvenance(
+  out: string,
+  options: RecipeOptions,
+  vaeScaling: number,
+  clipTwinAccuracy: { readonly train: number; readonly held_out: number },
+): Promise<void> {
   const stages: Record<string, unknown> = {};
   for (const stage of STAGES)
     stages[stage] = await readStageState(stageFolder(join(out, CHECKPOINTS_FOLDER), stage));
@@ -376,9 +400,12 @@ async function writeProvenance(out: string, options: RecipeOptions, vaeScaling: 
     batch: BATCH[options.size],
     learning_rate: LEARNING_RATE,
     caption_dropout: CAPTION_DROPOUT,
-    // The last UNet run's noise: a run resumed with another one lists both commands beside the model.
+    // The last UNet run's noise and timesteps: a run resumed with another one lists both commands beside the model.
     unet_noise: options.noise ?? "gaussian",
+    unet_timesteps: options.timesteps ?? "uniform",
     vae_scaling_factor: vaeScaling,
+    // twin-retrieval.ts: 0.5 is a CLIP that reads colours only
+    clip_twin_accuracy: { pairs: TWIN_CHECK_PAIRS, ...clipTwinAccuracy },
     stages: summary,
     configs: {
       clip: clipConfig(options.size),
