@@ -8,7 +8,7 @@
  * (world/recipe) and the preference-model trainer (spm-trainer.ts) both run on it.
  */
 import { existsSync } from "node:fs";
-import { appendFile, mkdir, readFile, writeFile } from "node:fs/promises";
+import { appendFile, mkdir, readFile, rename, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import type { ExecutionProviderConfig } from "../diffusion/engine/execution-provider.js";
 import type { Float32Tensor, Tensor } from "../diffusion/tensor.js";
@@ -168,13 +168,32 @@ async function resume<S extends string>(
   return state;
 }
 
+/**
+ * Drop `stage`'s metrics lines past `step`: a run killed between checkpoints logged steps that its
+ * resumption trains again, and the log must read as one uninterrupted run. Rewritten through a
+ * temporary file, so a crash here leaves the old log whole.
+ */
+async function dropMetricsAfter(file: string, stage: string, step: number): Promise<void> {
+  if (!existsSync(file)) return;
+  const lines = (await readFile(file, "utf8")).split("\n").filter((l) => l.length > 0);
+  const kept = lines.filter((l) => {
+    const line = JSON.parse(l) as { stage?: string; step?: number };
+    return line.stage !== stage || (line.step ?? 0) <= step;
+  });
+  if (kept.length === lines.length) return;
+  await writeFile(`${file}.tmp`, kept.map((l) => `${l}\n`).join(""));
+  await rename(`${file}.tmp`, file);
+}
+
 /** Train one stage to its step limit or time budget, resuming from its checkpoint when there is one. */
 export async function runStage<S extends string>(
   spec: StageSpec<S>,
   run: StageRun<S>,
 ): Promise<StageResult<S>> {
   const optimizer = new AdamW(spec.parameters, spec.optimizer);
-  let state: StageState<S> = (await resume(run.folder, spec, optimizer)) ?? {
+  const resumed = await resume(run.folder, spec, optimizer);
+  if (resumed) await dropMetricsAfter(run.metrics, spec.stage, resumed.step);
+  let state: StageState<S> = resumed ?? {
     stage: spec.stage,
     step: 0,
     seconds: 0,

@@ -9,7 +9,7 @@
  *   - a run stopped and resumed ends with the weights of an uninterrupted one;
  *   - bad configs name the key and the file.
  */
-import { readFile, writeFile } from "node:fs/promises";
+import { appendFile, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { trainSpmCommand } from "../../cli/commands/train-spm.js";
@@ -171,6 +171,11 @@ describe("stepwise train-spm", () => {
       resume: false,
       provider: TEST_PROVIDER,
     });
+    // As a run killed after step 3 but before its next checkpoint leaves the log: the resumed run
+    // trains step 3 again, and the log keeps one line per step.
+    const log = join(scratch, "resumed", "metrics.jsonl");
+    const { stage } = JSON.parse((await readFile(log, "utf8")).split("\n")[0]);
+    await appendFile(log, `${JSON.stringify({ stage, step: 3, loss: -1 })}\n`);
     await expect(
       trainSpm({ config: spmConfig("resumed"), resume: false, provider: TEST_PROVIDER }),
     ).rejects.toThrow(TrainerUserError);
@@ -181,6 +186,7 @@ describe("stepwise train-spm", () => {
       .split("\n")
       .map((l) => JSON.parse(l).step);
     expect(steps).toEqual([1, 2, 3, 4]);
+    expect((await readFile(log, "utf8")).includes('"loss":-1')).toBe(false);
     const whole = (await readSafetensors(join(scratch, "spm", "model", "model.safetensors"))).tensors;
     const again = (await readSafetensors(join(resumed.model, "model.safetensors"))).tensors;
     expect([...again.keys()].sort()).toEqual([...whole.keys()].sort());
