@@ -5,7 +5,7 @@
  * the scheduler config). Same name and seed, same bytes.
  */
 import { existsSync } from "node:fs";
-import { mkdir, rename, rm, writeFile } from "node:fs/promises";
+import { cp, mkdir, readFile, rename, rm, writeFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { type ComponentKind, measureComponent, resolveComponent } from "../models/components.js";
 import { createGenerator, type Seed } from "../random/index.js";
@@ -153,17 +153,76 @@ export async function writeZooModel(name: ZooModelName, outDir: string, seed: Se
       await mkdir(dirname(join(tmp, file)), { recursive: true });
       await writeFile(join(tmp, file), text);
     }
-    const generator = createGenerator("stepwise", seed);
-    for (const c of weighted) {
-      const resolved = resolveComponent(c.kind, c.config, `${c.folder}/config.json`);
-      // The VAE's encoder and decoder are one checkpoint: collect both halves' parameters.
-      const params = [...measureComponent(resolved, 64).meta.params];
-      if (c.kind === "vae-encode") {
-        params.push(...measureComponent(resolveComponent("vae-decode", c.config), 64).meta.params);
-      }
-      const weights: Map<string, Tensor> = randomWeights(params, generator);
-      await writeSafetensors(join(tmp, c.folder, c.weightsFile), weights, { format: "pt" });
+    await writeRandomComponents(tmp, weighted, seed);
+    await rename(tmp, outDir);
+  } catch (err) {
+    await rm(tmp, { recursive: true, force: true });
+    throw err;
+  }
+}
+
+/** Random weights of each component, drawn in order from one generator seeded with `seed`. */
+async function writeRandomComponents(
+  dir: string,
+  weighted: readonly WeightedComponent[],
+  seed: Seed,
+): Promise<void> {
+  const generator = createGenerator("stepwise", seed);
+  for (const c of weighted) {
+    const resolved = resolveComponent(c.kind, c.config, `${c.folder}/config.json`);
+    // The VAE's encoder and decoder are one checkpoint: collect both halves' parameters.
+    const params = [...measureComponent(resolved, 64).meta.params];
+    if (c.kind === "vae-encode") {
+      params.push(...measureComponent(resolveComponent("vae-decode", c.config), 64).meta.params);
     }
+    const weights: Map<string, Tensor> = randomWeights(params, generator);
+    await writeSafetensors(join(dir, c.folder, c.weightsFile), weights, { format: "pt" });
+  }
+}
+
+/** model_index.json classes whose weights `writeRandomCheckpoint` draws, as diffusers names their files. */
+const RANDOM_CLASSES: Readonly<Record<string, Pick<WeightedComponent, "kind" | "weightsFile">>> = {
+  CLIPTextModel: { kind: "clip-text", weightsFile: "model.safetensors" },
+  CLIPTextModelWithProjection: { kind: "clip-text", weightsFile: "model.safetensors" },
+  UNet2DConditionModel: { kind: "unet", weightsFile: "diffusion_pytorch_model.safetensors" },
+  AutoencoderKL: { kind: "vae-encode", weightsFile: "diffusion_pytorch_model.safetensors" },
+};
+
+/**
+ * A diffusers folder of any size from the configs of one (`configsDir`: model_index.json, each
+ * component's config.json, tokenizer and scheduler files, no weights), with the zoo's random
+ * weights: the full SD1.5 architecture for benchmarks, as a user's checkpoint would be laid out.
+ * Components are drawn in model_index.json's order, so the zoo's own configs give the zoo's bytes.
+ * Written beside `outDir` and renamed at the end, as `writeZooModel`.
+ */
+export async function writeRandomCheckpoint(
+  configsDir: string,
+  outDir: string,
+  seed: Seed = 0,
+): Promise<void> {
+  const indexPath = join(configsDir, "model_index.json");
+  let index: Record<string, unknown>;
+  try {
+    index = JSON.parse(await readFile(indexPath, "utf8")) as Record<string, unknown>;
+  } catch (err) {
+    throw new ZooError(`${indexPath}: cannot read the pipeline index: ${(err as Error).message}`);
+  }
+  if (existsSync(outDir)) throw new ZooError(`${outDir} already exists; choose another folder or remove it`);
+  const weighted: WeightedComponent[] = [];
+  for (const [folder, entry] of Object.entries(index)) {
+    const known = Array.isArray(entry) ? RANDOM_CLASSES[String(entry[1])] : undefined;
+    const configPath = join(configsDir, folder, "config.json");
+    if (!known || !existsSync(configPath)) continue;
+    const config = JSON.parse(await readFile(configPath, "utf8")) as Record<string, unknown>;
+    weighted.push({ folder, config, ...known });
+  }
+  if (weighted.length === 0) {
+    throw new ZooError(`${indexPath}: names no component with a config.json whose weights can be drawn`);
+  }
+  const tmp = join(dirname(outDir), `.random-checkpoint.tmp-${process.pid}-${Date.now()}`);
+  try {
+    await cp(configsDir, tmp, { recursive: true });
+    await writeRandomComponents(tmp, weighted, seed);
     await rename(tmp, outDir);
   } catch (err) {
     await rm(tmp, { recursive: true, force: true });

@@ -3,14 +3,15 @@
  * (pinned, since the server's embedded default and every test model come from here), weights that
  * follow the reference cases' recipe, and the `stepwise zoo` command.
  */
-import { mkdir, readdir, readFile } from "node:fs/promises";
+import { existsSync } from "node:fs";
+import { cp, mkdir, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { beforeAll, describe, expect, it } from "vitest";
 import { CliError } from "../../cli/cli-error.js";
 import { zooCommand } from "../../cli/commands/zoo.js";
 import { toFloat32 } from "../../diffusion/tensor.js";
 import { readSafetensors } from "../../diffusion/weights/safetensors.js";
 import { BIAS_SCALE, NORM_WEIGHT_JITTER } from "../../diffusion/zoo/random-weights.js";
-import { writeZooModel, ZooError } from "../../diffusion/zoo/zoo.js";
+import { writeRandomCheckpoint, writeZooModel, ZooError } from "../../diffusion/zoo/zoo.js";
 import { useTempDir } from "../weights/helpers/temp-dir.js";
 import { hashFolder, listFiles } from "./folder-hash.js";
 
@@ -118,6 +119,55 @@ describe("writeZooModel", () => {
       new ZooError(`${dir} already exists; choose another folder or remove it`),
     );
     expect(await readdir(dir)).toEqual([]);
+    expect((await readdir(temp.path(""))).filter((f) => f.includes(".tmp-"))).toEqual([]);
+  });
+});
+
+describe("writeRandomCheckpoint", () => {
+  /** A zoo folder's configs only: what a diffusers folder holds besides its weights. */
+  let made = 0;
+  async function configsOf(name: "tiny-sd15" | "tiny-sdxl"): Promise<string> {
+    made++;
+    const full = temp.path(`${name}-for-configs-${made}`);
+    await writeZooModel(name, full, 0);
+    const configs = temp.path(`${name}-configs-${made}`);
+    await cp(full, configs, { recursive: true, filter: (src) => !src.endsWith(".safetensors") });
+    return configs;
+  }
+
+  it("draws the zoo's weights from the zoo's configs: the same bytes as writeZooModel (pinned)", async () => {
+    for (const name of ["tiny-sd15", "tiny-sdxl"] as const) {
+      const out = temp.path(`${name}-random`);
+      await writeRandomCheckpoint(await configsOf(name), out, 0);
+      expect(await hashFolder(out), name).toBe(PINNED_HASHES[name]);
+    }
+  });
+
+  it("keeps files it does not know, skips components without a config, and names a bad index", async () => {
+    const configs = await configsOf("tiny-sd15");
+    await writeFile(`${configs}/README.md`, "kept\n");
+    await rm(`${configs}/vae/config.json`);
+    const out = temp.path("partial");
+    await writeRandomCheckpoint(configs, out, 0);
+    const files = await listFiles(out);
+    expect(files).toContain("README.md");
+    expect(files).toContain("unet/diffusion_pytorch_model.safetensors");
+    expect(files.filter((f) => f.startsWith("vae/"))).toEqual([]);
+
+    const broken = temp.path("broken");
+    await mkdir(broken);
+    await writeFile(`${broken}/model_index.json`, "{");
+    await expect(writeRandomCheckpoint(broken, temp.path("never"))).rejects.toThrow(
+      /broken\/model_index.json: cannot read the pipeline index/,
+    );
+    await writeFile(
+      `${broken}/model_index.json`,
+      JSON.stringify({ unet: ["diffusers", "UNet2DConditionModel"] }),
+    );
+    await expect(writeRandomCheckpoint(broken, temp.path("never"))).rejects.toThrow(
+      /names no component with a config.json/,
+    );
+    expect(existsSync(temp.path("never"))).toBe(false);
     expect((await readdir(temp.path(""))).filter((f) => f.includes(".tmp-"))).toEqual([]);
   });
 });
