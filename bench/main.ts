@@ -4,7 +4,8 @@
  *   npm run bench [-- --quick] [-- --only <name>[,<name>...]] [-- --profile] [-- --threads N]
  *
  * matmul (the reference rate), unet-step, lora-slots, engine-e2e, generation (a 512 px SD1.5
- * generation at full size, stage by stage), sdxl-vae, api-server, scoring, registry, trainer (SPO, onnx
+ * generation at full size, stage by stage), generate-cli (the same, convert and whole `stepwise generate`
+ * processes), sdxl-vae, api-server, scoring, registry, trainer (SPO, onnx
  * against TF.js gradients), training-step (full-weight training on onnxruntime). Figures are ratios
  * measured in this run; the markdown report goes to stdout and the JSON beside it under
  * .stepwise/bench/results/. Benchmarks never gate CI and are not part of `npm test`; a benchmark
@@ -17,6 +18,7 @@ import { defaultIntraOpThreads } from "../diffusion/engine/execution-provider.js
 import { benchApiServer } from "./api-server.js";
 import { BenchContext } from "./context.js";
 import { engineE2eBench } from "./engine-e2e.js";
+import { generateCliBench } from "./generate-cli.js";
 import { generationBench, sdxlVaeBench } from "./generation.js";
 import { loraSlotsBench } from "./lora-slots.js";
 import { BENCH_DIR } from "./model-cache.js";
@@ -34,6 +36,7 @@ const BENCHMARKS = [
   "lora-slots",
   "engine-e2e",
   "generation",
+  "generate-cli",
   "sdxl-vae",
   "api-server",
   "scoring",
@@ -109,6 +112,7 @@ async function main(): Promise<number> {
     "lora-slots": loraSlotsBench,
     "engine-e2e": engineE2eBench,
     generation: generationBench,
+    "generate-cli": generateCliBench,
     "sdxl-vae": sdxlVaeBench,
     "api-server": (c) => benchApiServer({ quick: c.options.quick, threads: c.options.threads, log }),
     scoring: benchScoring,

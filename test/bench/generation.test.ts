@@ -1,4 +1,5 @@
 import { describe, expect, it } from "vitest";
+import { generateCliFigures } from "../../bench/generate-cli.js";
 import {
   DIFFUSERS_UNET_SLOWDOWN,
   GENERATION_STEPS,
@@ -71,5 +72,24 @@ describe("a whole generation including session creation", () => {
     const f = generationFigures(rounds({}, 7), MACS, MATMUL_MACS);
     const total = (MACS.text + GENERATION_STEPS * MACS.unet + MACS.decode) / 1e8 + 7;
     expect(f.generation.median).toBeCloseTo(total, 9);
+  });
+});
+
+describe("generate-cli figures", () => {
+  it("takes one step's cost from the difference of the two runs and bounds the speed-up by the UNet steps alone", () => {
+    // Two rounds: 10 s outside the steps, steps of 11 s and then 12 s.
+    const few = [10_000 + 3 * 11_000, 10_000 + 3 * 12_000];
+    const many = [10_000 + 20 * 11_000, 10_000 + 20 * 12_000];
+    const f = generateCliFigures(few, many, 3, 20, 2);
+    expect(f.step.median).toBeCloseTo(11_500, 6);
+    expect(f.fixed.median).toBeCloseTo(10_000, 6);
+    // 3 steps of diffusers at 2x: 66 s against our 43 s in the first round, 72 / 46 in the second.
+    expect(f.speedupFew.median).toBeCloseTo((66 / 43 + 72 / 46) / 2, 9);
+    expect(f.speedupMany.medianLow).toBeCloseTo(440 / 230, 9);
+  });
+
+  it("refuses unpaired runs and a long run that is not longer", () => {
+    expect(() => generateCliFigures([1], [2, 3], 3, 20, 2)).toThrow(/1 few-step runs against 2/);
+    expect(() => generateCliFigures([1], [2], 20, 20, 2)).toThrow(/must be more than 20/);
   });
 });
