@@ -42,14 +42,32 @@ export function defaultIntraOpThreads(): number {
   return availableParallelism();
 }
 
+/**
+ * CPU sessions run without onnxruntime's memory pattern. With it, the first run traces its
+ * allocations and the second allocates the traced plan as one new block, so both page-fault
+ * gigabytes of fresh memory: at 512 px the SD1.5 UNet's first two steps took 12.9 and 13.2 s
+ * against 5.7 s after. Without it the second run reuses the arena's blocks from the first (6.7 s),
+ * and a generation's peak resident memory falls from 9.3 to 7.1 GiB (bench/README.md, "First
+ * steps"). The CUDA provider keeps onnxruntime's default.
+ */
+export const CPU_MEMORY_PATTERN = false;
+
 /** onnxruntime-node session options for a resolved provider. */
 export function sessionProviderOptions(p: ResolvedProvider): {
   executionProviders: Array<{ name: "cuda"; deviceId: number } | "cpu">;
   intraOpNumThreads: number;
+  enableMemPattern?: boolean;
 } {
+  if (p.provider === "cuda") {
+    return {
+      executionProviders: [{ name: "cuda", deviceId: p.deviceId }],
+      intraOpNumThreads: p.intraOpThreads,
+    };
+  }
   return {
-    executionProviders: p.provider === "cuda" ? [{ name: "cuda", deviceId: p.deviceId }] : ["cpu"],
+    executionProviders: ["cpu"],
     intraOpNumThreads: p.intraOpThreads,
+    enableMemPattern: CPU_MEMORY_PATTERN,
   };
 }
 
