@@ -85,7 +85,18 @@ export interface AttentionOptions {
   readonly crossAttentionDim?: number;
   /** to_q / to_k / to_v biases (false in UNet transformers, true in the VAE). */
   readonly qkvBias: boolean;
+  /** Heads computed together (multiHeadAttention); default: all. */
+  readonly headsPerSlice?: number;
 }
+
+/**
+ * The UNet's self-attention runs one head at a time. At 512 px (4096 tokens) SD1.5's scores are
+ * [2, 8, 4096, 4096], 1 GiB, and its softmax output as much again: a first run (every one-shot
+ * `stepwise generate`) spent 7 s more than later runs page-faulting that fresh memory, most of it
+ * in these two nodes. One head's scores are 1/8 of it, reused by the next head (bench/README.md,
+ * "Whole generations"). Cross-attention's scores (77 keys) are small and stay whole.
+ */
+export const SELF_ATTENTION_HEADS_PER_SLICE = 1;
 
 /** diffusers Attention (AttnProcessor): x [B, S, queryDim], context [B, Sk, crossDim]. */
 export function attention<T>(
@@ -101,7 +112,7 @@ export function attention<T>(
   const q = linear(ops, `${prefix}.to_q`, x, o.queryDim, inner, o.qkvBias);
   const k = linear(ops, `${prefix}.to_k`, kv, kvIn, inner, o.qkvBias);
   const v = linear(ops, `${prefix}.to_v`, kv, kvIn, inner, o.qkvBias);
-  const out = multiHeadAttention(ops, q, k, v, o.heads, o.headDim);
+  const out = multiHeadAttention(ops, q, k, v, o.heads, o.headDim, undefined, o.headsPerSlice);
   return linear(ops, `${prefix}.to_out.0`, out, inner, o.queryDim);
 }
 
@@ -123,7 +134,10 @@ export function basicTransformerBlock<T>(
   const eps = TRANSFORMER_LAYER_NORM_EPS;
   const attnOpts = { queryDim: o.dim, heads: o.heads, headDim: o.headDim, qkvBias: false };
   let h = ops.add(
-    attention(ops, `${prefix}.attn1`, layerNorm(ops, `${prefix}.norm1`, x, o.dim, eps), undefined, attnOpts),
+    attention(ops, `${prefix}.attn1`, layerNorm(ops, `${prefix}.norm1`, x, o.dim, eps), undefined, {
+      ...attnOpts,
+      headsPerSlice: SELF_ATTENTION_HEADS_PER_SLICE,
+    }),
     x,
   );
   const n2 = layerNorm(ops, `${prefix}.norm2`, h, o.dim, eps);

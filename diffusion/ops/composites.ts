@@ -120,6 +120,10 @@ export function layerNorm<T>(ops: Ops<T>, prefix: string, x: T, dim: number, eps
  * softmax(Q Kᵀ · scale + mask) V over `heads` heads. q [B, Sq, heads·d], k and v [B, Sk, heads·d];
  * returns [B, Sq, heads·d]. The scale multiplies the scores (diffusers' baddbmm alpha and
  * transformers' eager path both do), and `mask` [Sq, Sk] is added before the softmax.
+ *
+ * `headsPerSlice` below `heads` computes the heads in groups of that many, one after the other
+ * (diffusers' attention slicing): the same values, with score tensors [B, headsPerSlice, Sq, Sk]
+ * instead of [B, heads, Sq, Sk], which a backend can reuse from one group to the next.
  */
 export function multiHeadAttention<T>(
   ops: Ops<T>,
@@ -129,14 +133,31 @@ export function multiHeadAttention<T>(
   heads: number,
   headDim: number,
   mask?: T,
+  headsPerSlice = heads,
 ): T {
+  if (!(Number.isInteger(headsPerSlice) && headsPerSlice >= 1)) {
+    throw new Error(`attention: headsPerSlice must be a positive integer, got ${headsPerSlice}`);
+  }
   const split = (t: T) => ops.reshape(t, [0, 0, heads, headDim]);
   const q4 = ops.transpose(split(q), [0, 2, 1, 3]); // [B, h, Sq, d]
   const kT = ops.transpose(split(k), [0, 2, 3, 1]); // [B, h, d, Sk]
   const v4 = ops.transpose(split(v), [0, 2, 1, 3]); // [B, h, Sk, d]
-  let scores = ops.mul(ops.matmul(q4, kT), ops.scalar(1 / Math.sqrt(headDim)));
-  if (mask) scores = ops.add(scores, mask);
-  const out = ops.matmul(ops.softmax(scores, -1), v4); // [B, h, Sq, d]
+  const attend = (qh: T, kh: T, vh: T) => {
+    let scores = ops.mul(ops.matmul(qh, kh), ops.scalar(1 / Math.sqrt(headDim)));
+    if (mask) scores = ops.add(scores, mask);
+    return ops.matmul(ops.softmax(scores, -1), vh);
+  };
+  let out: T; // [B, h, Sq, d]
+  if (headsPerSlice >= heads) {
+    out = attend(q4, kT, v4);
+  } else {
+    const groups: T[] = [];
+    for (let h = 0; h < heads; h += headsPerSlice) {
+      const end = Math.min(h + headsPerSlice, heads);
+      groups.push(attend(ops.slice(q4, 1, h, end), ops.slice(kT, 1, h, end), ops.slice(v4, 1, h, end)));
+    }
+    out = ops.concat(groups, 1);
+  }
   return ops.reshape(ops.transpose(out, [0, 2, 1, 3]), [0, 0, heads * headDim]);
 }
 

@@ -290,6 +290,24 @@ describe("blocks against plain loops, on the reference and ONNX backends", () =>
     );
   });
 
+  it("attention computed a few heads at a time (headsPerSlice, even and uneven groups) equals all heads at once", async () => {
+    const [batch, heads, d, s] = [2, 5, 4, 6];
+    const x = randn(rng, [batch, s, heads * d]);
+    const mask = float32(
+      [s, s],
+      Array.from({ length: s * s }, (_, i) => (i % s > Math.floor(i / s) ? -1e9 : 0)),
+    );
+    const expected = attentionPlain(plain(x), plain(x), plain(x), heads, plain(mask));
+    for (const headsPerSlice of [1, 2, 3, heads, heads + 1]) {
+      const sliced: Block = (ops, t) =>
+        multiHeadAttention(ops, t.x, t.x, t.x, heads, d, t.mask, headsPerSlice);
+      await expectBlock(new Map(), { x, mask }, sliced, expected);
+    }
+    expect(() =>
+      multiHeadAttention(new ReferenceOps(new MapParamSource(new Map())), x, x, x, heads, d, undefined, 0),
+    ).toThrow("attention: headsPerSlice must be a positive integer, got 0");
+  });
+
   it("group norm with per-channel affine, at two epsilons", async () => {
     for (const eps of [1e-5, 1e-6]) {
       const p = new Params();
