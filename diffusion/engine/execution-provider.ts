@@ -47,8 +47,8 @@ export function defaultIntraOpThreads(): number {
  * allocations and the second allocates the traced plan as one new block, so both page-fault
  * gigabytes of fresh memory: at 512 px the SD1.5 UNet's first two steps took 12.9 and 13.2 s
  * against 5.7 s after. Without it the second run reuses the arena's blocks from the first (6.7 s),
- * and a generation's peak resident memory falls from 9.3 to 7.1 GiB (bench/README.md, "First
- * steps"). The CUDA provider keeps onnxruntime's default.
+ * and a generation's peak resident memory falls from 9.3 to 7.1 GiB (bench/README.md, "Whole
+ * generations"). The CUDA provider keeps onnxruntime's default.
  */
 export const CPU_MEMORY_PATTERN = false;
 
