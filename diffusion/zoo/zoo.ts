@@ -213,7 +213,12 @@ export async function writeRandomCheckpoint(
     const known = Array.isArray(entry) ? RANDOM_CLASSES[String(entry[1])] : undefined;
     const configPath = join(configsDir, folder, "config.json");
     if (!known || !existsSync(configPath)) continue;
-    const config = JSON.parse(await readFile(configPath, "utf8")) as Record<string, unknown>;
+    let config: Record<string, unknown>;
+    try {
+      config = JSON.parse(await readFile(configPath, "utf8")) as Record<string, unknown>;
+    } catch (err) {
+      throw new ZooError(`${configPath}: cannot read the component config: ${(err as Error).message}`);
+    }
     weighted.push({ folder, config, ...known });
   }
   if (weighted.length === 0) {

@@ -167,6 +167,11 @@ describe("writeRandomCheckpoint", () => {
     await expect(writeRandomCheckpoint(broken, temp.path("never"))).rejects.toThrow(
       /names no component with a config.json/,
     );
+    await mkdir(`${broken}/unet`);
+    await writeFile(`${broken}/unet/config.json`, "not json");
+    await expect(writeRandomCheckpoint(broken, temp.path("never"))).rejects.toThrow(
+      /broken\/unet\/config.json: cannot read the component config/,
+    );
     expect(existsSync(temp.path("never"))).toBe(false);
     expect((await readdir(temp.path(""))).filter((f) => f.includes(".tmp-"))).toEqual([]);
   });
