@@ -4,8 +4,8 @@
  * model never needs it forward:
  *   - `sumTo` / `reduceSumAxes` / `broadcastTo`: ReduceSum over several axes and Expand, to undo
  *     numpy broadcasting and keepdims reductions.
- *   - `convInputGrad` (a Conv by the flipped filter, or ConvTranspose when strided) and
- *     `convWeightGrad` (im2col: strided windows and a MatMul): the two adjoints of a convolution.
+ *   - `convInputGrad` (a Conv by the flipped filter, or ConvTranspose) and `convWeightGrad` (im2col:
+ *     strided windows and one matrix product): the two adjoints of a convolution.
  *   - `scatterAdd` (ScatterND, reduction "add"): the adjoint of Gather / GatherND.
  *   - `padAxis` (Pad): the adjoint of a slice.
  *   - `resizeNearestGrad`: the adjoint of nearest upsampling, as two MatMuls by constant 0/1
@@ -30,6 +30,22 @@ export function staticDims(v: OnnxValue): number[] {
     );
   }
   return v.shape as number[];
+}
+
+/**
+ * A convolution is weight-dominated when its weight (O·C·kh·kw elements) outweighs half its im2col
+ * columns (N·Ho·Wo·C·kh·kw), i.e. N·Ho·Wo < 2·O: the SD1.5 UNet's 1280-channel layers at 8x8 and
+ * smaller, the 640-channel ones at 16x16 (batch 2). There, moving the weight costs more than moving
+ * activations, so the adjoints avoid copies of it: ConvTranspose instead of a flipped copy for the
+ * input gradient, channel-major columns for the weight gradient. Measured per layer (onnxruntime
+ * profile, 2 threads, batch 2, weight a graph input): 1280 channels at 4x4 101.8 -> 32.8 ms, at 8x8
+ * 105 -> 53 ms; 2560 -> 1280 at 8x8 296 -> 110 ms; 640 at 16x16 17.5 -> 15.5 ms. Where activations
+ * dominate the old forms win: 320 channels at 64x64 176 ms against 208 ms with ConvTranspose.
+ */
+const WEIGHT_DOMINATED_ROWS_PER_FILTER = 2;
+
+function weightDominated(rows: number, filters: number): boolean {
+  return rows < WEIGHT_DOMINATED_ROWS_PER_FILTER * filters;
 }
 
 function sameDims(a: readonly number[], b: readonly number[]): boolean {
@@ -101,11 +117,15 @@ export class OnnxAdjointOps {
   }
 
   /**
-   * d conv / d x. Stride 1: the "full" convolution of dy by the flipped filter with input and
-   * output channels swapped (per group), pads k - 1 - p; onnxruntime runs it on the same fast
-   * convolution kernels as the forward pass (ConvTranspose is about 2.5x slower there). Strided
-   * convolutions (the downsamplers) take ConvTranspose, output_padding restoring the rows a stride
-   * dropped.
+   * d conv / d x. Two forms:
+   *   - a Conv of dy by the flipped filter, input and output channels swapped (per group), pads
+   *     k - 1 - p: onnxruntime's fast convolution kernels, but the flipped copy of the weight is
+   *     made every run unless the weight is a constant (onnxruntime folds it at load);
+   *   - ConvTranspose by the weight as it is: no copy of the weight, but a col2im pass over the
+   *     input's size. Strided convolutions (the downsamplers) always take it, output_padding
+   *     restoring the rows a stride dropped.
+   * The flip wins where activations dominate and ConvTranspose where the weight does (see
+   * `weightDominated`).
    */
   convInputGrad(
     dy: OnnxValue,
@@ -119,7 +139,8 @@ export class OnnxAdjointOps {
     const [, , ho, wo] = staticDims(dy);
     const [o, cg, kh, kw] = staticDims(weight);
     const padsOk = top < kh && left < kw && bottom < kh && right < kw;
-    if (stride === 1 && padsOk) {
+    const flipIsFree = this.b.graph.isInitializer(weight.name);
+    if (stride === 1 && padsOk && (flipIsFree || !weightDominated(xDims[0] * ho * wo, o))) {
       const og = o / groups;
       const grouped = this.reshapeTo(weight, [groups, og, cg, kh, kw]);
       const swapped = this.b.node(
@@ -128,17 +149,20 @@ export class OnnxAdjointOps {
         { dtype: weight.dtype, shape: [groups, cg, og, kh, kw] },
         [attr.ints("perm", [0, 2, 1, 3, 4])],
       );
-      const flipped = this.b.node(
-        "Slice",
-        [
-          swapped,
-          this.b.intConstant([-1, -1]),
-          this.b.intConstant([-kh - 1, -kw - 1]),
-          this.b.intConstant([3, 4]),
-          this.b.intConstant([-1, -1]),
-        ],
-        { dtype: weight.dtype, shape: [groups, cg, og, kh, kw] },
-      );
+      const flipped =
+        kh === 1 && kw === 1
+          ? swapped
+          : this.b.node(
+              "Slice",
+              [
+                swapped,
+                this.b.intConstant([-1, -1]),
+                this.b.intConstant([-kh - 1, -kw - 1]),
+                this.b.intConstant([3, 4]),
+                this.b.intConstant([-1, -1]),
+              ],
+              { dtype: weight.dtype, shape: [groups, cg, og, kh, kw] },
+            );
       const kernel = this.reshapeTo(flipped, [groups * cg, og, kh, kw]);
       return this.b.node("Conv", [dy, kernel], { dtype: dy.dtype, shape: xDims }, [
         attr.ints("strides", [1, 1]),
@@ -163,38 +187,102 @@ export class OnnxAdjointOps {
   }
 
   /**
-   * d conv / d weight as one matrix product (im2col): dW[o, (i, j, c)] = Σ_(n, y, x) dy[n, o, y, x] ·
-   * xpad[n, y·s + i, x·s + j, c]. The padded input is made NHWC once, its kh·kw strided windows
-   * are concatenated on the channel axis to [N·Ho·Wo, kh·kw·C], and dy as [O, N·Ho·Wo] multiplies
-   * them; only the small result is transposed back to [O, C, kh, kw]. With groups the columns are
-   * regrouped to [g, N·Ho·Wo, kh·kw·cg] for a batched product. onnxruntime has no filter-gradient
-   * kernel in the standard domain; a Conv formulation (batch as channels, dy as a dilated kernel)
-   * ran about 8x slower than the forward convolution.
+   * d conv / d weight as one matrix product over im2col columns: dW[o, ·] = Σ_(n, y, x) dy[n, o, y, x] ·
+   * xpad[n, ·, y·s + i, x·s + j]. onnxruntime has no filter-gradient kernel in the standard domain;
+   * a Conv formulation (batch as channels, dy as a dilated kernel) ran about 8x slower than the
+   * forward convolution. The columns' layout decides which tensor gets reordered: channel-major
+   * columns give the product in the weight's own [O, C, kh, kw] layout (no copy of a weight-sized
+   * result), pixel-major (NHWC) columns are cheaper to build from large activations.
    */
   convWeightGrad(x: OnnxValue, dy: OnnxValue, wDims: readonly number[], options: Conv2dOptions): OnnxValue {
+    const [n, , ho, wo] = staticDims(dy);
+    const [o] = wDims;
+    return (options.groups ?? 1) === 1 && weightDominated(n * ho * wo, o)
+      ? this.convWeightGradChannelMajor(x, dy, wDims, options)
+      : this.convWeightGradNhwc(x, dy, wDims, options);
+  }
+
+  /**
+   * Columns [C·kh·kw, N·Ho·Wo] from x made [C, N, H, W] (contiguous rows of H·W move), padded,
+   * its kh·kw strided windows stacked after the channel axis; dy as [O, N·Ho·Wo] times their
+   * transpose (Gemm transB) is dW as [O, (c, i, j)]. Ungrouped convolutions only.
+   */
+  private convWeightGradChannelMajor(
+    x: OnnxValue,
+    dy: OnnxValue,
+    wDims: readonly number[],
+    options: Conv2dOptions,
+  ): OnnxValue {
     const stride = options.stride ?? 1;
-    const groups = options.groups ?? 1;
     const [top, left, bottom, right] = convPads(options);
     const [n, c, h, w] = staticDims(x);
     const [, o, ho, wo] = staticDims(dy);
-    const [, cg, kh, kw] = wDims;
-    const og = o / groups;
-    const [hp, wp] = [h + top + bottom, w + left + right];
-    const nhwc = this.transpose(x, [0, 2, 3, 1], [n, h, w, c]);
-    const padded =
-      top + left + bottom + right === 0
-        ? nhwc
-        : this.b.node(
-            "Pad",
-            [nhwc, this.b.intConstant([0, top, left, 0, 0, bottom, right, 0])],
-            { dtype: x.dtype, shape: [n, hp, wp, c] },
-            [attr.string("mode", "constant")],
-          );
-    const windows: OnnxValue[] = [];
+    const [, , kh, kw] = wDims;
+    const rows = n * ho * wo;
+    const cnhw = n === 1 ? this.reshapeTo(x, [c, n, h, w]) : this.transpose(x, [1, 0, 2, 3], [c, n, h, w]);
+    const padded = this.padSpatial(cnhw, [2, 3], [top, left, bottom, right]);
+    const windows = this.windows(padded, [2, 3], stride, kh, kw, ho, wo).map((win) =>
+      this.reshapeTo(win, [c, 1, rows]),
+    );
+    const k = kh * kw;
+    const stacked =
+      windows.length === 1
+        ? windows[0]
+        : this.b.node("Concat", windows, { dtype: x.dtype, shape: [c, k, rows] }, [attr.int("axis", 1)]);
+    const dyRows =
+      n === 1
+        ? this.reshapeTo(dy, [o, rows])
+        : this.reshapeTo(this.transpose(this.reshapeTo(dy, [n, o, ho * wo]), [1, 0, 2], [o, n, ho * wo]), [
+            o,
+            rows,
+          ]);
+    const product = this.b.node(
+      "Gemm",
+      [dyRows, this.reshapeTo(stacked, [c * k, rows])],
+      { dtype: x.dtype, shape: [o, c * k] },
+      [attr.int("transB", 1)],
+    );
+    return this.reshapeTo(product, [o, c, kh, kw]);
+  }
+
+  /** x zero-padded on its two spatial `axes` by (top, left, bottom, right). */
+  private padSpatial(x: OnnxValue, axes: readonly [number, number], pads: readonly number[]): OnnxValue {
+    const [top, left, bottom, right] = pads;
+    if (top + left + bottom + right === 0) return x;
+    const dims = staticDims(x);
+    const all = new Array<number>(2 * dims.length).fill(0);
+    [all[axes[0]], all[axes[1]], all[dims.length + axes[0]], all[dims.length + axes[1]]] = [
+      top,
+      left,
+      bottom,
+      right,
+    ];
+    const shape = dims.map((d, i) =>
+      i === axes[0] ? d + top + bottom : i === axes[1] ? d + left + right : d,
+    );
+    return this.b.node("Pad", [x, this.b.intConstant(all)], { dtype: x.dtype, shape }, [
+      attr.string("mode", "constant"),
+    ]);
+  }
+
+  /** The kh·kw windows of stride `stride` over the two spatial `axes` of a padded tensor. */
+  private windows(
+    padded: OnnxValue,
+    axes: readonly [number, number],
+    stride: number,
+    kh: number,
+    kw: number,
+    ho: number,
+    wo: number,
+  ): OnnxValue[] {
+    const dims = staticDims(padded);
+    const [hp, wp] = [dims[axes[0]], dims[axes[1]]];
+    const shape = dims.map((d, i) => (i === axes[0] ? ho : i === axes[1] ? wo : d));
+    const out: OnnxValue[] = [];
     for (let i = 0; i < kh; i++) {
       for (let j = 0; j < kw; j++) {
         const full = i === 0 && j === 0 && stride === 1 && ho === hp && wo === wp;
-        windows.push(
+        out.push(
           full
             ? padded
             : this.b.node(
@@ -203,14 +291,39 @@ export class OnnxAdjointOps {
                   padded,
                   this.b.intConstant([i, j]),
                   this.b.intConstant([i + stride * (ho - 1) + 1, j + stride * (wo - 1) + 1]),
-                  this.b.intConstant([1, 2]),
+                  this.b.intConstant([...axes]),
                   this.b.intConstant([stride, stride]),
                 ],
-                { dtype: x.dtype, shape: [n, ho, wo, c] },
+                { dtype: padded.dtype, shape },
               ),
         );
       }
     }
+    return out;
+  }
+
+  /**
+   * Columns [N·Ho·Wo, kh·kw·C] from x made NHWC once, padded, its windows concatenated on the
+   * channel axis; dy as [O, N·Ho·Wo] multiplies them, and only the small result is transposed back
+   * to [O, C, kh, kw]. With groups the columns are regrouped to [g, N·Ho·Wo, kh·kw·cg] for a
+   * batched product.
+   */
+  private convWeightGradNhwc(
+    x: OnnxValue,
+    dy: OnnxValue,
+    wDims: readonly number[],
+    options: Conv2dOptions,
+  ): OnnxValue {
+    const stride = options.stride ?? 1;
+    const groups = options.groups ?? 1;
+    const [top, left, bottom, right] = convPads(options);
+    const [n, c, h, w] = staticDims(x);
+    const [, o, ho, wo] = staticDims(dy);
+    const [, cg, kh, kw] = wDims;
+    const og = o / groups;
+    const nhwc = this.transpose(x, [0, 2, 3, 1], [n, h, w, c]);
+    const padded = this.padSpatial(nhwc, [1, 2], [top, left, bottom, right]);
+    const windows = this.windows(padded, [1, 2], stride, kh, kw, ho, wo);
     const k = kh * kw;
     const stacked =
       windows.length === 1

@@ -56,6 +56,7 @@ export class GraphRecorder {
   readonly inputs: GraphIo[] = [];
   readonly outputs: GraphIo[] = [];
   private readonly initializerRecords: InitializerRecord[] = [];
+  private readonly initializerNames = new Set<string>();
   /** Dedupe key of an initializer (parameter + layout + dtype, or constant content) -> its value. */
   private readonly initializerByKey = new Map<string, OnnxValue>();
   private readonly names = new Set<string>();
@@ -63,6 +64,11 @@ export class GraphRecorder {
 
   get initializers(): readonly InitializerRecord[] {
     return this.initializerRecords;
+  }
+
+  /** Whether `name` is an initializer (a constant onnxruntime may fold expressions of). */
+  isInitializer(name: string): boolean {
+    return this.initializerNames.has(name);
   }
 
   /** Take `name` exactly (graph inputs and outputs keep the names their callers chose). */
@@ -126,6 +132,7 @@ export class GraphRecorder {
     if (existing) return existing;
     const name = this.unique(hint);
     this.initializerRecords.push({ name, dtype, dims: [...dims], source });
+    this.initializerNames.add(name);
     const value: OnnxValue = { name, dtype, shape: [...dims] };
     this.initializerByKey.set(key, value);
     return value;

@@ -147,6 +147,40 @@ const CASES: RuleCase[] = [
     fn: (o, x) =>
       o.conv2d(x.a, o.param("w", [6, 2, 2, 3]), o.param("b", [6]), { padding: [1, 0, 0, 2], groups: 2 }),
   },
+  // Weight-dominated convolutions (batch·Ho·Wo < 2·O, diffusion/onnx/adjoint-ops.ts): the input
+  // gradient by ConvTranspose and the weight gradient from channel-major columns, unless the
+  // weight is a frozen initializer (the flipped-filter Conv, folded at load).
+  {
+    name: "conv2d 3x3, weight-dominated (ConvTranspose, channel-major columns)",
+    float32Only: "Conv",
+    floats: { a: { shape: [1, 3, 2, 3] } },
+    params: { w: [8, 3, 3, 3], b: [8] },
+    train: ["w", "b"],
+    fn: (o, x) => o.conv2d(x.a, o.param("w", [8, 3, 3, 3]), o.param("b", [8]), { padding: 1 }),
+  },
+  {
+    name: "conv2d 3x3, weight-dominated, batch 2, stride 2",
+    float32Only: "Conv",
+    floats: { a: { shape: [2, 2, 4, 3] } },
+    params: { w: [9, 2, 3, 3] },
+    train: ["w"],
+    fn: (o, x) => o.conv2d(x.a, o.param("w", [9, 2, 3, 3]), undefined, { stride: 2, padding: 1 }),
+  },
+  {
+    name: "conv2d 3x3, weight-dominated, groups 2",
+    float32Only: "Conv",
+    floats: { a: { shape: [1, 4, 2, 2] } },
+    params: { w: [12, 2, 3, 3] },
+    train: ["w"],
+    fn: (o, x) => o.conv2d(x.a, o.param("w", [12, 2, 3, 3]), undefined, { padding: 1, groups: 2 }),
+  },
+  {
+    name: "conv2d 3x3, weight-dominated, frozen weight",
+    float32Only: "Conv",
+    floats: { a: { shape: [1, 3, 2, 2] } },
+    params: { w: [8, 3, 3, 3] },
+    fn: (o, x) => o.conv2d(x.a, o.param("w", [8, 3, 3, 3]), undefined, { padding: 1 }),
+  },
   {
     name: "conv2d 1x1",
     float32Only: "Conv",
