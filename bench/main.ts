@@ -14,6 +14,7 @@
 import { loadavg } from "node:os";
 import { parseArgs } from "node:util";
 import { env as ortEnv } from "onnxruntime-node";
+import { relaunchWithMallocTunables } from "../cli/malloc-tunables.js";
 import { defaultIntraOpThreads } from "../diffusion/engine/execution-provider.js";
 import { benchApiServer } from "./api-server.js";
 import { BenchContext } from "./context.js";
@@ -160,4 +161,6 @@ function ortVersion(): string {
   return ortEnv.versions.node ?? "unknown";
 }
 
-process.exitCode = await main();
+// As `stepwise` runs its compute commands (cli/malloc-tunables.ts), so the in-process benchmarks
+// measure what a user's training and serving processes get.
+if (!(await relaunchWithMallocTunables())) process.exitCode = await main();

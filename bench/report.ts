@@ -95,6 +95,8 @@ export interface Machine {
   readonly node: string;
   readonly onnxruntime: string;
   readonly loadAverage: readonly number[];
+  /** glibc's tunables in this process (cli/malloc-tunables.ts), "none" when unset. */
+  readonly glibcTunables: string;
   /** The same when the run ended: how busy the machine was around the measurements. */
   readonly loadAverageAtEnd?: readonly number[];
 }
@@ -113,6 +115,7 @@ export function describeMachine(
     node: process.version,
     onnxruntime,
     loadAverage,
+    glibcTunables: process.env.GLIBC_TUNABLES ?? "none",
   };
 }
 
@@ -128,7 +131,7 @@ export function renderMarkdown(
   const out: string[] = [
     "## Stepwise benchmark",
     "",
-    `${machine.cpu}, ${machine.cores} cores, ${machine.memoryGiB} GiB; Node ${machine.node}, onnxruntime-node ${machine.onnxruntime}, CPU EP, ${machine.threads} intra-op threads; load average (1, 5, 15 min) ${loads(machine.loadAverage)} at start${machine.loadAverageAtEnd ? `, ${loads(machine.loadAverageAtEnd)} at end` : ""}.`,
+    `${machine.cpu}, ${machine.cores} cores, ${machine.memoryGiB} GiB; Node ${machine.node}, onnxruntime-node ${machine.onnxruntime}, CPU EP, ${machine.threads} intra-op threads; GLIBC_TUNABLES ${machine.glibcTunables}; load average (1, 5, 15 min) ${loads(machine.loadAverage)} at start${machine.loadAverageAtEnd ? `, ${loads(machine.loadAverageAtEnd)} at end` : ""}.`,
     "Figures are ratios measured in this run: the median of per-round ratios with its 95% confidence interval;",
     "a verdict is `unclear` when that interval straddles the target. Times are context: median (±half the",
     "interquartile range, n runs); they swing 10-20% between runs here.",

@@ -10,6 +10,7 @@ const machine = {
   node: "v20",
   onnxruntime: "1.30.0",
   loadAverage: [1, 2, 3],
+  glibcTunables: "glibc.malloc.mmap_max=0",
 };
 
 describe("bench report", () => {
@@ -53,6 +54,8 @@ describe("bench report", () => {
     expect(text).toContain("| a | x \\| y | 1.000 | <= 1.03x | met | ctx |");
     expect(text).toContain("### detail\n\n| k | v |\n| --- | --- |\n| one | 1 |");
     expect(text).toContain("### Failed\n\n- b: boom");
-    expect(text).toContain("load average (1, 5, 15 min) 1.00 2.00 3.00 at start.");
+    expect(text).toContain(
+      "GLIBC_TUNABLES glibc.malloc.mmap_max=0; load average (1, 5, 15 min) 1.00 2.00 3.00 at start.",
+    );
   });
 });
