@@ -162,5 +162,5 @@ function ortVersion(): string {
 }
 
 // As `stepwise` runs its compute commands (cli/malloc-tunables.ts), so the in-process benchmarks
-// measure what a user's training and serving processes get.
+// measure what a user's processes get; the report names the GLIBC_TUNABLES it ran with.
 if (!(await relaunchWithMallocTunables())) process.exitCode = await main();

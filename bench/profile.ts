@@ -56,8 +56,10 @@ function product(dims: readonly number[]): number {
 
 /**
  * Multiply-accumulates of one kernel from its shapes: convolutions are output elements times the
- * weight's per-output-channel size; matrix products are output elements times the shared
- * dimension (A's last, which is K in every MatMul/Gemm our graphs emit: none sets transA).
+ * weight's per-output-channel size, transposed convolutions input elements times the weight's
+ * per-input-channel size; matrix products are output elements times the shared dimension K, which
+ * is A's last-two-dims size over M (out's second-to-last), so a transposed A (Gemm transA, the
+ * weight gradients of linear layers; FusedMatMul's transA) counts right too.
  */
 export function kernelMacs(op: string, inputs: readonly number[][], outputs: readonly number[][]): number {
   const out = outputs[0];
@@ -66,9 +68,15 @@ export function kernelMacs(op: string, inputs: readonly number[][], outputs: rea
     const w = inputs[1];
     return w && w.length > 1 ? product(out) * (product(w) / w[0]) : 0;
   }
+  if (op === "ConvTranspose") {
+    const [x, w] = inputs;
+    return x && w && w.length > 1 ? product(x) * (product(w) / w[0]) : 0;
+  }
   if (MATRIX_PRODUCTS.has(op)) {
     const a = inputs[0];
-    return a && a.length > 0 ? product(out) * a[a.length - 1] : 0;
+    if (!a || a.length === 0) return 0;
+    if (a.length < 2 || out.length < 2) return product(out) * a[a.length - 1];
+    return product(out) * ((a[a.length - 1] * a[a.length - 2]) / out[out.length - 2]);
   }
   return 0;
 }

@@ -11,13 +11,16 @@
  *   checkpointing (each UNet block's activations recomputed in the backward pass,
  *   `unetBlockSegment`), and what checkpointing costs in time.
  * The step's time includes handing the gradients back to the main thread (one copy of the
- * parameters' size), as a trainer gets them.
+ * parameters' size), as a trainer gets them. Below the SD1.5 target, or with --profile, an
+ * onnxruntime profile of one SD1.5 step says which ops take the time (profile.ts).
  */
 
+import { mkdir, mkdtemp, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { unetBlockSegment } from "../diffusion/autodiff/backward.js";
 import { measureComponent, type ResolvedConfig, resolveComponent } from "../diffusion/models/components.js";
 import { readConfigFile } from "../diffusion/models/config-reader.js";
+import { MODEL_FILE, writeOnnxModel } from "../diffusion/onnx/writer.js";
 import type { ParamSource } from "../diffusion/ops/params.js";
 import { createGenerator } from "../diffusion/random/index.js";
 import { type Float32Tensor, float32, type Tensor } from "../diffusion/tensor.js";
@@ -25,10 +28,15 @@ import { denoisingLoss } from "../diffusion/training/denoising-loss.js";
 import {
   float32Inputs,
   recordTrainingGraph,
+  type TrainingGraph,
   TrainingProgram,
 } from "../diffusion/training/training-program.js";
 import { RandomParamSource } from "../diffusion/zoo/random-params.js";
 import type { BenchContext } from "./context.js";
+import { FLOPS_PER_MAC } from "./matmul.js";
+import { BENCH_DIR } from "./model-cache.js";
+import { type Feeds, ortFloat32 } from "./ort-session.js";
+import { profileModel, summarizeProfile } from "./profile.js";
 import { componentConfig, SD15_RANDOM_SEED } from "./random-graphs.js";
 import {
   type BenchResult,
@@ -55,6 +63,10 @@ const REPS = {
   sd15: { warmup: 4, rounds: 5, burst: 9 },
 };
 const MIB = 2 ** 20;
+/** Untimed steps before the profiled one: steps settle once the arena and the heap have grown. */
+const PROFILE_WARMUP = 4;
+/** Matmuls timed after the profiled run for its reference rate. */
+const PROFILE_BURST = 15;
 
 interface StepFigures {
   readonly fraction: ReturnType<typeof summarize>;
@@ -81,6 +93,59 @@ function stepFeeds(resolved: ResolvedConfig): Record<string, Float32Tensor> {
   };
 }
 
+/** The step's training graph: the denoising loss, every parameter trained. */
+function stepGraph(
+  resolved: ResolvedConfig,
+  params: ParamSource,
+  feeds: Record<string, Float32Tensor>,
+  checkpointing: boolean,
+): TrainingGraph {
+  if (resolved.kind !== "unet") throw new BenchError(`expected a UNet config, got ${resolved.kind}`);
+  const config = resolved.config;
+  return recordTrainingGraph({
+    params,
+    inputs: float32Inputs(feeds),
+    trainParams: () => true,
+    checkpoint: checkpointing ? unetBlockSegment : undefined,
+    forward: (ops, inputs) => ({
+      loss: denoisingLoss(ops, config, {
+        sample: inputs.sample,
+        timestep: inputs.timestep,
+        encoderHiddenStates: inputs.encoder_hidden_states,
+        noise: inputs.noise,
+      }),
+    }),
+  });
+}
+
+/**
+ * Where the SD1.5 step's time goes: onnxruntime's profile of one step after PROFILE_WARMUP
+ * untimed ones, the graph written to a temporary folder and run as the training worker opens it.
+ */
+async function profileStep(ctx: BenchContext, resolved: ResolvedConfig, params: ParamSource) {
+  const feeds = stepFeeds(resolved);
+  await mkdir(BENCH_DIR, { recursive: true });
+  const dir = await mkdtemp(join(BENCH_DIR, "training-step-"));
+  try {
+    await writeOnnxModel(stepGraph(resolved, params, feeds, false).ops, dir);
+    const ort: Feeds = {};
+    for (const [name, t] of Object.entries(feeds)) ort[name] = ortFloat32(t);
+    for (const name of params.names()) ort[name] = ortFloat32((await params.read(name)) as Float32Tensor);
+    ctx.log("profiling one SD1.5 training step");
+    const kernels = await profileModel(join(dir, MODEL_FILE), ort, {
+      threads: ctx.options.threads,
+      warmup: PROFILE_WARMUP,
+      workDir: BENCH_DIR,
+    });
+    // Kernel rates against a matmul burst taken right after the profiled run, at the same load.
+    const probe = await ctx.matmulProbe();
+    const gmacs = probe.gmacsAt(await probe.burst(PROFILE_BURST));
+    return summarizeProfile(kernels, { gmacs, gflops: gmacs * FLOPS_PER_MAC }, "SD1.5 UNet training step");
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
 async function trainingStep(
   ctx: BenchContext,
   resolved: ResolvedConfig,
@@ -92,21 +157,7 @@ async function trainingStep(
   const feeds = stepFeeds(resolved);
   const parameters = new Map<string, Tensor>();
   for (const name of params.names()) parameters.set(name, await params.read(name));
-  const record = () =>
-    recordTrainingGraph({
-      params,
-      inputs: float32Inputs(feeds),
-      trainParams: () => true,
-      checkpoint: checkpointing ? unetBlockSegment : undefined,
-      forward: (ops, inputs) => ({
-        loss: denoisingLoss(ops, resolved.config, {
-          sample: inputs.sample,
-          timestep: inputs.timestep,
-          encoderHiddenStates: inputs.encoder_hidden_states,
-          noise: inputs.noise,
-        }),
-      }),
-    });
+  const record = () => stepGraph(resolved, params, feeds, checkpointing);
   const program = await TrainingProgram.start(
     { provider: "cpu", intraOpThreads: ctx.options.threads },
     { label: "bench" },
@@ -213,5 +264,10 @@ export async function trainingStepBench(ctx: BenchContext): Promise<BenchResult>
   const s = await bothWays(ctx, what, sd15, sd15Params, REPS.sd15);
   out.push(...rows(what, s.plain, s.recomputed, TRAINING_TARGET_FRACTION));
   data.sd15 = s;
+  if (s.plain.fraction.median < TRAINING_TARGET_FRACTION || ctx.options.profile) {
+    const profile = await profileStep(ctx, sd15, sd15Params);
+    data.sd15Profile = { kernelMs: profile.kernelMs, byOp: profile.byOp };
+    return { name: "training-step", rows: out, details: profile.tables, data };
+  }
   return { name: "training-step", rows: out, data };
 }

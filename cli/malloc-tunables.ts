@@ -1,26 +1,31 @@
 /**
- * glibc malloc settings for Stepwise's compute commands, applied by running the command again in
- * a child process with them (glibc reads `GLIBC_TUNABLES` only when a process starts, and Node 20
+ * glibc malloc settings for Stepwise's compute commands, applied by running the command again in a
+ * child process with them (glibc reads `GLIBC_TUNABLES` only when a process starts, and Node 20
  * cannot exec in place).
  *
  * Why. Every onnxruntime run allocates its outputs anew (a training step's gradients are the size
- * of the model), and so do the JavaScript buffers they are copied into. glibc serves allocations
- * above its mmap threshold (at most 32 MB) with fresh mappings and gives freed heap back to the
- * kernel, so each run page-faults gigabytes again; where page faults are dear (virtual machines:
- * about 2.5 s per GB here) that dominates. With mmap off and trimming off, freed memory is reused
- * by the next run: the SD1.5 full-weight training step (32x32 latents, batch 2) fell from 8.5-14 s
- * to 6.1 s per step from the second step on (bench/README.md, "Training on onnxruntime").
- * The cost: a process keeps its peak heap until it exits, as onnxruntime's arena already does.
+ * of the model), and so do the JavaScript buffers they are copied into; onnxruntime-node does not
+ * write into buffers handed to it. glibc serves large allocations with fresh mappings, so each run
+ * page-faults gigabytes again, 4 KiB at a time; where page faults are dear (virtual machines: about
+ * 2.5 s per GB here) that dominates. `hugetlb=1` makes malloc ask for transparent huge pages on its
+ * mappings (madvise), so the same memory faults in 2 MiB at a time. Freed memory still goes back to
+ * the kernel. Through the training worker, the SD1.5 full-weight training step (32x32 latents,
+ * batch 2) took 5.9-9.6 s per step from the fourth on, against 9.1-15.9 s with the heap kept instead
+ * (mmap_max=0, no trimming: whose retained heap also ran a second training program out of memory),
+ * and its first step 22 s against 48-51 s. A 512 px generation neither gained nor lost (0.968x, CI
+ * 0.898-1.038, bench/README.md "Whole generations").
  *
  * Left alone: non-Linux or non-glibc hosts, a `GLIBC_TUNABLES` that already sets malloc tunables
- * (the operator's choice), and `STEPWISE_MALLOC_TUNABLES=0`.
+ * (the operator's choice), and `STEPWISE_MALLOC_TUNABLES=0`. Hosts whose transparent huge pages are
+ * off get nothing from it and lose nothing.
  */
 import { spawn } from "node:child_process";
 
-/** mmap_max=0: every allocation from the heap; trim_threshold 64 GiB: freed heap is kept. */
-export const MALLOC_TUNABLES = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736";
-/** Set to "0" to run without the tunables; set by Stepwise in the child it starts. */
+/** Transparent huge pages for malloc's mappings and heap (madvise). */
+export const MALLOC_TUNABLES = "glibc.malloc.hugetlb=1";
+/** "0" runs without the tunables; Stepwise sets it to "applied" in the child it starts. */
 export const MALLOC_TUNABLES_ENV = "STEPWISE_MALLOC_TUNABLES";
+const OPTED_OUT = "0";
 const RELAUNCHED = "applied";
 const FORWARDED_SIGNALS: readonly NodeJS.Signals[] = ["SIGINT", "SIGTERM", "SIGHUP"];
 
@@ -33,7 +38,7 @@ export function isGlibc(): boolean {
 /** The environment a relaunch would use, or undefined when this process should run as it is. */
 export function mallocTunablesEnv(env: NodeJS.ProcessEnv, glibc = isGlibc()): NodeJS.ProcessEnv | undefined {
   const setting = env[MALLOC_TUNABLES_ENV];
-  if (!glibc || setting === "0" || setting === RELAUNCHED) return undefined;
+  if (!glibc || setting === OPTED_OUT || setting === RELAUNCHED) return undefined;
   const current = env.GLIBC_TUNABLES ?? "";
   if (current.includes("glibc.malloc.")) return undefined;
   return {

@@ -40,6 +40,28 @@ describe("onnxruntime profile summary", () => {
     // A projection whose prepacked weight the profile does not list.
     expect(kernelMacs("MatMul", [[2, 256, 320]], [[2, 256, 640]])).toBe(2 * 256 * 640 * 320);
     expect(kernelMacs("Softmax", [[2, 8, 256, 256]], [[2, 8, 256, 256]])).toBe(0);
+    // A linear layer's weight gradient, Gemm transA: A [K=512, M=320] x B [512, 640].
+    expect(
+      kernelMacs(
+        "Gemm",
+        [
+          [512, 320],
+          [512, 640],
+        ],
+        [[320, 640]],
+      ),
+    ).toBe(320 * 640 * 512);
+    // A convolution's input gradient: dy [2, 640, 8, 8] through a [640, 320, 3, 3] weight.
+    expect(
+      kernelMacs(
+        "ConvTranspose",
+        [
+          [2, 640, 8, 8],
+          [640, 320, 3, 3],
+        ],
+        [[2, 320, 8, 8]],
+      ),
+    ).toBe(2 * 640 * 8 * 8 * 320 * 9);
   });
 
   it("sorts kernels into layer kinds and blocks by node name and shapes", () => {

@@ -1,6 +1,7 @@
 /**
  * cli/malloc-tunables.ts: which environment a relaunch uses, and the relaunch itself through a
- * real child process (the tunables reach the grandchild, its exit code and SIGTERM pass through).
+ * real child process (the tunables reach the grandchild, its exit code and SIGTERM pass through;
+ * opted out, the command runs in place).
  */
 import { spawn } from "node:child_process";
 import { join } from "node:path";
@@ -28,15 +29,18 @@ describe("mallocTunablesEnv", () => {
   });
 
   it("keeps other glibc tunables and appends its own", () => {
-    const env = mallocTunablesEnv({ GLIBC_TUNABLES: "glibc.pthread.rseq=0" }, true);
+    const env = mallocTunablesEnv(
+      { GLIBC_TUNABLES: "glibc.pthread.rseq=0", [MALLOC_TUNABLES_ENV]: "1" },
+      true,
+    );
     expect(env?.GLIBC_TUNABLES).toBe(`glibc.pthread.rseq=0:${MALLOC_TUNABLES}`);
   });
 
-  it("leaves the process alone: not glibc, opted out, already relaunched, malloc tunables set by the operator", () => {
-    expect(mallocTunablesEnv({}, false)).toBeUndefined();
+  it("leaves the process alone: opted out, not glibc, already relaunched, malloc tunables set by the operator", () => {
     expect(mallocTunablesEnv({ [MALLOC_TUNABLES_ENV]: "0" }, true)).toBeUndefined();
+    expect(mallocTunablesEnv({}, false)).toBeUndefined();
     expect(mallocTunablesEnv({ [MALLOC_TUNABLES_ENV]: "applied" }, true)).toBeUndefined();
-    expect(mallocTunablesEnv({ GLIBC_TUNABLES: "glibc.malloc.hugetlb=1" }, true)).toBeUndefined();
+    expect(mallocTunablesEnv({ GLIBC_TUNABLES: "glibc.malloc.mmap_max=0" }, true)).toBeUndefined();
   });
 });
 
