@@ -35,12 +35,19 @@ export function isGlibc(): boolean {
   return process.platform === "linux" && typeof report?.header?.glibcVersionRuntime === "string";
 }
 
-/** The environment a relaunch would use, or undefined when this process should run as it is. */
-export function mallocTunablesEnv(env: NodeJS.ProcessEnv, glibc = isGlibc()): NodeJS.ProcessEnv | undefined {
+/**
+ * The environment a relaunch would use, or undefined when this process should run as it is.
+ * `glibc` is asked last: Node's report that answers it takes a moment, and the relaunched child
+ * (every compute command's real process) is settled by its environment alone.
+ */
+export function mallocTunablesEnv(
+  env: NodeJS.ProcessEnv,
+  glibc: () => boolean = isGlibc,
+): NodeJS.ProcessEnv | undefined {
   const setting = env[MALLOC_TUNABLES_ENV];
-  if (!glibc || setting === OPTED_OUT || setting === RELAUNCHED) return undefined;
+  if (setting === OPTED_OUT || setting === RELAUNCHED) return undefined;
   const current = env.GLIBC_TUNABLES ?? "";
-  if (current.includes("glibc.malloc.")) return undefined;
+  if (current.includes("glibc.malloc.") || !glibc()) return undefined;
   return {
     ...env,
     GLIBC_TUNABLES: current ? `${current}:${MALLOC_TUNABLES}` : MALLOC_TUNABLES,

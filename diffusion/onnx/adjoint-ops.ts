@@ -229,20 +229,21 @@ export class OnnxAdjointOps {
       windows.length === 1
         ? windows[0]
         : this.b.node("Concat", windows, { dtype: x.dtype, shape: [c, k, rows] }, [attr.int("axis", 1)]);
-    const dyRows =
-      n === 1
-        ? this.reshapeTo(dy, [o, rows])
-        : this.reshapeTo(this.transpose(this.reshapeTo(dy, [n, o, ho * wo]), [1, 0, 2], [o, n, ho * wo]), [
-            o,
-            rows,
-          ]);
     const product = this.b.node(
       "Gemm",
-      [dyRows, this.reshapeTo(stacked, [c * k, rows])],
+      [this.filterRows(dy), this.reshapeTo(stacked, [c * k, rows])],
       { dtype: x.dtype, shape: [o, c * k] },
       [attr.int("transB", 1)],
     );
     return this.reshapeTo(product, [o, c, kh, kw]);
+  }
+
+  /** dy [N, O, Ho, Wo] as [O, N·Ho·Wo]: one row per filter (a Reshape alone at batch 1). */
+  private filterRows(dy: OnnxValue): OnnxValue {
+    const [n, o, ho, wo] = staticDims(dy);
+    if (n === 1) return this.reshapeTo(dy, [o, ho * wo]);
+    const moved = this.transpose(this.reshapeTo(dy, [n, o, ho * wo]), [1, 0, 2], [o, n, ho * wo]);
+    return this.reshapeTo(moved, [o, n * ho * wo]);
   }
 
   /** x zero-padded on its two spatial `axes` by (top, left, bottom, right). */
@@ -332,11 +333,7 @@ export class OnnxAdjointOps {
             attr.int("axis", 3),
           ]);
     const rowsOf = n * ho * wo;
-    // dy [N, g·og, Ho, Wo] -> [g·og, N, Ho·Wo] -> [g, og, N·Ho·Wo]
-    const dyRows = this.reshapeTo(
-      this.transpose(this.reshapeTo(dy, [n, o, ho * wo]), [1, 0, 2], [o, n, ho * wo]),
-      [groups, og, rowsOf],
-    );
+    const dyRows = this.reshapeTo(this.filterRows(dy), [groups, og, rowsOf]);
     let columns: OnnxValue;
     if (groups === 1) {
       columns = this.reshapeTo(stacked, [1, rowsOf, k * c]);

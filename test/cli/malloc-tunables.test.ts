@@ -22,25 +22,22 @@ const GLIBC = isGlibc();
 
 describe("mallocTunablesEnv", () => {
   it("sets the tunables and marks the child", () => {
-    const env = mallocTunablesEnv({ PATH: "/bin" }, true);
+    const env = mallocTunablesEnv({ PATH: "/bin" }, () => true);
     expect(env?.GLIBC_TUNABLES).toBe(MALLOC_TUNABLES);
     expect(env?.[MALLOC_TUNABLES_ENV]).toBe("applied");
     expect(env?.PATH).toBe("/bin");
   });
 
   it("keeps other glibc tunables and appends its own", () => {
-    const env = mallocTunablesEnv(
-      { GLIBC_TUNABLES: "glibc.pthread.rseq=0", [MALLOC_TUNABLES_ENV]: "1" },
-      true,
-    );
+    const env = mallocTunablesEnv({ GLIBC_TUNABLES: "glibc.pthread.rseq=0" }, () => true);
     expect(env?.GLIBC_TUNABLES).toBe(`glibc.pthread.rseq=0:${MALLOC_TUNABLES}`);
   });
 
   it("leaves the process alone: opted out, not glibc, already relaunched, malloc tunables set by the operator", () => {
-    expect(mallocTunablesEnv({ [MALLOC_TUNABLES_ENV]: "0" }, true)).toBeUndefined();
-    expect(mallocTunablesEnv({}, false)).toBeUndefined();
-    expect(mallocTunablesEnv({ [MALLOC_TUNABLES_ENV]: "applied" }, true)).toBeUndefined();
-    expect(mallocTunablesEnv({ GLIBC_TUNABLES: "glibc.malloc.mmap_max=0" }, true)).toBeUndefined();
+    expect(mallocTunablesEnv({ [MALLOC_TUNABLES_ENV]: "0" }, () => true)).toBeUndefined();
+    expect(mallocTunablesEnv({}, () => false)).toBeUndefined();
+    expect(mallocTunablesEnv({ [MALLOC_TUNABLES_ENV]: "applied" }, () => true)).toBeUndefined();
+    expect(mallocTunablesEnv({ GLIBC_TUNABLES: "glibc.malloc.mmap_max=0" }, () => true)).toBeUndefined();
   });
 });
 
