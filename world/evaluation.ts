@@ -13,6 +13,7 @@ import { worldCaptions } from "./dataset.js";
 import { fidelity } from "./fidelity.js";
 import type { RgbImage } from "./rgb-image.js";
 import type { Split } from "./scene-sampler.js";
+import type { Scene } from "./vocabulary.js";
 
 /** The caption streams' seed for evaluation: far from any training batch seed (recipe/batches.ts). */
 export const EVALUATION_SEED = 2 ** 39;
@@ -24,6 +25,8 @@ export type EvaluationGroup = (typeof EVALUATION_GROUPS)[number];
 
 export interface EvaluationCaption {
   readonly caption: string;
+  /** The scene the caption was made from (rendered clean for the VAE round trip). */
+  readonly scene: Scene;
   readonly group: EvaluationGroup;
   readonly split: Split;
   readonly seed: number;
@@ -42,7 +45,7 @@ export function evaluationCaptions(count: number): EvaluationCaption[] {
     if (!value) throw new Error(`the ${split} caption stream ended`);
     const single = value.scene.objects.length === 1;
     const group: EvaluationGroup = !single ? "two-object" : split === "train" ? "one-object" : "held-out";
-    out.push({ caption: value.caption, group, split, seed: EVALUATION_SAMPLE_SEED + i });
+    out.push({ caption: value.caption, scene: value.scene, group, split, seed: EVALUATION_SAMPLE_SEED + i });
   }
   return out;
 }

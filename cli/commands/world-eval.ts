@@ -2,7 +2,9 @@
  * `stepwise world eval`: how faithfully an engine (optionally with LoRAs) draws the world's
  * captions, read by the judge (world/evaluation.ts). Fixed captions and seeds, DDIM, eta 0, at the
  * asked guidance scale and at CFG 1 (cli/world-samples.ts); prints colour, shape and position accuracy per group and
- * writes a grid PNG of the guided samples (16 per row, in caption order).
+ * writes a grid PNG of the guided samples (16 per row, in caption order). Then the same tables for
+ * the captions' own scenes rendered clean and sent through the engine's VAE alone (encode, decode):
+ * what the VAE lets through is a ceiling on what the UNet can be judged to draw.
  *
  *   world eval --model ENGINE [--lora FILE[:W]]... [--count 256] [--steps 20] [--cfg 5] [--grid FILE]
  */
@@ -24,7 +26,7 @@ import type { CommandOutput } from "../command-output.js";
 import { type LoraSpec, loadLoras, parseLoraSpec } from "../lora-option.js";
 import { positiveInteger } from "../option-parsers.js";
 import { startProgressBar } from "../progress.js";
-import { sampleCaptions } from "../world-samples.js";
+import { sampleCaptions, vaeRoundTrips } from "../world-samples.js";
 
 interface EvalOptions {
   model: string;
@@ -116,6 +118,23 @@ export function worldEvalCommand(output: CommandOutput): Command {
             output.stdout.write(`wrote ${options.grid}\n`);
           }
         }
+        let vaeRoundTrip: EvaluationReport | undefined;
+        if (manifest.graphs.vae_encoder) {
+          const pixels = await vaeRoundTrips(
+            engine,
+            captions.map((c) => c.scene),
+            options.size,
+          );
+          vaeRoundTrip = scoreEvaluation(
+            captions.map((caption, i) => ({ caption, image: rgbImageFromPixels(pixels[i]) })),
+          );
+          output.stdout.write(
+            formatEvaluation(
+              vaeRoundTrip,
+              `VAE round trip (each caption's scene rendered, encoded, decoded; no UNet), ${captions.length} captions`,
+            ),
+          );
+        }
         if (options.report) {
           const body = {
             model: options.model,
@@ -123,6 +142,7 @@ export function worldEvalCommand(output: CommandOutput): Command {
             steps: options.steps,
             count: captions.length,
             reports,
+            vae_round_trip: vaeRoundTrip ?? null,
           };
           await writeFile(options.report, `${JSON.stringify(body, null, 2)}\n`);
         }

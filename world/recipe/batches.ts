@@ -9,8 +9,11 @@ import type { ClipTokenizer } from "../../diffusion/tokenizer/index.js";
 import { worldSamples } from "../dataset.js";
 import { pixelsFromRgbImage } from "../rgb-image.js";
 
-/** The recipe's stages, in training order (each depends on the ones before it). */
-export const STAGES = ["clip", "vae", "unet"] as const;
+/**
+ * The recipe's stages, in training order: the UNet needs the CLIP and VAE stages, and the decoder
+ * stage (the VAE's decoder fine-tuned alone) needs the VAE stage.
+ */
+export const STAGES = ["clip", "vae", "unet", "decoder"] as const;
 export type Stage = (typeof STAGES)[number];
 
 /** Steps per stage the seed layout leaves room for (2^20). */

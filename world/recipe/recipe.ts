@@ -6,7 +6,10 @@
  *   2. vae:  an AutoencoderKL (f = 8), reconstruction + a small KL;
  *   3. unet: an SD1.5-family UNet on epsilon with SD1.5's noise schedule, latents of the frozen
  *            VAE, states of the frozen CLIP text tower, and 10% of captions dropped (empty) so
- *            classifier-free guidance works.
+ *            classifier-free guidance works;
+ *   4. decoder: the VAE's decoder fine-tuned alone on reconstruction, its encoder frozen, so the
+ *            latent space the UNet learned stays as it is (what Stable Diffusion's ft-MSE decoder
+ *            did): the first VAE's round trip already loses small shapes (EVALUATION.md).
  * Then the diffusers pipeline folder and the CLIP folder are written (export.ts).
  */
 import { existsSync } from "node:fs";
@@ -68,14 +71,20 @@ export class RecipeError extends Error {
   }
 }
 
-/** Share of the time budget per stage when all three run: the UNet is the hard one. */
-export const STAGE_SHARE: Readonly<Record<Stage, number>> = { clip: 0.1, vae: 0.25, unet: 0.65 };
+/** Share of the time budget per stage when several run: the UNet is the hard one. */
+export const STAGE_SHARE: Readonly<Record<Stage, number>> = {
+  clip: 0.1,
+  vae: 0.2,
+  unet: 0.55,
+  decoder: 0.15,
+};
 /** Batch sizes per recipe size. */
 const BATCH: Readonly<Record<RecipeSize, Readonly<Record<Stage, number>>>> = {
-  world: { clip: 32, vae: 8, unet: 16 },
-  tiny: { clip: 8, vae: 4, unet: 4 },
+  world: { clip: 32, vae: 8, unet: 16, decoder: 8 },
+  tiny: { clip: 8, vae: 4, unet: 4, decoder: 4 },
 };
-const LEARNING_RATE: Readonly<Record<Stage, number>> = { clip: 5e-4, vae: 1e-3, unet: 1e-3 };
+/** The decoder stage starts from a trained decoder, so it takes smaller steps than the VAE's from scratch. */
+const LEARNING_RATE: Readonly<Record<Stage, number>> = { clip: 5e-4, vae: 1e-3, unet: 1e-3, decoder: 3e-4 };
 /** Captions replaced by the empty caption, so the UNet learns the unconditional prediction (CFG). */
 export const CAPTION_DROPOUT = 0.1;
 /** CLIP clamps its temperature's log (at ln 100); ln 40 keeps exp(logit - scale) above float32's range floor. */
@@ -83,9 +92,9 @@ export const MAX_LOGIT_SCALE = Math.log(40);
 /** The whole recipe's default budget: the issue's "within 60 minutes on this 2-core machine". */
 export const DEFAULT_MINUTES = 60;
 
-function adamW(stage: Stage): AdamWSettings {
+function adamW(stage: Stage, learningRate?: number): AdamWSettings {
   return {
-    learningRate: LEARNING_RATE[stage],
+    learningRate: learningRate ?? LEARNING_RATE[stage],
     beta1: 0.9,
     beta2: 0.999,
     epsilon: 1e-8,
@@ -106,6 +115,11 @@ export interface RecipeOptions {
   /** How the UNet stage draws timesteps (default uniform, SD1.5's); objectives.ts says why snr exists. */
   readonly timesteps?: TimestepSampling;
   readonly resume: boolean;
+  /**
+   * The learning rate of the stages run now, instead of each stage's own (LEARNING_RATE): a resumed
+   * stage can go on with smaller steps, to anneal what it learnt at the larger ones.
+   */
+  readonly learningRate?: number;
   readonly provider: ExecutionProviderConfig;
   /** Step limits per stage (default: unlimited, the time budget decides). */
   readonly maxSteps?: Partial<Record<Stage, number>>;
@@ -157,6 +171,11 @@ function spread(t: Tensor): number {
   return Math.sqrt(Math.max(0, s2 / d.length - m * m));
 }
 
+/** The VAE's decoder side: what the decoder stage trains (the encoder and quant_conv make the latents). */
+function isDecoderParam(name: string): boolean {
+  return name.startsWith("decoder.") || name.startsWith("post_quant_conv.");
+}
+
 /** Initial weights' generator seeds start here, far from every batch seed (batches.ts). */
 const WEIGHTS_SEED_OFFSET = 2 ** 45;
 
@@ -196,7 +215,7 @@ export async function runRecipe(options: RecipeOptions): Promise<RecipeResult> {
   const common = (stage: Stage, parameters: Map<string, Float32Tensor>) => ({
     stage,
     parameters,
-    optimizer: adamW(stage),
+    optimizer: adamW(stage, options.learningRate),
     maxSteps: options.maxSteps?.[stage] ?? Number.MAX_SAFE_INTEGER,
     seconds: budget(stage),
   });
@@ -235,44 +254,52 @@ export async function runRecipe(options: RecipeOptions): Promise<RecipeResult> {
     );
   }
 
+  /**
+   * The vae and decoder stages: reconstruction plus KL (the KL does not reach the decoder) on
+   * batches of the train split; `frozen` weights (the decoder stage's encoder) are initializers.
+   */
+  const vaeSpec = (
+    stage: "vae" | "decoder",
+    parameters: Map<string, Float32Tensor>,
+    frozen: ReadonlyMap<string, Float32Tensor> = new Map(),
+  ) => {
+    const B = batch[stage];
+    const all = union(parameters, frozen);
+    return {
+      ...common(stage, parameters),
+      feeds: async (step: number) => {
+        const s = batchSeed(seed, stage, step);
+        const { pixels } = await captionedPixels(s, B, S);
+        return { pixels, latent_noise: createGenerator("stepwise", s).randn([B, 4, latent, latent]) };
+      },
+      record: (feeds: Readonly<Record<string, Tensor>>) =>
+        recordTrainingGraph({
+          params: new MapParamSource(all),
+          inputs: inputsOf(feeds),
+          trainParams: (name) => parameters.has(name),
+          forward: (ops, x) => {
+            const terms = vaeLoss(ops, m, { pixels: x.pixels, latentNoise: x.latent_noise });
+            return {
+              loss: terms.loss,
+              outputs: { reconstruction: terms.reconstruction, kl: terms.kl, latent_mean: terms.mean },
+            };
+          },
+        }),
+      statistics: (o: Readonly<Record<string, Tensor>>) => ({
+        reconstruction: Number(o.reconstruction.data[0]),
+        kl: Number(o.kl.data[0]),
+        latent_std: spread(o.latent_mean),
+      }),
+    };
+  };
+
   if (options.stages.includes("vae")) {
     const parameters = initialWeights(vaeParams(m), weightsGenerator(seed, "vae"));
-    const B = batch.vae;
-    done(
-      await runStage(
-        {
-          ...common("vae", parameters),
-          feeds: async (step) => {
-            const s = batchSeed(seed, "vae", step);
-            const { pixels } = await captionedPixels(s, B, S);
-            return { pixels, latent_noise: createGenerator("stepwise", s).randn([B, 4, latent, latent]) };
-          },
-          record: (feeds) =>
-            recordTrainingGraph({
-              params: new MapParamSource(parameters),
-              inputs: inputsOf(feeds),
-              trainParams: () => true,
-              forward: (ops, x) => {
-                const terms = vaeLoss(ops, m, { pixels: x.pixels, latentNoise: x.latent_noise });
-                return {
-                  loss: terms.loss,
-                  outputs: { reconstruction: terms.reconstruction, kl: terms.kl, latent_mean: terms.mean },
-                };
-              },
-            }),
-          statistics: (o) => ({
-            reconstruction: Number(o.reconstruction.data[0]),
-            kl: Number(o.kl.data[0]),
-            latent_std: spread(o.latent_mean),
-          }),
-        },
-        run("vae"),
-      ),
-    );
+    done(await runStage(vaeSpec("vae", parameters), run("vae")));
   }
 
   const clipWeights = await readStageWeights(stageFolder(checkpoints, "clip"));
-  const vaeWeights = await readStageWeights(stageFolder(checkpoints, "vae"));
+  let vaeWeights = await readStageWeights(stageFolder(checkpoints, "vae"));
   const vaeState = await readStageState(stageFolder(checkpoints, "vae"));
   const latentStd = vaeState?.statistics.latent_std;
   const vaeScaling = latentStd?.length
@@ -347,6 +374,20 @@ export async function runRecipe(options: RecipeOptions): Promise<RecipeResult> {
       ),
     );
   }
+
+  if (options.stages.includes("decoder")) {
+    if (!vaeWeights || !vaeState?.done) {
+      throw new RecipeError(
+        `the decoder stage needs the vae stage's checkpoint in ${checkpoints}; run it first`,
+      );
+    }
+    // From the VAE stage's decoder on the first run; a resumed stage reads its own checkpoint.
+    const parameters = new Map([...vaeWeights].filter(([k]) => isDecoderParam(k)));
+    const encoder = new Map([...vaeWeights].filter(([k]) => !isDecoderParam(k)));
+    done(await runStage(vaeSpec("decoder", parameters, encoder), run("decoder")));
+  }
+  const decoderWeights = await readStageWeights(stageFolder(checkpoints, "decoder"));
+  if (vaeWeights && decoderWeights) vaeWeights = new Map([...vaeWeights, ...decoderWeights]);
 
   const unetWeights = await readStageWeights(stageFolder(checkpoints, "unet"));
   const unetState = await readStageState(stageFolder(checkpoints, "unet"));
