@@ -126,7 +126,7 @@ export async function readStageState(folder: string): Promise<StageState | undef
 async function writeCheckpoint<S extends string>(
   folder: string,
   state: StageState<S>,
-  spec: StageSpec<S>,
+  spec: Pick<StageSpec<S>, "parameters">,
   optimizer: AdamW,
 ) {
   await mkdir(folder, { recursive: true });
@@ -136,6 +136,42 @@ async function writeCheckpoint<S extends string>(
   await writeSafetensors(join(folder, WEIGHTS_FILE), tensors);
   // The state names the weights it goes with, so it is written second.
   await writeFile(join(folder, STATE_FILE), `${JSON.stringify(state)}\n`);
+}
+
+/**
+ * Write a finished stage's checkpoint from weights trained elsewhere (a published model), with zero
+ * optimizer moments: resumed with a larger budget it trains on from them, its batches continuing
+ * from `step` as if this run had made them.
+ */
+export async function writeFinishedStage<S extends string>(
+  folder: string,
+  stage: S,
+  weights: ReadonlyMap<string, Float32Tensor>,
+  progress: {
+    readonly step: number;
+    readonly seconds: number;
+    readonly statistics?: Record<string, number[]>;
+  },
+): Promise<void> {
+  const spec = { stage, parameters: new Map(weights) } as Pick<StageSpec<S>, "stage" | "parameters">;
+  const optimizer = new AdamW(spec.parameters, {
+    learningRate: 0,
+    beta1: 0,
+    beta2: 0,
+    epsilon: 0,
+    weightDecay: 0,
+    maxGradNorm: 0,
+  });
+  const state: StageState<S> = {
+    stage,
+    step: progress.step,
+    seconds: progress.seconds,
+    done: true,
+    losses: [],
+    statistics: progress.statistics ?? {},
+    optimizerStep: 0,
+  };
+  await writeCheckpoint(folder, state, spec, optimizer);
 }
 
 async function resume<S extends string>(

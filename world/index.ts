@@ -49,6 +49,7 @@ export {
   preferenceProbability,
 } from "./preference-labels.js";
 export { STAGES, type Stage } from "./recipe/batches.js";
+export { type InitFrom, InitFromError } from "./recipe/init-from.js";
 export {
   TIMESTEP_SAMPLINGS,
   type TimestepSampling,

@@ -4,11 +4,13 @@
  *
  *   world train [--out DIR] [--resume] [--stage clip|vae|unet|decoder|all] [--minutes M] [--seed N]
  *               [--noise gaussian|pyramid] [--timesteps uniform|snr] [--learning-rate LR]
+ *               [--init-from MODEL --init-clip CLIP]
  */
 import { Command, InvalidArgumentError, Option } from "commander";
 import type { ProviderName } from "../../diffusion/engine/execution-provider.js";
 import {
   DEFAULT_MINUTES,
+  InitFromError,
   RecipeError,
   runRecipe,
   STAGES,
@@ -30,6 +32,8 @@ interface TrainOptions {
   minutes: number;
   seed: number;
   learningRate?: number;
+  initFrom?: string;
+  initClip?: string;
   noise: TrainingNoise;
   timesteps: TimestepSampling;
   size: "world" | "tiny";
@@ -74,6 +78,14 @@ export function worldTrainCommand(output: CommandOutput): Command {
       "AdamW learning rate of the stages run now (default: clip 5e-4, vae 1e-3, unet 1e-3, decoder 3e-4); e.g. lower to anneal a resumed stage",
       learningRate,
     )
+    .option(
+      "--init-from <model>",
+      "start a new run from a model this recipe exported (a diffusers folder with provenance.json, e.g. world/model/shapes); needs --init-clip",
+    )
+    .option(
+      "--init-clip <clip>",
+      "the CLIP folder exported with --init-from's model (e.g. world/model/shapes-clip)",
+    )
     .addOption(
       new Option(
         "--noise <kind>",
@@ -101,6 +113,9 @@ export function worldTrainCommand(output: CommandOutput): Command {
     .option("--threads <n>", "intra-op threads (default: the number of cores)", positiveInteger)
     .action(async (options: TrainOptions) => {
       const bars = new Map<Stage, ProgressBar>();
+      if ((options.initFrom === undefined) !== (options.initClip === undefined)) {
+        throw new CliError("--init-from and --init-clip go together: the model folder and its CLIP folder");
+      }
       try {
         const result = await runRecipe({
           out: options.out,
@@ -109,6 +124,10 @@ export function worldTrainCommand(output: CommandOutput): Command {
           minutes: options.minutes,
           seed: options.seed,
           learningRate: options.learningRate,
+          initFrom:
+            options.initFrom && options.initClip
+              ? { model: options.initFrom, clip: options.initClip }
+              : undefined,
           noise: options.noise,
           timesteps: options.timesteps,
           resume: options.resume,
@@ -136,7 +155,7 @@ export function worldTrainCommand(output: CommandOutput): Command {
             : `stages written to ${options.out}/checkpoints; the model folders follow once the clip, vae and unet stages finished\n`,
         );
       } catch (err) {
-        if (err instanceof RecipeError) throw new CliError(err.message);
+        if (err instanceof RecipeError || err instanceof InitFromError) throw new CliError(err.message);
         throw err;
       }
     });

@@ -4,7 +4,7 @@
  * a CLIP folder in float16 that the real converter takes (its VAE the vae stage's encoder and the
  * decoder stage's decoder), and refuses to overwrite a run without --resume.
  */
-import { readFile } from "node:fs/promises";
+import { copyFile, readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { beforeAll, describe, expect, it } from "vitest";
 import { convertDiffusers } from "../../diffusion/convert/convert.js";
@@ -22,6 +22,7 @@ import {
 } from "../../diffusion/tensor.js";
 import { ClipTokenizer } from "../../diffusion/tokenizer/index.js";
 import { readSafetensors } from "../../diffusion/weights/safetensors.js";
+import { shapesModelFolder } from "../../diffusion/zoo/shapes-model.js";
 import { readStageWeights } from "../../trainer/full-weight-stage.js";
 import { worldCaptions } from "../../world/dataset.js";
 import { grammarWords } from "../../world/grammar.js";
@@ -154,6 +155,83 @@ describe("stepwise world train, tiny size", () => {
     }
     // the fine-tuning changed the decoder, not just copied it
     expect(moved).toBeGreaterThan(decoderNames.length / 2);
+  });
+
+  it("starts a new run from the exported model with --init-from, and trains on from it", async () => {
+    const again = join(await scratchDir("recipe-init-from"), "run");
+    // Published as world/model/shapes is: the pipeline folder with the run's provenance beside it.
+    await copyFile(join(out, PROVENANCE_FILE), join(out, "pipeline", PROVENANCE_FILE));
+    const from = { model: join(out, "pipeline"), clip: join(out, "clip") };
+    const continued = await runRecipe({
+      out: again,
+      size: "tiny",
+      stages: ["unet"],
+      initFrom: from,
+      minutes: 10,
+      seed: 3,
+      resume: false,
+      provider: TEST_PROVIDER,
+      maxSteps: { unet: STEPS.unet + 5 },
+    });
+    // The clip and vae stages hold the published weights exactly (float16 widened).
+    const exported = (await readSafetensors(join(from.model, "vae/diffusion_pytorch_model.safetensors")))
+      .tensors;
+    const seeded = (await readStageWeights(join(again, CHECKPOINTS_FOLDER, "vae")))!;
+    expect([...seeded.keys()].sort()).toEqual([...exported.keys()].sort());
+    for (const [name, t] of seeded)
+      expect(Array.from(t.data), name).toEqual(Array.from(toFloat32(exported.get(name)!).data));
+    // The unet stage went on from the published step count, its 5 steps well below a fresh start's loss.
+    const unet = continued.stages.find((s) => s.stage === "unet");
+    expect(unet?.steps).toBe(STEPS.unet + 5);
+    const lines = (await readFile(join(again, "metrics.jsonl"), "utf8"))
+      .trim()
+      .split("\n")
+      .map((l) => JSON.parse(l) as { stage: string; step: number; loss: number });
+    expect(lines.map((l) => `${l.stage} ${l.step}`)).toEqual(
+      [1, 2, 3, 4, 5].map((i) => `unet ${STEPS.unet + i}`),
+    );
+    const fresh = result.stages.find((s) => s.stage === "unet")!.firstLoss;
+    const mean = lines.reduce((a, l) => a + l.loss, 0) / lines.length;
+    expect(mean, `continued ${mean}, fresh start ${fresh}`).toBeLessThan(fresh * REQUIRED_RATIO.unet);
+    // Its provenance names where it started and keeps the published run's first losses.
+    const before = JSON.parse(await readFile(join(out, PROVENANCE_FILE), "utf8"));
+    const after = JSON.parse(await readFile(join(again, PROVENANCE_FILE), "utf8"));
+    expect(after.init_from).toEqual(from);
+    expect(after.stages.clip).toEqual(before.stages.clip);
+    expect(after.stages.unet.first_loss).toBe(before.stages.unet.first_loss);
+    expect(after.stages.unet.steps).toBe(STEPS.unet + 5);
+    expect(after.stages.decoder).toBeUndefined();
+    await expect(
+      runRecipe({
+        out: again,
+        size: "tiny",
+        stages: ["unet"],
+        initFrom: from,
+        minutes: 1,
+        seed: 3,
+        resume: true,
+        provider: TEST_PROVIDER,
+      }),
+    ).rejects.toThrow(/--init-from starts a new one/);
+  }, 120_000);
+
+  it("refuses --init-from a model of another size, naming the file and the tensor", async () => {
+    const committed = shapesModelFolder();
+    expect(committed).toBeDefined();
+    await expect(
+      runRecipe({
+        out: join(await scratchDir("recipe-init-size"), "run"),
+        size: "tiny",
+        stages: ["unet"],
+        initFrom: { model: committed!, clip: join(committed!, "..", "shapes-clip") },
+        minutes: 1,
+        seed: 3,
+        resume: false,
+        provider: TEST_PROVIDER,
+      }),
+    ).rejects.toThrow(
+      /--init-from: .*shapes-clip\/model\.safetensors: \S+ is \[[\d, ]+\], this recipe size's is \[/,
+    );
   });
 
   it("refuses to start over a run without resume", async () => {

@@ -1,4 +1,8 @@
-/** `stepwise world render` and `stepwise world judge`, run in-process with their output captured. */
+/**
+ * `stepwise world render` and `stepwise world judge`, run in-process with their output captured, and
+ * `stepwise world train`'s refusals of bad options.
+ */
+import { existsSync } from "node:fs";
 import { mkdtemp, readdir, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -92,5 +96,29 @@ describe("stepwise world", () => {
       /--caption: cannot read caption "a red hexagon"/,
     );
     await expect(runWorld(["judge", join(out, "captions.jsonl")])).rejects.toThrow(/not a decodable PNG/);
+    // world train: --init-from needs its CLIP folder, a model folder that holds one, and a new run
+    const run = join(dir, "run");
+    await expect(
+      runWorld(["train", "--out", run, "--init-from", dir, "--stage", "unet", "--minutes", "1"]),
+    ).rejects.toThrow(/--init-from and --init-clip go together/);
+    await expect(
+      runWorld([
+        "train",
+        "--out",
+        run,
+        "--init-from",
+        dir,
+        "--init-clip",
+        dir,
+        "--size",
+        "tiny",
+        "--minutes",
+        "1",
+      ]),
+    ).rejects.toThrow(new RegExp(`--init-from: ${join(dir, "vae", "config.json")}: missing`));
+    expect(existsSync(join(run, "checkpoints")), "a failed --init-from leaves no run behind").toBe(false);
+    await expect(runWorld(["train", "--out", run, "--learning-rate", "2", "--minutes", "1"])).rejects.toThrow(
+      /must be a number in \(0, 1\), got 2/,
+    );
   });
 });

@@ -13,7 +13,7 @@
  * Then the diffusers pipeline folder and the CLIP folder are written (export.ts).
  */
 import { existsSync } from "node:fs";
-import { mkdir, writeFile } from "node:fs/promises";
+import { mkdir, rm, writeFile } from "node:fs/promises";
 import { cpus, loadavg } from "node:os";
 import { join } from "node:path";
 import type { GradientGraphInput } from "../../diffusion/autodiff/gradient-graph.js";
@@ -44,6 +44,7 @@ import {
   vaeConfig,
 } from "./configs.js";
 import { PIPELINE_FOLDER, TOKENIZER_FOLDER, writeModelFolders, writeTokenizer } from "./export.js";
+import { type InitFrom, initStagesFrom, type PublishedStage, readInitRecord } from "./init-from.js";
 import {
   clipParams,
   initialWeights,
@@ -115,6 +116,8 @@ export interface RecipeOptions {
   /** How the UNet stage draws timesteps (default uniform, SD1.5's); objectives.ts says why snr exists. */
   readonly timesteps?: TimestepSampling;
   readonly resume: boolean;
+  /** Start the run's clip, vae and unet stages from a model the recipe exported (init-from.ts). */
+  readonly initFrom?: InitFrom;
   /**
    * The learning rate of the stages run now, instead of each stage's own (LEARNING_RATE): a resumed
    * stage can go on with smaller steps, to anneal what it learnt at the larger ones.
@@ -191,12 +194,26 @@ export async function runRecipe(options: RecipeOptions): Promise<RecipeResult> {
       `${out} already holds a run (${CHECKPOINTS_FOLDER}/); pass --resume to continue it or choose another --out`,
     );
   }
+  if (options.initFrom && existsSync(checkpoints)) {
+    throw new RecipeError(
+      `${out} already holds a run (${CHECKPOINTS_FOLDER}/); --init-from starts a new one: choose another --out`,
+    );
+  }
   await mkdir(checkpoints, { recursive: true });
   const metrics = join(out, METRICS_FILE);
   const tokenizerFolder = join(out, PIPELINE_FOLDER, TOKENIZER_FOLDER);
   await writeTokenizer(tokenizerFolder);
   const tokenizer = await ClipTokenizer.fromFolder(tokenizerFolder);
   let m: WorldModels = resolveWorldModels(size);
+  if (options.initFrom) {
+    try {
+      await initStagesFrom(out, checkpoints, options.initFrom, m);
+    } catch (err) {
+      // The checkpoints folder is new (checked above): leave no half-started run behind.
+      await rm(checkpoints, { recursive: true, force: true });
+      throw err;
+    }
+  }
   const batch = BATCH[size];
   const shares = options.stages.reduce((n, s) => n + STAGE_SHARE[s], 0);
   const budget = (stage: Stage) => (options.minutes * 60 * STAGE_SHARE[stage]) / shares;
@@ -410,29 +427,22 @@ async function writeProvenance(
   vaeScaling: number,
   clipTwinAccuracy: { readonly train: number; readonly held_out: number },
 ): Promise<void> {
-  const stages: Record<string, unknown> = {};
-  for (const stage of STAGES)
-    stages[stage] = await readStageState(stageFolder(join(out, CHECKPOINTS_FOLDER), stage));
-  const summary = Object.fromEntries(
-    Object.entries(stages).map(([k, s]) => {
-      const st = s as {
-        step: number;
-        seconds: number;
-        losses: number[];
-        statistics: Record<string, number[]>;
-      };
-      const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / Math.max(1, xs.length);
-      return [
-        k,
-        {
-          steps: st.step,
-          seconds: Math.round(st.seconds),
-          first_loss: mean(st.losses.slice(0, 20)),
-          last_loss: mean(st.losses.slice(-20)),
-        },
-      ];
-    }),
-  );
+  const init = await readInitRecord(out);
+  const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / Math.max(1, xs.length);
+  const summary: Partial<Record<Stage, PublishedStage>> = {};
+  for (const stage of STAGES) {
+    const st = await readStageState(stageFolder(join(out, CHECKPOINTS_FOLDER), stage));
+    if (!st) continue; // the decoder stage is optional
+    // A stage started from a published model (--init-from) keeps that model's first loss; its last
+    // is this run's when it trained on.
+    const before = init?.stages[stage];
+    summary[stage] = {
+      steps: st.step,
+      seconds: Math.round(st.seconds),
+      first_loss: before?.first_loss ?? mean(st.losses.slice(0, 20)),
+      last_loss: st.losses.length > 0 ? mean(st.losses.slice(-20)) : before?.last_loss,
+    };
+  }
   const provenance = {
     recipe: "stepwise world train",
     size: options.size,
@@ -445,6 +455,7 @@ async function writeProvenance(
     unet_noise: options.noise ?? "gaussian",
     unet_timesteps: options.timesteps ?? "uniform",
     vae_scaling_factor: vaeScaling,
+    ...(init ? { init_from: { model: init.model, clip: init.clip } } : {}),
     // twin-retrieval.ts: 0.5 is a CLIP that reads colours only
     clip_twin_accuracy: { pairs: TWIN_CHECK_PAIRS, ...clipTwinAccuracy },
     stages: summary,
