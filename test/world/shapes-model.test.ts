@@ -1,16 +1,17 @@
 /**
- * The committed `shapes` model (world/model/shapes, issue 13): converted by the real converter
- * and sampled through the real pipeline (20 DDIM steps, CFG 5, fixed seeds) on 16 fixed one-object
- * captions, the judge must find the asked-for colour in at least 14 images and the shape in at
- * least 12 (the issue's bar). No retraining here: the weights are the committed ones.
+ * The committed `shapes` model (world/model/shapes, issue 13): converted by the real converter, its VAE
+ * alone must keep the colour and shape of clean renders; and, sampled through the real pipeline (20 DDIM
+ * steps, CFG 5, fixed seeds) on 16 fixed one-object captions, the judge must find the asked-for colour
+ * in at least 14 images and the shape in at least 12 (the issue's bar). No retraining here: the weights are the committed ones.
  *
- * SKIPPED, not weakened: the model committed on 2026-12-07 07:15 (world/model/shapes, 111 minutes on
- * 2 cores) misses this bar: the judge finds the asked colour in 13 of these 16 images (bar 14; 85% of
- * world eval's one-object captions), and the shape in half of world eval's (50%; EVALUATION.md).
- * Remove the skip when a retrained model meets it.
+ * SKIPPED, not weakened: the model committed on 2026-12-07 19:40 (world/model/shapes, 154 minutes on
+ * 2 cores) misses this bar: the judge finds the asked colour in at least 14 of these 16 images (met) but
+ * the shape in 9 (bar 12; 68% of world eval's one-object captions; EVALUATION.md). Remove the skip when
+ * a retrained model meets it. The VAE round-trip test runs.
  */
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { vaeRoundTrips } from "../../cli/world-samples.js";
 import { convertDiffusers } from "../../diffusion/convert/convert.js";
 import { DiffusionEngine } from "../../diffusion/engine/diffusion-engine.js";
 import { generateOne } from "../../diffusion/pipelines/text-to-image.js";
@@ -23,6 +24,13 @@ import { scratchDir, TEST_PROVIDER } from "../helpers/tiny-engines.js";
 const CAPTIONS = 16;
 const REQUIRED_COLOUR = 14;
 const REQUIRED_SHAPE = 12;
+/**
+ * The VAE round trip of the one-object captions' own scenes (world eval's "VAE round trip", its
+ * one-object and held-out rows, 155 images): the VAE with the decoder stage's decoder keeps the
+ * colour of 100% and the shape of 92.9%; the VAE before that stage kept 96.1% and 81.3%, and fails.
+ */
+const ROUND_TRIP_COLOUR = 0.98;
+const ROUND_TRIP_SHAPE = 0.88;
 
 describe("the committed shapes model", () => {
   let engine: DiffusionEngine;
@@ -38,6 +46,28 @@ describe("the committed shapes model", () => {
   afterAll(async () => {
     await engine?.close();
   });
+
+  it(`lets the asked colour through its VAE in >= ${ROUND_TRIP_COLOUR * 100}% and the shape in >= ${ROUND_TRIP_SHAPE * 100}% of clean renders`, async () => {
+    const captions = evaluationCaptions(256).filter((c) => c.group !== "two-object");
+    const pixels = await vaeRoundTrips(
+      engine,
+      captions.map((c) => c.scene),
+      64,
+    );
+    let colour = 0;
+    let shape = 0;
+    for (const [i, c] of captions.entries()) {
+      const f = fidelity(c.caption, rgbImageFromPixels(pixels[i]));
+      if (f.matches.colour === 1) colour++;
+      if (f.matches.shape === 1) shape++;
+    }
+    expect(colour / captions.length, `colour kept in ${colour}/${captions.length}`).toBeGreaterThanOrEqual(
+      ROUND_TRIP_COLOUR,
+    );
+    expect(shape / captions.length, `shape kept in ${shape}/${captions.length}`).toBeGreaterThanOrEqual(
+      ROUND_TRIP_SHAPE,
+    );
+  }, 120_000);
 
   it.skip(`draws the asked colour in >= ${REQUIRED_COLOUR} and shape in >= ${REQUIRED_SHAPE} of ${CAPTIONS} captions`, async () => {
     const captions = evaluationCaptions(4 * CAPTIONS)
