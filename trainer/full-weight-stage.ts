@@ -153,15 +153,10 @@ export async function writeFinishedStage<S extends string>(
     readonly statistics?: Record<string, number[]>;
   },
 ): Promise<void> {
-  const spec = { stage, parameters: new Map(weights) } as Pick<StageSpec<S>, "stage" | "parameters">;
-  const optimizer = new AdamW(spec.parameters, {
-    learningRate: 0,
-    beta1: 0,
-    beta2: 0,
-    epsilon: 0,
-    weightDecay: 0,
-    maxGradNorm: 0,
-  });
+  const parameters = new Map(weights);
+  // Only its zero moments are written; the run that resumes the stage brings its own settings.
+  const unused = { learningRate: 0, beta1: 0, beta2: 0, epsilon: 0, weightDecay: 0, maxGradNorm: 0 };
+  const optimizer = new AdamW(parameters, unused);
   const state: StageState<S> = {
     stage,
     step: progress.step,
@@ -171,7 +166,7 @@ export async function writeFinishedStage<S extends string>(
     statistics: progress.statistics ?? {},
     optimizerStep: 0,
   };
-  await writeCheckpoint(folder, state, spec, optimizer);
+  await writeCheckpoint(folder, state, { parameters }, optimizer);
 }
 
 async function resume<S extends string>(
