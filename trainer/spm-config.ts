@@ -59,6 +59,11 @@ export interface SpmTrainConfig {
   readonly guidance_scale: number;
   /** Checkpoint every this many steps (also every minute). */
   readonly checkpoint_every: number;
+  /**
+   * Parameter-name prefixes that train (`visual_projection`, `vision_model.encoder.layers.2.`);
+   * the rest stay frozen. Absent: every parameter trains, as SPO and PickScore do.
+   */
+  readonly trainable?: readonly string[];
   readonly evaluation: SpmEvaluationConfig;
 }
 
@@ -81,6 +86,12 @@ const bucketEdges: Check = (v, key) => {
     v.every((x, i) => Number.isInteger(x) && x >= 0 && x <= 1000 && (i === 0 || x > v[i - 1]));
   if (!ok) fail(key, `must be at least two increasing integers in [0, 1000], got ${shown(v)}`);
   return v;
+};
+
+const prefixList: Check = (v, key) => {
+  if (!Array.isArray(v) || v.length === 0 || !v.every((s) => typeof s === "string" && s.length > 0))
+    fail(key, `must be a non-empty list of parameter-name prefixes, got ${shown(v)}`);
+  return [...new Set(v as string[])];
 };
 
 interface KeySpec {
@@ -112,6 +123,7 @@ const KEYS: Readonly<Record<string, KeySpec>> = {
   max_grad_norm: { check: numberIn(0, INF, true), default: 1 },
   guidance_scale: { check: numberIn(0, INF, true), default: 5 },
   checkpoint_every: { check: integerIn(1), default: 1000 },
+  trainable: { check: prefixList, optional: true },
   "evaluation.splits": { check: splitList, default: ["validation", "test"] },
   "evaluation.timestep_buckets": { check: bucketEdges, default: [0, 250, 500, 750, 1000] },
   "evaluation.baseline": { check: path, path: true, optional: true },
@@ -171,6 +183,7 @@ function resolveChecked(raw: unknown, baseDir: string): SpmTrainConfig {
     max_grad_norm: get("max_grad_norm"),
     guidance_scale: get("guidance_scale"),
     checkpoint_every: get("checkpoint_every"),
+    trainable: get("trainable"),
     evaluation: {
       splits: get("evaluation.splits"),
       timestep_buckets: get("evaluation.timestep_buckets"),

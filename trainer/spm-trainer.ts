@@ -175,6 +175,23 @@ async function writeModelFolder(
   }
 }
 
+/**
+ * The parameters that train: those under one of `trainable`'s prefixes, or all of them. A prefix
+ * that names no parameter is refused (a typo would otherwise freeze the whole model silently).
+ */
+function trainableParameters(
+  parameters: ReadonlyMap<string, Float32Tensor>,
+  trainable: readonly string[] | undefined,
+): Map<string, Float32Tensor> {
+  if (trainable === undefined) return new Map(parameters);
+  const names = [...parameters.keys()];
+  for (const prefix of trainable) {
+    if (!names.some((n) => n.startsWith(prefix)))
+      throw new TrainerUserError(`trainable: "${prefix}" is the prefix of no parameter of the model`);
+  }
+  return new Map([...parameters].filter(([name]) => trainable.some((prefix) => name.startsWith(prefix))));
+}
+
 async function splitPairs(c: SpmTrainConfig): Promise<Map<PairSplit, PreferencePair[]>> {
   const all = await readPreferencePairs(c.pairs);
   const out = new Map<PairSplit, PreferencePair[]>();
@@ -197,6 +214,8 @@ export async function trainSpm(options: SpmTrainOptions): Promise<SpmTrainResult
   }
   const train = await readPreferencePairs(c.pairs, "train");
   const start = await loadStartingPoint(c);
+  // The optimizer holds only the trained ones; the rest enter the graph as frozen initializers.
+  const trained = trainableParameters(start.parameters, c.trainable);
   const tokenizer = await ClipTokenizer.fromFolder(start.tokenizerFolder);
   const normalization = await readImageNormalization(dirname(start.configFile));
   const imageSize = start.config.vision.imageSize;
@@ -256,7 +275,7 @@ export async function trainSpm(options: SpmTrainOptions): Promise<SpmTrainResult
     const stageResult = await runStage(
       {
         stage,
-        parameters,
+        parameters: trained,
         optimizer: {
           learningRate: c.learning_rate,
           beta1: c.adam_beta1,
@@ -279,7 +298,7 @@ export async function trainSpm(options: SpmTrainOptions): Promise<SpmTrainResult
               dtype: t.dtype === "int64" ? "int64" : "float32",
               shape: t.shape,
             })),
-            trainParams: () => true,
+            trainParams: (name) => trained.has(name),
             forward: (ops, x) => {
               const terms = spmPairLoss(
                 ops,

@@ -7,8 +7,10 @@
  *   - the step-aware run writes an SPM engine whose scores are its weights' (reference backend)
  *     and depend on t, plus the per-bucket evaluation against its start;
  *   - a run stopped and resumed ends with the weights of an uninterrupted one;
+ *   - `trainable` trains only the parameters it names and leaves the rest as they were;
  *   - bad configs name the key and the file.
  */
+import { existsSync } from "node:fs";
 import { appendFile, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -198,8 +200,56 @@ describe("stepwise train-spm", () => {
     expect(worst).toBeLessThan(1e-6);
   }, 300_000);
 
+  it("trains only the parameters under `trainable`'s prefixes and keeps the rest as they were", async () => {
+    const trainable = ["visual_projection", "vision_model.encoder.layers.2."];
+    const result = await trainSpm({
+      config: spmConfig("partial", { max_steps: 2, trainable }),
+      resume: false,
+      provider: TEST_PROVIDER,
+    });
+    const before = (await readSafetensors(join(scratch, "standin", "model", "model.safetensors"))).tensors;
+    const after = (await readSafetensors(join(result.model, "model.safetensors"))).tensors;
+    // The stand-in's own weights: only those under a prefix moved.
+    const changed: string[] = [];
+    for (const [name, t] of before) {
+      const now = after.get(name)?.data as Float32Array;
+      if (t.data.some((x, i) => x !== now[i])) changed.push(name);
+    }
+    expect(changed).toContain("visual_projection.weight");
+    expect(changed.length).toBeGreaterThan(2);
+    for (const name of changed)
+      expect(
+        trainable.some((p) => name.startsWith(p)),
+        name,
+      ).toBe(true);
+    // The time conditioning the SPM adds starts at SPO's identity (adaLN zero): frozen layers keep it,
+    // the trained layer's adaLN leaves it.
+    const isZero = (name: string) => (after.get(name)?.data as Float32Array).every((x) => x === 0);
+    expect(isZero("vision_model.encoder.layers.0.adaLN_modulation.1.weight")).toBe(true);
+    expect(isZero("vision_model.encoder.layers.1.adaLN_modulation.1.weight")).toBe(true);
+    expect(isZero("vision_model.encoder.layers.2.adaLN_modulation.1.weight")).toBe(false);
+    const checkpointed = (
+      await readSafetensors(join(scratch, "partial", "checkpoints", "spm", "weights.safetensors"))
+    ).tensors;
+    expect([...checkpointed.keys()].some((n) => n.startsWith("text_model."))).toBe(false);
+  }, 300_000);
+
+  it("refuses a `trainable` prefix that names no parameter before it writes anything", async () => {
+    const out = join(scratch, "typo");
+    await expect(
+      trainSpm({
+        config: spmConfig("typo", { trainable: ["visual_projektion"] }),
+        resume: false,
+        provider: TEST_PROVIDER,
+      }),
+    ).rejects.toThrow(/trainable: "visual_projektion" is the prefix of no parameter/);
+    expect(existsSync(out)).toBe(false);
+  });
+
   it.each([
     [{ learning_rat: 1e-4 }, /learning_rat: unknown key/],
+    [{ trainable: [] }, /trainable: must be a non-empty list of parameter-name prefixes/],
+    [{ trainable: "visual_projection" }, /trainable: must be a non-empty list of parameter-name prefixes/],
     [{ learning_rate: "fast" }, /learning_rate: must be a number in \(0, 1\], got "fast"/],
     [{ init: undefined }, /init: is required/],
     [{ model: undefined }, /model: is required with time_conditioning true/],
