@@ -224,7 +224,11 @@ describe("stepwise train-spm", () => {
       ).toBe(true);
     // The time conditioning the SPM adds starts at SPO's identity (adaLN zero): frozen layers keep it,
     // the trained layer's adaLN leaves it.
-    const isZero = (name: string) => (after.get(name)?.data as Float32Array).every((x) => x === 0);
+    const isZero = (name: string) => {
+      const t = after.get(name);
+      if (!t) throw new Error(`${name} is missing from the trained model`);
+      return (t.data as Float32Array).every((x) => x === 0);
+    };
     expect(isZero("vision_model.encoder.layers.0.adaLN_modulation.1.weight")).toBe(true);
     expect(isZero("vision_model.encoder.layers.1.adaLN_modulation.1.weight")).toBe(true);
     expect(isZero("vision_model.encoder.layers.2.adaLN_modulation.1.weight")).toBe(false);
