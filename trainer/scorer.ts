@@ -22,11 +22,16 @@ export interface CandidateScorer {
 }
 
 /** latents / scaling_factor in float32, as torch's `pred_x0 / vae.config.scaling_factor`. */
-function unscaled(latents: Float32Tensor, scalingFactor: number): Float32Tensor {
+export function unscaled(latents: Float32Tensor, scalingFactor: number): Float32Tensor {
   const out = new Float32Array(latents.size);
   const s = Math.fround(scalingFactor);
   for (let i = 0; i < out.length; i++) out[i] = latents.data[i] / s;
   return new Tensor("float32", latents.shape, out);
+}
+
+/** Candidates' predicted clean latents as decoded images, [n, 3, H, W] in [-1, 1]. */
+export function decodeX0(models: PipelineModels, x0: Float32Tensor): Promise<Float32Tensor> {
+  return models.vaeDecode(unscaled(x0, models.spec.vaeScalingFactor));
 }
 
 /** The real scorer: the engine's VAE decoder, then the SPM engine (or any PreferenceModel). */
@@ -41,7 +46,7 @@ export class SpmCandidateScorer implements CandidateScorer {
     timesteps: readonly number[],
     prompts: readonly string[],
   ): Promise<Float32Array> {
-    const images = await this.models.vaeDecode(unscaled(x0, this.models.spec.vaeScalingFactor));
+    const images = await decodeX0(this.models, x0);
     return (await scoreDecodedImages(this.spm, images, timesteps, prompts)).data;
   }
 }

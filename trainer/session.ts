@@ -34,7 +34,7 @@ import { OnnxPolicy } from "./onnx-policy.js";
 import { SpoPolicy } from "./policy.js";
 import { openPolicyWeights } from "./policy-weights.js";
 import { loadPrompts } from "./prompts.js";
-import { SpmCandidateScorer } from "./scorer.js";
+import { type CandidateScorer, SpmCandidateScorer } from "./scorer.js";
 import { runSpoTraining } from "./spo-trainer.js";
 
 /** What the objective learns from. */
@@ -83,6 +83,11 @@ export interface RunControls {
   readonly onProgress?: (progress: TrainingProgress) => void;
   readonly signal?: AbortSignal;
   readonly stopAfterRounds?: number;
+  /**
+   * Judges SPO's candidates in place of the session's SPM: an experiment's other preference model
+   * (the miniature world's ground-truth taste, as an upper bound). SPO sessions only.
+   */
+  readonly scorer?: CandidateScorer;
 }
 
 function sha256(text: string): string {
@@ -192,6 +197,7 @@ export class TrainingSession {
 
   /** Train (or continue) until every epoch is done or the controls stop it. */
   run(controls: RunControls = {}): Promise<LoraRunResult> {
+    const { scorer, ...runControls } = controls;
     const common = {
       engine: this.engine,
       engineContext: this.engineContext,
@@ -201,18 +207,19 @@ export class TrainingSession {
       identity: this.identity,
       log: this.log,
       resume: this.checkpoint,
-      ...controls,
+      ...runControls,
     };
     const { config, data } = this;
     if (config.objective === "spo" && data.objective === "spo") {
       return runSpoTraining({
         ...common,
         config,
-        scorer: new SpmCandidateScorer(this.engine, data.spm),
+        scorer: scorer ?? new SpmCandidateScorer(this.engine, data.spm),
         prompts: data.prompts,
       });
     }
     if (config.objective === "diffusion-dpo" && data.objective === "diffusion-dpo") {
+      if (scorer) throw new TrainerStateError("a Diffusion-DPO session scores no candidates: drop `scorer`");
       return runDpoTraining({ ...common, config, pairs: data.pairs.pairs });
     }
     throw new TrainerStateError(

@@ -9,9 +9,12 @@
  * seeds, so every image has a twin from the base model, and the ground-truth taste scores them (the
  * curve). Evaluation time is not training time. Writes the table (markdown, with the command,
  * seeds and wall times) and the reward-against-time plot, and publishes the SPO LoRA (`shapes-spo`).
+ * With `--oracle`, a third run trains SPO with the ground-truth taste in the SPM's place
+ * (world/taste-scorer.ts): how far SPO gets with a perfect preference model in the same time.
  *
  *   world table --model ENGINE --pairs DIR --spm DIR --stand-in DIR [--minutes 20] [--segments 4]
  *               [--captions 128] [--out docs/alignment-table.md] [--work .scratch/table] [--publish URL]
+ *               [--oracle]
  */
 import { mkdir, writeFile } from "node:fs/promises";
 import { cpus } from "node:os";
@@ -39,6 +42,7 @@ import {
   summarizeMethods,
 } from "../../world/alignment.js";
 import { rgbImageFromPixels, taste } from "../../world/index.js";
+import { TasteCandidateScorer } from "../../world/taste-scorer.js";
 import type { CommandOutput } from "../command-output.js";
 import { positiveInteger } from "../option-parsers.js";
 import { type CaptionSeed, sampleCaptions } from "../world-samples.js";
@@ -50,9 +54,13 @@ const EVAL_SETTINGS = { steps: 20, guidanceScale: 5, size: 64 } as const;
 /** The name the SPO LoRA is published under, for the playground's side-by-side. */
 export const SPO_LORA_NAME = "shapes-spo";
 
-export const METHODS = ["diffusion-dpo", "spo"] as const;
+export const METHODS = ["diffusion-dpo", "spo", "spo-taste"] as const;
 export type TableMethod = (typeof METHODS)[number];
-const METHOD_LABEL: Readonly<Record<TableMethod, string>> = { "diffusion-dpo": "Diffusion-DPO", spo: "SPO" };
+const METHOD_LABEL: Readonly<Record<TableMethod, string>> = {
+  "diffusion-dpo": "Diffusion-DPO",
+  spo: "SPO",
+  "spo-taste": "SPO, taste as SPM",
+};
 
 /**
  * Training settings shared by both methods (a config of the trainer, docs in trainer/README.md),
@@ -71,15 +79,19 @@ const COMMON_CONFIG = {
   "validation.prompts": ["a red circle"],
   "validation.seeds": [0],
 };
+/** SPO's sampling and batch settings, shared by its run with the SPM and its run with the taste. */
+const SPO_CONFIG = {
+  objective: "spo",
+  "sample.num_steps": 20,
+  "sample.guidance_scale": 5,
+  "sample.sample_batch_size": 4,
+  "sample.num_sample_each_step": 4,
+  "train.train_batch_size": 4,
+};
 const METHOD_CONFIG: Readonly<Record<TableMethod, Record<string, unknown>>> = {
-  spo: {
-    objective: "spo",
-    "sample.num_steps": 20,
-    "sample.guidance_scale": 5,
-    "sample.sample_batch_size": 4,
-    "sample.num_sample_each_step": 4,
-    "train.train_batch_size": 4,
-  },
+  spo: SPO_CONFIG,
+  // The ground-truth taste judges the candidates instead of the SPM (--oracle): an upper bound.
+  "spo-taste": SPO_CONFIG,
   "diffusion-dpo": {
     objective: "diffusion-dpo",
     "train.train_batch_size": 8,
@@ -101,6 +113,7 @@ interface TableOptions {
   work: string;
   publish?: string;
   threads?: number;
+  oracle?: boolean;
 }
 
 function positiveMinutes(text: string): number {
@@ -156,6 +169,7 @@ async function trainMethod(
   trainCaptions: string,
   evaluate: Evaluator,
   output: CommandOutput,
+  engine: DiffusionEngine,
 ): Promise<MethodOutcome> {
   const folder = resolve(options.work, method);
   await mkdir(folder, { recursive: true });
@@ -165,7 +179,7 @@ async function trainMethod(
     ...METHOD_CONFIG[method],
     model: resolve(options.model),
     output_dir: join(folder, "run"),
-    ...(method === "spo"
+    ...(method !== "diffusion-dpo"
       ? { spm: resolve(options.spm), prompts: trainCaptions }
       : { "data.pairs": resolve(options.pairs) }),
   };
@@ -192,7 +206,10 @@ async function trainMethod(
     let result: Awaited<ReturnType<TrainingSession["run"]>>;
     const start = performance.now();
     try {
-      result = await session.run({ signal: AbortSignal.timeout(sliceMs) });
+      result = await session.run({
+        signal: AbortSignal.timeout(sliceMs),
+        scorer: method === "spo-taste" ? new TasteCandidateScorer(engine) : undefined,
+      });
     } finally {
       await session.close();
     }
@@ -234,6 +251,10 @@ export function worldTableCommand(output: CommandOutput): Command {
       "registry for the SPO LoRA (default: STEPWISE_REGISTRY_URL or the local registry)",
     )
     .option("--threads <n>", "intra-op threads", positiveInteger)
+    .option(
+      "--oracle",
+      "also train SPO with the ground-truth taste judging its candidates (an upper bound: what a perfect SPM would give)",
+    )
     .action(async (options: TableOptions) => {
       const started = Date.now();
       const testPairs = await readPreferencePairs(options.pairs, "test");
@@ -259,8 +280,10 @@ export function worldTableCommand(output: CommandOutput): Command {
         base = { method: "base", samples: await evaluate.evaluate("base"), wallSeconds: 0 };
         output.stderr.write(`base: ${captions.length} held-out captions evaluated\n`);
         outcomes = [];
-        for (const method of METHODS)
-          outcomes.push(await trainMethod(method, options, trainCaptions, evaluate, output));
+        for (const method of METHODS) {
+          if (method === "spo-taste" && !options.oracle) continue;
+          outcomes.push(await trainMethod(method, options, trainCaptions, evaluate, output, engine));
+        }
       } finally {
         await standIn.close();
         await engine.close();
@@ -295,12 +318,17 @@ export function worldTableCommand(output: CommandOutput): Command {
       const body = [
         "# SPO against Diffusion-DPO in the miniature world",
         "",
-        `Command: \`stepwise world table --model ${options.model} --pairs ${options.pairs} --spm ${options.spm} --stand-in ${options.standIn} --minutes ${options.minutes} --segments ${options.segments} --captions ${options.captions}\``,
+        `Command: \`stepwise world table --model ${options.model} --pairs ${options.pairs} --spm ${options.spm} --stand-in ${options.standIn} --minutes ${options.minutes} --segments ${options.segments} --captions ${options.captions}${options.oracle ? " --oracle" : ""}\``,
         `(${new Date(started).toISOString()}, ${minutesTotal} minutes in all on ${cpus().length} cores).`,
         "",
         `Each method trained a rank-${COMMON_CONFIG.lora_rank} LoRA for ${options.minutes} minutes of wall time (training only; evaluation excluded), seed ${COMMON_CONFIG.seed}.`,
         `Evaluation: ${captions.length} held-out captions (the pairs' test split), sampling seeds ${TABLE_SAMPLE_SEED} + i, ${EVAL_SETTINGS.steps} DDIM steps, CFG ${EVAL_SETTINGS.guidanceScale}; every method's image has a twin from the base model.`,
         "Reward: the world's ground-truth taste (world/taste.ts); win rate: share of twins where the method's reward is higher (ties half), 95% Wilson interval; stand-in: the PickScore stand-in's score.",
+        ...(options.oracle
+          ? [
+              "\"SPO, taste as SPM\" is SPO with the ground-truth taste (reward / tau, the raters' Bradley-Terry logit) judging its candidates' decoded x0 predictions at every step: what a perfect step-aware preference model would give, an upper bound no user has (world/taste-scorer.ts).",
+            ]
+          : []),
         "",
         formatAlignmentTable(rows),
         `Reward against training wall time: [${relative(dirname(options.out), plot)}](${relative(dirname(options.out), plot)}). SPO's LoRA is published as \`${published}\`.`,

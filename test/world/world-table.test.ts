@@ -1,7 +1,8 @@
 /**
  * `stepwise world table` on a tiny budget (issue 14's test): tiny-sd15 as the base, a tiny SPM as
  * both the SPO judge and the stand-in, a handful of pairs with world captions. The table file must
- * hold every row with its figures, the plot both curves, and the registry the published SPO LoRA.
+ * hold every row with its figures (with --oracle, SPO judged by the ground-truth taste too), the plot
+ * every curve, and the registry the published SPO LoRA.
  */
 import { existsSync } from "node:fs";
 import { mkdtemp, readFile, rm } from "node:fs/promises";
@@ -29,7 +30,7 @@ describe("stepwise world table", () => {
   });
   afterAll(async () => rm(dir, { recursive: true, force: true }));
 
-  it("trains both methods on a tiny budget and writes a table with every row", async () => {
+  it("trains every method on a tiny budget and writes a table with every row", async () => {
     const pairs = join(dir, "pairs");
     const written = await writeTinyPairs(pairs, 6);
     // World captions (the taste parses them) and a test split to hold out.
@@ -77,19 +78,23 @@ describe("stepwise world table", () => {
         registryRoot,
         "--threads",
         "1",
+        "--oracle",
       ],
       { from: "user" },
     );
     const table = await readFile(out, "utf8");
-    for (const method of ["base", "Diffusion-DPO", "SPO"]) {
+    for (const method of ["base", "Diffusion-DPO", "SPO", "SPO, taste as SPM"]) {
       expect(table).toMatch(new RegExp(`\\| ${method} \\| 3 \\| \\d\\.\\d{3} \\(`));
     }
     // Two curve points per method, each after a slice of training.
-    expect(table.match(/\| (SPO|Diffusion-DPO) \| \d+ \| -?\d\.\d{4} \(/g)).toHaveLength(4);
+    expect(table.match(/\| (SPO|Diffusion-DPO|SPO, taste as SPM) \| \d+ \| -?\d\.\d{4} \(/g)).toHaveLength(6);
     expect(stderr.join("")).toMatch(/SPO: slice 2\/2/);
+    expect(stderr.join("")).toMatch(/SPO, taste as SPM: slice 2\/2/);
+    expect(table).toContain("--oracle");
     const svg = await readFile(join(dir, "docs", "alignment-reward.svg"), "utf8");
     expect(svg).toContain(">SPO<");
     expect(svg).toContain(">Diffusion-DPO<");
+    expect(svg).toContain(">SPO, taste as SPM<");
     const registry = await Registry.open(registryRoot);
     try {
       const manifest = await registry.resolve({ name: "shapes-spo" });
