@@ -85,7 +85,7 @@ export interface RunControls {
   readonly stopAfterRounds?: number;
   /**
    * Judges SPO's candidates in place of the session's SPM: an experiment's other preference model
-   * (the miniature world's ground-truth taste, as an upper bound). SPO sessions only.
+   * (the miniature world's ground-truth taste). SPO sessions only.
    */
   readonly scorer?: CandidateScorer;
 }

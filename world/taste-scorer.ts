@@ -1,13 +1,14 @@
 /**
- * The world's ground-truth taste as SPO's candidate scorer: what a step-aware preference model
- * would score if it had learnt the raters perfectly. Each candidate's predicted clean latents are
- * decoded as the SPM would see them (trainer/scorer.ts) and judged with `taste`, whatever the
- * timestep; the score is reward / tau, the Bradley-Terry logit the pair labels were drawn with
+ * The world's ground-truth taste as SPO's candidate scorer, in the SPM's place. Each candidate's
+ * predicted clean latents are decoded as the SPM would see them (trainer/scorer.ts) and judged with
+ * `taste`, whatever the timestep; the score is reward / tau, the Bradley-Terry logit the pair labels were drawn with
  * (preference-labels.ts), so SPO's softmax threshold means what it means for a trained SPM: a pool
  * trains when its best beats its worst with probability (1 + threshold) / 2 or more.
  *
- * It is an upper bound for experiments (`stepwise world table --oracle`), not a model a user has:
- * it reads the judge, which no preference model can.
+ * It is exact on clean images, but it is not step-aware: at high t it judges a blurry prediction as
+ * if it were a finished image, which is what SPO's step-aware model is trained not to do. So it is
+ * no upper bound on SPO; it is an experiment's control (`stepwise world table --oracle`) that
+ * separates SPO's optimisation from the trained SPM's knowledge, and no user has it.
  */
 import type { PipelineModels } from "../diffusion/pipelines/pipeline-models.js";
 import { toUnitRange } from "../diffusion/pipelines/text-to-image.js";

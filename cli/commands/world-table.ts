@@ -10,11 +10,12 @@
  * curve). Evaluation time is not training time. Writes the table (markdown, with the command,
  * seeds and wall times) and the reward-against-time plot, and publishes the SPO LoRA (`shapes-spo`).
  * With `--oracle`, a third run trains SPO with the ground-truth taste in the SPM's place
- * (world/taste-scorer.ts): how far SPO gets with a perfect preference model in the same time.
+ * (world/taste-scorer.ts): exact on clean images but not step-aware, it separates what SPO's
+ * optimisation does with the ground truth from what the trained SPM knows.
  *
  *   world table --model ENGINE --pairs DIR --spm DIR --stand-in DIR [--minutes 20] [--segments 4]
  *               [--captions 128] [--out docs/alignment-table.md] [--work .scratch/table] [--publish URL]
- *               [--oracle]
+ *               [--learning-rate 1e-4] [--oracle]
  */
 import { mkdir, writeFile } from "node:fs/promises";
 import { cpus } from "node:os";
@@ -66,6 +67,9 @@ const METHOD_LABEL: Readonly<Record<TableMethod, string>> = {
  * Training settings shared by both methods (a config of the trainer, docs in trainer/README.md),
  * sized for the world's 64 px model on 2 cores: rank 4 on SPO's targets, one learning rate.
  */
+/** The LoRAs' learning rate unless --learning-rate says otherwise: one rate for every method. */
+const DEFAULT_TABLE_LEARNING_RATE = 1e-4;
+
 const COMMON_CONFIG = {
   resolution: 64,
   lora_rank: 4,
@@ -74,7 +78,6 @@ const COMMON_CONFIG = {
   num_epochs: 1000,
   checkpoint_every: 1,
   export_formats: ["diffusers"],
-  "train.learning_rate": 1e-4,
   // One validation image per checkpoint: the table, not the grid, is what this run is for.
   "validation.prompts": ["a red circle"],
   "validation.seeds": [0],
@@ -90,7 +93,7 @@ const SPO_CONFIG = {
 };
 const METHOD_CONFIG: Readonly<Record<TableMethod, Record<string, unknown>>> = {
   spo: SPO_CONFIG,
-  // The ground-truth taste judges the candidates instead of the SPM (--oracle): an upper bound.
+  // The ground-truth taste judges the candidates' x0 predictions instead of the SPM (--oracle).
   "spo-taste": SPO_CONFIG,
   "diffusion-dpo": {
     objective: "diffusion-dpo",
@@ -114,6 +117,14 @@ interface TableOptions {
   publish?: string;
   threads?: number;
   oracle?: boolean;
+  learningRate: number;
+}
+
+function learningRate(text: string): number {
+  const x = Number(text);
+  if (!Number.isFinite(x) || x <= 0 || x > 1)
+    throw new InvalidArgumentError(`must be a number in (0, 1], got ${text}`);
+  return x;
 }
 
 function positiveMinutes(text: string): number {
@@ -177,6 +188,7 @@ async function trainMethod(
   const flat = {
     ...COMMON_CONFIG,
     ...METHOD_CONFIG[method],
+    "train.learning_rate": options.learningRate,
     model: resolve(options.model),
     output_dir: join(folder, "run"),
     ...(method !== "diffusion-dpo"
@@ -241,6 +253,12 @@ export function worldTableCommand(output: CommandOutput): Command {
     .requiredOption("--spm <dir>", "SPM engine folder SPO trains with (stepwise train-spm output)")
     .requiredOption("--stand-in <dir>", "the PickScore stand-in's SPM engine folder, for its score column")
     .option("--minutes <m>", "training wall time per method", positiveMinutes, 20)
+    .option(
+      "--learning-rate <lr>",
+      "the LoRAs' learning rate, the same for every method",
+      learningRate,
+      DEFAULT_TABLE_LEARNING_RATE,
+    )
     .option("--segments <n>", "evaluations along each run (points of the curve)", positiveInteger, 4)
     .option("--captions <n>", "held-out captions evaluated", positiveInteger, 128)
     .option("--out <file>", "the table", "docs/alignment-table.md")
@@ -253,7 +271,7 @@ export function worldTableCommand(output: CommandOutput): Command {
     .option("--threads <n>", "intra-op threads", positiveInteger)
     .option(
       "--oracle",
-      "also train SPO with the ground-truth taste judging its candidates (an upper bound: what a perfect SPM would give)",
+      "also train SPO with the ground-truth taste judging its candidates' decoded x0 predictions in the SPM's place (exact on clean images, not step-aware)",
     )
     .action(async (options: TableOptions) => {
       const started = Date.now();
@@ -318,15 +336,15 @@ export function worldTableCommand(output: CommandOutput): Command {
       const body = [
         "# SPO against Diffusion-DPO in the miniature world",
         "",
-        `Command: \`stepwise world table --model ${options.model} --pairs ${options.pairs} --spm ${options.spm} --stand-in ${options.standIn} --minutes ${options.minutes} --segments ${options.segments} --captions ${options.captions}${options.oracle ? " --oracle" : ""}\``,
+        `Command: \`stepwise world table --model ${options.model} --pairs ${options.pairs} --spm ${options.spm} --stand-in ${options.standIn} --minutes ${options.minutes} --segments ${options.segments} --captions ${options.captions}${options.learningRate !== DEFAULT_TABLE_LEARNING_RATE ? ` --learning-rate ${options.learningRate}` : ""}${options.oracle ? " --oracle" : ""}\``,
         `(${new Date(started).toISOString()}, ${minutesTotal} minutes in all on ${cpus().length} cores).`,
         "",
-        `Each method trained a rank-${COMMON_CONFIG.lora_rank} LoRA for ${options.minutes} minutes of wall time (training only; evaluation excluded), seed ${COMMON_CONFIG.seed}.`,
+        `Each method trained a rank-${COMMON_CONFIG.lora_rank} LoRA at learning rate ${options.learningRate} for ${options.minutes} minutes of wall time (training only; evaluation excluded), seed ${COMMON_CONFIG.seed}.`,
         `Evaluation: ${captions.length} held-out captions (the pairs' test split), sampling seeds ${TABLE_SAMPLE_SEED} + i, ${EVAL_SETTINGS.steps} DDIM steps, CFG ${EVAL_SETTINGS.guidanceScale}; every method's image has a twin from the base model.`,
         "Reward: the world's ground-truth taste (world/taste.ts); win rate: share of twins where the method's reward is higher (ties half), 95% Wilson interval; stand-in: the PickScore stand-in's score.",
         ...(options.oracle
           ? [
-              "\"SPO, taste as SPM\" is SPO with the ground-truth taste (reward / tau, the raters' Bradley-Terry logit) judging its candidates' decoded x0 predictions at every step: what a perfect step-aware preference model would give, an upper bound no user has (world/taste-scorer.ts).",
+              "\"SPO, taste as SPM\" is SPO with the ground-truth taste (reward / tau, the raters' Bradley-Terry logit) judging its candidates' decoded x0 predictions at every step (world/taste-scorer.ts): exact on clean images, but a clean-image judge, not a step-aware one, and a model no user has.",
             ]
           : []),
         "",

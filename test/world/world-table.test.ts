@@ -79,6 +79,8 @@ describe("stepwise world table", () => {
         "--threads",
         "1",
         "--oracle",
+        "--learning-rate",
+        "0.0003",
       ],
       { from: "user" },
     );
@@ -104,6 +106,23 @@ describe("stepwise world table", () => {
       registry.close?.();
     }
     expect(stdout).toContain("wrote");
-    expect(existsSync(join(dir, "work", "spo", "config.json"))).toBe(true);
+    for (const method of ["spo", "diffusion-dpo", "spo-taste"]) {
+      const config = JSON.parse(await readFile(join(dir, "work", method, "config.json"), "utf8"));
+      expect(config["train.learning_rate"], method).toBe(3e-4);
+    }
+    expect(table).toContain("--learning-rate 0.0003 --oracle");
+    expect(table).toContain("LoRA at learning rate 0.0003");
   }, 600_000);
+
+  it.each([["0"], ["2"], ["fast"]])("refuses --learning-rate %s before it trains anything", async (lr) => {
+    const command = worldCommand({ stdout: { write: () => true }, stderr: { write: () => true } });
+    command.exitOverride();
+    for (const sub of command.commands) sub.exitOverride();
+    const work = join(dir, `bad-lr-${lr}`);
+    const args = ["table", "--model", "m", "--pairs", "p", "--spm", "s", "--stand-in", "s", "--work", work];
+    await expect(command.parseAsync([...args, "--learning-rate", lr], { from: "user" })).rejects.toThrow(
+      /--learning-rate <lr>' argument '.*' is invalid\. must be a number in \(0, 1\]/,
+    );
+    expect(existsSync(work)).toBe(false);
+  });
 });
