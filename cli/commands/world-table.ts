@@ -32,7 +32,7 @@ import { loadEngineContext } from "../../registry/import.js";
 import { Registry } from "../../registry/registry.js";
 import { registryUrlFromEnv } from "../../registry/store-url.js";
 import { publishTrainedLora } from "../../trainer/export.js";
-import { readPreferencePairs } from "../../trainer/preference-pairs.js";
+import { type PreferencePair, readPreferencePairs } from "../../trainer/preference-pairs.js";
 import { loadSessionConfig, TrainingSession } from "../../trainer/session.js";
 import {
   type AlignmentSample,
@@ -51,7 +51,7 @@ import { type CaptionSeed, sampleCaptions } from "../world-samples.js";
 /** Sampling seeds of the held-out captions: caption i is drawn with TABLE_SAMPLE_SEED + i. */
 export const TABLE_SAMPLE_SEED = 5000;
 /** The evaluation's sampler settings: world eval's (20 DDIM steps, CFG 5, 64 px). */
-const EVAL_SETTINGS = { steps: 20, guidanceScale: 5, size: 64 } as const;
+export const EVAL_SETTINGS = { steps: 20, guidanceScale: 5, size: 64 } as const;
 /** The name the SPO LoRA is published under, for the playground's side-by-side. */
 export const SPO_LORA_NAME = "shapes-spo";
 
@@ -139,6 +139,12 @@ function signedPixels(image: Float32Tensor): Float32Tensor {
   const data = new Float32Array(image.data.length);
   for (let i = 0; i < data.length; i++) data[i] = image.data[i] * 2 - 1;
   return new Tensor("float32", image.shape, data);
+}
+
+/** The evaluation's captions: the first `count` distinct test captions, caption i with seed TABLE_SAMPLE_SEED + i. */
+export function tableCaptions(testPairs: readonly PreferencePair[], count: number): CaptionSeed[] {
+  const heldOut = [...new Set(testPairs.map((p) => p.caption))].slice(0, count);
+  return heldOut.map((caption, i) => ({ caption, seed: TABLE_SAMPLE_SEED + i }));
 }
 
 interface Evaluator {
@@ -276,8 +282,7 @@ export function worldTableCommand(output: CommandOutput): Command {
     .action(async (options: TableOptions) => {
       const started = Date.now();
       const testPairs = await readPreferencePairs(options.pairs, "test");
-      const heldOut = [...new Set(testPairs.map((p) => p.caption))].slice(0, options.captions);
-      const captions = heldOut.map((caption, i) => ({ caption, seed: TABLE_SAMPLE_SEED + i }));
+      const captions = tableCaptions(testPairs, options.captions);
       const trainPairs = await readPreferencePairs(options.pairs, "train");
       const trainCaptions = join(resolve(options.work), "train-captions.txt");
       await mkdir(dirname(trainCaptions), { recursive: true });

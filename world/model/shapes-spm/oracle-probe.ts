@@ -11,6 +11,7 @@
  * (default 1000: none) all score 0, so their pools never train.
  */
 import pino from "pino";
+import { EVAL_SETTINGS, tableCaptions } from "../../../cli/commands/world-table.js";
 import { sampleCaptions } from "../../../cli/world-samples.js";
 import { engineLoraFeeds } from "../../../diffusion/lora/feeds.js";
 import type { Float32Tensor } from "../../../diffusion/tensor.js";
@@ -20,10 +21,8 @@ import { rgbImageFromPixels } from "../../rgb-image.js";
 import { taste } from "../../taste.js";
 import { TasteCandidateScorer } from "../../taste-scorer.js";
 
-/** world table's evaluation: caption i with seed 5000 + i, 20 DDIM steps, CFG 5, 64 px. */
+/** The table runs of TRAINING.md's fifth run evaluated 96 captions. */
 const EVAL_CAPTIONS = 96;
-const EVAL_SEED = 5000;
-const EVAL_SETTINGS = { steps: 20, guidanceScale: 5, size: 64 } as const;
 
 const [config, pairs, signText, secondsText, maxTText] = process.argv.slice(2);
 const sign = Number(signText);
@@ -54,10 +53,7 @@ try {
   };
   result = await session.run({ signal: AbortSignal.timeout(seconds * 1000), scorer });
   if (!result.adapter) throw new Error(`${config}: the run trained no adapter in ${seconds} s`);
-  const test = await readPreferencePairs(pairs, "test");
-  const captions = [...new Set(test.map((p) => p.caption))]
-    .slice(0, EVAL_CAPTIONS)
-    .map((caption, i) => ({ caption, seed: EVAL_SEED + i }));
+  const captions = tableCaptions(await readPreferencePairs(pairs, "test"), EVAL_CAPTIONS);
   const feeds = engineLoraFeeds(session.engine.manifest, [
     { adapter: result.adapter, weight: 1, source: "probe" },
   ]);
