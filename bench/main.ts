@@ -23,6 +23,7 @@ import { generateCliBench } from "./generate-cli.js";
 import { generationBench, sdxlVaeBench } from "./generation.js";
 import { loraSlotsBench } from "./lora-slots.js";
 import { BENCH_DIR } from "./model-cache.js";
+import { optimizerBench } from "./optimizer.js";
 import { benchRegistry } from "./registry.js";
 import { type BenchResult, describeMachine, renderMarkdown, writeJsonReport } from "./report.js";
 import { benchScoring } from "./scoring.js";
@@ -44,6 +45,7 @@ const BENCHMARKS = [
   "registry",
   "trainer",
   "training-step",
+  "optimizer",
 ] as const;
 type BenchName = (typeof BENCHMARKS)[number];
 
@@ -120,6 +122,7 @@ async function main(): Promise<number> {
     registry: () => benchRegistry({ quick: cli.quick, log }),
     trainer: benchTrainer,
     "training-step": trainingStepBench,
+    optimizer: optimizerBench,
   };
   const results: BenchResult[] = [];
   const failures: string[] = [];
