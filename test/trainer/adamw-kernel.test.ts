@@ -81,15 +81,24 @@ describe("AdamW's WebAssembly kernel", () => {
     }
     const optimizer = new AdamW(parameters, settings);
     for (let step = 1; step <= 3; step++) {
+      // Two micro-batches a step (the second step on reuses the first's accumulation buffers);
       // "untouched" gets no gradient: a zero one, as a parameter the loss does not reach.
-      const grads = new Map<string, Float32Tensor>();
-      for (const name of ["long", "short"])
-        grads.set(name, float32([shapes[name]], awkward(shapes[name], step)));
-      optimizer.accumulate(grads);
+      const sums = new Map<string, Float32Array>();
+      for (const micro of [0, 1]) {
+        const grads = new Map<string, Float32Tensor>();
+        for (const name of ["long", "short"]) {
+          const g = awkward(shapes[name], 2 * step + micro);
+          grads.set(name, float32([shapes[name]], g));
+          const sum = sums.get(name);
+          if (sum) for (let i = 0; i < g.length; i++) sum[i] = f32(sum[i] + g[i]);
+          else sums.set(name, g.slice());
+        }
+        optimizer.accumulate(grads);
+      }
       const report = optimizer.apply();
       if (maxGradNorm > 0) expect(report.clipScale).toBeLessThan(1);
       for (const [name, e] of expected) {
-        const g = grads.get(name)?.data;
+        const g = sums.get(name);
         for (let i = 0; i < e.p.length; i++) {
           [e.p[i], e.m[i], e.v[i]] = stepElement(
             e.p[i],
