@@ -4,8 +4,10 @@
  * initializers of the same graph), AdamW with clipping from optimizer.ts, a checkpoint every
  * CHECKPOINT_SECONDS (or every N steps when asked) and at the end, one metrics line per step. A
  * stage stops at its step limit or when its time budget is spent (time spent before a resume
- * counts); resumed with higher limits, a finished stage trains on. The miniature world's recipe
- * (world/recipe) and the preference-model trainer (spm-trainer.ts) both run on it.
+ * counts); resumed with higher limits, a finished stage trains on. With `emaDecay`, a moving average
+ * of the weights (weight-average.ts) is kept beside them, checkpointed with them, and is what the
+ * stage hands on (`readStageWeights`). The miniature world's recipe (world/recipe) and the
+ * preference-model trainer (spm-trainer.ts) both run on it.
  */
 import { existsSync } from "node:fs";
 import { appendFile, mkdir, readFile, rename, writeFile } from "node:fs/promises";
@@ -16,12 +18,15 @@ import { type TrainingGraph, TrainingProgram } from "../diffusion/training/train
 import { readSafetensors, writeSafetensors } from "../diffusion/weights/safetensors.js";
 import { TrainerCheckpointError } from "./errors.js";
 import { AdamW, type AdamWSettings } from "./optimizer.js";
+import { WeightAverage } from "./weight-average.js";
 
 /** How often a running stage writes its checkpoint: a killed run loses at most this much. */
 export const CHECKPOINT_SECONDS = 60;
 const STATE_FILE = "state.json";
 const WEIGHTS_FILE = "weights.safetensors";
 const OPTIMIZER_PREFIX = "optimizer.";
+/** The weight average's tensors in a checkpoint, beside the weights they average. */
+const AVERAGE_PREFIX = "ema.";
 
 export interface StageProgress<S extends string = string> {
   readonly stage: S;
@@ -49,6 +54,12 @@ export interface StageSpec<S extends string = string> {
   statistics?(outputs: Readonly<Record<string, Tensor>>): Record<string, number>;
   /** Called after every optimizer step (e.g. to clamp a parameter). */
   afterStep?(parameters: Map<string, Float32Tensor>): void;
+  /**
+   * Keep a moving average of the weights with this decay (weight-average.ts; e.g. 0.999), updated
+   * after every optimizer step: the stage's result is then the average. Absent: none. A stage
+   * resumed from a checkpoint without one starts it there.
+   */
+  readonly emaDecay?: number;
 }
 
 export interface StageRun<S extends string = string> {
@@ -83,6 +94,8 @@ interface StageState<S extends string = string> {
   /** The last LOSS_WINDOW values of each statistic. */
   readonly statistics: Record<string, number[]>;
   readonly optimizerStep: number;
+  /** The weight average's updates, when the checkpoint holds one. */
+  readonly averageUpdates?: number;
 }
 
 /** Steps averaged for the first and last loss of a stage's summary. */
@@ -107,14 +120,24 @@ export function stageFolder(checkpoints: string, stage: string): string {
   return join(checkpoints, stage);
 }
 
-/** The stage's saved weights, if a checkpoint exists (the next stages' frozen inputs). */
-export async function readStageWeights(folder: string): Promise<Map<string, Float32Tensor> | undefined> {
+/**
+ * The stage's result, if a checkpoint exists (the next stages' frozen inputs, the exported model):
+ * its weight average when it keeps one, else its weights. `raw` reads the weights in either case.
+ */
+export async function readStageWeights(
+  folder: string,
+  options: { readonly raw?: boolean } = {},
+): Promise<Map<string, Float32Tensor> | undefined> {
   const file = join(folder, WEIGHTS_FILE);
   if (!existsSync(file)) return undefined;
   const { tensors } = await readSafetensors(file);
-  const out = new Map<string, Float32Tensor>();
-  for (const [name, t] of tensors) if (!name.startsWith(OPTIMIZER_PREFIX)) out.set(name, t as Float32Tensor);
-  return out;
+  const weights = new Map<string, Float32Tensor>();
+  const average = new Map<string, Float32Tensor>();
+  for (const [name, t] of tensors) {
+    if (name.startsWith(AVERAGE_PREFIX)) average.set(name.slice(AVERAGE_PREFIX.length), t as Float32Tensor);
+    else if (!name.startsWith(OPTIMIZER_PREFIX)) weights.set(name, t as Float32Tensor);
+  }
+  return average.size > 0 && !options.raw ? average : weights;
 }
 
 export async function readStageState(folder: string): Promise<StageState | undefined> {
@@ -128,11 +151,13 @@ async function writeCheckpoint<S extends string>(
   state: StageState<S>,
   spec: Pick<StageSpec<S>, "parameters">,
   optimizer: AdamW,
+  average?: WeightAverage,
 ) {
   await mkdir(folder, { recursive: true });
   const tensors = new Map<string, Tensor>(spec.parameters);
   const optimizerState = optimizer.state();
   for (const [name, t] of optimizerState.tensors) tensors.set(`${OPTIMIZER_PREFIX}${name}`, t);
+  for (const [name, t] of average?.tensors ?? []) tensors.set(`${AVERAGE_PREFIX}${name}`, t);
   await writeSafetensors(join(folder, WEIGHTS_FILE), tensors);
   // The state names the weights it goes with, so it is written second.
   await writeFile(join(folder, STATE_FILE), `${JSON.stringify(state)}\n`);
@@ -173,15 +198,20 @@ async function resume<S extends string>(
   folder: string,
   spec: StageSpec<S>,
   optimizer: AdamW,
-): Promise<StageState<S> | undefined> {
+): Promise<{ state: StageState<S>; average: Map<string, Float32Tensor> } | undefined> {
   const state = (await readStageState(folder)) as StageState<S> | undefined;
   if (!state) return undefined;
   const file = join(folder, WEIGHTS_FILE);
   const { tensors } = await readSafetensors(file);
   const slots = new Map<string, Float32Tensor>();
+  const average = new Map<string, Float32Tensor>();
   for (const [name, t] of tensors) {
     if (name.startsWith(OPTIMIZER_PREFIX)) {
       slots.set(name.slice(OPTIMIZER_PREFIX.length), t as Float32Tensor);
+      continue;
+    }
+    if (name.startsWith(AVERAGE_PREFIX)) {
+      average.set(name.slice(AVERAGE_PREFIX.length), t as Float32Tensor);
       continue;
     }
     const p = spec.parameters.get(name);
@@ -196,7 +226,35 @@ async function resume<S extends string>(
     p.data.set(t.data as Float32Array);
   }
   optimizer.load({ step: state.optimizerStep, pendingMicroBatches: 0, tensors: slots }, file);
-  return state;
+  return { state, average };
+}
+
+/**
+ * The stage's weight average: the checkpoint's when it holds one, else a new one from the weights
+ * as they are (a stage resumed with `emaDecay` for the first time); none without `emaDecay`.
+ */
+function stageAverage<S extends string>(
+  spec: StageSpec<S>,
+  saved: { state: StageState<S>; average: Map<string, Float32Tensor> } | undefined,
+  file: string,
+): WeightAverage | undefined {
+  if (spec.emaDecay === undefined) return undefined;
+  if (!saved || saved.average.size === 0) {
+    const average = WeightAverage.start(spec.emaDecay, spec.parameters);
+    // Started where the weights are now: a resumed stage's average begins from its weights.
+    if (saved) average.update(spec.parameters);
+    return average;
+  }
+  try {
+    return WeightAverage.resume(
+      spec.emaDecay,
+      saved.average,
+      saved.state.averageUpdates ?? 0,
+      spec.parameters,
+    );
+  } catch (err) {
+    throw new TrainerCheckpointError(file, (err as Error).message);
+  }
 }
 
 /**
@@ -222,8 +280,10 @@ export async function runStage<S extends string>(
   run: StageRun<S>,
 ): Promise<StageResult<S>> {
   const optimizer = new AdamW(spec.parameters, spec.optimizer);
-  const resumed = await resume(run.folder, spec, optimizer);
+  const saved = await resume(run.folder, spec, optimizer);
+  const resumed = saved?.state;
   if (resumed) await dropMetricsAfter(run.metrics, spec.stage, resumed.step);
+  const average = stageAverage(spec, saved, join(run.folder, WEIGHTS_FILE));
   let state: StageState<S> = resumed ?? {
     stage: spec.stage,
     step: 0,
@@ -250,12 +310,20 @@ export async function runStage<S extends string>(
       optimizer.accumulate(result.gradients);
       const report = optimizer.apply();
       spec.afterStep?.(spec.parameters);
+      average?.update(spec.parameters);
       const figures = spec.statistics?.(result.outputs) ?? {};
       const statistics = { ...state.statistics };
       for (const [k, v] of Object.entries(figures))
         statistics[k] = [...(statistics[k] ?? []), v].slice(-LOSS_WINDOW);
       const losses = [...state.losses, result.loss];
-      state = { ...state, step: state.step + 1, losses, statistics, optimizerStep: optimizer.step };
+      state = {
+        ...state,
+        step: state.step + 1,
+        losses,
+        statistics,
+        optimizerStep: optimizer.step,
+        ...(average ? { averageUpdates: average.updates } : {}),
+      };
       const line = {
         stage: spec.stage,
         step: state.step,
@@ -278,12 +346,12 @@ export async function runStage<S extends string>(
       if (stepDue || (performance.now() - lastCheckpoint) / 1000 >= CHECKPOINT_SECONDS) {
         state = { ...state, seconds: elapsed() };
         started = performance.now();
-        await writeCheckpoint(run.folder, state, spec, optimizer);
+        await writeCheckpoint(run.folder, state, spec, optimizer, average);
         lastCheckpoint = performance.now();
       }
     }
     state = { ...state, seconds: elapsed(), done: true };
-    await writeCheckpoint(run.folder, state, spec, optimizer);
+    await writeCheckpoint(run.folder, state, spec, optimizer, average);
     return summary(state);
   } finally {
     await program.close();

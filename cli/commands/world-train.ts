@@ -3,7 +3,7 @@
  * progress bar per stage on a terminal and a line per finished stage.
  *
  *   world train [--out DIR] [--resume] [--stage clip|vae|unet|decoder|all] [--minutes M] [--seed N]
- *               [--noise gaussian|pyramid] [--timesteps uniform|snr] [--learning-rate LR]
+ *               [--noise gaussian|pyramid] [--timesteps uniform|snr] [--learning-rate LR] [--ema DECAY]
  *               [--init-from MODEL --init-clip CLIP]
  */
 import { Command, InvalidArgumentError, Option } from "commander";
@@ -32,6 +32,7 @@ interface TrainOptions {
   minutes: number;
   seed: number;
   learningRate?: number;
+  ema?: number;
   initFrom?: string;
   initClip?: string;
   noise: TrainingNoise;
@@ -58,6 +59,13 @@ function learningRate(text: string): number {
   return lr;
 }
 
+function emaDecay(text: string): number {
+  const d = Number(text);
+  if (!Number.isFinite(d) || d <= 0 || d >= 1)
+    throw new InvalidArgumentError(`must be a decay in (0, 1), got ${text}`);
+  return d;
+}
+
 export function worldTrainCommand(output: CommandOutput): Command {
   return new Command("train")
     .description(
@@ -77,6 +85,11 @@ export function worldTrainCommand(output: CommandOutput): Command {
       "--learning-rate <lr>",
       "AdamW learning rate of the stages run now (default: clip 5e-4, vae 1e-3, unet 1e-3, decoder 3e-4); e.g. lower to anneal a resumed stage",
       learningRate,
+    )
+    .option(
+      "--ema <decay>",
+      "keep a moving average of the weights of the stages run now (diffusers' --use_ema, e.g. 0.999): the stages hand on and export the average",
+      emaDecay,
     )
     .option(
       "--init-from <model>",
@@ -124,6 +137,7 @@ export function worldTrainCommand(output: CommandOutput): Command {
           minutes: options.minutes,
           seed: options.seed,
           learningRate: options.learningRate,
+          emaDecay: options.ema,
           initFrom:
             options.initFrom && options.initClip
               ? { model: options.initFrom, clip: options.initClip }

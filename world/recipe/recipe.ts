@@ -123,6 +123,11 @@ export interface RecipeOptions {
    * stage can go on with smaller steps, to anneal what it learnt at the larger ones.
    */
   readonly learningRate?: number;
+  /**
+   * Keep a moving average of the weights of the stages run now with this decay (diffusers'
+   * `--use_ema`; trainer/weight-average.ts): what they hand on and export is the average.
+   */
+  readonly emaDecay?: number;
   readonly provider: ExecutionProviderConfig;
   /** Step limits per stage (default: unlimited, the time budget decides). */
   readonly maxSteps?: Partial<Record<Stage, number>>;
@@ -233,6 +238,7 @@ export async function runRecipe(options: RecipeOptions): Promise<RecipeResult> {
     stage,
     parameters,
     optimizer: adamW(stage, options.learningRate),
+    emaDecay: options.emaDecay,
     maxSteps: options.maxSteps?.[stage] ?? Number.MAX_SAFE_INTEGER,
     seconds: budget(stage),
   });
@@ -450,6 +456,9 @@ async function writeProvenance(
     minutes: options.minutes,
     batch: BATCH[options.size],
     learning_rate: LEARNING_RATE,
+    // What the last command ran its stages with, where it differs from the stages' own.
+    ...(options.learningRate !== undefined ? { learning_rate_last_run: options.learningRate } : {}),
+    ...(options.emaDecay !== undefined ? { ema_decay_last_run: options.emaDecay } : {}),
     caption_dropout: CAPTION_DROPOUT,
     // The last UNet run's noise and timesteps: a run resumed with another one lists both commands beside the model.
     unet_noise: options.noise ?? "gaussian",
