@@ -119,13 +119,19 @@ export class TrainingSession {
     // Read first: a bad prompt or pair file is reported before any engine starts.
     const inputs = await readInputs(config);
     const engineContext = await loadEngineContext(config.model);
-    const engine = await DiffusionEngine.open(config.model, options.provider);
+    // The engine, the preference model and the training program take turns on the same cores, one
+    // worker each: a pool left spin-waiting after its run would slow the next (execution-provider.ts).
+    const provider: ExecutionProviderConfig = {
+      ...(options.provider ?? { provider: "cpu" }),
+      spinning: false,
+    };
+    const engine = await DiffusionEngine.open(config.model, provider);
     let data: SessionData | undefined;
     let gradients: PolicyGradients | undefined;
     try {
       if (inputs.objective === "spo") {
         const { prompts, spmFolder } = inputs;
-        data = { objective: "spo", prompts, spm: await SpmEngine.open(spmFolder, options.provider) };
+        data = { objective: "spo", prompts, spm: await SpmEngine.open(spmFolder, provider) };
       } else {
         if (!engine.manifest.graphs.vae_encoder) {
           throw new TrainerUserError(

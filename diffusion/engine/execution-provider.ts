@@ -16,6 +16,14 @@ export interface ExecutionProviderConfig {
   readonly deviceId?: number;
   /** Intra-op threads; defaults to the machine's core count. */
   readonly intraOpThreads?: number;
+  /**
+   * Whether onnxruntime's intra-op threads spin-wait for work (its default, `true`). Turn it off
+   * where several onnxruntime workers of one process take turns on few cores, as a trainer's
+   * engine, preference model and training program do: a pool still spinning after its run takes
+   * the cores from the next worker's. On 2 cores an SPO round on the tiny models ran 2.1x faster
+   * without it (bench/README.md, "Spinning"); one engine alone runs faster with it.
+   */
+  readonly spinning?: boolean;
 }
 
 /** What a session is actually created with, after `auto` has been decided. */
@@ -23,6 +31,8 @@ export interface ResolvedProvider {
   readonly provider: "cpu" | "cuda";
   readonly deviceId: number;
   readonly intraOpThreads: number;
+  /** Absent: onnxruntime's default, spinning. */
+  readonly spinning?: boolean;
   /** Why `auto` chose the CPU, when it did. */
   readonly fallbackReason?: string;
 }
@@ -52,22 +62,32 @@ export function defaultIntraOpThreads(): number {
  */
 export const CPU_MEMORY_PATTERN = false;
 
+/**
+ * onnxruntime's session config entry `session.intra_op.allow_spinning` off, as onnxruntime-node takes
+ * it: under `extra.session`, whose keys it joins to "session." (`ExecutionProviderConfig.spinning`).
+ */
+export const NO_SPINNING = { "intra_op.allow_spinning": "0" } as const;
+
 /** onnxruntime-node session options for a resolved provider. */
 export function sessionProviderOptions(p: ResolvedProvider): {
   executionProviders: Array<{ name: "cuda"; deviceId: number } | "cpu">;
   intraOpNumThreads: number;
   enableMemPattern?: boolean;
+  extra?: { session: Record<string, string> };
 } {
+  const spinning = p.spinning === false ? { extra: { session: { ...NO_SPINNING } } } : {};
   if (p.provider === "cuda") {
     return {
       executionProviders: [{ name: "cuda", deviceId: p.deviceId }],
       intraOpNumThreads: p.intraOpThreads,
+      ...spinning,
     };
   }
   return {
     executionProviders: ["cpu"],
     intraOpNumThreads: p.intraOpThreads,
     enableMemPattern: CPU_MEMORY_PATTERN,
+    ...spinning,
   };
 }
 

@@ -217,6 +217,7 @@ export class OnnxRuntimeWorker {
       provider: decided ? (this.provider as ResolvedProvider).provider : this.config.provider,
       deviceId: this.config.deviceId ?? 0,
       intraOpThreads: this.config.intraOpThreads ?? defaultIntraOpThreads(),
+      ...(this.config.spinning === false ? { spinning: false } : {}),
       graphCache: this.graphCache,
     });
     if (res.type !== "loaded") throw new InferenceError(`unexpected worker reply ${res.type}`);

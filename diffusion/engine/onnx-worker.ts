@@ -108,6 +108,7 @@ async function load(req: Extract<WorkerRequest, { type: "load" }>): Promise<Work
     provider: req.provider === "cpu" ? "cpu" : "cuda",
     deviceId: req.deviceId,
     intraOpThreads: req.intraOpThreads,
+    ...(req.spinning === false ? { spinning: false } : {}),
   };
   let provider = wanted;
   const infos: Record<string, SessionInfo> = {};

@@ -59,9 +59,15 @@ function baseOptions(
   provider: ResolvedProvider,
   options: SessionOpenOptions,
 ): ort.InferenceSession.SessionOptions {
+  const base = sessionProviderOptions(provider);
+  const session = {
+    ...base.extra?.session,
+    ...((options.extra?.extra as { session?: Record<string, string> } | undefined)?.session ?? {}),
+  };
   return {
-    ...sessionProviderOptions(provider),
+    ...base,
     ...options.extra,
+    ...(Object.keys(session).length > 0 ? { extra: { ...options.extra?.extra, session } } : {}),
     graphOptimizationLevel: GRAPH_OPTIMIZATION_LEVEL,
   };
 }

@@ -60,6 +60,8 @@ export type WorkerRequest =
       readonly provider: "cpu" | "cuda" | "auto";
       readonly deviceId: number;
       readonly intraOpThreads: number;
+      /** false: onnxruntime's threads do not spin-wait (execution-provider.ts, `spinning`). */
+      readonly spinning?: boolean;
       readonly graphCache: GraphCacheSetting;
     }
   | {

@@ -31,6 +31,11 @@ function cudaProviderInstalled(): boolean {
   );
 }
 
+/** Elements of the doubling graph's input: enough for onnxruntime to split the Add over its threads. */
+const SPLIT_ELEMENTS = 1 << 20;
+const GAPS = 10;
+const GAP_MS = 20;
+
 describe("execution providers", () => {
   let graph: string;
   beforeAll(async () => {
@@ -87,6 +92,45 @@ describe("execution providers", () => {
     expect(() => validateProviderConfig(config as ExecutionProviderConfig)).toThrow(ExecutionProviderError);
   });
 
+  /**
+   * CPU time the process spends in `gaps` idle pauses of GAP_MS after runs of a graph large enough
+   * for onnxruntime to split over its threads.
+   */
+  async function idleCpuMs(spinning: boolean | undefined): Promise<number> {
+    const runtime = await start({
+      provider: "cpu",
+      intraOpThreads: 2,
+      ...(spinning === undefined ? {} : { spinning }),
+    });
+    try {
+      const x = float32([SPLIT_ELEMENTS], new Float32Array(SPLIT_ELEMENTS).fill(0.5));
+      let ms = 0;
+      for (let i = 0; i < GAPS; i++) {
+        await runtime.run("doubling", { x });
+        const before = process.cpuUsage();
+        await new Promise((resolve) => setTimeout(resolve, GAP_MS));
+        const used = process.cpuUsage(before);
+        ms += (used.user + used.system) / 1000;
+      }
+      return ms;
+    } finally {
+      await runtime.close();
+    }
+  }
+
+  it("with spinning off, leaves no thread spin-waiting on a core between runs (onnxruntime's default does)", async () => {
+    const quiet = await idleCpuMs(false);
+    const spinning = await idleCpuMs(undefined);
+    // Measured: about 210 ms of CPU in the 200 ms of gaps with spinning (a core kept busy), 3-18 ms without.
+    expect(quiet, `CPU ms in ${GAPS * GAP_MS} ms of idle gaps, spinning off`).toBeLessThan(
+      0.4 * GAPS * GAP_MS,
+    );
+    expect(
+      spinning,
+      `CPU ms in the gaps with spinning (${spinning}) against without (${quiet})`,
+    ).toBeGreaterThan(2 * quiet);
+  });
+
   it("maps a resolved provider to onnxruntime session options", () => {
     expect(sessionProviderOptions({ provider: "cuda", deviceId: 1, intraOpThreads: 4 })).toEqual({
       executionProviders: [{ name: "cuda", deviceId: 1 }],
@@ -97,6 +141,15 @@ describe("execution providers", () => {
       intraOpNumThreads: 2,
       // The first two runs would otherwise both allocate their activations afresh (CPU_MEMORY_PATTERN).
       enableMemPattern: false,
+    });
+    expect(
+      sessionProviderOptions({ provider: "cpu", deviceId: 0, intraOpThreads: 2, spinning: false }),
+    ).toEqual({
+      executionProviders: ["cpu"],
+      intraOpNumThreads: 2,
+      enableMemPattern: false,
+      // onnxruntime-node joins the keys under `session` to its config key session.intra_op.allow_spinning.
+      extra: { session: { "intra_op.allow_spinning": "0" } },
     });
   });
 });

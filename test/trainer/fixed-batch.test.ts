@@ -109,6 +109,12 @@ describe("SPO training step on a fixed batch of pairs (tiny-sd15), ONNX and TF.j
     );
   }
 
+  it("opens the engine and the preference model with onnxruntime's spinning off: they take turns with the training program", () => {
+    expect(session.engine.provider?.spinning).toBe(false);
+    expect(session.data.objective).toBe("spo");
+    if (session.data.objective === "spo") expect(session.data.spm.provider.spinning).toBe(false);
+  });
+
   it("starts at ratio 1 (policy = reference) and a loss of ln 2 on both backends", async () => {
     expect(pairs.length).toBeGreaterThanOrEqual(2);
     await at(
