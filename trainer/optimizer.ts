@@ -172,8 +172,8 @@ export class AdamW {
   private accumulated: Map<string, Float32Tensor> | undefined;
   /**
    * The last step's accumulation buffers, which the next step's first micro-batch is copied into: a
-   * new array per step page-faults its memory in again (about 10 us per 4 KiB page on the 2-core
-   * machine, 15-20 ms a step for the world UNet's 18 MB of gradients).
+   * new array per step page-faults its memory in again (the copy of the world UNet's 18 MB of
+   * gradients took 15-23 ms a step on the 2-core machine, shared with another training run).
    */
   private spare = new Map<string, Float32Tensor>();
   private pending = 0;

@@ -13,7 +13,7 @@
 import { type Float32Tensor, float32 } from "../diffusion/tensor.js";
 import { TrainerStateError } from "./errors.js";
 
-export function validateDecay(decay: number): void {
+function validateDecay(decay: number): void {
   if (!(Number.isFinite(decay) && decay > 0 && decay < 1)) {
     throw new TrainerStateError(`the weight average's decay must be in (0, 1), got ${decay}`);
   }

@@ -60,14 +60,16 @@ function baseOptions(
   options: SessionOpenOptions,
 ): ort.InferenceSession.SessionOptions {
   const base = sessionProviderOptions(provider);
+  const caller = options.extra ?? {};
+  // onnxruntime's config entries, the provider's (spinning) and the caller's, in one `extra.session`.
   const session = {
     ...base.extra?.session,
-    ...((options.extra?.extra as { session?: Record<string, string> } | undefined)?.session ?? {}),
+    ...(caller.extra?.session as Record<string, string> | undefined),
   };
   return {
     ...base,
-    ...options.extra,
-    ...(Object.keys(session).length > 0 ? { extra: { ...options.extra?.extra, session } } : {}),
+    ...caller,
+    ...(Object.keys(session).length > 0 ? { extra: { ...caller.extra, session } } : {}),
     graphOptimizationLevel: GRAPH_OPTIMIZATION_LEVEL,
   };
 }
