@@ -3,14 +3,16 @@
  * one at a time, rendering a small batch ahead (sharp rasterises concurrently), so nothing is held
  * in bulk. The same seed and split give the same stream on every machine: scenes and captions come
  * from Stepwise generators (diffusion/random), one stream each, so a change to the captions does not
- * move the scenes. With `twins`, every scene is followed by its twin (scene-sampler.ts): the same
- * colours, other shapes, sizes and positions, for contrastive batches.
+ * move the scenes. With `twins`, every scene is followed by its twin (scene-sampler.ts), for
+ * contrastive batches: a scene twin has the same colours and other shapes, sizes and positions; a
+ * shape twin differs in one object's shape only, and its caption is the scene's, word for word, but
+ * for that shape.
  */
 import { createGenerator } from "../diffusion/random/index.js";
 import { captionScene } from "./captions.js";
 import { checkImageSize, renderScene } from "./render.js";
 import type { RgbImage } from "./rgb-image.js";
-import { type Split, sampleScene, sampleTwin } from "./scene-sampler.js";
+import { type Split, sampleScene, sampleShapeTwin, sampleTwin } from "./scene-sampler.js";
 import { DEFAULT_IMAGE_SIZE, type Scene } from "./vocabulary.js";
 
 export interface WorldSample {
@@ -31,8 +33,12 @@ export interface WorldSampleOptions {
   /** Renders in flight at once (default RENDER_BATCH). */
   readonly batch?: number;
   /** Follow every scene by its twin (odd indices), drawn from a stream of its own. */
-  readonly twins?: boolean;
+  readonly twins?: TwinKind;
 }
+
+export const TWIN_KINDS = ["scene", "shape"] as const;
+/** What a twin redraws: "scene" its objects' shapes, sizes and places; "shape" one object's shape. */
+export type TwinKind = (typeof TWIN_KINDS)[number];
 
 /** Renders in flight at once: enough to keep sharp's threads busy, small enough to stay streaming. */
 export const RENDER_BATCH = 16;
@@ -59,7 +65,7 @@ export class WorldDatasetError extends Error {
 export function* worldCaptions(options: {
   readonly seed: number;
   readonly split: Split;
-  readonly twins?: boolean;
+  readonly twins?: TwinKind;
 }): Generator<{ readonly index: number; readonly scene: Scene; readonly caption: string }> {
   if (!Number.isSafeInteger(options.seed) || options.seed < 0)
     throw new WorldDatasetError(`seed must be a non-negative integer, got ${options.seed}`);
@@ -71,10 +77,17 @@ export function* worldCaptions(options: {
   const twins = createGenerator("stepwise", BigInt(options.seed) + offsets.twins);
   for (let index = 0; ; index++) {
     const scene = sampleScene(scenes, options.split);
+    const phrasing = captions.getState();
     yield { index, scene, caption: captionScene(scene, captions) };
-    if (options.twins) {
+    if (options.twins === "scene") {
       const twin = sampleTwin(twins, scene, options.split);
       yield { index: ++index, scene: twin, caption: captionScene(twin, captions) };
+    } else if (options.twins === "shape") {
+      const twin = sampleShapeTwin(twins, scene, options.split);
+      // The scene's own paraphrase choices (a shape is one word of one list), so only the shape differs.
+      const same = createGenerator("stepwise", 0);
+      same.setState(phrasing);
+      yield { index: ++index, scene: twin, caption: captionScene(twin, same) };
     }
   }
 }

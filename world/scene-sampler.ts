@@ -101,3 +101,28 @@ export function sampleTwin(generator: RandomGenerator, scene: Scene, split: Spli
     `could not place the twin's ${scene.objects.length} objects apart after ${MAX_PLACEMENT_TRIES} tries`,
   );
 }
+
+/**
+ * A scene that differs from `scene` only in one object's shape (the object drawn at random, its new
+ * shape among the other shapes its colour takes in `split`): the hardest negative for a CLIP, which
+ * a scene twin lets off with positions and sizes. A held-out object may take any other shape, since
+ * each held-out colour has one held-out shape. Every colour takes at least four shapes in training,
+ * so a candidate always remains after the other object's pair is excluded.
+ */
+export function sampleShapeTwin(generator: RandomGenerator, scene: Scene, split: Split): Scene {
+  const slot = pick(
+    generator,
+    scene.objects.map((_, i) => i),
+  );
+  const object = scene.objects[slot];
+  const other = scene.objects[1 - slot];
+  const pool = split === "train" || !isHeldOut(object) ? TRAIN_PAIRS : ALL_PAIRS;
+  const shapes = pool
+    .filter((p) => p.colour === object.colour && p.shape !== object.shape)
+    .filter((p) => !(other && other.colour === p.colour && other.shape === p.shape))
+    .map((p) => p.shape);
+  if (shapes.length === 0)
+    throw new Error(`no other shape for the ${object.colour} ${object.shape} of a ${split} scene`);
+  const objects = scene.objects.map((o, i) => (i === slot ? { ...o, shape: pick(generator, shapes) } : o));
+  return { background: scene.background, objects };
+}

@@ -69,21 +69,21 @@ function emaDecay(text: string): number {
 export function worldTrainCommand(output: CommandOutput): Command {
   return new Command("train")
     .description(
-      "Train the world's CLIP, VAE and UNet, then fine-tune the VAE decoder (full weights, onnxruntime), and write a diffusers folder",
+      "Train the world's CLIP, VAE and UNet, then fine-tune the VAE decoder and the CLIP's vision tower (full weights, onnxruntime), and write a diffusers folder",
     )
     .option("--out <dir>", "run folder: checkpoints, metrics.jsonl, pipeline/, clip/", DEFAULT_TRAIN_OUT)
     .option("--resume", "continue the run in --out from its checkpoints", false)
     .addOption(new Option("--stage <stage>", "which stage to run").choices([...STAGES, "all"]).default("all"))
     .option(
       "--minutes <m>",
-      "time budget of the stages run, split clip 10% / vae 20% / unet 55% / decoder 15%",
+      "time budget of the stages run, in proportion clip 10 / vae 20 / unet 55 / decoder 15 / vision 10",
       minutes,
       DEFAULT_MINUTES,
     )
     .option("--seed <n>", "recipe seed (weights, batches, noise)", nonNegativeInteger, 0)
     .option(
       "--learning-rate <lr>",
-      "AdamW learning rate of the stages run now (default: clip 5e-4, vae 1e-3, unet 1e-3, decoder 3e-4); e.g. lower to anneal a resumed stage",
+      "AdamW learning rate of the stages run now (default: clip 5e-4, vae 1e-3, unet 1e-3, decoder 3e-4, vision 2e-4); e.g. lower to anneal a resumed stage",
       learningRate,
     )
     .option(

@@ -116,7 +116,7 @@ describe("world dataset", () => {
 
   it("follows every scene by its twin: the same colours, shapes and places redrawn, in the same split", () => {
     for (const split of ["train", "held-out"] as const) {
-      const items = take(worldCaptions({ seed: 6, split, twins: true }), 2000);
+      const items = take(worldCaptions({ seed: 6, split, twins: "scene" }), 2000);
       expect(items.map((item) => item.index)).toEqual(items.map((_, i) => i));
       // the scenes at even indices are the plain stream's: twins come from a stream of their own
       const plain = take(worldCaptions({ seed: 6, split }), 1000).map((item) => item.scene);
@@ -139,6 +139,39 @@ describe("world dataset", () => {
       expect(moved / 1000).toBeGreaterThan(0.7);
       if (split === "train") expect(reshaped / 1000).toBeGreaterThan(0.65);
     }
+  });
+
+  it("follows every scene by its shape twin: one object's shape redrawn, the caption otherwise word for word", () => {
+    for (const split of ["train", "held-out"] as const) {
+      const items = take(worldCaptions({ seed: 6, split, twins: "shape" }), 2000);
+      const plain = take(worldCaptions({ seed: 6, split }), 1000).map((item) => item.scene);
+      expect(items.filter((_, i) => i % 2 === 0).map((item) => item.scene)).toEqual(plain);
+      for (let i = 0; i < items.length; i += 2) {
+        const [scene, twin] = [items[i], items[i + 1]];
+        expect(twin.scene.background).toBe(scene.scene.background);
+        const changed = twin.scene.objects.flatMap((o, k) =>
+          o.shape === scene.scene.objects[k].shape ? [] : [k],
+        );
+        expect(changed).toHaveLength(1);
+        const [k] = changed;
+        // everything but the shape is the scene's, down to the jitter
+        expect({ ...twin.scene.objects[k], shape: "" }).toEqual({ ...scene.scene.objects[k], shape: "" });
+        const [a, b] = twin.scene.objects;
+        if (b) expect(a.colour === b.colour && a.shape === b.shape).toBe(false);
+        if (split === "train") expect(twin.scene.objects.some(isHeldOut)).toBe(false);
+        const from = scene.scene.objects[k].shape;
+        const to = twin.scene.objects[k].shape;
+        // the caption names each object's shape once, so swapping the one word gives the twin's
+        const words = scene.caption.split(" ");
+        const at = words.map((w, j) => (w.replace(",", "") === from ? j : -1)).filter((j) => j >= 0);
+        const expected = at.map((j) => words.map((w, n) => (n === j ? w.replace(from, to) : w)).join(" "));
+        expect(expected, `${scene.caption} / ${twin.caption}`).toContain(twin.caption);
+      }
+    }
+    // deterministic
+    expect(take(worldCaptions({ seed: 6, split: "train", twins: "shape" }), 50)).toEqual(
+      take(worldCaptions({ seed: 6, split: "train", twins: "shape" }), 50),
+    );
   });
 
   it("splits draw different streams from the same seed", async () => {

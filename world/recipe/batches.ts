@@ -6,19 +6,20 @@
 
 import { type Float32Tensor, float32, int64, type Tensor } from "../../diffusion/tensor.js";
 import type { ClipTokenizer } from "../../diffusion/tokenizer/index.js";
-import { worldSamples } from "../dataset.js";
+import { type TwinKind, worldSamples } from "../dataset.js";
 import { pixelsFromRgbImage } from "../rgb-image.js";
 
 /**
- * The recipe's stages, in training order: the UNet needs the CLIP and VAE stages, and the decoder
- * stage (the VAE's decoder fine-tuned alone) needs the VAE stage.
+ * The recipe's stages, in training order: the UNet needs the CLIP and VAE stages, the decoder
+ * stage (the VAE's decoder fine-tuned alone) needs the VAE stage, and the vision stage (the CLIP's
+ * vision tower fine-tuned alone, its text tower frozen) the CLIP stage.
  */
-export const STAGES = ["clip", "vae", "unet", "decoder"] as const;
+export const STAGES = ["clip", "vae", "unet", "decoder", "vision"] as const;
 export type Stage = (typeof STAGES)[number];
 
 /** Steps per stage the seed layout leaves room for (2^20). */
 export const MAX_STAGE_STEPS = 1 << 20;
-/** Recipe seeds below this keep every batch seed under the dataset's 2^40 stream spacing. */
+/** Recipe seeds below this keep every batch seed (5 stages' slots) under the dataset's 2^40 stream spacing. */
 export const MAX_RECIPE_SEED = 1 << 17;
 
 export class RecipeSeedError extends Error {
@@ -28,10 +29,19 @@ export class RecipeSeedError extends Error {
   }
 }
 
+/**
+ * A (recipe seed, stage) slot, distinct for every pair. Recipe seed 0's first four stages keep their
+ * slots as stages are appended; other seeds' slots moved when the vision stage was added (a run of
+ * such a seed from before it resumes on other batches).
+ */
+export function stageSlot(seed: number, stage: Stage): number {
+  if (!Number.isInteger(seed) || seed < 0 || seed >= MAX_RECIPE_SEED) throw new RecipeSeedError(seed);
+  return seed * STAGES.length + STAGES.indexOf(stage);
+}
+
 /** The dataset (and noise) seed of one batch: distinct for every recipe seed, stage and step. */
 export function batchSeed(seed: number, stage: Stage, step: number): number {
-  if (!Number.isInteger(seed) || seed < 0 || seed >= MAX_RECIPE_SEED) throw new RecipeSeedError(seed);
-  return (seed * STAGES.length + STAGES.indexOf(stage)) * MAX_STAGE_STEPS + step;
+  return stageSlot(seed, stage) * MAX_STAGE_STEPS + step;
 }
 
 export interface CaptionedPixels {
@@ -45,7 +55,7 @@ export async function captionedPixels(
   seed: number,
   count: number,
   size: number,
-  twins = false,
+  twins?: TwinKind,
 ): Promise<CaptionedPixels> {
   const plane = 3 * size * size;
   const pixels = float32([count, 3, size, size]);

@@ -119,7 +119,18 @@ export async function initStagesFrom(
       params: unetParams(m),
     },
   ];
-  for (const { stage, file, params } of stages) {
+  // A model whose CLIP had a vision stage: its vision tower and projections are that stage's weights.
+  const withVision = progress.vision
+    ? [
+        ...stages,
+        {
+          stage: "vision" as const,
+          file: join(from.clip, "model.safetensors"),
+          params: clipParams(m).filter((p) => !p.name.startsWith("text_model.")),
+        },
+      ]
+    : stages;
+  for (const { stage, file, params } of withVision) {
     const weights = await weightsOf(file, params);
     const p = progress[stage];
     await writeFinishedStage(stageFolder(checkpoints, stage), stage, weights, {

@@ -9,14 +9,19 @@
  *            classifier-free guidance works;
  *   4. decoder: the VAE's decoder fine-tuned alone on reconstruction, its encoder frozen, so the
  *            latent space the UNet learned stays as it is (what Stable Diffusion's ft-MSE decoder
- *            did): the first VAE's round trip already loses small shapes (EVALUATION.md).
+ *            did): the first VAE's round trip already loses small shapes (EVALUATION.md);
+ *   5. vision: the CLIP's vision tower and both projections fine-tuned alone, contrastive on scenes
+ *            beside their shape twins (one object's shape redrawn, the caption otherwise the same),
+ *            the text tower frozen, so the pipeline's text encoder, and the UNet trained on its
+ *            states, stay as they are: the clip stage's CLIP reads places far better than shapes,
+ *            and it is the PickScore stand-in's starting point (issue 14).
  * Then the diffusers pipeline folder and the CLIP folder are written (export.ts).
  */
 import { existsSync } from "node:fs";
-import { mkdir, rm, writeFile } from "node:fs/promises";
+import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
 import { cpus, loadavg } from "node:os";
 import { join } from "node:path";
-import type { GradientGraphInput } from "../../diffusion/autodiff/gradient-graph.js";
+import type { ForwardFn, GradientGraphInput } from "../../diffusion/autodiff/gradient-graph.js";
 import type { ExecutionProviderConfig } from "../../diffusion/engine/execution-provider.js";
 import { MapParamSource } from "../../diffusion/ops/params.js";
 import { createGenerator } from "../../diffusion/random/index.js";
@@ -34,7 +39,8 @@ import {
   stageFolder,
 } from "../../trainer/full-weight-stage.js";
 import type { AdamWSettings } from "../../trainer/optimizer.js";
-import { batchSeed, captionedPixels, inputIds, STAGES, type Stage } from "./batches.js";
+import type { TwinKind } from "../dataset.js";
+import { batchSeed, captionedPixels, inputIds, STAGES, type Stage, stageSlot } from "./batches.js";
 import {
   clipConfig,
   type RecipeSize,
@@ -78,14 +84,21 @@ export const STAGE_SHARE: Readonly<Record<Stage, number>> = {
   vae: 0.2,
   unet: 0.55,
   decoder: 0.15,
+  vision: 0.1,
 };
 /** Batch sizes per recipe size. */
 const BATCH: Readonly<Record<RecipeSize, Readonly<Record<Stage, number>>>> = {
-  world: { clip: 32, vae: 8, unet: 16, decoder: 8 },
-  tiny: { clip: 8, vae: 4, unet: 4, decoder: 4 },
+  world: { clip: 32, vae: 8, unet: 16, decoder: 8, vision: 32 },
+  tiny: { clip: 8, vae: 4, unet: 4, decoder: 4, vision: 8 },
 };
-/** The decoder stage starts from a trained decoder, so it takes smaller steps than the VAE's from scratch. */
-const LEARNING_RATE: Readonly<Record<Stage, number>> = { clip: 5e-4, vae: 1e-3, unet: 1e-3, decoder: 3e-4 };
+/** The decoder and vision stages start from trained weights, so they take smaller steps than from scratch. */
+const LEARNING_RATE: Readonly<Record<Stage, number>> = {
+  clip: 5e-4,
+  vae: 1e-3,
+  unet: 1e-3,
+  decoder: 3e-4,
+  vision: 2e-4,
+};
 /** Captions replaced by the empty caption, so the UNet learns the unconditional prediction (CFG). */
 export const CAPTION_DROPOUT = 0.1;
 /** CLIP clamps its temperature's log (at ln 100); ln 40 keeps exp(logit - scale) above float32's range floor. */
@@ -155,6 +168,21 @@ function inputsOf(feeds: Readonly<Record<string, Tensor>>): GradientGraphInput[]
   }));
 }
 
+/** A stage's graph recorder: `all` weights feed the forward pass, `trained` of them get gradients. */
+function partialGraph(
+  all: ReadonlyMap<string, Float32Tensor>,
+  trained: ReadonlyMap<string, Float32Tensor>,
+  forward: ForwardFn,
+) {
+  return (feeds: Readonly<Record<string, Tensor>>) =>
+    recordTrainingGraph({
+      params: new MapParamSource(all),
+      inputs: inputsOf(feeds),
+      trainParams: (name) => trained.has(name),
+      forward,
+    });
+}
+
 function union(...maps: ReadonlyMap<string, Float32Tensor>[]): Map<string, Float32Tensor> {
   const out = new Map<string, Float32Tensor>();
   for (const m of maps) {
@@ -179,6 +207,11 @@ function spread(t: Tensor): number {
   return Math.sqrt(Math.max(0, s2 / d.length - m * m));
 }
 
+/** The CLIP's text tower: the pipeline's text encoder, frozen after the clip stage. */
+function isTextTowerParam(name: string): boolean {
+  return name.startsWith("text_model.");
+}
+
 /** The VAE's decoder side: what the decoder stage trains (the encoder and quant_conv make the latents). */
 function isDecoderParam(name: string): boolean {
   return name.startsWith("decoder.") || name.startsWith("post_quant_conv.");
@@ -188,7 +221,7 @@ function isDecoderParam(name: string): boolean {
 const WEIGHTS_SEED_OFFSET = 2 ** 45;
 
 function weightsGenerator(seed: number, stage: Stage) {
-  return createGenerator("stepwise", WEIGHTS_SEED_OFFSET + seed * STAGES.length + STAGES.indexOf(stage));
+  return createGenerator("stepwise", WEIGHTS_SEED_OFFSET + stageSlot(seed, stage));
 }
 
 export async function runRecipe(options: RecipeOptions): Promise<RecipeResult> {
@@ -245,36 +278,39 @@ export async function runRecipe(options: RecipeOptions): Promise<RecipeResult> {
   const S = m.imageSize;
   const latent = S / 8;
 
+  /**
+   * The clip and vision stages: contrastive on scenes beside their twins; `frozen` weights (the
+   * vision stage's text tower) are initializers.
+   */
+  const clipSpec = (
+    stage: "clip" | "vision",
+    parameters: Map<string, Float32Tensor>,
+    twins: TwinKind,
+    frozen: ReadonlyMap<string, Float32Tensor> = new Map(),
+  ) => {
+    const B = batch[stage];
+    const all = union(parameters, frozen);
+    return {
+      ...common(stage, parameters),
+      feeds: async (step: number) => {
+        const { pixels, captions } = await captionedPixels(batchSeed(seed, stage, step), B, S, twins);
+        return { pixels, input_ids: inputIds(tokenizer, captions) };
+      },
+      record: partialGraph(all, parameters, (ops, x) => ({
+        loss: clipContrastiveLoss(ops, m, { pixels: x.pixels, inputIds: x.input_ids }, B),
+      })),
+      afterStep: (p: ReadonlyMap<string, Float32Tensor>) => {
+        const scale = p.get("logit_scale");
+        if (scale && scale.data[0] > MAX_LOGIT_SCALE) scale.data[0] = MAX_LOGIT_SCALE;
+      },
+    };
+  };
+
   if (options.stages.includes("clip")) {
     const parameters = initialWeights(clipParams(m), weightsGenerator(seed, "clip"));
-    const B = batch.clip;
-    done(
-      await runStage(
-        {
-          ...common("clip", parameters),
-          feeds: async (step) => {
-            // Scene and twin side by side: random pairs differ in colour, which alone tells them
-            // apart, and a text tower trained on them encodes little else (positions stayed at chance).
-            const { pixels, captions } = await captionedPixels(batchSeed(seed, "clip", step), B, S, true);
-            return { pixels, input_ids: inputIds(tokenizer, captions) };
-          },
-          record: (feeds) =>
-            recordTrainingGraph({
-              params: new MapParamSource(parameters),
-              inputs: inputsOf(feeds),
-              trainParams: () => true,
-              forward: (ops, x) => ({
-                loss: clipContrastiveLoss(ops, m, { pixels: x.pixels, inputIds: x.input_ids }, B),
-              }),
-            }),
-          afterStep: (p) => {
-            const scale = p.get("logit_scale");
-            if (scale && scale.data[0] > MAX_LOGIT_SCALE) scale.data[0] = MAX_LOGIT_SCALE;
-          },
-        },
-        run("clip"),
-      ),
-    );
+    // Scene and twin side by side: random pairs differ in colour, which alone tells them apart, and
+    // a text tower trained on them encodes little else (positions stayed at chance).
+    done(await runStage(clipSpec("clip", parameters, "scene"), run("clip")));
   }
 
   /**
@@ -295,19 +331,13 @@ export async function runRecipe(options: RecipeOptions): Promise<RecipeResult> {
         const { pixels } = await captionedPixels(s, B, S);
         return { pixels, latent_noise: createGenerator("stepwise", s).randn([B, 4, latent, latent]) };
       },
-      record: (feeds: Readonly<Record<string, Tensor>>) =>
-        recordTrainingGraph({
-          params: new MapParamSource(all),
-          inputs: inputsOf(feeds),
-          trainParams: (name) => parameters.has(name),
-          forward: (ops, x) => {
-            const terms = vaeLoss(ops, m, { pixels: x.pixels, latentNoise: x.latent_noise });
-            return {
-              loss: terms.loss,
-              outputs: { reconstruction: terms.reconstruction, kl: terms.kl, latent_mean: terms.mean },
-            };
-          },
-        }),
+      record: partialGraph(all, parameters, (ops, x) => {
+        const terms = vaeLoss(ops, m, { pixels: x.pixels, latentNoise: x.latent_noise });
+        return {
+          loss: terms.loss,
+          outputs: { reconstruction: terms.reconstruction, kl: terms.kl, latent_mean: terms.mean },
+        };
+      }),
       statistics: (o: Readonly<Record<string, Tensor>>) => ({
         reconstruction: Number(o.reconstruction.data[0]),
         kl: Number(o.kl.data[0]),
@@ -321,7 +351,7 @@ export async function runRecipe(options: RecipeOptions): Promise<RecipeResult> {
     done(await runStage(vaeSpec("vae", parameters), run("vae")));
   }
 
-  const clipWeights = await readStageWeights(stageFolder(checkpoints, "clip"));
+  let clipWeights = await readStageWeights(stageFolder(checkpoints, "clip"));
   let vaeWeights = await readStageWeights(stageFolder(checkpoints, "vae"));
   const vaeState = await readStageState(stageFolder(checkpoints, "vae"));
   const latentStd = vaeState?.statistics.latent_std;
@@ -375,23 +405,17 @@ export async function runRecipe(options: RecipeOptions): Promise<RecipeResult> {
               ),
             };
           },
-          record: (feeds) =>
-            recordTrainingGraph({
-              params: new MapParamSource(all),
-              inputs: inputsOf(feeds),
-              trainParams: (name) => parameters.has(name),
-              forward: (ops, x) => ({
-                loss: unetLoss(ops, m, {
-                  pixels: x.pixels,
-                  inputIds: x.input_ids,
-                  latentNoise: x.latent_noise,
-                  noise: x.noise,
-                  timestep: x.timestep,
-                  signal: x.signal,
-                  sigma: x.sigma,
-                }),
-              }),
+          record: partialGraph(all, parameters, (ops, x) => ({
+            loss: unetLoss(ops, m, {
+              pixels: x.pixels,
+              inputIds: x.input_ids,
+              latentNoise: x.latent_noise,
+              noise: x.noise,
+              timestep: x.timestep,
+              signal: x.signal,
+              sigma: x.sigma,
             }),
+          })),
         },
         run("unet"),
       ),
@@ -409,6 +433,21 @@ export async function runRecipe(options: RecipeOptions): Promise<RecipeResult> {
     const encoder = new Map([...vaeWeights].filter(([k]) => !isDecoderParam(k)));
     done(await runStage(vaeSpec("decoder", parameters, encoder), run("decoder")));
   }
+  if (options.stages.includes("vision")) {
+    const clipState = await readStageState(stageFolder(checkpoints, "clip"));
+    if (!clipWeights || !clipState?.done) {
+      throw new RecipeError(
+        `the vision stage needs the clip stage's checkpoint in ${checkpoints}; run it first`,
+      );
+    }
+    // From the clip stage's CLIP on the first run; a resumed stage reads its own checkpoint.
+    const parameters = new Map([...clipWeights].filter(([k]) => !isTextTowerParam(k)));
+    const text = new Map([...clipWeights].filter(([k]) => isTextTowerParam(k)));
+    done(await runStage(clipSpec("vision", parameters, "shape", text), run("vision")));
+  }
+  const visionWeights = await readStageWeights(stageFolder(checkpoints, "vision"));
+  if (clipWeights && visionWeights) clipWeights = new Map([...clipWeights, ...visionWeights]);
+
   const decoderWeights = await readStageWeights(stageFolder(checkpoints, "decoder"));
   if (vaeWeights && decoderWeights) vaeWeights = new Map([...vaeWeights, ...decoderWeights]);
 
@@ -417,13 +456,36 @@ export async function runRecipe(options: RecipeOptions): Promise<RecipeResult> {
   const exported = Boolean(clipWeights && vaeWeights && unetWeights && unetState?.done && vaeScaling);
   if (clipWeights && vaeWeights && unetWeights && unetState?.done && vaeScaling) {
     await writeModelFolders(out, size, { clip: clipWeights, vae: vaeWeights, unet: unetWeights, vaeScaling });
-    const twins = {
-      train: await twinRetrievalAccuracy(clipWeights, m, tokenizer, { split: "train" }),
-      held_out: await twinRetrievalAccuracy(clipWeights, m, tokenizer, { split: "held-out" }),
-    };
-    await writeProvenance(out, options, vaeScaling, twins);
+    const twins = async (kind: TwinKind) => ({
+      train: await twinRetrievalAccuracy(clipWeights, m, tokenizer, { split: "train", twins: kind }),
+      held_out: await twinRetrievalAccuracy(clipWeights, m, tokenizer, { split: "held-out", twins: kind }),
+    });
+    await writeProvenance(out, options, vaeScaling, await twins("scene"), await twins("shape"));
   }
   return { stages: results, exported, vaeScaling };
+}
+
+/**
+ * The noise and timesteps the UNet last trained with, for a command that did not train it: this
+ * run's earlier export, else the published model it started from, else the options.
+ */
+async function lastUnetSettings(
+  out: string,
+  initModel: string | undefined,
+  options: RecipeOptions,
+): Promise<{ unet_noise: string; unet_timesteps: string }> {
+  for (const file of [join(out, PROVENANCE_FILE), ...(initModel ? [join(initModel, PROVENANCE_FILE)] : [])]) {
+    if (!existsSync(file)) continue;
+    const p = JSON.parse(await readFile(file, "utf8")) as { unet_noise?: string; unet_timesteps?: string };
+    if (p.unet_noise && p.unet_timesteps)
+      return { unet_noise: p.unet_noise, unet_timesteps: p.unet_timesteps };
+  }
+  return { unet_noise: options.noise ?? "gaussian", unet_timesteps: options.timesteps ?? "uniform" };
+}
+
+interface TwinAccuracy {
+  readonly train: number;
+  readonly held_out: number;
 }
 
 /** What made the folders: the configs, seeds, budget, each stage's figures and the machine. */
@@ -431,9 +493,13 @@ async function writeProvenance(
   out: string,
   options: RecipeOptions,
   vaeScaling: number,
-  clipTwinAccuracy: { readonly train: number; readonly held_out: number },
+  clipTwinAccuracy: TwinAccuracy,
+  clipShapeTwinAccuracy: TwinAccuracy,
 ): Promise<void> {
   const init = await readInitRecord(out);
+  const unetSettings = options.stages.includes("unet")
+    ? { unet_noise: options.noise ?? "gaussian", unet_timesteps: options.timesteps ?? "uniform" }
+    : await lastUnetSettings(out, init?.model, options);
   const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / Math.max(1, xs.length);
   const summary: Partial<Record<Stage, PublishedStage>> = {};
   for (const stage of STAGES) {
@@ -461,12 +527,13 @@ async function writeProvenance(
     ...(options.emaDecay !== undefined ? { ema_decay_last_run: options.emaDecay } : {}),
     caption_dropout: CAPTION_DROPOUT,
     // The last UNet run's noise and timesteps: a run resumed with another one lists both commands beside the model.
-    unet_noise: options.noise ?? "gaussian",
-    unet_timesteps: options.timesteps ?? "uniform",
+    ...unetSettings,
     vae_scaling_factor: vaeScaling,
     ...(init ? { init_from: { model: init.model, clip: init.clip } } : {}),
     // twin-retrieval.ts: 0.5 is a CLIP that reads colours only
     clip_twin_accuracy: { pairs: TWIN_CHECK_PAIRS, ...clipTwinAccuracy },
+    // the same with shape twins: 0.5 is a CLIP that reads no shape
+    clip_shape_twin_accuracy: { pairs: TWIN_CHECK_PAIRS, ...clipShapeTwinAccuracy },
     stages: summary,
     configs: {
       clip: clipConfig(options.size),

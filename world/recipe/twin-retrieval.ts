@@ -2,13 +2,15 @@
  * How much more than colour a CLIP reads: for a scene and its twin (the same background and object
  * colours, other shapes, sizes and places; scene-sampler.ts), the share of images whose own caption
  * scores above the other's. A CLIP that reads only colours scores 50%; the UNet conditions on the
- * same text tower, so what the CLIP cannot tell apart, the UNet cannot draw apart.
+ * same text tower, so what the CLIP cannot tell apart, the UNet cannot draw apart. With shape twins
+ * (one object's shape redrawn, the caption otherwise word for word the same), 50% is a CLIP that reads
+ * no shape at all.
  */
 import { clipModel } from "../../diffusion/models/clip-model.js";
 import { ReferenceOps } from "../../diffusion/ops/reference.js";
 import { float32, type Tensor } from "../../diffusion/tensor.js";
 import type { ClipTokenizer } from "../../diffusion/tokenizer/index.js";
-import { worldSamples } from "../dataset.js";
+import { type TwinKind, worldSamples } from "../dataset.js";
 import { pixelsFromRgbImage } from "../rgb-image.js";
 import type { Split } from "../scene-sampler.js";
 import { inputIds } from "./batches.js";
@@ -23,7 +25,13 @@ export async function twinRetrievalAccuracy(
   weights: ReadonlyMap<string, Tensor>,
   m: WorldModels,
   tokenizer: ClipTokenizer,
-  options: { readonly split: Split; readonly pairs?: number; readonly seed?: number },
+  options: {
+    readonly split: Split;
+    /** Which twins (dataset.ts; default "scene"): "shape" asks for the shapes alone. */
+    readonly twins?: TwinKind;
+    readonly pairs?: number;
+    readonly seed?: number;
+  },
 ): Promise<number> {
   const pairs = options.pairs ?? TWIN_CHECK_PAIRS;
   const count = 2 * pairs;
@@ -35,7 +43,7 @@ export async function twinRetrievalAccuracy(
     split: options.split,
     count,
     size: S,
-    twins: true,
+    twins: options.twins ?? "scene",
   });
   for await (const sample of samples) {
     pixels.data.set(pixelsFromRgbImage(sample.image).data, sample.index * 3 * S * S);
