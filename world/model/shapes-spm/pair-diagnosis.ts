@@ -7,7 +7,8 @@
  * prints, over all pairs, how often the two images' fidelity differs and how often each part of the
  * reward alone orders the pair as the whole reward does, with the mean |difference| of each term;
  * then, for each clean preference model (an SPM engine, scored at t = 0), its agreement with the true
- * reward on the validation and test pairs, split by whether their fidelity differs.
+ * reward on the validation and test pairs, split by whether their fidelity differs, and the pairs
+ * whose fidelity differs split again by the caption's number of objects.
  */
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
@@ -20,6 +21,7 @@ import {
   readPreferencePairs,
 } from "../../../trainer/preference-pairs.js";
 import { readPairImages } from "../../../trainer/spm-inputs.js";
+import { parseCaption } from "../../caption-parser.js";
 import { decodeRgbImage } from "../../rgb-image.js";
 import { AESTHETIC_WEIGHT, type AestheticTerms, FIDELITY_WEIGHT, type Taste, taste } from "../../taste.js";
 
@@ -78,7 +80,7 @@ async function main(folder: string, engines: readonly string[]): Promise<void> {
   );
   for (const engineFolder of engines) {
     const engine = await SpmEngine.open(engineFolder, { provider: "cpu" });
-    const tally = { differs: [0, 0], equal: [0, 0] };
+    const tally = { differs: [0, 0], equal: [0, 0], one: [0, 0], two: [0, 0] };
     try {
       for (let start = 0; start < heldOut.length; start += SCORE_BATCH) {
         const batch = heldOut.slice(start, start + SCORE_BATCH);
@@ -92,16 +94,20 @@ async function main(folder: string, engines: readonly string[]): Promise<void> {
         batch.forEach((p, k) => {
           const right =
             scores.data[k] > scores.data[batch.length + k] === (p.reward_a ?? 0) > (p.reward_b ?? 0);
-          const t = differs.get(p.id) ? tally.differs : tally.equal;
-          t[0] += right ? 1 : 0;
-          t[1]++;
+          const counted = differs.get(p.id)
+            ? [tally.differs, parseCaption(p.caption).objects.length === 1 ? tally.one : tally.two]
+            : [tally.equal];
+          for (const t of counted) {
+            t[0] += right ? 1 : 0;
+            t[1]++;
+          }
         });
       }
     } finally {
       await engine.close();
     }
     console.log(
-      `${engineFolder}: fidelity differs ${share(tally.differs[0], tally.differs[1])} of ${tally.differs[1]}, equal ${share(tally.equal[0], tally.equal[1])} of ${tally.equal[1]}`,
+      `${engineFolder}: fidelity differs ${share(tally.differs[0], tally.differs[1])} of ${tally.differs[1]} (one object ${share(tally.one[0], tally.one[1])} of ${tally.one[1]}, two ${share(tally.two[0], tally.two[1])} of ${tally.two[1]}), equal ${share(tally.equal[0], tally.equal[1])} of ${tally.equal[1]}`,
     );
   }
 }
