@@ -36,9 +36,8 @@ export interface WorldSampleOptions {
   readonly twins?: TwinKind;
 }
 
-export const TWIN_KINDS = ["scene", "shape"] as const;
 /** What a twin redraws: "scene" its objects' shapes, sizes and places; "shape" one object's shape. */
-export type TwinKind = (typeof TWIN_KINDS)[number];
+export type TwinKind = "scene" | "shape";
 
 /** Renders in flight at once: enough to keep sharp's threads busy, small enough to stay streaming. */
 export const RENDER_BATCH = 16;

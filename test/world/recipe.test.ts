@@ -281,6 +281,23 @@ describe("stepwise world train, tiny size", () => {
     );
   });
 
+  it("refuses the vision stage before the clip stage, naming the checkpoints folder", async () => {
+    const fresh = join(await scratchDir("recipe-vision-first"), "run");
+    await expect(
+      runRecipe({
+        out: fresh,
+        size: "tiny",
+        stages: ["vision"],
+        minutes: 1,
+        seed: 3,
+        resume: false,
+        provider: TEST_PROVIDER,
+      }),
+    ).rejects.toThrow(
+      /the vision stage needs the clip stage's checkpoint in .*recipe-vision-first.*run it first/,
+    );
+  });
+
   it("refuses to start over a run without resume", async () => {
     await expect(
       runRecipe({

@@ -476,7 +476,12 @@ async function lastUnetSettings(
 ): Promise<{ unet_noise: string; unet_timesteps: string }> {
   for (const file of [join(out, PROVENANCE_FILE), ...(initModel ? [join(initModel, PROVENANCE_FILE)] : [])]) {
     if (!existsSync(file)) continue;
-    const p = JSON.parse(await readFile(file, "utf8")) as { unet_noise?: string; unet_timesteps?: string };
+    let p: { unet_noise?: string; unet_timesteps?: string };
+    try {
+      p = JSON.parse(await readFile(file, "utf8"));
+    } catch (err) {
+      throw new RecipeError(`${file}: not readable JSON (${(err as Error).message})`);
+    }
     if (p.unet_noise && p.unet_timesteps)
       return { unet_noise: p.unet_noise, unet_timesteps: p.unet_timesteps };
   }
