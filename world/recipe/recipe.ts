@@ -168,12 +168,16 @@ function inputsOf(feeds: Readonly<Record<string, Tensor>>): GradientGraphInput[]
   }));
 }
 
-/** A stage's graph recorder: `all` weights feed the forward pass, `trained` of them get gradients. */
+/**
+ * A stage's graph recorder: the `trained` weights get gradients, the `frozen` ones (another stage's,
+ * which must not share a name with them) are initializers.
+ */
 function partialGraph(
-  all: ReadonlyMap<string, Float32Tensor>,
   trained: ReadonlyMap<string, Float32Tensor>,
+  frozen: ReadonlyMap<string, Float32Tensor>,
   forward: ForwardFn,
 ) {
+  const all = union(trained, frozen);
   return (feeds: Readonly<Record<string, Tensor>>) =>
     recordTrainingGraph({
       params: new MapParamSource(all),
@@ -289,14 +293,13 @@ export async function runRecipe(options: RecipeOptions): Promise<RecipeResult> {
     frozen: ReadonlyMap<string, Float32Tensor> = new Map(),
   ) => {
     const B = batch[stage];
-    const all = union(parameters, frozen);
     return {
       ...common(stage, parameters),
       feeds: async (step: number) => {
         const { pixels, captions } = await captionedPixels(batchSeed(seed, stage, step), B, S, twins);
         return { pixels, input_ids: inputIds(tokenizer, captions) };
       },
-      record: partialGraph(all, parameters, (ops, x) => ({
+      record: partialGraph(parameters, frozen, (ops, x) => ({
         loss: clipContrastiveLoss(ops, m, { pixels: x.pixels, inputIds: x.input_ids }, B),
       })),
       afterStep: (p: ReadonlyMap<string, Float32Tensor>) => {
@@ -323,7 +326,6 @@ export async function runRecipe(options: RecipeOptions): Promise<RecipeResult> {
     frozen: ReadonlyMap<string, Float32Tensor> = new Map(),
   ) => {
     const B = batch[stage];
-    const all = union(parameters, frozen);
     return {
       ...common(stage, parameters),
       feeds: async (step: number) => {
@@ -331,7 +333,7 @@ export async function runRecipe(options: RecipeOptions): Promise<RecipeResult> {
         const { pixels } = await captionedPixels(s, B, S);
         return { pixels, latent_noise: createGenerator("stepwise", s).randn([B, 4, latent, latent]) };
       },
-      record: partialGraph(all, parameters, (ops, x) => {
+      record: partialGraph(parameters, frozen, (ops, x) => {
         const terms = vaeLoss(ops, m, { pixels: x.pixels, latentNoise: x.latent_noise });
         return {
           loss: terms.loss,
@@ -371,7 +373,6 @@ export async function runRecipe(options: RecipeOptions): Promise<RecipeResult> {
     const encoder = new Map(
       [...vaeWeights].filter(([k]) => k.startsWith("encoder.") || k.startsWith("quant_conv.")),
     );
-    const all = union(parameters, frozen, encoder);
     const alphasCumprod = alphasCumprodFromBetas(betasFromConfig(resolveDdimConfig(SCHEDULER_CONFIG)));
     const cdf = timestepCdf(alphasCumprod, options.timesteps ?? "uniform");
     const B = batch.unet;
@@ -405,7 +406,7 @@ export async function runRecipe(options: RecipeOptions): Promise<RecipeResult> {
               ),
             };
           },
-          record: partialGraph(all, parameters, (ops, x) => ({
+          record: partialGraph(parameters, union(frozen, encoder), (ops, x) => ({
             loss: unetLoss(ops, m, {
               pixels: x.pixels,
               inputIds: x.input_ids,
