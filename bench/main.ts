@@ -6,7 +6,8 @@
  * matmul (the reference rate), unet-step, lora-slots, engine-e2e, generation (a 512 px SD1.5
  * generation at full size, stage by stage), generate-cli (the same, convert and whole `stepwise generate`
  * processes), sdxl-vae, api-server, scoring, registry, trainer (SPO, onnx
- * against TF.js gradients), training-step (full-weight training on onnxruntime). Figures are ratios
+ * against TF.js gradients), training-step (full-weight training on onnxruntime), optimizer (AdamW),
+ * attention-slicing (self-attention per head or whole, world UNet). Figures are ratios
  * measured in this run; the markdown report goes to stdout and the JSON beside it under
  * .stepwise/bench/results/. Benchmarks never gate CI and are not part of `npm test`; a benchmark
  * that fails is listed in the report and makes the exit code 1, the others still run.
@@ -17,6 +18,7 @@ import { env as ortEnv } from "onnxruntime-node";
 import { relaunchWithMallocTunables } from "../cli/malloc-tunables.js";
 import { defaultIntraOpThreads } from "../diffusion/engine/execution-provider.js";
 import { benchApiServer } from "./api-server.js";
+import { attentionSlicingBench } from "./attention-slicing.js";
 import { BenchContext } from "./context.js";
 import { engineE2eBench } from "./engine-e2e.js";
 import { generateCliBench } from "./generate-cli.js";
@@ -46,6 +48,7 @@ const BENCHMARKS = [
   "trainer",
   "training-step",
   "optimizer",
+  "attention-slicing",
 ] as const;
 type BenchName = (typeof BENCHMARKS)[number];
 
@@ -123,6 +126,7 @@ async function main(): Promise<number> {
     trainer: benchTrainer,
     "training-step": trainingStepBench,
     optimizer: optimizerBench,
+    "attention-slicing": attentionSlicingBench,
   };
   const results: BenchResult[] = [];
   const failures: string[] = [];

@@ -8,7 +8,11 @@
  */
 import { unetBlockSegment } from "../diffusion/autodiff/backward.js";
 import type { ExecutionProviderConfig } from "../diffusion/engine/execution-provider.js";
-import { type UNetConfig, unet2DConditionModel } from "../diffusion/models/unet2d-condition.js";
+import {
+  TRAINING_UNET_RUN,
+  type UNetConfig,
+  unet2DConditionModel,
+} from "../diffusion/models/unet2d-condition.js";
 import type { ParamSource } from "../diffusion/ops/params.js";
 import type { Float32Tensor, Tensor } from "../diffusion/tensor.js";
 import {
@@ -100,13 +104,18 @@ export class OnnxPolicy implements PolicyGradients {
       checkpoint: this.options.checkpointing ? unetBlockSegment : undefined,
       loraRank: rank,
       forward: (ops, inputs) => {
-        const out = unet2DConditionModel(ops, unet, {
-          sample: inputs.sample,
-          timestep: inputs.timestep,
-          encoderHiddenStates: inputs.encoder_hidden_states,
-          textEmbeds: inputs.text_embeds,
-          timeIds: inputs.time_ids,
-        }).sample;
+        const out = unet2DConditionModel(
+          ops,
+          unet,
+          {
+            sample: inputs.sample,
+            timestep: inputs.timestep,
+            encoderHiddenStates: inputs.encoder_hidden_states,
+            textEmbeds: inputs.text_embeds,
+            timeIds: inputs.time_ids,
+          },
+          TRAINING_UNET_RUN,
+        ).sample;
         const terms = objective.evaluate(ops, out, inputs);
         return { loss: terms.scaledLoss, outputs: terms.stats };
       },

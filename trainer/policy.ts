@@ -5,7 +5,11 @@
  * parameters train, in float32. The objective (SPO's or Diffusion-DPO's, over `Ops`) runs through TfjsOps.
  */
 import * as tf from "@tensorflow/tfjs-core";
-import { type UNetConfig, unet2DConditionModel } from "../diffusion/models/unet2d-condition.js";
+import {
+  TRAINING_UNET_RUN,
+  type UNetConfig,
+  unet2DConditionModel,
+} from "../diffusion/models/unet2d-condition.js";
 import type { LoraFactors } from "../diffusion/ops/ops.js";
 import type { ParamSource } from "../diffusion/ops/params.js";
 import type { UNetFeeds } from "../diffusion/pipelines/pipeline-models.js";
@@ -96,13 +100,18 @@ export class SpoPolicy implements PolicyGradients {
     if (addTimeIds && (!feeds.textEmbeds || !feeds.timeIds)) {
       throw new TrainerStateError("the SDXL policy needs text_embeds and time_ids feeds");
     }
-    return unet2DConditionModel(this.ops, this.unet, {
-      sample: toTf(feeds.sample, "sample"),
-      timestep: toTf(feeds.timestep, "timestep"),
-      encoderHiddenStates: toTf(feeds.encoderHiddenStates, "encoder_hidden_states"),
-      textEmbeds: addTimeIds ? toTf(feeds.textEmbeds as Float32Tensor, "text_embeds") : undefined,
-      timeIds: addTimeIds ? toTf(feeds.timeIds as Float32Tensor, "time_ids") : undefined,
-    }).sample;
+    return unet2DConditionModel(
+      this.ops,
+      this.unet,
+      {
+        sample: toTf(feeds.sample, "sample"),
+        timestep: toTf(feeds.timestep, "timestep"),
+        encoderHiddenStates: toTf(feeds.encoderHiddenStates, "encoder_hidden_states"),
+        textEmbeds: addTimeIds ? toTf(feeds.textEmbeds as Float32Tensor, "text_embeds") : undefined,
+        timeIds: addTimeIds ? toTf(feeds.timeIds as Float32Tensor, "time_ids") : undefined,
+      },
+      TRAINING_UNET_RUN,
+    ).sample;
   }
 
   async objectiveGradients(batch: PolicyBatch, objective: PolicyObjective): Promise<ObjectiveGradients> {

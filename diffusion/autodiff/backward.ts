@@ -135,10 +135,13 @@ export function backward(
           output: remap(original.output),
         } as typeof original)
       : original;
-    const inputGrads = rules.apply(entry, dy, needs);
-    original.inputs.forEach((v, k) => {
-      const g = inputGrads[k];
-      if (v && g && needs[k]) accumulate(v, g);
+    const scope = `${original.module ? `${original.module}/` : ""}grad_${original.op}`;
+    o.builder.withScope(scope, () => {
+      const inputGrads = rules.apply(entry, dy, needs);
+      original.inputs.forEach((v, k) => {
+        const g = inputGrads[k];
+        if (v && g && needs[k]) accumulate(v, g);
+      });
     });
   }
 

@@ -98,6 +98,14 @@ export interface AttentionOptions {
  */
 export const SELF_ATTENTION_HEADS_PER_SLICE = 1;
 
+/**
+ * Heads per slice of the UNet transformers' self-attention: a count, or "all" (no slicing). The
+ * default, `SELF_ATTENTION_HEADS_PER_SLICE`, is for inference. Training graphs pass "all": the
+ * backward pass keeps every head's softmax anyway, so slicing saves no memory there, and each
+ * slice costs a dozen small nodes forward and back (bench/README.md, "Attention slicing").
+ */
+export type SelfAttentionSlicing = number | "all";
+
 /** diffusers Attention (AttnProcessor): x [B, S, queryDim], context [B, Sk, crossDim]. */
 export function attention<T>(
   ops: Ops<T>,
@@ -121,6 +129,12 @@ export interface TransformerBlockOptions {
   readonly heads: number;
   readonly headDim: number;
   readonly crossAttentionDim: number;
+  /** Default `SELF_ATTENTION_HEADS_PER_SLICE`. */
+  readonly selfAttentionSlicing?: SelfAttentionSlicing;
+}
+
+function headsPerSlice(slicing: SelfAttentionSlicing, heads: number): number {
+  return slicing === "all" ? heads : slicing;
 }
 
 /** BasicTransformerBlock: self-attention, cross-attention and a GEGLU feed-forward, pre-LayerNorm. */
@@ -136,7 +150,7 @@ export function basicTransformerBlock<T>(
   let h = ops.add(
     attention(ops, `${prefix}.attn1`, layerNorm(ops, `${prefix}.norm1`, x, o.dim, eps), undefined, {
       ...attnOpts,
-      headsPerSlice: SELF_ATTENTION_HEADS_PER_SLICE,
+      headsPerSlice: headsPerSlice(o.selfAttentionSlicing ?? SELF_ATTENTION_HEADS_PER_SLICE, o.heads),
     }),
     x,
   );
@@ -169,6 +183,8 @@ export interface Transformer2DOptions {
   readonly groups: number;
   /** Linear proj_in / proj_out (SD2.x, SDXL) instead of 1x1 convs (SD1.x). */
   readonly useLinearProjection: boolean;
+  /** Default `SELF_ATTENTION_HEADS_PER_SLICE`. */
+  readonly selfAttentionSlicing?: SelfAttentionSlicing;
 }
 
 /** Transformer2DModel over an NCHW feature map, with a residual around the whole stack. */
@@ -182,7 +198,13 @@ export function transformer2D<T>(ops: Ops<T>, prefix: string, x: T, context: T, 
   let h = o.useLinearProjection
     ? linear(ops, `${prefix}.proj_in`, toTokens(normed), c, c)
     : toTokens(conv2d(ops, `${prefix}.proj_in`, normed, c, c, 1));
-  const block = { dim: c, heads: o.heads, headDim, crossAttentionDim: o.crossAttentionDim };
+  const block = {
+    dim: c,
+    heads: o.heads,
+    headDim,
+    crossAttentionDim: o.crossAttentionDim,
+    selfAttentionSlicing: o.selfAttentionSlicing,
+  };
   for (let d = 0; d < o.layers; d++)
     h = basicTransformerBlock(ops, `${prefix}.transformer_blocks.${d}`, h, context, block);
   const toMap = (t: T) => ops.reshapeLike(ops.transpose(t, [0, 2, 1]), x); // back to [B, C, H, W]

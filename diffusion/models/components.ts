@@ -15,6 +15,7 @@ import {
 import { type ClipTextConfig, clipTextModel, resolveClipTextConfig } from "./clip-text.js";
 import type { RawConfig } from "./config-reader.js";
 import {
+  inferenceUNetRun,
   resolveUNetConfig,
   textEmbedsDim,
   type UNetConfig,
@@ -93,13 +94,18 @@ export function runComponent<T>(
 ): Record<string, T> {
   switch (c.kind) {
     case "unet": {
-      const r = unet2DConditionModel(ops, c.config, {
-        sample: inputs.sample,
-        timestep: inputs.timestep,
-        encoderHiddenStates: inputs.encoder_hidden_states,
-        textEmbeds: inputs.text_embeds,
-        timeIds: inputs.time_ids,
-      });
+      const r = unet2DConditionModel(
+        ops,
+        c.config,
+        {
+          sample: inputs.sample,
+          timestep: inputs.timestep,
+          encoderHiddenStates: inputs.encoder_hidden_states,
+          textEmbeds: inputs.text_embeds,
+          timeIds: inputs.time_ids,
+        },
+        inferenceUNetRun(c.config),
+      );
       const out: Record<string, T> = { out: r.sample };
       if (options.intermediates) {
         out.time_embedding_out = r.timeEmbedding;

@@ -6,7 +6,13 @@
  */
 import { activation, conv2d, groupNorm, linear, timestepSinusoid } from "../ops/composites.js";
 import type { Ops } from "../ops/ops.js";
-import { downsample2D, resnetBlock2D, transformer2D, upsample2D } from "./blocks.js";
+import {
+  downsample2D,
+  resnetBlock2D,
+  type SelfAttentionSlicing,
+  transformer2D,
+  upsample2D,
+} from "./blocks.js";
 import { ConfigReader, type RawConfig } from "./config-reader.js";
 
 export type DownBlockType = "DownBlock2D" | "CrossAttnDownBlock2D";
@@ -187,12 +193,45 @@ export interface UNetOutputs<T> {
   readonly addEmbedding?: T;
 }
 
+/** How a graph runs the UNet (the same values either way). */
+export interface UNetRunOptions {
+  /** Heads per self-attention slice (blocks.ts); training graphs pass "all". */
+  readonly selfAttentionSlicing?: SelfAttentionSlicing;
+}
+
+/** What a training graph runs the UNet with (see `SelfAttentionSlicing`). */
+export const TRAINING_UNET_RUN: UNetRunOptions = { selfAttentionSlicing: "all" };
+
+/**
+ * Self-attention scores (float32, every head, a CFG batch of 2, at the model's native size) up to
+ * which inference computes all heads at once. Slicing exists for the first run's page faults on
+ * fresh score memory (1 GiB for SD1.5 at 512 px, 7 s); 16 MiB is faulted in within tens of
+ * milliseconds, while slicing a small model's attention costs a dozen nodes per head and step.
+ */
+export const UNSLICED_SCORES_MAX_BYTES = 16 * 2 ** 20;
+const SCORE_BYTES = 4;
+const CFG_ROWS = 2;
+
+/**
+ * How inference graphs run `config`'s UNet: unsliced self-attention when the scores at its native
+ * size fit `UNSLICED_SCORES_MAX_BYTES` (the tiny and world models), else one head at a time (SD1.5,
+ * SDXL). The tokens counted are the first level's (sample_size²), an upper bound on every level's.
+ */
+export function inferenceUNetRun(config: UNetConfig): UNetRunOptions {
+  if (config.sampleSize === undefined) return {};
+  const tokens = config.sampleSize ** 2;
+  const bytes = CFG_ROWS * Math.max(...config.numAttentionHeads) * tokens * tokens * SCORE_BYTES;
+  return bytes <= UNSLICED_SCORES_MAX_BYTES ? { selfAttentionSlicing: "all" } : {};
+}
+
 export function unet2DConditionModel<T>(
   ops: Ops<T>,
   config: UNetConfig,
   inputs: UNetInputs<T>,
+  run: UNetRunOptions = {},
 ): UNetOutputs<T> {
   const c = config;
+  const slicing = run.selfAttentionSlicing;
   const groups = c.normNumGroups;
   const eps = c.normEps;
   const c0 = c.blockOutChannels[0];
@@ -245,7 +284,7 @@ export function unet2DConditionModel<T>(
           `${prefix}.attentions.${j}`,
           h,
           ctx,
-          transformerOpts(c, out, i, c.transformerLayersPerBlock[i]),
+          transformerOpts(c, out, i, c.transformerLayersPerBlock[i], slicing),
         );
       }
       skips.push(h);
@@ -266,7 +305,7 @@ export function unet2DConditionModel<T>(
     "mid_block.attentions.0",
     h,
     ctx,
-    transformerOpts(c, channels, last, c.transformerLayersPerBlock[last]),
+    transformerOpts(c, channels, last, c.transformerLayersPerBlock[last], slicing),
   );
   h = resnetBlock2D(ops, "mid_block.resnets.1", h, emb, midResnet);
 
@@ -295,7 +334,7 @@ export function unet2DConditionModel<T>(
           `${prefix}.attentions.${j}`,
           h,
           ctx,
-          transformerOpts(c, out, last - i, layers),
+          transformerOpts(c, out, last - i, layers, slicing),
         );
       }
     }
@@ -336,8 +375,15 @@ function resnetOpts(c: UNetConfig, inChannels: number, outChannels: number) {
 }
 
 /** Transformer options for a block at down-block index `blockIndex` (the up path mirrors it). */
-function transformerOpts(c: UNetConfig, channels: number, blockIndex: number, layers: number) {
+function transformerOpts(
+  c: UNetConfig,
+  channels: number,
+  blockIndex: number,
+  layers: number,
+  selfAttentionSlicing: SelfAttentionSlicing | undefined,
+) {
   return {
+    selfAttentionSlicing,
     channels,
     heads: c.numAttentionHeads[blockIndex],
     layers,

@@ -65,6 +65,20 @@ export class GraphBuilder {
     return this.graph.node(opType, inputs, out, scope ? `${scope}/${opType}` : opType, attributes);
   }
 
+  /**
+   * Run `fn` with its nodes named `<scope>/<opType>` (a backward rule's nodes under the forward
+   * module and op they differentiate, so profiles attribute them), then restore the scope.
+   */
+  withScope<T>(scope: string, fn: () => T): T {
+    const saved = this.scope;
+    this.scope = scope;
+    try {
+      return fn();
+    } finally {
+      this.scope = saved;
+    }
+  }
+
   // --- parameters ---------------------------------------------------------------------------------
 
   /** The compute-dtype initializer of a parameter whose shape the caller has checked. */

@@ -4,7 +4,12 @@
  * noise that was added, as a mean squared error over every element, or per sample (Diffusion-DPO
  * compares each sample's error with the reference's, docs/spo.md section 12.2).
  */
-import { type UNetConfig, type UNetInputs, unet2DConditionModel } from "../models/unet2d-condition.js";
+import {
+  TRAINING_UNET_RUN,
+  type UNetConfig,
+  type UNetInputs,
+  unet2DConditionModel,
+} from "../models/unet2d-condition.js";
 import type { Ops } from "../ops/ops.js";
 
 export interface DenoisingInputs<T> extends UNetInputs<T> {
@@ -14,7 +19,7 @@ export interface DenoisingInputs<T> extends UNetInputs<T> {
 
 /** mean((eps_theta(x_t, t, c) - eps)^2), a scalar. */
 export function denoisingLoss<T>(ops: Ops<T>, unet: UNetConfig, inputs: DenoisingInputs<T>): T {
-  const prediction = unet2DConditionModel(ops, unet, inputs).sample;
+  const prediction = unet2DConditionModel(ops, unet, inputs, TRAINING_UNET_RUN).sample;
   const error = ops.sub(prediction, inputs.noise);
   return ops.reduceMean(ops.reshape(ops.mul(error, error), [-1]), 0, false);
 }

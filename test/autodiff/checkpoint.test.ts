@@ -70,6 +70,16 @@ describe("checkpointing per UNet block", () => {
         await session.release();
       }
       const [kept, recomputed] = results;
+      // Backward nodes are named after the module and op they differentiate, for profiles.
+      const names = record(false).ops.graph.nodes.map((n) => n.name);
+      for (const op of ["conv2d", "linear", "groupNorm", "softmax"]) {
+        const mine = names.filter((n) => n.includes(`/grad_${op}/`));
+        expect(mine.length, op).toBeGreaterThan(0);
+        expect(
+          mine.every((n) => /^(down_blocks|mid_block|up_blocks|conv_\w+|time_embedding)[./]/.test(n)),
+          op,
+        ).toBe(true);
+      }
       // Every block's forward is recorded twice: well over the forward's share of the nodes.
       expect(nodeCounts[1]).toBeGreaterThan(nodeCounts[0] * 1.2);
       expect(
