@@ -25,6 +25,7 @@ import {
   type DDIMScheduler,
   type DdimX0Prediction,
   ddimPredictX0,
+  ddimPrevSampleMean,
   ddimSampleCandidates,
   ddimTransitionCoefficients,
 } from "../diffusion/schedulers/index.js";
@@ -137,10 +138,9 @@ class RoundSampler {
     return generator.randn([this.b, models.spec.latentChannels, size, size]);
   }
 
-  /** One guided pass at step i over `latents` (any number of rows, candidate-major) and x0_hat. */
-  private async predict(latents: Float32Tensor, i: number): Promise<DdimX0Prediction> {
+  /** One guided pass at step i over `latents` (any number of rows, candidate-major) and x0_hat at `eta`. */
+  private async guidedX0(latents: Float32Tensor, i: number, eta: number): Promise<DdimX0Prediction> {
     const { models, scheduler, settings, lora } = this.context;
-    const started = performance.now();
     const n = latents.shape[0];
     const timesteps = new Array<number>(n).fill(this.timesteps[i]);
     const eps = await predictNoise(
@@ -150,7 +150,13 @@ class RoundSampler {
       settings.guidanceScale,
       lora,
     );
-    const prediction = ddimPredictX0(scheduler, eps, timesteps, latents, settings.eta);
+    return ddimPredictX0(scheduler, eps, timesteps, latents, eta);
+  }
+
+  /** The round's guided pass at step i, counted as sampling time. */
+  private async predict(latents: Float32Tensor, i: number): Promise<DdimX0Prediction> {
+    const started = performance.now();
+    const prediction = await this.guidedX0(latents, i, this.context.settings.eta);
     this.timings.samplingMs += performance.now() - started;
     return prediction;
   }
@@ -173,12 +179,27 @@ class RoundSampler {
     };
   }
 
-  /** Score candidates (x0 per row) at `timestep` and judge each prompt's pool. */
-  private async judge(x0: Float32Tensor, timestep: number) {
+  /**
+   * The candidates `latents` (x at step `from`, candidate-major rows) carried on to t = 0 by
+   * deterministic DDIM, guided and with the LoRA as the round samples: a scorer's ground truth of
+   * where each candidate leads (`CandidatePool.complete`). Its passes count as scoring time.
+   */
+  private async complete(latents: Float32Tensor, from: number): Promise<Float32Tensor> {
+    let x = latents;
+    for (let i = from; i < this.timesteps.length; i++) x = ddimPrevSampleMean(await this.guidedX0(x, i, 0));
+    return x;
+  }
+
+  /**
+   * Score candidates (x0 per row) at `timestep` and judge each prompt's pool. `latents` are the
+   * candidates themselves at step `from` (`from` = the step count when they are clean).
+   */
+  private async judge(x0: Float32Tensor, timestep: number, latents: Float32Tensor, from: number) {
     const started = performance.now();
     const n = x0.shape[0];
     const prompts = promptOfRows(n, this.b).map((p) => this.conditioning.prompts[p]);
-    const scores = await this.context.scorer.scoreX0(x0, new Array<number>(n).fill(timestep), prompts);
+    const pool = { complete: () => this.complete(latents, from) };
+    const scores = await this.context.scorer.scoreX0(x0, new Array<number>(n).fill(timestep), prompts, pool);
     this.timings.scoringMs += performance.now() - started;
     this.scores.push(...scores);
     return judgePools(scores, this.k, this.context.settings.threshold);
@@ -225,7 +246,7 @@ class RoundSampler {
       let drawFrom = prediction;
       if (i > divert) {
         const pool = candidates as Float32Tensor;
-        const judged = await this.judge(prediction.predOriginalSample, this.timesteps[i]);
+        const judged = await this.judge(prediction.predOriginalSample, this.timesteps[i], latents, i);
         const c = judged.comparisons;
         record(
           judged.valid,
@@ -243,7 +264,7 @@ class RoundSampler {
     }
     // After the last step the candidates are clean: decoded and scored at t = 0.
     const pool = candidates as Float32Tensor;
-    const judged = await this.judge(pool, 0);
+    const judged = await this.judge(pool, 0, pool, numSteps);
     record(
       judged.valid,
       judged.comparisons.map((x) => x.win),
@@ -259,8 +280,8 @@ class RoundSampler {
     let latents = this.initialLatents();
     let segment: SegmentStep[] = [];
     let innerLeft = 0;
-    const closeSegment = async (x0: Float32Tensor, timestep: number) => {
-      const judged = await this.judge(x0, timestep);
+    const closeSegment = async (x0: Float32Tensor, timestep: number, at: Float32Tensor, from: number) => {
+      const judged = await this.judge(x0, timestep, at, from);
       this.offered += b * segment.length;
       for (const j of judged.valid) {
         const { win, lose } = judged.comparisons[j];
@@ -288,7 +309,7 @@ class RoundSampler {
           let branchParents = latents;
           let drawFrom = prediction;
           if (i > divert) {
-            await closeSegment(prediction.predOriginalSample, t);
+            await closeSegment(prediction.predOriginalSample, t, latents, i);
             const picked = this.resample();
             branchParents = rows(latents, picked);
             drawFrom = this.select(prediction, picked);
@@ -300,7 +321,7 @@ class RoundSampler {
           // The last step: one more single step per chain, then the clean latents close the segment.
           const next = flattenCandidates(this.draw(prediction, 1));
           segment.push({ parents: latents, children: next, timestep: t, sharedParent: false });
-          await closeSegment(next, 0);
+          await closeSegment(next, 0, next, numSteps);
         }
         continue;
       }

@@ -13,12 +13,27 @@ import { scoreDecodedImages } from "../diffusion/pipelines/scoring.js";
 import type { PreferenceModel } from "../diffusion/spm/preference-model.js";
 import { type Float32Tensor, Tensor } from "../diffusion/tensor.js";
 
+/** The candidates being judged, for a scorer that looks past their x0 predictions. */
+export interface CandidatePool {
+  /**
+   * Each candidate's chain carried on to t = 0 by deterministic DDIM (eta 0) under the round's
+   * guidance and LoRA: clean latents [n, C, h, w], unscaled as x0 is (the candidates themselves
+   * when they are already clean). Costs a guided pass per remaining step.
+   */
+  complete(): Promise<Float32Tensor>;
+}
+
 export interface CandidateScorer {
   /**
    * Preference scores of candidates given their predicted clean latents `x0` ([n, C, h, w],
    * unscaled, as the sampler holds them), each judged at its timestep against its prompt.
    */
-  scoreX0(x0: Float32Tensor, timesteps: readonly number[], prompts: readonly string[]): Promise<Float32Array>;
+  scoreX0(
+    x0: Float32Tensor,
+    timesteps: readonly number[],
+    prompts: readonly string[],
+    pool: CandidatePool,
+  ): Promise<Float32Array>;
 }
 
 /** latents / scaling_factor in float32, as torch's `pred_x0 / vae.config.scaling_factor`. */

@@ -9,13 +9,15 @@
  * seeds, so every image has a twin from the base model, and the ground-truth taste scores them (the
  * curve). Evaluation time is not training time. Writes the table (markdown, with the command,
  * seeds and wall times) and the reward-against-time plot, and publishes the SPO LoRA (`shapes-spo`).
- * With `--oracle`, a third run trains SPO with the ground-truth taste in the SPM's place
- * (world/taste-scorer.ts): exact on clean images but not step-aware, it separates what SPO's
- * optimisation does with the ground truth from what the trained SPM knows.
+ * `--methods` picks the runs (default Diffusion-DPO and SPO). Two controls train SPO with the
+ * ground-truth taste in the SPM's place (world/taste-scorer.ts), separating what SPO's optimisation
+ * does with the ground truth from what the trained SPM knows: `spo-taste` (`--oracle` adds it)
+ * judges each candidate's x0 prediction, exact on clean images but not step-aware; `spo-finished`
+ * judges the image each candidate's chain finishes as, the step-aware ground truth.
  *
  *   world table --model ENGINE --pairs DIR --spm DIR --stand-in DIR [--minutes 20] [--segments 4]
  *               [--captions 128] [--out docs/alignment-table.md] [--work .scratch/table] [--publish URL]
- *               [--learning-rate 1e-4] [--oracle]
+ *               [--learning-rate 1e-4] [--methods diffusion-dpo,spo] [--oracle]
  */
 import { mkdir, writeFile } from "node:fs/promises";
 import { cpus } from "node:os";
@@ -43,7 +45,7 @@ import {
   summarizeMethods,
 } from "../../world/alignment.js";
 import { rgbImageFromPixels, taste } from "../../world/index.js";
-import { TasteCandidateScorer } from "../../world/taste-scorer.js";
+import { TasteCandidateScorer, type TasteJudges } from "../../world/taste-scorer.js";
 import type { CommandOutput } from "../command-output.js";
 import { positiveInteger } from "../option-parsers.js";
 import { type CaptionSeed, sampleCaptions } from "../world-samples.js";
@@ -55,12 +57,25 @@ export const EVAL_SETTINGS = { steps: 20, guidanceScale: 5, size: 64 } as const;
 /** The name the SPO LoRA is published under, for the playground's side-by-side. */
 export const SPO_LORA_NAME = "shapes-spo";
 
-export const METHODS = ["diffusion-dpo", "spo", "spo-taste"] as const;
+export const METHODS = ["diffusion-dpo", "spo", "spo-taste", "spo-finished"] as const;
 export type TableMethod = (typeof METHODS)[number];
+const DEFAULT_METHODS: readonly TableMethod[] = ["diffusion-dpo", "spo"];
 const METHOD_LABEL: Readonly<Record<TableMethod, string>> = {
   "diffusion-dpo": "Diffusion-DPO",
   spo: "SPO",
   "spo-taste": "SPO, taste as SPM",
+  "spo-finished": "SPO, taste of the finished image as SPM",
+};
+/** What each control's taste judges, in the SPM's place. */
+const TASTE_JUDGES: Partial<Record<TableMethod, TasteJudges>> = {
+  "spo-taste": "x0",
+  "spo-finished": "finished",
+};
+const METHOD_NOTE: Partial<Record<TableMethod, string>> = {
+  "spo-taste":
+    "\"SPO, taste as SPM\" is SPO with the ground-truth taste (reward / tau, the raters' Bradley-Terry logit) judging its candidates' decoded x0 predictions at every step (world/taste-scorer.ts): exact on clean images, but a clean-image judge, not a step-aware one, and a model no user has.",
+  "spo-finished":
+    "\"SPO, taste of the finished image as SPM\" is SPO with the ground-truth taste judging the image each candidate's chain finishes as (deterministic DDIM to t = 0 under the round's guidance and LoRA, world/taste-scorer.ts): the step-aware ground truth a trained SPM approximates, at a guided pass per remaining step (its scoring time counts in its training time), and a model no user has.",
 };
 
 /**
@@ -93,8 +108,9 @@ const SPO_CONFIG = {
 };
 const METHOD_CONFIG: Readonly<Record<TableMethod, Record<string, unknown>>> = {
   spo: SPO_CONFIG,
-  // The ground-truth taste judges the candidates' x0 predictions instead of the SPM (--oracle).
+  // The ground-truth taste judges the candidates instead of the SPM (TASTE_JUDGES).
   "spo-taste": SPO_CONFIG,
+  "spo-finished": SPO_CONFIG,
   "diffusion-dpo": {
     objective: "diffusion-dpo",
     "train.train_batch_size": 8,
@@ -117,7 +133,17 @@ interface TableOptions {
   publish?: string;
   threads?: number;
   oracle?: boolean;
+  methods: readonly TableMethod[];
   learningRate: number;
+}
+
+function methodList(text: string): TableMethod[] {
+  const names = text.split(",").map((s) => s.trim());
+  for (const name of names) {
+    if (!(METHODS as readonly string[]).includes(name))
+      throw new InvalidArgumentError(`unknown method "${name}" (methods: ${METHODS.join(", ")})`);
+  }
+  return [...new Set(names as TableMethod[])];
 }
 
 function learningRate(text: string): number {
@@ -226,7 +252,9 @@ async function trainMethod(
     try {
       result = await session.run({
         signal: AbortSignal.timeout(sliceMs),
-        scorer: method === "spo-taste" ? new TasteCandidateScorer(engine) : undefined,
+        scorer: TASTE_JUDGES[method]
+          ? new TasteCandidateScorer(engine, { judges: TASTE_JUDGES[method] })
+          : undefined,
       });
     } finally {
       await session.close();
@@ -276,11 +304,19 @@ export function worldTableCommand(output: CommandOutput): Command {
     )
     .option("--threads <n>", "intra-op threads", positiveInteger)
     .option(
-      "--oracle",
-      "also train SPO with the ground-truth taste judging its candidates' decoded x0 predictions in the SPM's place (exact on clean images, not step-aware)",
+      "--methods <list>",
+      `methods to train, comma-separated: ${METHODS.join(", ")} (spo-taste and spo-finished are SPO with the ground-truth taste as its SPM, judging x0 predictions or finished images)`,
+      methodList,
+      DEFAULT_METHODS,
     )
+    .option("--oracle", "also train spo-taste (SPO with the taste judging x0 predictions)")
     .action(async (options: TableOptions) => {
       const started = Date.now();
+      const chosen = new Set<TableMethod>([
+        ...options.methods,
+        ...(options.oracle ? ["spo-taste" as const] : []),
+      ]);
+      const methods = METHODS.filter((m) => chosen.has(m));
       const testPairs = await readPreferencePairs(options.pairs, "test");
       const captions = tableCaptions(testPairs, options.captions);
       const trainPairs = await readPreferencePairs(options.pairs, "train");
@@ -303,8 +339,7 @@ export function worldTableCommand(output: CommandOutput): Command {
         base = { method: "base", samples: await evaluate.evaluate("base"), wallSeconds: 0 };
         output.stderr.write(`base: ${captions.length} held-out captions evaluated\n`);
         outcomes = [];
-        for (const method of METHODS) {
-          if (method === "spo-taste" && !options.oracle) continue;
+        for (const method of methods) {
           outcomes.push(await trainMethod(method, options, trainCaptions, evaluate, output, engine));
         }
       } finally {
@@ -323,38 +358,35 @@ export function worldTableCommand(output: CommandOutput): Command {
         plot,
         renderRewardCurves(new Map(outcomes.map((o) => [o.run.method, o.curve])), baseReward),
       );
-      const spo = outcomes.find((o) => o.run.method === METHOD_LABEL.spo)!;
-      const registryUrl = options.publish ?? registryUrlFromEnv();
-      const registry = await Registry.open(registryUrl);
-      let published: string;
-      try {
-        const context = await loadEngineContext(resolve(options.model));
-        const manifest = await publishTrainedLora(registry, spo.adapter, context, {
-          name: SPO_LORA_NAME,
-          metadata: { training: "spo", table: options.out, minutes: options.minutes },
-        });
-        published = `${manifest.name}@${manifest.version}`;
-      } finally {
-        registry.close?.();
+      const spo = outcomes.find((o) => o.run.method === METHOD_LABEL.spo);
+      let published: string | undefined;
+      if (spo) {
+        const registry = await Registry.open(options.publish ?? registryUrlFromEnv());
+        try {
+          const context = await loadEngineContext(resolve(options.model));
+          const manifest = await publishTrainedLora(registry, spo.adapter, context, {
+            name: SPO_LORA_NAME,
+            metadata: { training: "spo", table: options.out, minutes: options.minutes },
+          });
+          published = `${manifest.name}@${manifest.version}`;
+        } finally {
+          registry.close?.();
+        }
       }
       const minutesTotal = ((Date.now() - started) / 60_000).toFixed(1);
       const body = [
         "# SPO against Diffusion-DPO in the miniature world",
         "",
-        `Command: \`stepwise world table --model ${options.model} --pairs ${options.pairs} --spm ${options.spm} --stand-in ${options.standIn} --minutes ${options.minutes} --segments ${options.segments} --captions ${options.captions}${options.learningRate !== DEFAULT_TABLE_LEARNING_RATE ? ` --learning-rate ${options.learningRate}` : ""}${options.oracle ? " --oracle" : ""}\``,
+        `Command: \`stepwise world table --model ${options.model} --pairs ${options.pairs} --spm ${options.spm} --stand-in ${options.standIn} --minutes ${options.minutes} --segments ${options.segments} --captions ${options.captions}${options.learningRate !== DEFAULT_TABLE_LEARNING_RATE ? ` --learning-rate ${options.learningRate}` : ""}${methods.join(",") !== DEFAULT_METHODS.join(",") ? ` --methods ${methods.join(",")}` : ""}\``,
         `(${new Date(started).toISOString()}, ${minutesTotal} minutes in all on ${cpus().length} cores).`,
         "",
         `Each method trained a rank-${COMMON_CONFIG.lora_rank} LoRA at learning rate ${options.learningRate} for ${options.minutes} minutes of wall time (training only; evaluation excluded), seed ${COMMON_CONFIG.seed}.`,
         `Evaluation: ${captions.length} held-out captions (the pairs' test split), sampling seeds ${TABLE_SAMPLE_SEED} + i, ${EVAL_SETTINGS.steps} DDIM steps, CFG ${EVAL_SETTINGS.guidanceScale}; every method's image has a twin from the base model.`,
         "Reward: the world's ground-truth taste (world/taste.ts); win rate: share of twins where the method's reward is higher (ties half), 95% Wilson interval; stand-in: the PickScore stand-in's score.",
-        ...(options.oracle
-          ? [
-              "\"SPO, taste as SPM\" is SPO with the ground-truth taste (reward / tau, the raters' Bradley-Terry logit) judging its candidates' decoded x0 predictions at every step (world/taste-scorer.ts): exact on clean images, but a clean-image judge, not a step-aware one, and a model no user has.",
-            ]
-          : []),
+        ...methods.flatMap((m) => METHOD_NOTE[m] ?? []),
         "",
         formatAlignmentTable(rows),
-        `Reward against training wall time: [${relative(dirname(options.out), plot)}](${relative(dirname(options.out), plot)}). SPO's LoRA is published as \`${published}\`.`,
+        `Reward against training wall time: [${relative(dirname(options.out), plot)}](${relative(dirname(options.out), plot)}).${published ? ` SPO's LoRA is published as \`${published}\`.` : ""}`,
         "",
         "| method | slice end (s) | reward (95% CI) |",
         "| --- | --- | --- |",
@@ -369,7 +401,7 @@ export function worldTableCommand(output: CommandOutput): Command {
       await mkdir(dirname(options.out), { recursive: true });
       await writeFile(options.out, body);
       output.stdout.write(
-        `${formatAlignmentTable(rows)}wrote ${options.out} and ${plot}; published ${published}\n`,
+        `${formatAlignmentTable(rows)}wrote ${options.out} and ${plot}${published ? `; published ${published}` : ""}\n`,
       );
     });
 }

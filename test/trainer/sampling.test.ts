@@ -20,7 +20,7 @@ import { predictNoise, type RoundConditioning } from "../../trainer/conditioning
 import { row, type SpoPair, sharesParent } from "../../trainer/pools.js";
 import { withReferenceLogProbs } from "../../trainer/reference.js";
 import { type SampledRound, type SamplingSettings, sampleRound } from "../../trainer/sampling.js";
-import type { CandidateScorer } from "../../trainer/scorer.js";
+import type { CandidatePool, CandidateScorer } from "../../trainer/scorer.js";
 
 const CHANNELS = 4;
 const SIZE = 2;
@@ -77,18 +77,25 @@ function conditioning(prompts: string[], family: "sd15" | "sdxl"): RoundConditio
   };
 }
 
-/** Scores from a table per candidate index; prompt j adds `offset[j]` (pools compare within a prompt). */
+/**
+ * Scores from a table per candidate index; prompt j adds `offset[j]` (pools compare within a prompt).
+ * With `complete`, it also asks for each pool's finished chains and keeps them.
+ */
 class TableScorer implements CandidateScorer {
   readonly calls: { timesteps: number[]; prompts: string[] }[] = [];
+  readonly completions: Float32Tensor[] = [];
   constructor(
     private readonly byCandidate: (call: number) => number[],
     private readonly b: number,
+    private readonly complete = false,
   ) {}
   async scoreX0(
     x0: Float32Tensor,
     timesteps: readonly number[],
     prompts: readonly string[],
+    pool: CandidatePool,
   ): Promise<Float32Array> {
+    if (this.complete) this.completions.push(await pool.complete());
     const table = this.byCandidate(this.calls.length);
     this.calls.push({ timesteps: [...timesteps], prompts: [...prompts] });
     return Float32Array.from(
@@ -109,6 +116,7 @@ async function run(
   family: "sd15" | "sdxl",
   settings: Partial<SamplingSettings>,
   table: (call: number) => number[],
+  complete = false,
 ): Promise<Run> {
   const models = new FakeModels(spec(family));
   const scheduler = new DDIMScheduler(models.spec.schedulerConfig);
@@ -124,7 +132,7 @@ async function run(
   };
   scheduler.setTimesteps(full.numSteps);
   const prompts = ["a", "b"];
-  const scorer = new TableScorer(table, prompts.length);
+  const scorer = new TableScorer(table, prompts.length, complete);
   const round = await sampleRound(
     {
       models: models as unknown as PipelineModels,
@@ -204,6 +212,32 @@ describe("SPO sampling round, SD1.5 variant", () => {
     const none = await run("sd15", { threshold: 0.9999 }, () => [0, 9, 1, 4]);
     expect(none.round.pairs).toHaveLength(0);
     expect(none.round.offered).toBe(8);
+  });
+
+  it("finishes a pool's chains on request by deterministic DDIM, drawing nothing from the round's generator", async () => {
+    // At eta 0 a pool's candidates coincide and the round is deterministic: every pool's finished
+    // chains are the round's own clean candidates.
+    const still = await run("sd15", { eta: 0 }, table, true);
+    const clean = still.scorer.completions[still.scorer.completions.length - 1];
+    expect(still.scorer.completions).toHaveLength(4);
+    for (const [c, finished] of still.scorer.completions.entries()) {
+      expect(finished.shape).toEqual([8, CHANNELS, SIZE, SIZE]);
+      expect(Array.from(finished.data), `pool ${c}`).toEqual(Array.from(clean.data));
+    }
+    // At eta 1, the finished chains differ from the pool's, and the round is the one without them:
+    // the same trajectory and pairs, with 3 + 2 + 1 guided passes of 8 rows on top.
+    const plain = await run("sd15", {}, table);
+    const completing = await run("sd15", {}, table, true);
+    expect(completing.models.calls.map((c) => c.sample.shape[0])).toEqual([
+      4, 4, 4, 16, 16, 16, 16, 16, 16, 16, 16, 16,
+    ]);
+    const own = (r: Run) => r.models.calls.filter((_, i) => !isCompletionCall(i));
+    const isCompletionCall = (i: number) => [4, 5, 6, 8, 9, 11].includes(i);
+    expect(own(completing).map((c) => Array.from(c.sample.data))).toEqual(
+      plain.models.calls.map((c) => Array.from(c.sample.data)),
+    );
+    expect(completing.round.pairs).toEqual(plain.round.pairs);
+    expect(same(completing.scorer.completions[0], completing.scorer.completions[3])).toBe(false);
   });
 
   it("opens the pool at the last step when divert_start_step is num_steps - 1", async () => {

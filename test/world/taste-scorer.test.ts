@@ -2,7 +2,8 @@
  * The ground-truth taste as SPO's candidate scorer (world/taste-scorer.ts), on the committed shapes
  * model's VAE: clean renders encoded to latents as the sampler holds them (posterior mean times the
  * scaling factor) are decoded and judged, and the scores are the taste's rewards over tau, so a
- * caption's own scene outscores another caption's scene.
+ * caption's own scene outscores another caption's scene; judging finished images, it decodes the
+ * pool's completed chains instead of the x0 predictions.
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type EngineFolder, engineFolderFor } from "../../diffusion/convert/engine-folder.js";
@@ -56,10 +57,14 @@ describe("TasteCandidateScorer", () => {
       mean.data.map((v) => v * sf),
     );
 
-    const scores = await new TasteCandidateScorer(engine, TAU).scoreX0(
+    const unused = {
+      complete: () => Promise.reject(new Error("an x0 taste never completes the chains")),
+    };
+    const scores = await new TasteCandidateScorer(engine, { tau: TAU }).scoreX0(
       x0,
       [500, 500],
       [first.caption, first.caption],
+      unused,
     );
     expect(
       scores[0],
@@ -71,6 +76,23 @@ describe("TasteCandidateScorer", () => {
       const reward = taste(first.caption, rgbImageFromPixels(slice(decoded, 0, i, i + 1))).reward;
       expect(scores[i]).toBeCloseTo(reward / TAU, 3);
     }
-    expect(() => new TasteCandidateScorer(engine, 0)).toThrow(/tau must be positive/);
+    expect(() => new TasteCandidateScorer(engine, { tau: 0 })).toThrow(/tau must be positive/);
+
+    // Judging finished images: the pool's completed chains are decoded, not the x0 predictions.
+    const blank = float32(x0.shape);
+    const finished = await new TasteCandidateScorer(engine, { judges: "finished", tau: TAU }).scoreX0(
+      blank,
+      [500, 500],
+      [first.caption, first.caption],
+      { complete: async () => x0 },
+    );
+    expect(Array.from(finished)).toEqual(Array.from(scores));
+    const ofBlank = await new TasteCandidateScorer(engine, { tau: TAU }).scoreX0(
+      blank,
+      [500, 500],
+      [first.caption, first.caption],
+      unused,
+    );
+    expect(ofBlank[0]).toBeLessThan(scores[0]);
   }, 120_000);
 });

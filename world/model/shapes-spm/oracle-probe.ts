@@ -16,6 +16,7 @@ import { sampleCaptions } from "../../../cli/world-samples.js";
 import { engineLoraFeeds } from "../../../diffusion/lora/feeds.js";
 import type { Float32Tensor } from "../../../diffusion/tensor.js";
 import { readPreferencePairs } from "../../../trainer/preference-pairs.js";
+import type { CandidatePool } from "../../../trainer/scorer.js";
 import { loadSessionConfig, TrainingSession } from "../../../trainer/session.js";
 import { rgbImageFromPixels } from "../../rgb-image.js";
 import { taste } from "../../taste.js";
@@ -46,9 +47,14 @@ let result: Awaited<ReturnType<TrainingSession["run"]>>;
 try {
   const taste_ = new TasteCandidateScorer(session.engine);
   const scorer = {
-    async scoreX0(x0: Float32Tensor, timesteps: readonly number[], prompts: readonly string[]) {
+    async scoreX0(
+      x0: Float32Tensor,
+      timesteps: readonly number[],
+      prompts: readonly string[],
+      pool: CandidatePool,
+    ) {
       if (timesteps[0] >= maxT) return new Float32Array(prompts.length);
-      return (await taste_.scoreX0(x0, timesteps, prompts)).map((s) => sign * s);
+      return (await taste_.scoreX0(x0, timesteps, prompts, pool)).map((s) => sign * s);
     },
   };
   result = await session.run({ signal: AbortSignal.timeout(seconds * 1000), scorer });
