@@ -17,7 +17,7 @@
  *
  *   world table --model ENGINE --pairs DIR --spm DIR --stand-in DIR [--minutes 20] [--segments 4]
  *               [--captions 128] [--out docs/alignment-table.md] [--work .scratch/table] [--publish URL]
- *               [--learning-rate 1e-4] [--methods diffusion-dpo,spo] [--oracle]
+ *               [--learning-rate 1e-4] [--methods diffusion-dpo,spo] [--oracle] [--candidates 4]
  */
 import { mkdir, writeFile } from "node:fs/promises";
 import { cpus } from "node:os";
@@ -97,13 +97,15 @@ const COMMON_CONFIG = {
   "validation.prompts": ["a red circle"],
   "validation.seeds": [0],
 };
-/** SPO's sampling and batch settings, shared by its run with the SPM and its run with the taste. */
+/**
+ * SPO's sampling and batch settings, shared by its run with the SPM and its runs with the taste;
+ * the pool size is `--candidates`.
+ */
 const SPO_CONFIG = {
   objective: "spo",
   "sample.num_steps": 20,
   "sample.guidance_scale": 5,
   "sample.sample_batch_size": 4,
-  "sample.num_sample_each_step": 4,
   "train.train_batch_size": 4,
 };
 const METHOD_CONFIG: Readonly<Record<TableMethod, Record<string, unknown>>> = {
@@ -134,7 +136,18 @@ interface TableOptions {
   threads?: number;
   oracle?: boolean;
   methods: readonly TableMethod[];
+  candidates: number;
   learningRate: number;
+}
+
+/** SPO's pool size in the table unless --candidates says otherwise (SPO's SD1.5 setting). */
+const DEFAULT_CANDIDATES = 4;
+
+function poolSize(text: string): number {
+  const k = Number(text);
+  if (!Number.isInteger(k) || k < 2 || k > 64)
+    throw new InvalidArgumentError(`must be an integer from 2 to 64, got ${text}`);
+  return k;
 }
 
 function methodList(text: string): TableMethod[] {
@@ -220,6 +233,7 @@ async function trainMethod(
   const flat = {
     ...COMMON_CONFIG,
     ...METHOD_CONFIG[method],
+    ...(method === "diffusion-dpo" ? {} : { "sample.num_sample_each_step": options.candidates }),
     "train.learning_rate": options.learningRate,
     model: resolve(options.model),
     output_dir: join(folder, "run"),
@@ -310,6 +324,12 @@ export function worldTableCommand(output: CommandOutput): Command {
       DEFAULT_METHODS,
     )
     .option("--oracle", "also train spo-taste (SPO with the taste judging x0 predictions)")
+    .option(
+      "--candidates <k>",
+      "SPO's pool size: candidates drawn per step (sample.num_sample_each_step), for every SPO method",
+      poolSize,
+      DEFAULT_CANDIDATES,
+    )
     .action(async (options: TableOptions) => {
       const started = Date.now();
       const chosen = new Set<TableMethod>([
@@ -377,7 +397,7 @@ export function worldTableCommand(output: CommandOutput): Command {
       const body = [
         "# SPO against Diffusion-DPO in the miniature world",
         "",
-        `Command: \`stepwise world table --model ${options.model} --pairs ${options.pairs} --spm ${options.spm} --stand-in ${options.standIn} --minutes ${options.minutes} --segments ${options.segments} --captions ${options.captions}${options.learningRate !== DEFAULT_TABLE_LEARNING_RATE ? ` --learning-rate ${options.learningRate}` : ""}${methods.join(",") !== DEFAULT_METHODS.join(",") ? ` --methods ${methods.join(",")}` : ""}\``,
+        `Command: \`stepwise world table --model ${options.model} --pairs ${options.pairs} --spm ${options.spm} --stand-in ${options.standIn} --minutes ${options.minutes} --segments ${options.segments} --captions ${options.captions}${options.learningRate !== DEFAULT_TABLE_LEARNING_RATE ? ` --learning-rate ${options.learningRate}` : ""}${methods.join(",") !== DEFAULT_METHODS.join(",") ? ` --methods ${methods.join(",")}` : ""}${options.candidates !== DEFAULT_CANDIDATES ? ` --candidates ${options.candidates}` : ""}\``,
         `(${new Date(started).toISOString()}, ${minutesTotal} minutes in all on ${cpus().length} cores).`,
         "",
         `Each method trained a rank-${COMMON_CONFIG.lora_rank} LoRA at learning rate ${options.learningRate} for ${options.minutes} minutes of wall time (training only; evaluation excluded), seed ${COMMON_CONFIG.seed}.`,

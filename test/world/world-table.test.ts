@@ -115,6 +115,7 @@ describe("stepwise world table", () => {
     for (const method of ["spo", "diffusion-dpo", "spo-taste"]) {
       const config = JSON.parse(await readFile(join(dir, "work", method, "config.json"), "utf8"));
       expect(config["train.learning_rate"], method).toBe(3e-4);
+      expect(config["sample.num_sample_each_step"], method).toBe(method === "diffusion-dpo" ? undefined : 4);
     }
     expect(table).toContain("--learning-rate 0.0003 --methods diffusion-dpo,spo,spo-taste");
     expect(table).toContain("LoRA at learning rate 0.0003");
@@ -139,6 +140,8 @@ describe("stepwise world table", () => {
         ...(await tableArgs({ pairs, spm, out, work, registryRoot, segments: 1, captions: 2 })),
         "--methods",
         "spo-finished",
+        "--candidates",
+        "3",
       ],
       { from: "user" },
     );
@@ -146,7 +149,9 @@ describe("stepwise world table", () => {
     const label = "SPO, taste of the finished image as SPM";
     expect(table).toMatch(new RegExp(`\\| ${label} \\| 2 \\| \\d\\.\\d{3} \\(`));
     expect(table).not.toMatch(/\| (SPO|Diffusion-DPO) \|/);
-    expect(table).toContain("--methods spo-finished");
+    expect(table).toContain("--methods spo-finished --candidates 3");
+    const config = JSON.parse(await readFile(join(work, "spo-finished", "config.json"), "utf8"));
+    expect(config["sample.num_sample_each_step"]).toBe(3);
     expect(table).toContain("deterministic DDIM to t = 0");
     expect(table).not.toContain("published as");
     expect(stderr.join("")).toMatch(new RegExp(`${label}: slice 1/1, \\d+ s trained, \\d+ optimizer steps`));
@@ -155,15 +160,16 @@ describe("stepwise world table", () => {
     expect(log).toMatch(/"scoring_ms"/);
   }, 600_000);
 
-  it("refuses an unknown method before it trains anything", async () => {
+  it.each([
+    ["--methods", "spo,dpo", /unknown method "dpo" \(methods: diffusion-dpo, spo, spo-taste, spo-finished\)/],
+    ["--candidates", "1", /--candidates <k>' argument '1' is invalid\. must be an integer from 2 to 64/],
+  ])("refuses %s %s before it trains anything", async (flag, value, message) => {
     const command = worldCommand({ stdout: { write: () => true }, stderr: { write: () => true } });
     command.exitOverride();
     for (const sub of command.commands) sub.exitOverride();
-    const work = join(dir, "bad-method");
+    const work = join(dir, `bad-${flag}`);
     const args = ["table", "--model", "m", "--pairs", "p", "--spm", "s", "--stand-in", "s", "--work", work];
-    await expect(command.parseAsync([...args, "--methods", "spo,dpo"], { from: "user" })).rejects.toThrow(
-      /unknown method "dpo" \(methods: diffusion-dpo, spo, spo-taste, spo-finished\)/,
-    );
+    await expect(command.parseAsync([...args, flag, value], { from: "user" })).rejects.toThrow(message);
     expect(existsSync(work)).toBe(false);
   });
 
