@@ -10,15 +10,16 @@
  * The figure is the sliced graph's time over the unsliced one's (above 1: unsliced is faster).
  */
 
+import { recordComponentGraph } from "../diffusion/convert/component-graph.js";
 import type { SelfAttentionSlicing } from "../diffusion/models/blocks.js";
-import { measureComponent, resolveComponent } from "../diffusion/models/components.js";
+import { measureComponent, type ResolvedConfig, resolveComponent } from "../diffusion/models/components.js";
 import { readConfigFile } from "../diffusion/models/config-reader.js";
-import { type UNetConfig, unet2DConditionModel } from "../diffusion/models/unet2d-condition.js";
-import { OnnxOps } from "../diffusion/onnx/onnx-ops.js";
+import type { UNetConfig } from "../diffusion/models/unet2d-condition.js";
 import { encodeOnnxModel } from "../diffusion/onnx/writer.js";
 import type { ParamSource } from "../diffusion/ops/params.js";
 import { createGenerator } from "../diffusion/random/index.js";
 import { type Float32Tensor, float32 } from "../diffusion/tensor.js";
+import { denoisingLoss } from "../diffusion/training/denoising-loss.js";
 import { float32Inputs, recordTrainingGraph } from "../diffusion/training/training-program.js";
 import { RandomParamSource } from "../diffusion/zoo/random-params.js";
 import type { BenchContext } from "./context.js";
@@ -51,23 +52,17 @@ function feedsAt(c: UNetConfig, batch: number, withNoise: boolean): Record<strin
   };
 }
 
-async function inferenceModel(c: UNetConfig, params: ParamSource, slicing: SelfAttentionSlicing) {
-  const ops = new OnnxOps({ params, dtype: "float32" });
-  const sample = ops.input("sample", "float32", ["batch", c.inChannels, LATENT_SIDE, LATENT_SIDE]);
-  const timestep = ops.input("timestep", "float32", ["batch"], { keepFloat32: true });
-  const states = ops.input("encoder_hidden_states", "float32", [
-    "batch",
-    TEXT_TOKENS,
-    c.crossAttentionDim[0],
-  ]);
-  const run = { selfAttentionSlicing: slicing };
-  ops.output(
-    "out",
-    unet2DConditionModel(ops, c, { sample, timestep, encoderHiddenStates: states }, run).sample,
-  );
+/** The engine's UNet graph (symbolic batch and size, as `convert` records it) with `slicing`. */
+async function inferenceModel(resolved: ResolvedConfig, params: ParamSource, slicing: SelfAttentionSlicing) {
+  const ops = recordComponentGraph(resolved, {
+    params,
+    outputs: ["out"],
+    unetRun: { selfAttentionSlicing: slicing },
+  });
   return (await encodeOnnxModel(ops, { graphName: `world-unet-${slicing}` })).model;
 }
 
+/** `world train`'s UNet step: the denoising loss, every parameter trained, with `slicing`. */
 async function trainingModel(
   c: UNetConfig,
   params: ParamSource,
@@ -78,12 +73,19 @@ async function trainingModel(
     params,
     inputs: float32Inputs(feeds),
     trainParams: () => true,
-    forward: (ops, x) => {
-      const run = { selfAttentionSlicing: slicing };
-      const inputs = { sample: x.sample, timestep: x.timestep, encoderHiddenStates: x.encoder_hidden_states };
-      const error = ops.sub(unet2DConditionModel(ops, c, inputs, run).sample, x.noise);
-      return { loss: ops.reduceMean(ops.reshape(ops.mul(error, error), [-1]), 0, false) };
-    },
+    forward: (ops, x) => ({
+      loss: denoisingLoss(
+        ops,
+        c,
+        {
+          sample: x.sample,
+          timestep: x.timestep,
+          encoderHiddenStates: x.encoder_hidden_states,
+          noise: x.noise,
+        },
+        { selfAttentionSlicing: slicing },
+      ),
+    }),
   });
   return (await encodeOnnxModel(graph.ops, { graphName: `world-unet-training-${slicing}` })).model;
 }
@@ -125,7 +127,7 @@ export async function attentionSlicingBench(ctx: BenchContext): Promise<BenchRes
   const inference = await compare(
     ctx,
     `world UNet call, batch ${CFG_BATCH}`,
-    await Promise.all(SLICINGS.map((s) => inferenceModel(c, params, s))),
+    await Promise.all(SLICINGS.map((s) => inferenceModel(resolved, params, s))),
     Object.fromEntries(Object.entries(inferenceFeeds).map(([k, t]) => [k, ortFloat32(t)])),
     REPS.inference[mode],
   );

@@ -4,6 +4,7 @@
  * the upstream reference io files) and name the same outputs.
  */
 import { componentInputs, type ResolvedConfig, runComponent } from "../models/components.js";
+import type { UNetRunOptions } from "../models/unet2d-condition.js";
 import { type OnnxComputeDType, type OnnxInputDType, OnnxOps } from "../onnx/onnx-ops.js";
 import type { ParamSource } from "../ops/params.js";
 
@@ -38,6 +39,8 @@ export interface ComponentGraphOptions {
    * (time embeddings, VAE moments) and the stacked `all_hidden_states` included.
    */
   readonly outputs?: readonly string[];
+  /** How a UNet runs (default: as engines run it, `inferenceUNetRun`); for benchmarks. */
+  readonly unetRun?: UNetRunOptions;
 }
 
 /** Record `resolved`'s definition over the ONNX backend; write it with `writeOnnxModel` / `encodeOnnxModel`. */
@@ -56,7 +59,11 @@ export function recordComponentGraph(resolved: ResolvedConfig, options: Componen
     });
   }
   // Everything is recorded; the writer keeps only what the marked outputs depend on.
-  const available = runComponent(ops, resolved, inputs, { intermediates: true, allHiddenStates: true });
+  const available = runComponent(ops, resolved, inputs, {
+    intermediates: true,
+    allHiddenStates: true,
+    unetRun: options.unetRun,
+  });
   const wanted = options.outputs ?? Object.keys(available);
   for (const name of wanted) {
     const value = available[name];

@@ -19,6 +19,7 @@ import {
   resolveUNetConfig,
   textEmbedsDim,
   type UNetConfig,
+  type UNetRunOptions,
   unet2DConditionModel,
 } from "./unet2d-condition.js";
 
@@ -90,7 +91,12 @@ export function runComponent<T>(
   ops: Ops<T>,
   c: ResolvedConfig,
   inputs: Readonly<Record<string, T>>,
-  options: { readonly allHiddenStates?: boolean; readonly intermediates?: boolean } = {},
+  options: {
+    readonly allHiddenStates?: boolean;
+    readonly intermediates?: boolean;
+    /** How the UNet runs; default `inferenceUNetRun` of its config. */
+    readonly unetRun?: UNetRunOptions;
+  } = {},
 ): Record<string, T> {
   switch (c.kind) {
     case "unet": {
@@ -104,7 +110,7 @@ export function runComponent<T>(
           textEmbeds: inputs.text_embeds,
           timeIds: inputs.time_ids,
         },
-        inferenceUNetRun(c.config),
+        options.unetRun ?? inferenceUNetRun(c.config),
       );
       const out: Record<string, T> = { out: r.sample };
       if (options.intermediates) {

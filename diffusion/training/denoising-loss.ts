@@ -8,6 +8,7 @@ import {
   TRAINING_UNET_RUN,
   type UNetConfig,
   type UNetInputs,
+  type UNetRunOptions,
   unet2DConditionModel,
 } from "../models/unet2d-condition.js";
 import type { Ops } from "../ops/ops.js";
@@ -17,9 +18,14 @@ export interface DenoisingInputs<T> extends UNetInputs<T> {
   readonly noise: T;
 }
 
-/** mean((eps_theta(x_t, t, c) - eps)^2), a scalar. */
-export function denoisingLoss<T>(ops: Ops<T>, unet: UNetConfig, inputs: DenoisingInputs<T>): T {
-  const prediction = unet2DConditionModel(ops, unet, inputs, TRAINING_UNET_RUN).sample;
+/** mean((eps_theta(x_t, t, c) - eps)^2), a scalar; `run` as training graphs run the UNet unless given. */
+export function denoisingLoss<T>(
+  ops: Ops<T>,
+  unet: UNetConfig,
+  inputs: DenoisingInputs<T>,
+  run: UNetRunOptions = TRAINING_UNET_RUN,
+): T {
+  const prediction = unet2DConditionModel(ops, unet, inputs, run).sample;
   const error = ops.sub(prediction, inputs.noise);
   return ops.reduceMean(ops.reshape(ops.mul(error, error), [-1]), 0, false);
 }
