@@ -100,13 +100,13 @@ describe("a queue of 8 under 30 concurrent requests", () => {
 });
 
 /**
- * Runs `action` while one long job runs (seconds at 128x128) and QUEUE_SIZE more wait behind it
+ * Runs `action` while one long job runs (seconds at 256x256) and QUEUE_SIZE more wait behind it
  * (another size: none joins its batch, and all of them share one batch), then cancels them all.
  */
 async function withFullQueue(action: () => Promise<void>): Promise<void> {
   const clients = Array.from({ length: QUEUE_SIZE + 1 }, () => new AbortController());
   const pending = clients.map((c, i) =>
-    postJson(url, tinyBody({ steps: LONG_STEPS, seed: i, size: i === 0 ? "128x128" : "32x32" }), {
+    postJson(url, tinyBody({ steps: LONG_STEPS, seed: i, size: i === 0 ? "256x256" : "32x32" }), {
       signal: c.signal,
     }).catch(() => "aborted"),
   );

@@ -34,7 +34,7 @@ const MAX_STEPS_AFTER_ABORT = 1;
 const FREED_WITHIN_MS = 5000;
 /**
  * The server's request timeout: longer than any other test here keeps a request, shorter than the
- * timeout test's request (150 steps of 4 images at 128x128: ~7 s here, unloaded).
+ * timeout test's request (150 steps of 4 images at 128x128: ~5 s here, unloaded).
  */
 const TIMEOUT_MS = 2000;
 
@@ -135,7 +135,7 @@ describe("cancellation", () => {
   it("a client that leaves while queued leaves the queue at once", async () => {
     const running = new AbortController();
     const waiting = new AbortController();
-    const first = postJson(url, tinyBody({ steps: LONG_STEPS, size: "128x128" }), {
+    const first = postJson(url, tinyBody({ steps: LONG_STEPS, size: "256x256" }), {
       signal: running.signal,
     }).catch(() => "aborted");
     await waitFor("the first job to run", () => queue().busy);
